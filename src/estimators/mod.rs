@@ -1,0 +1,127 @@
+//! Gradient estimators and exact references. One file per estimator; all return ĝ ≈ +∂L/∂θ in canonical
+//! parameter order (see the sign convention in the crate docs).
+pub mod bptt;
+pub mod ep_centered;
+pub mod ep_one_sided;
+
+use crate::model::{Batch, Model};
+use crate::relax::{relax, Phase, RelaxOptions};
+use crate::{Error, Result};
+use tch::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Estimator {
+    EpPlus,
+    EpMinus,
+    EpCentered,
+    Bptt,
+    BpttTrunc,
+}
+
+impl Estimator {
+    pub const ALL: [Estimator; 5] = [Estimator::EpPlus, Estimator::EpMinus, Estimator::EpCentered, Estimator::Bptt, Estimator::BpttTrunc];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Estimator::EpPlus => "ep_plus",
+            Estimator::EpMinus => "ep_minus",
+            Estimator::EpCentered => "ep_centered",
+            Estimator::Bptt => "bptt",
+            Estimator::BpttTrunc => "bptt_trunc",
+        }
+    }
+
+    /// Accepts the canonical keys and the field's aliases (conventions §8.1).
+    pub fn parse(s: &str) -> Result<Self> {
+        let e = match s {
+            "ep_plus" | "vanilla" | "one_sided" | "pep" | "positive" => Estimator::EpPlus,
+            "ep_minus" | "nep" | "negative" => Estimator::EpMinus,
+            "ep_centered" | "symmetric" | "centered" | "cep" | "three_phase" => Estimator::EpCentered,
+            "bptt" => Estimator::Bptt,
+            "bptt_trunc" => Estimator::BpttTrunc,
+            "ep_holomorphic" | "ep_random_sign" => {
+                return Err(Error::UnsupportedEstimator(format!("'{s}' is not implemented in this version of epcheck")))
+            }
+            _ => {
+                let keys: Vec<_> = Self::ALL.iter().map(|e| e.key()).collect();
+                return Err(Error::Config(format!("unknown estimator '{s}' (known: {})", keys.join(", "))));
+            }
+        };
+        Ok(e)
+    }
+
+    pub fn is_ep(self) -> bool {
+        matches!(self, Estimator::EpPlus | Estimator::EpMinus | Estimator::EpCentered)
+    }
+}
+
+/// A named gradient: tensors in canonical parameter order.
+pub struct Gradient {
+    pub key: String,
+    pub beta: Option<f64>,
+    pub tensors: Vec<Tensor>,
+}
+
+/// An estimate with the phases it ran (`free`, `plus`, `minus`).
+pub struct EstimateRun {
+    pub grad: Gradient,
+    pub phases: Vec<(String, Phase)>,
+}
+
+/// The generic two-point form ĝ(β₁, β₂) = −[f(β₂) − f(β₁)] / (β₂ − β₁) (conventions §8.1).
+pub fn two_point(f1: &[Tensor], beta1: f64, f2: &[Tensor], beta2: f64) -> Vec<Tensor> {
+    f1.iter().zip(f2).map(|(a, b)| (b - a) * (-1.0 / (beta2 - beta1))).collect()
+}
+
+/// Lengths of the phases of an estimate.
+#[derive(Clone, Copy, Debug)]
+pub struct PhaseLengths {
+    pub t_free: i64,
+    pub k_nudge: i64,
+    pub tol: Option<f64>,
+}
+
+/// The free phase from zeros.
+pub fn free_phase(model: &Model, p: &[Tensor], batch: &Batch, len: PhaseLengths, record: bool) -> Phase {
+    let init = model.zeros_state(batch.size(), crate::precision::Precision { dtype: dtype_of(p), device: p[0].device() });
+    relax(model, p, batch, &init, 0.0, &RelaxOptions { iters: len.t_free, tol: len.tol, record, ..Default::default() })
+}
+
+/// A nudged phase of strength `beta` (signed) started from a copy of the free state.
+pub fn nudged_phase(model: &Model, p: &[Tensor], batch: &Batch, free: &Phase, beta: f64, len: PhaseLengths) -> Phase {
+    relax(model, p, batch, &free.state, beta, &RelaxOptions { iters: len.k_nudge, tol: len.tol, ..Default::default() })
+}
+
+pub fn dtype_of(p: &[Tensor]) -> crate::precision::Dtype {
+    if p[0].kind() == tch::Kind::Float {
+        crate::precision::Dtype::F32
+    } else {
+        crate::precision::Dtype::F64
+    }
+}
+
+/// Runs one estimator end to end (free phase from zeros, then what it needs).
+pub fn estimate(est: Estimator, model: &Model, p: &[Tensor], batch: &Batch, beta: f64, len: PhaseLengths) -> Result<EstimateRun> {
+    match est {
+        Estimator::EpPlus | Estimator::EpMinus => {
+            let free = free_phase(model, p, batch, len, false);
+            let sign = if est == Estimator::EpPlus { 1.0 } else { -1.0 };
+            let (grad, nudged) = ep_one_sided::estimate(model, p, batch, &free, sign * beta, len);
+            let name = if sign > 0.0 { "plus" } else { "minus" };
+            Ok(EstimateRun { grad, phases: vec![("free".into(), free), (name.into(), nudged)] })
+        }
+        Estimator::EpCentered => {
+            let free = free_phase(model, p, batch, len, false);
+            let (grad, plus, minus) = ep_centered::estimate(model, p, batch, &free, beta, len);
+            Ok(EstimateRun { grad, phases: vec![("free".into(), free), ("plus".into(), plus), ("minus".into(), minus)] })
+        }
+        Estimator::Bptt => {
+            let (grad, free) = bptt::full(model, p, batch, len.t_free);
+            Ok(EstimateRun { grad, phases: vec![("free".into(), free)] })
+        }
+        Estimator::BpttTrunc => {
+            let (grad, free) = bptt::truncated(model, p, batch, len.t_free, len.k_nudge)?;
+            Ok(EstimateRun { grad, phases: vec![("free".into(), free)] })
+        }
+    }
+}

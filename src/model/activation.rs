@@ -1,0 +1,178 @@
+//! Elementwise update maps σ (conventions §6, estimators §1.3): value, derivative with the reference kink
+//! conventions, regimes and margins, and the conjugate potential ψ* used by the total energy 𝓕.
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Identity,
+    Tanh,
+    Sigmoid,
+    Logistic4,
+    /// clamp(u, 0, 1), closed kinks (Rain/BrainSeek).
+    HardSigmoid,
+    /// (1 + hardtanh(2u − 1))·0.5, open kinks (Laborieux `hard_sigmoid`).
+    #[serde(rename = "hard_sigmoid_2u")]
+    HardSigmoid2u,
+    /// (1 + hardtanh(u − 1))·0.5 = clamp(u, 0, 2)/2, open kinks.
+    MyHardSig,
+    /// hardtanh(2u)·0.5 = clamp(u, −½, ½), open kinks.
+    CtrdHardSig,
+    /// hardtanh(u, 0, 6), open kinks.
+    #[serde(rename = "relu6")]
+    Relu6,
+}
+
+/// Regime codes of clamp-type units (conventions §6).
+pub const REGIME_LOW: i64 = 0;
+pub const REGIME_LINEAR: i64 = 1;
+pub const REGIME_HIGH: i64 = 2;
+pub const REGIME_AT_KINK: i64 = 3;
+
+impl Activation {
+    pub const ALL: [Activation; 9] = [
+        Activation::Identity,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::Logistic4,
+        Activation::HardSigmoid,
+        Activation::HardSigmoid2u,
+        Activation::MyHardSig,
+        Activation::CtrdHardSig,
+        Activation::Relu6,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Logistic4 => "logistic4",
+            Activation::HardSigmoid => "hard_sigmoid",
+            Activation::HardSigmoid2u => "hard_sigmoid_2u",
+            Activation::MyHardSig => "my_hard_sig",
+            Activation::CtrdHardSig => "ctrd_hard_sig",
+            Activation::Relu6 => "relu6",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL.iter().copied().find(|a| a.key() == s).ok_or_else(|| {
+            let keys: Vec<_> = Self::ALL.iter().map(|a| a.key()).collect();
+            Error::Config(format!("unknown activation '{s}' (known: {})", keys.join(", ")))
+        })
+    }
+
+    /// σ(u), evaluated exactly as the conventions table prescribes.
+    pub fn apply(self, u: &Tensor) -> Tensor {
+        match self {
+            Activation::Identity => u.shallow_clone(),
+            Activation::Tanh => u.tanh(),
+            Activation::Sigmoid => u.sigmoid(),
+            Activation::Logistic4 => ((u - 0.5) * -4.0).exp().g_add_scalar(1.0).reciprocal(),
+            Activation::HardSigmoid => u.clamp(0.0, 1.0),
+            Activation::HardSigmoid2u => ((u * 2.0 - 1.0).hardtanh() + 1.0) * 0.5,
+            Activation::MyHardSig => ((u - 1.0).hardtanh() + 1.0) * 0.5,
+            Activation::CtrdHardSig => (u * 2.0).hardtanh() * 0.5,
+            Activation::Relu6 => u.clamp(0.0, 6.0),
+        }
+    }
+
+    /// σ′(u) with the kink convention of conventions §6 (closed for `hard_sigmoid`, open elsewhere).
+    pub fn derivative(self, u: &Tensor) -> Tensor {
+        match self {
+            Activation::Identity => u.ones_like(),
+            Activation::Tanh => {
+                let t = u.tanh();
+                1.0 - &t * &t
+            }
+            Activation::Sigmoid => {
+                let s = u.sigmoid();
+                &s * (1.0 - &s)
+            }
+            Activation::Logistic4 => {
+                let s = self.apply(u);
+                &s * (1.0 - &s) * 4.0
+            }
+            Activation::HardSigmoid => in_closed(u, 0.0, 1.0),
+            Activation::HardSigmoid2u => in_open(u, 0.0, 1.0),
+            Activation::MyHardSig => in_open(u, 0.0, 2.0) * 0.5,
+            Activation::CtrdHardSig => in_open(u, -0.5, 0.5),
+            Activation::Relu6 => in_open(u, 0.0, 6.0),
+        }
+    }
+
+    /// Kink positions (lo, hi) in drive units, for clamp-type maps.
+    pub fn kinks(self) -> Option<(f64, f64)> {
+        match self {
+            Activation::HardSigmoid | Activation::HardSigmoid2u => Some((0.0, 1.0)),
+            Activation::MyHardSig => Some((0.0, 2.0)),
+            Activation::CtrdHardSig => Some((-0.5, 0.5)),
+            Activation::Relu6 => Some((0.0, 6.0)),
+            _ => None,
+        }
+    }
+
+    /// Regime per unit (`REGIME_*`), or None for smooth maps.
+    pub fn regimes(self, u: &Tensor) -> Option<Tensor> {
+        let (lo, hi) = self.kinks()?;
+        let low = u.lt(lo).to_kind(tch::Kind::Int64) * REGIME_LOW;
+        let lin = (u.gt(lo).logical_and(&u.lt(hi))).to_kind(tch::Kind::Int64) * REGIME_LINEAR;
+        let high = u.gt(hi).to_kind(tch::Kind::Int64) * REGIME_HIGH;
+        let at = (u.eq(lo).logical_or(&u.eq(hi))).to_kind(tch::Kind::Int64) * REGIME_AT_KINK;
+        Some(low + lin + high + at)
+    }
+
+    /// Kink margin min(|u − lo|, |u − hi|) per unit, or None for smooth maps.
+    pub fn margins(self, u: &Tensor) -> Option<Tensor> {
+        let (lo, hi) = self.kinks()?;
+        Some((u - lo).abs().minimum(&(u - hi).abs()))
+    }
+
+    /// The range of σ, used for multistart draws and ψ* domains.
+    pub fn range(self) -> (f64, f64) {
+        match self {
+            Activation::Identity => (f64::NEG_INFINITY, f64::INFINITY),
+            Activation::Tanh => (-1.0, 1.0),
+            Activation::Sigmoid | Activation::Logistic4 => (0.0, 1.0),
+            Activation::HardSigmoid | Activation::HardSigmoid2u | Activation::MyHardSig => (0.0, 1.0),
+            Activation::CtrdHardSig => (-0.5, 0.5),
+            Activation::Relu6 => (0.0, 6.0),
+        }
+    }
+
+    /// ψ*(s) summed over the non-batch axes, shape (B,): the conjugate potential of conventions §7.2 /
+    /// estimators §1.3 (+∞ outside the range).
+    pub fn conjugate_potential(self, s: &Tensor) -> Tensor {
+        let xlogx = |t: &Tensor| t.xlogy(t);
+        let per_unit = match self {
+            Activation::Identity => s * s * 0.5,
+            Activation::Tanh => (xlogx(&(s + 1.0)) + xlogx(&(1.0 - s))) * 0.5,
+            Activation::Sigmoid => xlogx(s) + xlogx(&(1.0 - s)),
+            Activation::Logistic4 => (xlogx(s) + xlogx(&(1.0 - s))) * 0.25 + s * 0.5,
+            Activation::HardSigmoid | Activation::HardSigmoid2u | Activation::CtrdHardSig | Activation::Relu6 => {
+                s * s * 0.5
+            }
+            Activation::MyHardSig => s * s,
+        };
+        let (lo, hi) = self.range();
+        let outside = s.lt(lo).logical_or(&s.gt(hi));
+        let per_unit = per_unit.masked_fill(&outside, f64::INFINITY);
+        crate::tensor_util::sum_per_example(&per_unit)
+    }
+
+    /// Whether σ extends holomorphically to complex drives (estimators §3.6).
+    pub fn is_holomorphic(self) -> bool {
+        matches!(self, Activation::Identity | Activation::Tanh | Activation::Sigmoid | Activation::Logistic4)
+    }
+}
+
+fn in_closed(u: &Tensor, lo: f64, hi: f64) -> Tensor {
+    u.ge(lo).logical_and(&u.le(hi)).to_kind(u.kind())
+}
+
+fn in_open(u: &Tensor, lo: f64, hi: f64) -> Tensor {
+    u.gt(lo).logical_and(&u.lt(hi)).to_kind(u.kind())
+}

@@ -1,0 +1,378 @@
+//! The energy model as a composition: free state layers (shape, update map) joined by energy terms
+//! (couplings, biases), a loss on the output layer, and a schedule. Everything a relaxation, an estimator or
+//! a check needs is a method here, built only from the terms' own drives and local forms.
+pub mod activation;
+pub mod loss;
+pub mod presets;
+pub mod schedule;
+pub mod terms;
+
+use crate::precision::Precision;
+use crate::{Error, Result};
+use activation::Activation;
+use loss::Loss;
+use schedule::Schedule;
+use tch::{Kind, Tensor};
+use terms::{accumulate, Node, Term};
+
+/// A free layer: per-example shape and update map.
+#[derive(Clone, Debug)]
+pub struct LayerSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub activation: Activation,
+}
+
+/// How a parameter is initialised (estimators §1.2, conventions §11.2).
+#[derive(Clone, Copy, Debug)]
+pub enum Init {
+    /// U(−bound, bound)
+    Uniform(f64),
+}
+
+#[derive(Clone, Debug)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+    /// Layer group (`synapses.<k>` for P-MLP): per-layer scopes concatenate its tensors.
+    pub group: String,
+    pub init: Init,
+}
+
+/// The clamped inputs and labels of a batch.
+pub struct Batch {
+    pub x: Vec<Tensor>,
+    pub y: Tensor,
+    pub y_onehot: Tensor,
+}
+
+impl Batch {
+    pub fn size(&self) -> i64 {
+        self.y.size()[0]
+    }
+    pub fn new(x: Tensor, y: Tensor, classes: i64) -> Batch {
+        let y_onehot = y.onehot(classes).to_kind(x.kind());
+        Batch { x: vec![x], y, y_onehot }
+    }
+}
+
+/// States of the free layers, in model order.
+pub type State = Vec<Tensor>;
+
+pub fn detach_state(s: &State) -> State {
+    s.iter().map(|t| t.detach()).collect()
+}
+
+pub struct Model {
+    pub preset: String,
+    pub input_shapes: Vec<Vec<i64>>,
+    pub layers: Vec<LayerSpec>,
+    pub params: Vec<ParamSpec>,
+    pub terms: Vec<Box<dyn Term>>,
+    pub loss: Loss,
+    /// Index of the loss-bearing (output) layer.
+    pub output: usize,
+    pub schedule: Schedule,
+    /// Option `init_scale` = g: after the default draws, every tensor is drawn again and multiplied by g.
+    pub init_scale: Option<f64>,
+    /// Per free layer: the (term, slot) pairs that touch it.
+    incidence: Vec<Vec<(usize, usize)>>,
+}
+
+impl Model {
+    pub fn new(
+        preset: &str,
+        input_shapes: Vec<Vec<i64>>,
+        layers: Vec<LayerSpec>,
+        params: Vec<ParamSpec>,
+        terms: Vec<Box<dyn Term>>,
+        loss: Loss,
+        schedule: Schedule,
+    ) -> Result<Model> {
+        let mut incidence = vec![Vec::new(); layers.len()];
+        for (ti, t) in terms.iter().enumerate() {
+            for (si, n) in t.slots().iter().enumerate() {
+                match *n {
+                    Node::Layer(k) if k < layers.len() => incidence[k].push((ti, si)),
+                    Node::Input(i) if i < input_shapes.len() => {}
+                    _ => return Err(Error::Config(format!("term {ti} ({}) refers to unknown node {n:?}", t.kind()))),
+                }
+            }
+            for &p in t.params() {
+                if p >= params.len() {
+                    return Err(Error::Config(format!("term {ti} refers to unknown parameter {p}")));
+                }
+            }
+        }
+        schedule.validate(layers.len())?;
+        let output = layers.len() - 1;
+        Ok(Model { preset: preset.to_string(), input_shapes, layers, params, terms, loss, output, schedule, init_scale: None, incidence })
+    }
+
+    pub fn classes(&self) -> i64 {
+        self.layers[self.output].shape.iter().product()
+    }
+    pub fn param_names(&self) -> Vec<String> {
+        self.params.iter().map(|p| p.name.clone()).collect()
+    }
+    pub fn layer_names(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.name.clone()).collect()
+    }
+
+    /// Initial parameters: float32 CPU tensors filled in canonical order by libtorch's uniform sampler after
+    /// seeding its CPU generator (conventions §11.2), then cast to the run dtype and device.
+    pub fn init_params(&self, seed: u64, prec: Precision) -> Vec<Tensor> {
+        tch::manual_seed(seed as i64);
+        let draw = || -> Vec<Tensor> {
+            self.params
+                .iter()
+                .map(|spec| {
+                    let t = Tensor::empty(&spec.shape[..], (Kind::Float, tch::Device::Cpu));
+                    match spec.init {
+                        Init::Uniform(a) => t.uniform(-a, a),
+                    }
+                })
+                .collect()
+        };
+        let mut ts = draw();
+        if let Some(g) = self.init_scale {
+            ts = draw().into_iter().map(|t| t * g).collect();
+        }
+        ts.into_iter().map(|t| t.to_kind(prec.dtype.kind()).to_device(prec.device)).collect()
+    }
+
+    /// Zero state for a batch of B examples.
+    pub fn zeros_state(&self, b: i64, prec: Precision) -> State {
+        self.layers
+            .iter()
+            .map(|l| {
+                let mut shape = vec![b];
+                shape.extend(&l.shape);
+                Tensor::zeros(&shape[..], prec.opts())
+            })
+            .collect()
+    }
+
+    fn slot_states<'a>(&self, t: &dyn Term, batch: &'a Batch, s: &'a [Tensor]) -> Vec<&'a Tensor> {
+        t.slots()
+            .iter()
+            .map(|n| match *n {
+                Node::Input(i) => &batch.x[i],
+                Node::Layer(k) => &s[k],
+            })
+            .collect()
+    }
+
+    /// Φ per example, shape (B,).
+    pub fn primitive(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Tensor {
+        let mut acc = None;
+        for t in &self.terms {
+            accumulate(&mut acc, t.primitive(p, &self.slot_states(t.as_ref(), batch, s)));
+        }
+        acc.expect("a model has at least one term")
+    }
+
+    /// E = −Φ per example.
+    pub fn energy(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Tensor {
+        -self.primitive(p, batch, s)
+    }
+
+    /// ℓ per example at state s.
+    pub fn loss_per_example(&self, batch: &Batch, s: &[Tensor]) -> Tensor {
+        self.loss.value(&s[self.output], &batch.y_onehot)
+    }
+
+    /// L = (1/B) Σ_b ℓ_b.
+    pub fn mean_loss(&self, batch: &Batch, s: &[Tensor]) -> Tensor {
+        self.loss_per_example(batch, s).mean(None::<Kind>)
+    }
+
+    /// Φ_β = Φ − βℓ per example.
+    pub fn nudged_primitive(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64) -> Tensor {
+        self.primitive(p, batch, s) - self.loss_per_example(batch, s) * beta
+    }
+
+    /// Total energy 𝓕_β = Σ_k ψ*_k(s_k) + E_β(s) per example (conventions §7.2).
+    pub fn total_energy(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64) -> Tensor {
+        let mut f = -self.nudged_primitive(p, batch, s, beta);
+        for (k, l) in self.layers.iter().enumerate() {
+            f = f + l.activation.conjugate_potential(&s[k]);
+        }
+        f
+    }
+
+    /// The analytic drive u_k = ∂Φ_β/∂s_k of one layer.
+    pub fn drive(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], k: usize, beta: f64) -> Tensor {
+        let mut acc = None;
+        for &(ti, si) in &self.incidence[k] {
+            let t = self.terms[ti].as_ref();
+            accumulate(&mut acc, t.drive(p, &self.slot_states(t, batch, s), si));
+        }
+        let mut u = acc.unwrap_or_else(|| s[k].zeros_like());
+        if k == self.output && beta != 0.0 {
+            u = u - self.loss.grad(&s[k], &batch.y_onehot) * beta;
+        }
+        u
+    }
+
+    /// Drives of every layer, by autograd of Σ_b Φ_β,b (an independent path to the analytic drives).
+    pub fn drives_autograd(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64) -> Vec<Tensor> {
+        let leaves: Vec<Tensor> = s.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+        let params: Vec<Tensor> = p.iter().map(|t| t.detach()).collect();
+        let phi = self.nudged_primitive(&params, batch, &leaves, beta).sum(None::<Kind>);
+        let refs: Vec<&Tensor> = leaves.iter().collect();
+        Tensor::run_backward(&[phi], &refs, false, false)
+    }
+
+    /// σ_k(u).
+    pub fn activate(&self, k: usize, u: &Tensor) -> Tensor {
+        self.layers[k].activation.apply(u)
+    }
+
+    /// J_k(u)·v: the update-map Jacobian applied to v (diag σ′ for elementwise maps).
+    pub fn jacobian_apply(&self, k: usize, u: &Tensor, v: &Tensor) -> Tensor {
+        self.layers[k].activation.derivative(u) * v
+    }
+
+    /// One iteration of the schedule at strength β. `autograd_drives` selects the autograd path.
+    pub fn step_with(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64, autograd_drives: bool) -> State {
+        let mut cur: State = s.iter().map(|t| t.shallow_clone()).collect();
+        for group in &self.schedule.groups {
+            let us: Vec<Tensor> = if autograd_drives {
+                let all = self.drives_autograd(p, batch, &cur, beta);
+                group.iter().map(|&k| all[k].shallow_clone()).collect()
+            } else {
+                group.iter().map(|&k| self.drive(p, batch, &cur, k, beta)).collect()
+            };
+            for (&k, u) in group.iter().zip(us) {
+                cur[k] = self.activate(k, &u);
+            }
+        }
+        cur
+    }
+
+    pub fn step(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64) -> State {
+        self.step_with(p, batch, s, beta, false)
+    }
+
+    /// f = ∂Φ̄/∂θ at state s (batch mean), from the local forms, in canonical parameter order.
+    pub fn param_derivative(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Vec<Tensor> {
+        let mut acc: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        for t in &self.terms {
+            let g = t.param_grad(p, &self.slot_states(t.as_ref(), batch, s));
+            for (&pi, gi) in t.params().iter().zip(g) {
+                accumulate(&mut acc[pi], gi);
+            }
+        }
+        let b = batch.size() as f64;
+        acc.into_iter().zip(p).map(|(a, pt)| a.map(|a| a / b).unwrap_or_else(|| pt.zeros_like())).collect()
+    }
+
+    /// f by autograd of Φ̄ (independent path for the `local` identity).
+    pub fn param_derivative_autograd(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Vec<Tensor> {
+        let leaves: Vec<Tensor> = p.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+        let states: Vec<Tensor> = s.iter().map(|t| t.detach()).collect();
+        let phi = self.primitive(&leaves, batch, &states).mean(None::<Kind>);
+        let refs: Vec<&Tensor> = leaves.iter().collect();
+        Tensor::run_backward(&[phi], &refs, false, false)
+    }
+
+    /// The VJP of one iteration s ↦ step(s; β) with cotangent λ on its output: returns
+    /// (λᵀ ∂step/∂s, λᵀ ∂step/∂θ), hand-rolled from the terms' Hessian-vector products and local VJPs
+    /// (estimators §1.7), for any schedule of groups (Jacobi inside, Gauss–Seidel between).
+    pub fn step_vjp(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], lambda: &[Tensor], beta: f64) -> (State, Vec<Tensor>) {
+        // Forward through the groups, keeping the state each group update reads.
+        let mut before: Vec<State> = Vec::with_capacity(self.schedule.groups.len());
+        let mut cur: State = s.iter().map(|t| t.shallow_clone()).collect();
+        let mut drives: Vec<Vec<Tensor>> = Vec::new();
+        for group in &self.schedule.groups {
+            let us: Vec<Tensor> = group.iter().map(|&k| self.drive(p, batch, &cur, k, beta)).collect();
+            before.push(cur.iter().map(|t| t.shallow_clone()).collect());
+            for (&k, u) in group.iter().zip(&us) {
+                cur[k] = self.activate(k, u);
+            }
+            drives.push(us);
+        }
+        let mut lam: Vec<Option<Tensor>> = lambda.iter().map(|t| Some(t.shallow_clone())).collect();
+        let mut gtheta: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        for (gi, group) in self.schedule.groups.iter().enumerate().rev() {
+            let st = &before[gi];
+            // μ_k = J_k λ_k for the layers this group replaced; their incoming cotangent is consumed.
+            let mut mu: Vec<Option<Tensor>> = (0..self.layers.len()).map(|_| None).collect();
+            for (j, &k) in group.iter().enumerate() {
+                if let Some(l) = lam[k].take() {
+                    mu[k] = Some(self.jacobian_apply(k, &drives[gi][j], &l));
+                }
+            }
+            self.add_hvp(p, batch, st, &mu, beta, &mut lam);
+            self.add_param_vjp(p, batch, st, &mu, &mut gtheta);
+        }
+        let lam = lam.into_iter().zip(s).map(|(l, t)| l.unwrap_or_else(|| t.zeros_like())).collect();
+        let g = gtheta.into_iter().zip(p).map(|(g, t)| g.unwrap_or_else(|| t.zeros_like())).collect();
+        (lam, g)
+    }
+
+    /// lam_j += Σ (∂²Φ_β/∂s_j∂s_k) μ_k over the layers k with a cotangent μ_k.
+    fn add_hvp(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], mu: &[Option<Tensor>], beta: f64, lam: &mut [Option<Tensor>]) {
+        for t in &self.terms {
+            let slots = t.slots();
+            let mus: Vec<Option<&Tensor>> = slots.iter().map(|n| n.layer().and_then(|k| mu[k].as_ref())).collect();
+            if mus.iter().all(|m| m.is_none()) {
+                continue;
+            }
+            let st = self.slot_states(t.as_ref(), batch, s);
+            for (si, n) in slots.iter().enumerate() {
+                if let Node::Layer(j) = *n {
+                    if let Some(h) = t.hvp(p, &st, &mus, si) {
+                        accumulate(&mut lam[j], h);
+                    }
+                }
+            }
+        }
+        if beta != 0.0 {
+            if let Some(m) = &mu[self.output] {
+                accumulate(&mut lam[self.output], self.loss.hvp(&s[self.output], m) * (-beta));
+            }
+        }
+    }
+
+    fn add_param_vjp(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], mu: &[Option<Tensor>], g: &mut [Option<Tensor>]) {
+        for t in &self.terms {
+            let mus: Vec<Option<&Tensor>> = t.slots().iter().map(|n| n.layer().and_then(|k| mu[k].as_ref())).collect();
+            if mus.iter().all(|m| m.is_none()) {
+                continue;
+            }
+            let st = self.slot_states(t.as_ref(), batch, s);
+            for (&pi, gi) in t.params().iter().zip(t.param_vjp(p, &st, &mus)) {
+                if let Some(gi) = gi {
+                    accumulate(&mut g[pi], gi);
+                }
+            }
+        }
+    }
+
+    /// The same VJP by autograd of one step (estimators §4.1, "autograd form"): an independent path.
+    pub fn step_vjp_autograd(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], lambda: &[Tensor], beta: f64) -> (State, Vec<Tensor>) {
+        let sl: Vec<Tensor> = s.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+        let pl: Vec<Tensor> = p.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+        let out = self.step_with(&pl, batch, &sl, beta, true);
+        let mut c = None;
+        for (o, l) in out.iter().zip(lambda) {
+            accumulate(&mut c, (o * l.detach()).sum(None::<Kind>));
+        }
+        let mut inputs: Vec<&Tensor> = sl.iter().collect();
+        inputs.extend(pl.iter());
+        let mut grads = Tensor::run_backward(&[c.unwrap()], &inputs, false, false);
+        let gp = grads.split_off(sl.len());
+        (grads, gp)
+    }
+
+    /// ∂L/∂s at state s: (∇ℓ_b)/B on the loss-bearing layer, 0 elsewhere.
+    pub fn loss_state_grad(&self, batch: &Batch, s: &[Tensor]) -> State {
+        let b = batch.size() as f64;
+        s.iter()
+            .enumerate()
+            .map(|(k, t)| if k == self.output { self.loss.grad(t, &batch.y_onehot) / b } else { t.zeros_like() })
+            .collect()
+    }
+}

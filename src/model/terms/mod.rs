@@ -1,0 +1,53 @@
+//! Energy terms of the primitive function Φ. Each term kind lives in its own file and owns, together:
+//! its Φ term, its analytic drives into every state slot it touches, its Hessian-vector product (the
+//! coupling part of the step VJP), and its local (Hebbian) parameter gradient and its VJP.
+//!
+//! Every term is **multilinear** in its state slots (bilinear couplings, linear biases and input terms), which
+//! is what makes Φ's Hessian in s constant and the local forms exact.
+pub mod bias;
+pub mod dense;
+
+use tch::Tensor;
+
+/// A state slot of a term: a clamped input (never updated) or a free layer (0-based; named `L<k+1>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Node {
+    Input(usize),
+    Layer(usize),
+}
+
+impl Node {
+    pub fn layer(self) -> Option<usize> {
+        match self {
+            Node::Layer(k) => Some(k),
+            Node::Input(_) => None,
+        }
+    }
+}
+
+pub trait Term: Send + Sync {
+    /// The coupling kind, e.g. `dense`, `bias`.
+    fn kind(&self) -> &'static str;
+    /// The state slots, in the order `s` is passed to every method.
+    fn slots(&self) -> &[Node];
+    /// Indices of the parameters this term owns (into the model's parameter list).
+    fn params(&self) -> &[usize];
+    /// This term of Φ per example, shape (B,).
+    fn primitive(&self, p: &[Tensor], s: &[&Tensor]) -> Tensor;
+    /// ∂Φ_term/∂s_slot, shape of that slot's state.
+    fn drive(&self, p: &[Tensor], s: &[&Tensor], slot: usize) -> Tensor;
+    /// Σ_j ∂²Φ_term/∂s_slot∂s_j · μ_j over the slots with a cotangent; None when it is zero.
+    fn hvp(&self, p: &[Tensor], s: &[&Tensor], mu: &[Option<&Tensor>], slot: usize) -> Option<Tensor>;
+    /// Σ_b ∂Φ_term,b/∂θ (batch **sum**), one tensor per entry of `params()`.
+    fn param_grad(&self, p: &[Tensor], s: &[&Tensor]) -> Vec<Tensor>;
+    /// Σ_b Σ_j ∂²Φ_term,b/∂θ∂s_j · μ_j: the parameter part of a step VJP (batch sum; None = zero).
+    fn param_vjp(&self, p: &[Tensor], s: &[&Tensor], mu: &[Option<&Tensor>]) -> Vec<Option<Tensor>>;
+}
+
+/// Adds `b` into an optional accumulator.
+pub fn accumulate(acc: &mut Option<Tensor>, b: Tensor) {
+    *acc = Some(match acc.take() {
+        Some(a) => a + b,
+        None => b,
+    });
+}
