@@ -11,6 +11,9 @@ pub struct RunConfig {
     pub preset: String,
     /// Layer sizes [n_0, …, n_L] (P-MLP).
     pub archi: Vec<i64>,
+    /// Whether `archi` was given explicitly (file or flag), not taken from the preset defaults.
+    #[serde(skip)]
+    pub archi_explicit: bool,
     pub activation: String,
     pub loss: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +154,7 @@ impl RunConfig {
             "p-mlp" => Ok(RunConfig {
                 preset: preset.into(),
                 archi: vec![784, 512, 10],
+                archi_explicit: false,
                 activation: "tanh".into(),
                 loss: "mse".into(),
                 schedule: None,
@@ -185,6 +189,7 @@ impl RunConfig {
             .unwrap_or_else(|| "p-mlp".to_string());
         let defaults = Self::preset_defaults(&preset)?;
         let mut table = toml::Table::try_from(&defaults).map_err(|e| Error::Config(e.to_string()))?;
+        let archi_explicit = file_table.contains_key("archi") || overrides.contains_key("archi");
         merge(&mut table, file_table);
         merge(&mut table, overrides);
         table.insert("preset".into(), toml::Value::String(preset));
@@ -192,6 +197,8 @@ impl RunConfig {
             let where_ = file.map(|p| format!("{}: ", p.display())).unwrap_or_default();
             Error::Config(format!("{where_}{}", first_line(&e.to_string())))
         })?;
+        let mut cfg = cfg;
+        cfg.archi_explicit = archi_explicit;
         cfg.validate()?;
         Ok(cfg)
     }

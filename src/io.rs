@@ -1,1 +1,197 @@
+//! Safetensors interchange (conventions §12): canonical names on write, canonical names and aliases on read,
+//! validation with errors that name the key. Writes go to a temporary file renamed into place.
+use crate::config::RunConfig;
+use crate::model::{Batch, Model};
+use crate::precision::Precision;
+use crate::{Error, Result};
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use tch::{Kind, Tensor};
 
+/// Reads every tensor of a safetensors file (F64, F32, I64, I32, U8, BOOL) as CPU tensors.
+pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        let kind = match view.dtype() {
+            StDtype::F64 => Kind::Double,
+            StDtype::F32 => Kind::Float,
+            StDtype::I64 => Kind::Int64,
+            StDtype::I32 => Kind::Int,
+            StDtype::U8 => Kind::Uint8,
+            StDtype::BOOL => Kind::Bool,
+            d => return Err(Error::file(path, format!("tensor '{name}': unsupported dtype {d:?}"))),
+        };
+        let t = Tensor::from_data_size(view.data(), &shape, kind);
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+fn st_dtype(kind: Kind) -> Result<StDtype> {
+    Ok(match kind {
+        Kind::Double => StDtype::F64,
+        Kind::Float => StDtype::F32,
+        Kind::Int64 => StDtype::I64,
+        Kind::Int => StDtype::I32,
+        Kind::Uint8 => StDtype::U8,
+        Kind::Bool => StDtype::BOOL,
+        k => return Err(Error::Report(format!("cannot write dtype {k:?} to safetensors"))),
+    })
+}
+
+/// Writes tensors with metadata, atomically (temporary file, then rename).
+pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    let mut bufs = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.detach().to_device(tch::Device::Cpu).contiguous();
+        let n = t.numel() * t.kind().elt_size_in_bytes();
+        let mut buf = vec![0u8; n];
+        t.copy_data_u8(&mut buf, t.numel());
+        bufs.push((name.clone(), st_dtype(t.kind())?, t.size().iter().map(|&d| d as usize).collect::<Vec<_>>(), buf));
+    }
+    let views: Vec<(String, TensorView)> = bufs
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| Error::Report(e.to_string()))?)))
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Report(e.to_string()))?;
+    let tmp = path.with_extension("safetensors.partial");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
+
+/// Looks a key up under its canonical name, then its aliases.
+fn lookup<'a>(map: &'a BTreeMap<String, Tensor>, names: &[String]) -> Option<(&'a String, &'a Tensor)> {
+    names.iter().find_map(|n| map.get_key_value(n))
+}
+
+fn param_aliases(name: &str, index: usize) -> Vec<String> {
+    vec![format!("param.{name}"), name.to_string(), format!("param.{index}")]
+}
+
+fn check_finite(t: &Tensor, key: &str) -> Result<()> {
+    if crate::tensor_util::all_finite(t) {
+        Ok(())
+    } else {
+        Err(Error::NonFinite(key.to_string()))
+    }
+}
+
+/// Infers P-MLP layer sizes from `synapses.<k>.weight` shapes; contradictions with sizes given explicitly
+/// in the configuration are errors naming the tensor.
+pub fn infer_sizes(cfg: &mut RunConfig, loaded: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    if cfg.preset != "p-mlp" {
+        return Ok(());
+    }
+    let mut archi = Vec::new();
+    for k in 0.. {
+        let name = format!("synapses.{k}.weight");
+        let Some((key, w)) = lookup(loaded, &param_aliases(&name, 2 * k)) else { break };
+        let sz = w.size();
+        if sz.len() != 2 {
+            return Err(Error::Shape(format!("{}: '{key}' has shape {sz:?}, expected a matrix (n_{}, n_{k})", path.display(), k + 1)));
+        }
+        if k == 0 {
+            archi.push(sz[1]);
+        } else if archi[k] != sz[1] {
+            return Err(Error::Shape(format!(
+                "{}: '{key}' has shape {sz:?}, but the previous weight gives n_{k} = {}",
+                path.display(),
+                archi[k]
+            )));
+        }
+        archi.push(sz[0]);
+    }
+    if archi.is_empty() {
+        return Err(Error::file(path, "missing key: param.synapses.0.weight"));
+    }
+    if cfg.archi_explicit && cfg.archi != archi {
+        return Err(Error::Shape(format!(
+            "{}: the parameters give archi {archi:?}, which contradicts the explicit archi {:?} (first tensor: synapses.0.weight)",
+            path.display(),
+            cfg.archi
+        )));
+    }
+    cfg.archi = archi;
+    Ok(())
+}
+
+/// Loads parameters under canonical names (aliases: bare name, `param.<i>`); every parameter must be present
+/// with its exact shape, extra parameters are errors, NaN/Inf are errors.
+pub fn load_params(model: &Model, path: &Path, prec: Precision) -> Result<Vec<Tensor>> {
+    let loaded = read_tensors(path)?;
+    let mut used = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, spec) in model.params.iter().enumerate() {
+        let names = param_aliases(&spec.name, i);
+        let (key, t) = lookup(&loaded, &names)
+            .ok_or_else(|| Error::file(path, format!("missing key: param.{}", spec.name)))?;
+        if t.size() != spec.shape {
+            return Err(Error::file(path, format!("shape mismatch: '{key}' has shape {:?}, expected {:?}", t.size(), spec.shape)));
+        }
+        if !t.is_floating_point() {
+            return Err(Error::file(path, format!("'{key}' is not a floating tensor")));
+        }
+        check_finite(t, key).map_err(|e| Error::file(path, e))?;
+        used.insert(key.clone());
+        out.push(t.to_kind(prec.dtype.kind()).to_device(prec.device));
+    }
+    let param_keys: Vec<&String> = loaded.keys().filter(|k| k.starts_with("param.") || k.starts_with("synapses.")).collect();
+    if let Some(extra) = param_keys.into_iter().find(|k| !used.contains(*k)) {
+        return Err(Error::file(path, format!("extra parameter '{extra}' that the model does not have")));
+    }
+    Ok(out)
+}
+
+/// Loads a batch: `input.x` (alias `x`), `input.y` (alias `y`), optional `input.y_onehot` that must equal
+/// onehot(y).
+pub fn load_batch(model: &Model, path: &Path, prec: Precision) -> Result<Batch> {
+    let loaded = read_tensors(path)?;
+    let (xk, x) = lookup(&loaded, &["input.x".into(), "x".into()]).ok_or_else(|| Error::file(path, "missing key: input.x"))?;
+    let (yk, y) = lookup(&loaded, &["input.y".into(), "y".into()]).ok_or_else(|| Error::file(path, "missing key: input.y"))?;
+    let mut want = vec![x.size().first().copied().unwrap_or(0)];
+    want.extend(&model.input_shapes[0]);
+    if x.size() != want {
+        return Err(Error::file(path, format!("shape mismatch: '{xk}' has shape {:?}, expected (B, {:?})", x.size(), model.input_shapes[0])));
+    }
+    check_finite(x, xk).map_err(|e| Error::file(path, e))?;
+    if y.size() != [want[0]] {
+        return Err(Error::file(path, format!("shape mismatch: '{yk}' has shape {:?}, expected ({},)", y.size(), want[0])));
+    }
+    let y = if y.is_floating_point() {
+        check_finite(y, yk).map_err(|e| Error::file(path, e))?;
+        if y.frac().abs().max().double_value(&[]) != 0.0 {
+            return Err(Error::file(path, format!("'{yk}' holds non-integral float labels")));
+        }
+        y.to_kind(Kind::Int64)
+    } else {
+        y.to_kind(Kind::Int64)
+    };
+    let c = model.classes();
+    if y.numel() > 0 && (y.min().int64_value(&[]) < 0 || y.max().int64_value(&[]) >= c) {
+        return Err(Error::file(path, format!("'{yk}' has a label outside 0…{}", c - 1)));
+    }
+    let batch = Batch::new(x.to_kind(prec.dtype.kind()).to_device(prec.device), y.to_device(prec.device), c);
+    if let Some((ok, oh)) = lookup(&loaded, &["input.y_onehot".into(), "input.target_onehot".into()]) {
+        let oh = oh.to_kind(prec.dtype.kind()).to_device(prec.device);
+        if oh.size() != batch.y_onehot.size() || !oh.equal(&batch.y_onehot) {
+            return Err(Error::file(path, format!("'{ok}' does not equal onehot(y)")));
+        }
+    }
+    Ok(batch)
+}
+
+/// Metadata of files epcheck writes (conventions §12.4).
+pub fn metadata(model: &Model, cfg: &RunConfig) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    m.insert("epcheck.schema".into(), "1".into());
+    m.insert("epcheck.preset".into(), model.preset.clone());
+    m.insert("epcheck.config".into(), serde_json::to_string(cfg).expect("config serialises"));
+    m.insert("epcheck.param_order".into(), serde_json::to_string(&model.param_names()).expect("names"));
+    m.insert("epcheck.layer_order".into(), serde_json::to_string(&model.layer_names()).expect("names"));
+    m.insert("epcheck.dtype".into(), cfg.dtype.clone());
+    m
+}

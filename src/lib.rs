@@ -32,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod estimators;
+pub mod instance;
 pub mod io;
 pub mod model;
 pub mod precision;

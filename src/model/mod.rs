@@ -355,14 +355,20 @@ impl Model {
     pub fn step_vjp_autograd(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], lambda: &[Tensor], beta: f64) -> (State, Vec<Tensor>) {
         let sl: Vec<Tensor> = s.iter().map(|t| t.detach().set_requires_grad(true)).collect();
         let pl: Vec<Tensor> = p.iter().map(|t| t.detach().set_requires_grad(true)).collect();
-        let out = self.step_with(&pl, batch, &sl, beta, true);
+        let out = self.step_with(&pl, batch, &sl, beta, false);
         let mut c = None;
         for (o, l) in out.iter().zip(lambda) {
             accumulate(&mut c, (o * l.detach()).sum(None::<Kind>));
         }
         let mut inputs: Vec<&Tensor> = sl.iter().collect();
         inputs.extend(pl.iter());
-        let mut grads = Tensor::run_backward(&[c.unwrap()], &inputs, false, false);
+        // Inputs that do not reach the output (e.g. the previous output state under `sync`) come back
+        // undefined: they get a zero cotangent.
+        let mut grads: Vec<Tensor> = Tensor::run_backward(&[c.unwrap()], &inputs, false, false)
+            .into_iter()
+            .zip(&inputs)
+            .map(|(g, x)| if g.defined() { g } else { x.zeros_like() })
+            .collect();
         let gp = grads.split_off(sl.len());
         (grads, gp)
     }

@@ -1,0 +1,82 @@
+//! An instance (checks §0.1): a model, its parameters, a batch, a precision, and its id.
+use crate::config::RunConfig;
+use crate::model::{presets, Batch, Model};
+use crate::precision::{DeviceChoice, Dtype, Precision};
+use crate::Result;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+pub struct Instance {
+    pub cfg: RunConfig,
+    pub model: Model,
+    pub params: Vec<Tensor>,
+    pub batch: Batch,
+    pub prec: Precision,
+    /// `<preset>-<h12>`
+    pub id: String,
+}
+
+impl Instance {
+    /// Builds the model of `cfg`; parameters come from `params_file` or the seeded initialisation, the batch
+    /// from `input_file` or the seeded synthetic batch (pixels U[0, 1], labels uniform; estimators §1.8).
+    pub fn build(mut cfg: RunConfig, params_file: Option<&Path>, input_file: Option<&Path>) -> Result<Instance> {
+        let dtype = Dtype::parse(&cfg.dtype)?;
+        let device = DeviceChoice::parse(&cfg.device)?.resolve()?;
+        let prec = Precision::new(dtype, device);
+        if let Some(path) = params_file {
+            // Layer sizes follow from the tensors; an explicit contradicting size is an error naming the tensor.
+            let loaded = crate::io::read_tensors(path)?;
+            crate::io::infer_sizes(&mut cfg, &loaded, path)?;
+        }
+        let model = presets::build(&cfg)?;
+        let params = match params_file {
+            Some(path) => crate::io::load_params(&model, path, prec)?,
+            None => model.init_params(cfg.seed, prec),
+        };
+        let batch = match input_file {
+            Some(path) => crate::io::load_batch(&model, path, prec)?,
+            None => synthetic_batch(&model, cfg.batch, cfg.seed, prec),
+        };
+        let id = instance_id(&cfg, &params, &batch);
+        Ok(Instance { cfg, model, params, batch, prec, id })
+    }
+
+    pub fn from_config(cfg: RunConfig) -> Result<Instance> {
+        Self::build(cfg, None, None)
+    }
+}
+
+/// The seeded synthetic batch: x ~ U[0, 1], y uniform over the classes (drawn after the parameters, from a
+/// generator seeded with seed + 1 so the parameter stream is unchanged).
+pub fn synthetic_batch(model: &Model, b: i64, seed: u64, prec: Precision) -> Batch {
+    tch::manual_seed(seed as i64 + 1);
+    let mut shape = vec![b];
+    shape.extend(&model.input_shapes[0]);
+    let x = Tensor::rand(&shape[..], (Kind::Float, tch::Device::Cpu)).to_kind(prec.dtype.kind()).to_device(prec.device);
+    let y = Tensor::randint(model.classes(), [b], (Kind::Int64, tch::Device::Cpu)).to_device(prec.device);
+    Batch::new(x, y, model.classes())
+}
+
+/// SHA-256 of the canonical JSON of the resolved configuration followed by the raw bytes of every input and
+/// parameter tensor in canonical order; the first 12 hex digits.
+pub fn instance_id(cfg: &RunConfig, params: &[Tensor], batch: &Batch) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(cfg).expect("config serialises"));
+    let mut feed = |t: &Tensor| {
+        let t = t.to_device(tch::Device::Cpu).contiguous();
+        let n = t.numel() * t.kind().elt_size_in_bytes();
+        let mut buf = vec![0u8; n];
+        t.copy_data_u8(&mut buf, t.numel());
+        h.update(&buf);
+    };
+    for x in &batch.x {
+        feed(x);
+    }
+    feed(&batch.y);
+    for p in params {
+        feed(p);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}", cfg.preset, &hex[..12])
+}
