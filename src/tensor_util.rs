@@ -36,3 +36,16 @@ pub fn norm2(t: &Tensor) -> f64 {
     let v = to_vec_f64(t);
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }
+
+/// Gradients of a scalar with respect to leaves; leaves the scalar does not depend on get zeros (libtorch
+/// returns undefined tensors for them).
+pub fn grads_or_zeros(output: &Tensor, inputs: &[&Tensor]) -> Vec<Tensor> {
+    if !output.requires_grad() {
+        return inputs.iter().map(|x| x.zeros_like()).collect();
+    }
+    Tensor::run_backward(&[output], inputs, false, false)
+        .into_iter()
+        .zip(inputs)
+        .map(|(g, x)| if g.defined() { g } else { x.zeros_like() })
+        .collect()
+}

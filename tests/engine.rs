@@ -221,3 +221,98 @@ fn relax_residuals_and_early_exit() {
     assert_eq!(ph.residuals.size(), vec![ph.iters, 3]);
 }
 
+
+// ---------------------------------------------------------------------------------------------------------
+// GDU: parameter series match BPTT step by step, neuron series match J·BPTT_s (not raw BPTT_s), and the
+// one-sweep series equal the published O(K²) re-run definition and the autograd-per-step variant.
+
+use epcheck::checks::{self, gdu};
+
+fn gdu_opts(k: i64, beta: f64) -> gdu::GduOptions {
+    gdu::GduOptions {
+        t_free: 30,
+        k,
+        beta,
+        theorem: true,
+        extend_free: true,
+        stat_tol: 1e-10,
+        max_iter: 10_000,
+        bias_const: 10.0,
+        lab_const: 100.0,
+        sign_floor: None,
+        sign_err_max: 0.01,
+        n_elem: 3,
+        plot_seed: 0,
+        verify_quadratic: true,
+    }
+}
+
+#[test]
+fn gdu_series_match_bptt_per_step_and_neurons_match_j_bptt() {
+    for act in ["tanh", "logistic4"] {
+        let inst = tiny(act, "mse");
+        let o = gdu_opts(12, 1e-3);
+        let g = gdu::compute_series(&inst.model, &inst.params, &inst.batch, inst.model.zeros_state(3, inst.prec), &o);
+        for t in 0..12 {
+            for (i, spec) in inst.model.params.iter().enumerate() {
+                let ep: Vec<f64> = flat(&[(&g.plus.theta[t][i] + &g.minus.theta[t][i]) * 0.5]);
+                let bp = flat(&[g.bptt_theta[t][i].shallow_clone()]);
+                if bp.iter().all(|v| *v == 0.0) {
+                    // Structural zero of BPTT: the symmetric EP series is O(β²) there.
+                    let scale = (0..12).flat_map(|u| flat(&[g.bptt_theta[u][i].shallow_clone()])).fold(0.0f64, |m, v| m.max(v.abs()));
+                    assert!(ep.iter().all(|v| v.abs() <= 10.0 * 1e-6 * scale), "{act} t={t} {}: structural zero", spec.name);
+                    continue;
+                }
+                // Per step, the error is within the scored bound c·β² of the whole series' norm (checks §3).
+                let series_norm = (0..12).flat_map(|u| flat(&[g.bptt_theta[u][i].shallow_clone()])).map(|v| v * v).sum::<f64>().sqrt();
+                let err = rel_l2(&ep, &bp) * bp.iter().map(|v| v * v).sum::<f64>().sqrt() / series_norm;
+                assert!(err < 10.0 * 1e-6, "{act} t={t} {}: ep_sym vs bptt error {err} of the series norm", spec.name);
+            }
+            for j in 0..inst.model.layers.len() {
+                let ep: Vec<f64> = flat(&[(&g.plus.neurons[t][j] + &g.minus.neurons[t][j]) * 0.5]);
+                let bj = flat(&[g.bptt_j[t][j].shallow_clone()]);
+                if bj.iter().all(|v| *v == 0.0) {
+                    continue;
+                }
+                let series_norm = (0..12).flat_map(|u| flat(&[g.bptt_j[u][j].shallow_clone()])).map(|v| v * v).sum::<f64>().sqrt();
+                let e = rel_l2(&ep, &bj);
+                let err = e * bj.iter().map(|v| v * v).sum::<f64>().sqrt() / series_norm;
+                assert!(err < 10.0 * 1e-6, "{act} t={t} L{}: ep_sym vs J·bptt error {err} of the series norm", j + 1);
+                // The raw BPTT neuron series differ by the factor J: EP is much closer to J·BPTT_s wherever J
+                // differs appreciably from 1.
+                let raw = flat(&[g.bptt_s[t][j].shallow_clone()]);
+                if rel_l2(&bj, &raw) > 1e-3 {
+                    assert!(rel_l2(&ep, &raw) > 100.0 * e, "{act} t={t} L{}: EP neurons should match J·BPTT_s, not raw", j + 1);
+                }
+            }
+        }
+        let report = gdu::run(&inst, &o);
+        assert_eq!(report.overall, checks::Verdict::Pass, "{act}: {:?}", report.verdicts.iter().filter(|v| v.verdict != "pass").collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn one_sweep_series_equal_published_rerun_and_autograd_variant() {
+    let inst = tiny_with("my_hard_sig", "ce", |c| c.seed = 1);
+    let o = gdu_opts(8, 1e-3);
+    let g = gdu::compute_series(&inst.model, &inst.params, &inst.batch, inst.model.zeros_state(3, inst.prec), &o);
+    let q = gdu::published_series(&inst.model, &inst.params, &inst.batch, &g.traj);
+    let lambda = inst.model.loss_state_grad(&inst.batch, &g.traj[8]);
+    let auto = epcheck::adjoint::reverse_sweep(&inst.model, &inst.params, &inst.batch, &g.traj, lambda, 8, true, true);
+    let a: Vec<f64> = g.bptt_theta.iter().flat_map(|s| flat(s)).collect();
+    let b: Vec<f64> = q.iter().flat_map(|s| flat(s)).collect();
+    let c: Vec<f64> = auto.per_step_theta.iter().flat_map(|s| flat(s)).collect();
+    assert!(a.iter().any(|v| *v != 0.0));
+    assert!(rel_linf(&a, &b) <= 1e-12, "one-sweep vs published: {}", rel_linf(&a, &b));
+    assert!(rel_linf(&a, &c) <= 1e-12, "hand-rolled vs autograd per step: {}", rel_linf(&a, &c));
+}
+
+#[test]
+fn gdu_reports_not_converged_instead_of_pass_when_free_phase_is_short() {
+    let inst = tiny("tanh", "mse");
+    let mut o = gdu_opts(4, 1e-3);
+    o.t_free = 4;
+    o.extend_free = false;
+    let report = gdu::run(&inst, &o);
+    assert!(matches!(report.overall, checks::Verdict::Inconclusive(_) | checks::Verdict::Fail(_)), "{:?}", report.overall);
+}

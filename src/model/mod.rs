@@ -221,7 +221,7 @@ impl Model {
         let params: Vec<Tensor> = p.iter().map(|t| t.detach()).collect();
         let phi = self.nudged_primitive(&params, batch, &leaves, beta).sum(None::<Kind>);
         let refs: Vec<&Tensor> = leaves.iter().collect();
-        Tensor::run_backward(&[phi], &refs, false, false)
+        crate::tensor_util::grads_or_zeros(&phi, &refs)
     }
 
     /// σ_k(u).
@@ -274,7 +274,7 @@ impl Model {
         let states: Vec<Tensor> = s.iter().map(|t| t.detach()).collect();
         let phi = self.primitive(&leaves, batch, &states).mean(None::<Kind>);
         let refs: Vec<&Tensor> = leaves.iter().collect();
-        Tensor::run_backward(&[phi], &refs, false, false)
+        crate::tensor_util::grads_or_zeros(&phi, &refs)
     }
 
     /// The VJP of one iteration s ↦ step(s; β) with cotangent λ on its output: returns
@@ -364,11 +364,7 @@ impl Model {
         inputs.extend(pl.iter());
         // Inputs that do not reach the output (e.g. the previous output state under `sync`) come back
         // undefined: they get a zero cotangent.
-        let mut grads: Vec<Tensor> = Tensor::run_backward(&[c.unwrap()], &inputs, false, false)
-            .into_iter()
-            .zip(&inputs)
-            .map(|(g, x)| if g.defined() { g } else { x.zeros_like() })
-            .collect();
+        let mut grads = crate::tensor_util::grads_or_zeros(&c.unwrap(), &inputs);
         let gp = grads.split_off(sl.len());
         (grads, gp)
     }
