@@ -15,6 +15,13 @@ fn main() {
     };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
     println!("cargo:rustc-env=EPCHECK_LIBTORCH_LIB={lib}");
+    // torch/version.py sits next to torch/lib in the PyTorch wheel: record the version in the manifest.
+    let version_py = Path::new(&lib).join("..").join("version.py");
+    if let Ok(text) = std::fs::read_to_string(&version_py) {
+        if let Some(v) = text.lines().find_map(|l| l.strip_prefix("__version__ = ")) {
+            println!("cargo:rustc-env=EPCHECK_LIBTORCH_VERSION={}", v.trim().trim_matches(|c| c == '\'' || c == '"'));
+        }
+    }
     if Path::new(&lib).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-search=native={lib}");
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -1,1 +1,286 @@
-pub fn main() -> i32 { 0 }
+//! The command line: a thin layer over the library. Exit codes: 0 = the run completed and no scored scope
+//! failed, 1 = a check failed, 2 = the run could not be done (bad input, error verdict); errors are one line.
+use crate::checks::{self, converge, gdu, Verdict};
+use crate::config::{parse_set, RunConfig};
+use crate::estimators::{Estimator, PhaseLengths};
+use crate::instance::Instance;
+use crate::{Error, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "epcheck", version, about = "Is this Equilibrium Propagation gradient right? EP estimators vs BPTT, convergence and GDU checks.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Convergence certificate of the free phase (and optionally the nudged phases).
+    Converge(Common),
+    /// Run one estimator and compare it with BPTT and truncated BPTT.
+    Estimate(Common),
+    /// GDU check: EP per-step updates vs BPTT per-step gradients (one reverse sweep).
+    Gdu(GduArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Preset name (p-mlp).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// TOML configuration file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any configuration key, e.g. --set checks.gdu.bias_const=5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Layer sizes, e.g. 784-512-10.
+    #[arg(long)]
+    pub archi: Option<String>,
+    #[arg(long)]
+    pub activation: Option<String>,
+    /// mse or ce.
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// sync or async2.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    #[arg(long)]
+    pub batch: Option<i64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// T: free-phase iterations.
+    #[arg(long = "T", visible_alias = "T1")]
+    pub t: Option<i64>,
+    /// K: iterations of each nudged phase.
+    #[arg(long = "K", visible_alias = "T2")]
+    pub k: Option<i64>,
+    /// β: nudge magnitude.
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// ep_plus, ep_minus, ep_centered, bptt, bptt_trunc (aliases: vanilla, symmetric).
+    #[arg(long)]
+    pub estimator: Option<String>,
+    /// f64 (default) or f32.
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// cpu, cuda or auto.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Early exit of each phase when r_∞ ≤ tol.
+    #[arg(long)]
+    pub tol: Option<f64>,
+    /// Parameters (safetensors, canonical names); layer sizes follow from their shapes.
+    #[arg(long)]
+    pub params: Option<PathBuf>,
+    /// Batch (safetensors: input.x, input.y).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Write every state, estimate and series under canonical names to this safetensors file.
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+    /// Output folder for run folders.
+    #[arg(long, default_value = "reports/runs")]
+    pub out: PathBuf,
+    /// svg, png or both.
+    #[arg(long)]
+    pub figure_format: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GduArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// theorem (scored, extended free phase, β = checks.gdu.beta) or replay (preset β, exactly T, info).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// Bias constant c of the thresholds c·β^p.
+    #[arg(long)]
+    pub bias_const: Option<f64>,
+    /// Constant of the lab_rmse thresholds.
+    #[arg(long)]
+    pub lab_const: Option<f64>,
+    /// Also compute the published O(K²) series and report the difference.
+    #[arg(long)]
+    pub verify_quadratic: bool,
+}
+
+impl Common {
+    fn overrides(&self) -> Result<toml::Table> {
+        let mut t = toml::Table::new();
+        let mut put = |k: &str, v: toml::Value| {
+            t.insert(k.into(), v);
+        };
+        if let Some(a) = &self.archi {
+            let sizes: std::result::Result<Vec<i64>, _> = a.split(['-', ',', 'x']).map(|s| s.trim().parse::<i64>()).collect();
+            let sizes = sizes.map_err(|_| Error::Config(format!("--archi expects sizes like 784-512-10, got '{a}'")))?;
+            put("archi", toml::Value::Array(sizes.into_iter().map(toml::Value::Integer).collect()));
+        }
+        for (k, v) in [("activation", &self.activation), ("loss", &self.loss), ("schedule", &self.schedule), ("estimator", &self.estimator), ("dtype", &self.dtype), ("device", &self.device)] {
+            if let Some(v) = v {
+                put(k, toml::Value::String(v.clone()));
+            }
+        }
+        for (k, v) in [("batch", self.batch), ("t_free", self.t), ("k_nudge", self.k)] {
+            if let Some(v) = v {
+                put(k, toml::Value::Integer(v));
+            }
+        }
+        if let Some(s) = self.seed {
+            put("seed", toml::Value::Integer(s as i64));
+        }
+        if let Some(b) = self.beta {
+            put("beta", toml::Value::Float(b));
+        }
+        if let Some(x) = self.tol {
+            put("tol", toml::Value::Float(x));
+        }
+        for kv in &self.set {
+            crate::config::merge(&mut t, parse_set(kv)?);
+        }
+        if let Some(f) = &self.figure_format {
+            crate::config::merge(&mut t, parse_set(&format!("checks.figure_format=\"{f}\""))?);
+        }
+        Ok(t)
+    }
+
+    fn instance(&self, extra: toml::Table) -> Result<Instance> {
+        for p in [&self.config, &self.params, &self.input].into_iter().flatten() {
+            if !p.exists() {
+                return Err(Error::file(p, "no such file"));
+            }
+        }
+        let mut over = self.overrides()?;
+        crate::config::merge(&mut over, extra);
+        let cfg = RunConfig::resolve(self.preset.as_deref(), self.config.as_deref(), over)?;
+        Instance::build(cfg, self.params.as_deref(), self.input.as_deref())
+    }
+
+    fn lengths(cfg: &RunConfig) -> PhaseLengths {
+        PhaseLengths { t_free: cfg.t_free, k_nudge: cfg.k_nudge, tol: cfg.tol }
+    }
+}
+
+fn finish(common: &Common, command: &str, inst: &Instance, reports: Vec<checks::CheckReport>) -> Result<i32> {
+    let args: Vec<String> = std::env::args().collect();
+    crate::progress::message("writing report");
+    let dir = crate::report::write_run(&common.out, command, inst, &reports, &args)?;
+    if let Some(path) = &common.dump {
+        let mut tensors: Vec<(String, tch::Tensor)> = vec![];
+        for (i, s) in inst.model.params.iter().enumerate() {
+            tensors.push((format!("param.{}", s.name), inst.params[i].shallow_clone()));
+        }
+        tensors.push(("input.x".into(), inst.batch.x[0].shallow_clone()));
+        tensors.push(("input.y".into(), inst.batch.y.shallow_clone()));
+        for r in &reports {
+            tensors.extend(r.dump.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
+        }
+        crate::io::write_tensors(path, &tensors, crate::io::metadata(&inst.model, &inst.cfg))?;
+    }
+    crate::progress::finish();
+    let mut code = 0;
+    for r in &reports {
+        println!("{} {}: {}", r.check, r.instance, r.overall.display());
+        code = code.max(match r.overall {
+            Verdict::Fail(_) => 1,
+            Verdict::Error(_) => 2,
+            _ => 0,
+        });
+    }
+    println!("report: {}", dir.display());
+    Ok(code)
+}
+
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Converge(c) => {
+            let inst = c.instance(toml::Table::new())?;
+            crate::progress::start("converge");
+            let cfg = &inst.cfg;
+            let o = converge::ConvergeOptions {
+                t_free: cfg.t_free,
+                k_nudge: cfg.k_nudge,
+                beta: cfg.beta,
+                tol: cfg.converge_tol(),
+                power_iters: cfg.checks.converge.power_iters,
+                require_contraction: cfg.checks.converge.require_contraction,
+                phases: cfg.checks.converge.phases.clone(),
+                seed: cfg.seed,
+            };
+            let rep = converge::run(&inst, &o);
+            finish(&c, "converge", &inst, vec![rep])
+        }
+        Command::Estimate(c) => {
+            let inst = c.instance(toml::Table::new())?;
+            let est = Estimator::parse(&inst.cfg.estimator)?;
+            crate::progress::start(&format!("estimate {}", est.key()));
+            let rep = checks::estimate::run(&inst, est, inst.cfg.beta, Common::lengths(&inst.cfg))?;
+            finish(&c, "estimate", &inst, vec![rep])
+        }
+        Command::Gdu(g) => {
+            let mut extra = toml::Table::new();
+            if let Some(m) = &g.mode {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.gdu.mode=\"{m}\""))?);
+            }
+            if let Some(v) = g.bias_const {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.gdu.bias_const={v:e}"))?);
+            }
+            if let Some(v) = g.lab_const {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.gdu.lab_const={v:e}"))?);
+            }
+            if g.verify_quadratic {
+                crate::config::merge(&mut extra, parse_set("checks.gdu.verify_quadratic=true")?);
+            }
+            let inst = g.common.instance(extra)?;
+            let cfg = &inst.cfg;
+            let gc = &cfg.checks.gdu;
+            let theorem = gc.mode == "theorem";
+            if cfg.k_nudge > cfg.t_free && !(theorem && gc.extend_free) {
+                return Err(Error::Config(format!("gdu needs K ≤ T without an extended free phase (K = {}, T = {})", cfg.k_nudge, cfg.t_free)));
+            }
+            // Theorem mode uses checks.gdu.beta unless --beta was given explicitly; replay uses the preset β.
+            let beta = if theorem { g.common.beta.unwrap_or(gc.beta) } else { cfg.beta };
+            crate::progress::start("gdu");
+            let o = gdu::GduOptions {
+                t_free: cfg.t_free,
+                k: cfg.k_nudge,
+                beta,
+                theorem,
+                extend_free: gc.extend_free,
+                stat_tol: cfg.converge_tol(),
+                max_iter: gc.max_iter,
+                bias_const: gc.bias_const,
+                lab_const: gc.lab_const,
+                sign_floor: gc.sign_floor,
+                sign_err_max: gc.sign_err_max,
+                n_elem: gc.n_elem,
+                plot_seed: cfg.checks.plot_seed,
+                verify_quadratic: gc.verify_quadratic,
+            };
+            let rep = gdu::run(&inst, &o);
+            finish(&g.common, "gdu", &inst, vec![rep])
+        }
+    }
+}
+
+/// Entry point of the binary: parses, runs, prints one-line errors, returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            crate::progress::finish();
+            eprintln!("error: {e}");
+            2
+        }
+    }
+}

@@ -36,6 +36,7 @@ pub mod instance;
 pub mod io;
 pub mod model;
 pub mod precision;
+pub mod progress;
 pub mod relax;
 pub mod report;
 pub mod tensor_util;

@@ -60,6 +60,7 @@ pub fn relax(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor], beta: 
         let mut iters = 0;
         for _ in 0..opts.iters {
             let next = model.step_with(p, batch, &s, beta, opts.autograd_drives);
+            crate::progress::tick();
             let r = state_distance(&next, &s);
             s = next;
             iters += 1;

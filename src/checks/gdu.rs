@@ -65,10 +65,20 @@ pub struct GduSeries {
 pub fn free_phase(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions) -> (Vec<State>, i64) {
     if o.theorem && o.extend_free {
         let a = relax(m, p, batch, &init, 0.0, &RelaxOptions::fixed(o.t_free));
-        let budget = (o.max_iter - o.t_free - o.k).max(0);
-        let ext = relax(m, p, batch, &a.state, 0.0, &RelaxOptions { iters: budget, tol: Some(o.stat_tol), ..Default::default() });
-        let last = relax(m, p, batch, &ext.state, 0.0, &RelaxOptions { iters: o.k, record: true, ..Default::default() });
-        (last.traj.unwrap(), a.iters + ext.iters + last.iters)
+        // Extend until the state itself is stationary: its residual r_∞ = max|step(s) − s| ≤ stat_tol.
+        let (mut s, mut n) = (a.state, a.iters);
+        tch::no_grad(|| loop {
+            let next = m.step(p, batch, &s, 0.0);
+            crate::progress::tick();
+            let r = state_distance(&next, &s).max().to_kind(Kind::Double).double_value(&[]);
+            if r <= o.stat_tol || n + o.k >= o.max_iter {
+                break;
+            }
+            s = next;
+            n += 1;
+        });
+        let last = relax(m, p, batch, &s, 0.0, &RelaxOptions { iters: o.k, record: true, ..Default::default() });
+        (last.traj.unwrap(), n + last.iters)
     } else {
         let skip = relax(m, p, batch, &init, 0.0, &RelaxOptions::fixed(o.t_free - o.k));
         let last = relax(m, p, batch, &skip.state, 0.0, &RelaxOptions { iters: o.k, record: true, ..Default::default() });
@@ -177,6 +187,15 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
     let eps = inst.prec.dtype.eps();
     let iota = if inst.prec.dtype == crate::precision::Dtype::F64 { 1e-12 } else { 1e-5 };
     let zeros = m.zeros_state(batch.size(), inst.prec);
+    // Diverging dynamics: report an error verdict naming the first non-finite state, never NaN series.
+    let probe = relax(m, p, batch, &zeros, 0.0, &RelaxOptions::fixed(o.t_free));
+    for (k, l) in m.layers.iter().enumerate() {
+        if !crate::tensor_util::all_finite(&probe.state[k]) {
+            let v = Verdict::Error(format!("non-finite value: state.free.{}", l.name));
+            rows.verdict("phase", "free", &v, json!({ "iters": probe.iters }));
+            return rows.finish(vec![format!("{}: the free phase diverged within T = {} iterations", v.display(), o.t_free)], vec![]);
+        }
+    }
     let g = compute_series(m, p, batch, zeros, o);
     let k = g.k;
     let sync = m.schedule.kind == ScheduleKind::Sync;

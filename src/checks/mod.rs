@@ -1,6 +1,7 @@
 //! Checks as contracts (checks.md): each produces long-format metric, verdict and series rows, an overall
 //! verdict, and (optionally) tensors to dump.
 pub mod converge;
+pub mod estimate;
 pub mod gdu;
 pub mod kinks;
 pub mod metrics;

@@ -1,1 +1,133 @@
+//! Run folders: every command writes `<out>/<run_id>/` with the resolved config, a manifest, the tables,
+//! the figures and a Markdown summary. The folder is assembled under a hidden staging name and renamed into
+//! place only when complete, so a failed run never leaves a half-written report.
+pub mod figures;
+pub mod tables;
 
+use crate::checks::CheckReport;
+use crate::instance::Instance;
+use crate::{Error, Result};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+pub struct RunFolder {
+    staging: PathBuf,
+    final_dir: PathBuf,
+    pub run_id: String,
+    committed: bool,
+}
+
+impl RunFolder {
+    pub fn new(out: &Path, command: &str, instance_id: &str) -> Result<Self> {
+        std::fs::create_dir_all(out).map_err(|e| Error::file(out, format!("cannot create output folder: {e}")))?;
+        let now = std::time::SystemTime::now();
+        let stamp = humantime::format_rfc3339_seconds(now).to_string().replace([':', '-'], "").replace('Z', "");
+        let mut run_id = format!("{command}-{instance_id}-{stamp}");
+        let mut i = 1;
+        while out.join(&run_id).exists() {
+            i += 1;
+            run_id = format!("{command}-{instance_id}-{stamp}-{i}");
+        }
+        let staging = out.join(format!(".{run_id}.partial"));
+        std::fs::create_dir_all(staging.join("tables")).map_err(|e| Error::file(&staging, e))?;
+        Ok(RunFolder { final_dir: out.join(&run_id), staging, run_id, committed: false })
+    }
+    pub fn dir(&self) -> &Path {
+        &self.staging
+    }
+    pub fn write(&self, rel: &str, content: &str) -> Result<()> {
+        let p = self.staging.join(rel);
+        std::fs::write(&p, content).map_err(|e| Error::file(&p, e))
+    }
+    /// Renames the staging folder to its final name.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        std::fs::rename(&self.staging, &self.final_dir).map_err(|e| Error::file(&self.final_dir, e))?;
+        self.committed = true;
+        Ok(self.final_dir.clone())
+    }
+}
+
+impl Drop for RunFolder {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+pub fn manifest(inst: &Instance, command: &str, run_id: &str, args: &[String]) -> serde_json::Value {
+    json!({
+        "run_id": run_id,
+        "command": command,
+        "args": args,
+        "epcheck_version": env!("CARGO_PKG_VERSION"),
+        "libtorch_version": option_env!("EPCHECK_LIBTORCH_VERSION").unwrap_or("unknown"),
+        "tch_version": "0.24.0",
+        "device": inst.prec.device_name(),
+        "cuda_available": tch::Cuda::is_available(),
+        "dtype": inst.prec.dtype.name(),
+        "threads": tch::get_num_threads(),
+        "seed": inst.cfg.seed,
+        "plot_seed": inst.cfg.checks.plot_seed,
+        "instance": inst.id,
+        "preset": inst.model.preset,
+        "time": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    })
+}
+
+/// Writes a complete run folder for the given check reports and returns its path.
+pub fn write_run(out: &Path, command: &str, inst: &Instance, reports: &[CheckReport], args: &[String]) -> Result<PathBuf> {
+    let rf = RunFolder::new(out, command, &inst.id)?;
+    rf.write("config.toml", &inst.cfg.to_toml())?;
+    rf.write("manifest.json", &serde_json::to_string_pretty(&manifest(inst, command, &rf.run_id, args)).expect("json"))?;
+    let metrics: Vec<_> = reports.iter().flat_map(|r| r.metrics.iter().cloned()).collect();
+    let verdicts: Vec<_> = reports.iter().flat_map(|r| r.verdicts.iter().cloned()).collect();
+    let series: Vec<_> = reports.iter().flat_map(|r| r.series.iter().cloned()).collect();
+    let tdir = rf.dir().join("tables");
+    tables::write_both(&mut tables::metrics_frame(&rf.run_id, &metrics)?, &tdir, "metrics")?;
+    tables::write_both(&mut tables::verdicts_frame(&rf.run_id, &verdicts)?, &tdir, "verdicts")?;
+    tables::write_both(&mut tables::series_frame(&rf.run_id, &series)?, &tdir, "series")?;
+    let fmt = inst.cfg.checks.figure_format.as_str();
+    let mut figs = vec![];
+    for r in reports {
+        let fdir = rf.dir().join("figures").join(&r.check).join(&inst.id);
+        match r.check.as_str() {
+            "gdu" => figs.extend(figures::gdu_figure(&fdir, &r.series, &inst.model.param_names(), &inst.model.layer_names(), fmt)?),
+            "converge" => {
+                let phases: Vec<(String, i64, usize)> = r
+                    .verdicts
+                    .iter()
+                    .filter(|v| v.scope == "phase")
+                    .map(|v| {
+                        let d: serde_json::Value = serde_json::from_str(&v.details).unwrap_or_default();
+                        (v.name.clone(), d["iters"].as_i64().unwrap_or(0), d["nonconverged"].as_u64().unwrap_or(0) as usize)
+                    })
+                    .collect();
+                figs.extend(figures::residual_figure(&fdir, &r.series, &phases, inst.cfg.converge_tol(), fmt)?);
+            }
+            _ => {}
+        }
+    }
+    let mut md = vec![
+        format!("# epcheck {command} — {}", inst.id),
+        String::new(),
+        format!("run `{}`; preset `{}`; dtype {}; device {}; seed {}", rf.run_id, inst.model.preset, inst.prec.dtype.name(), inst.prec.device_name(), inst.cfg.seed),
+        String::new(),
+    ];
+    for r in reports {
+        md.push(format!("## {} — {}", r.check, r.overall.display()));
+        md.push(String::new());
+        md.extend(r.summary.iter().cloned());
+        md.push(String::new());
+    }
+    if !figs.is_empty() {
+        md.push("## Figures".into());
+        md.push(String::new());
+        for f in &figs {
+            let rel = f.strip_prefix(rf.dir()).unwrap_or(f);
+            md.push(format!("- `{}`", rel.display()));
+        }
+    }
+    rf.write("summary.md", &(md.join("\n") + "\n"))?;
+    rf.commit()
+}

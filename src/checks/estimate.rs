@@ -1,0 +1,107 @@
+//! `estimate`: runs one estimator and reports it (info): per tensor and in total, its norm and its agreement
+//! with the exact references on the same instance (`bptt` through T, `bptt_trunc` over the last K), with the
+//! residual of every phase it used and the round-off floor of EP estimates.
+use super::metrics as mx;
+use super::{CheckReport, Rows, Verdict};
+use crate::estimators::{self, bptt, Estimator, PhaseLengths};
+use crate::instance::Instance;
+use crate::relax::residual;
+use crate::tensor_util::{all_finite, norm2, to_vec_f64};
+use serde_json::json;
+use tch::Tensor;
+
+pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> crate::Result<CheckReport> {
+    let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
+    let mut rows = Rows::new("estimate", &inst.id, &m.preset, inst.prec.dtype.name());
+    let run = estimators::estimate(est, m, p, batch, beta, len)?;
+    let mut summary = vec![];
+    // Diverged phases are reported as an error verdict naming the first non-finite state, never as NaN rows.
+    for (phase, ph) in &run.phases {
+        for (k, l) in m.layers.iter().enumerate() {
+            if !all_finite(&ph.state[k]) {
+                let v = Verdict::Error(format!("non-finite value: state.{phase}.{}", l.name));
+                rows.verdict("phase", phase, &v, json!({ "iters": ph.iters }));
+                summary.push(format!("{}: the {phase} phase diverged (non-finite states after {} iterations)", v.display(), ph.iters));
+                return Ok(rows.finish(summary, vec![]));
+            }
+        }
+    }
+    let key = run.grad.key.clone();
+    let refs: Vec<(&str, Vec<Tensor>)> = match est {
+        Estimator::Bptt => vec![("bptt_trunc", bptt::truncated(m, p, batch, len.t_free, len.k_nudge.min(len.t_free))?.0.tensors)],
+        Estimator::BpttTrunc => vec![("bptt", bptt::full(m, p, batch, len.t_free).0.tensors)],
+        _ => vec![("bptt", bptt::full(m, p, batch, len.t_free).0.tensors), ("bptt_trunc", bptt::truncated(m, p, batch, len.t_free, len.k_nudge.min(len.t_free))?.0.tensors)],
+    };
+    summary.push(format!("estimator `{key}`, β = {beta}, T = {}, K = {}", len.t_free, len.k_nudge));
+    summary.push(String::new());
+    let mut head = "| tensor | ‖ĝ‖ |".to_string();
+    let mut sep = "|---|---|".to_string();
+    for (rname, _) in &refs {
+        head += &format!(" rel_l2 vs {rname} | cos vs {rname} |");
+        sep += "---|---|";
+    }
+    summary.push(head);
+    summary.push(sep);
+    let fmax = run.phases.iter().map(|(_, ph)| m.param_derivative(p, batch, &ph.state).iter().map(norm2).fold(0.0, f64::max)).fold(0.0, f64::max);
+    let mut scopes: Vec<(String, String, Vec<f64>, Vec<Vec<f64>>)> = m
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ("tensor".into(), s.name.clone(), to_vec_f64(&run.grad.tensors[i]), refs.iter().map(|(_, r)| to_vec_f64(&r[i])).collect()))
+        .collect();
+    let total_a: Vec<f64> = scopes.iter().flat_map(|s| s.2.clone()).collect();
+    let total_r: Vec<Vec<f64>> = (0..refs.len()).map(|j| scopes.iter().flat_map(|s| s.3[j].clone()).collect()).collect();
+    scopes.push(("total".into(), "total".into(), total_a, total_r));
+    for (scope, name, a, rs) in &scopes {
+        let mut r = rows.row(scope, name, "norm", mx::norm(a));
+        r.estimator = Some(key.clone());
+        r.beta = run.grad.beta;
+        rows.push(r);
+        let mut line = format!("| {name} | {:.4e} |", mx::norm(a));
+        for ((rname, _), rv) in refs.iter().zip(rs) {
+            for (metric, value) in [("rel_l2", mx::rel_l2(a, rv)), ("cos", mx::cos(a, rv))] {
+                let mut r = rows.row(scope, name, metric, value);
+                r.estimator = Some(key.clone());
+                r.beta = run.grad.beta;
+                r.reference = Some(rname.to_string());
+                r.verdict = Some("info".into());
+                rows.push(r);
+            }
+            line += &format!(" {:.3e} | {:.6} |", mx::rel_l2(a, rv), mx::cos(a, rv));
+        }
+        summary.push(line);
+        if let (Some(b), true) = (run.grad.beta, scope == "total") {
+            let mut r = rows.row(scope, name, "floor_rel", inst.prec.dtype.eps() * fmax / (b * mx::norm(&rs[0])));
+            r.estimator = Some(key.clone());
+            rows.push(r);
+        }
+    }
+    summary.push(String::new());
+    summary.push("| phase | β | iterations | max r_∞ after the phase |".into());
+    summary.push("|---|---|---|---|".into());
+    for (phase, ph) in &run.phases {
+        let r = residual(m, p, batch, &ph.state, ph.beta).max().to_kind(tch::Kind::Double).double_value(&[]);
+        let mut row = rows.row("phase", phase, "r_inf_max", r);
+        row.phase = Some(phase.clone());
+        row.beta = Some(ph.beta);
+        rows.push(row);
+        summary.push(format!("| {phase} | {} | {} | {r:.3e} |", ph.beta, ph.iters));
+    }
+    rows.verdict("estimate", &key, &Verdict::Info, json!({ "beta": beta }));
+    let mut dump = vec![];
+    for (i, s) in m.params.iter().enumerate() {
+        dump.push((format!("grad.{key}.{}", s.name), run.grad.tensors[i].shallow_clone()));
+        for (rname, r) in &refs {
+            dump.push((format!("grad.{rname}.{}", s.name), r[i].shallow_clone()));
+        }
+    }
+    for (phase, ph) in &run.phases {
+        for (k, l) in m.layers.iter().enumerate() {
+            dump.push((format!("state.{phase}.{}", l.name), ph.state[k].shallow_clone()));
+        }
+        dump.push((format!("phi.{phase}"), m.primitive(p, batch, &ph.state)));
+        dump.push((format!("energy.{phase}"), m.energy(p, batch, &ph.state)));
+        dump.push((format!("loss.{phase}"), m.loss_per_example(batch, &ph.state)));
+    }
+    Ok(rows.finish(summary, dump))
+}
