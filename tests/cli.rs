@@ -1,0 +1,175 @@
+//! The binary end to end: reports are written, bad input is a one-line error with exit code 2 and no report.
+mod common;
+use epcheck::io::write_tensors;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{Kind, Tensor};
+
+fn epcheck(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(args).output().expect("binary runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn runs(dir: &Path) -> Vec<PathBuf> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd.map(|e| e.unwrap().path()).collect(),
+        Err(_) => vec![],
+    }
+}
+
+const TINY: &[&str] = &["--preset", "p-mlp", "--archi", "6-5-5-3", "--batch", "3", "--set", "init_scale=0.5", "--activation", "logistic4"];
+
+fn with(base: &[&str], extra: &[&str]) -> Vec<String> {
+    base.iter().chain(extra).map(|s| s.to_string()).collect()
+}
+
+fn run_args(a: &[String]) -> (i32, String, String) {
+    epcheck(&a.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+#[test]
+fn gdu_writes_tables_figures_and_dump() {
+    let d = tmp();
+    let out = d.path().join("runs");
+    let dump = d.path().join("dump.safetensors");
+    let mut a = vec!["gdu".to_string()];
+    a.extend(with(TINY, &["--K", "20", "--out", out.to_str().unwrap(), "--dump", dump.to_str().unwrap()]));
+    let (code, stdout, stderr) = run_args(&a);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("gdu p-mlp-") && stdout.contains(": pass"), "{stdout}");
+    let run = &runs(&out)[0];
+    for f in ["config.toml", "manifest.json", "summary.md", "tables/metrics.parquet", "tables/metrics.csv", "tables/verdicts.csv", "tables/series.parquet"] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let figs: Vec<_> = walk(&run.join("figures"));
+    assert!(figs.iter().any(|p| p.ends_with("gdu.svg")) && figs.iter().any(|p| p.ends_with("gdu.png")), "{figs:?}");
+    let csv = std::fs::read_to_string(run.join("tables/metrics.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    for c in ["run_id", "check", "instance", "estimator", "beta", "scope", "name", "t", "metric", "value", "threshold", "verdict"] {
+        assert!(header.split(',').any(|h| h == c), "metrics.csv lacks column {c}: {header}");
+    }
+    let t = epcheck::io::read_tensors(&dump).unwrap();
+    for k in ["param.synapses.0.weight", "input.x", "gdu.bptt.synapses.1.weight", "gdu.ep_sym.neurons.L2", "gdu.bptt_j.neurons.L1", "grad.ep_centered.synapses.2.bias", "traj.free.L3"] {
+        assert!(t.contains_key(k), "dump lacks {k}");
+    }
+    assert_eq!(t["gdu.bptt.synapses.1.weight"].size(), vec![20, 5, 5]);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in runs(dir) {
+        if e.is_dir() {
+            out.extend(walk(&e));
+        } else {
+            out.push(e);
+        }
+    }
+    out
+}
+
+fn expect_bad_input(args: Vec<String>, needle: &str, out: &Path) {
+    let (code, stdout, stderr) = run_args(&args);
+    assert_eq!(code, 2, "exit code for {args:?}: stdout {stdout} stderr {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one-line error expected, got: {stderr}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "error '{}' should mention '{needle}'", lines[0]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(runs(out).is_empty(), "no report may be written on bad input: {:?}", runs(out));
+}
+
+fn params_file(dir: &Path, name: &str, tensors: Vec<(&str, Tensor)>) -> PathBuf {
+    let p = dir.join(name);
+    write_tensors(&p, &tensors.into_iter().map(|(n, t)| (n.to_string(), t)).collect::<Vec<_>>(), HashMap::new()).unwrap();
+    p
+}
+
+fn good_params() -> Vec<(&'static str, Tensor)> {
+    let o = (Kind::Double, tch::Device::Cpu);
+    vec![
+        ("param.synapses.0.weight", Tensor::randn([5, 6], o) * 0.3),
+        ("param.synapses.0.bias", Tensor::zeros([5], o)),
+        ("param.synapses.1.weight", Tensor::randn([3, 5], o) * 0.3),
+        ("param.synapses.1.bias", Tensor::zeros([3], o)),
+    ]
+}
+
+#[test]
+fn bad_input_is_a_one_line_error_with_exit_2_and_no_report() {
+    let d = tmp();
+    let out = d.path().join("runs");
+    let o = out.to_str().unwrap();
+    let bad_toml = d.path().join("bad.toml");
+    std::fs::write(&bad_toml, "preset = \"p-mlp\"\nbeta = [1,\n").unwrap();
+    expect_bad_input(with(&["gdu", "--config", bad_toml.to_str().unwrap(), "--out", o], &[]), "malformed TOML", &out);
+    let unknown_key = d.path().join("unknown.toml");
+    std::fs::write(&unknown_key, "bta = 0.1\n").unwrap();
+    expect_bad_input(with(&["estimate", "--config", unknown_key.to_str().unwrap(), "--out", o], &[]), "unknown field", &out);
+    expect_bad_input(with(&["converge", "--preset", "no-such-preset", "--out", o], &[]), "unknown preset 'no-such-preset'", &out);
+    expect_bad_input(with(&["estimate", "--params", "/nonexistent/p.safetensors", "--out", o], &[]), "no such file", &out);
+    expect_bad_input(with(&["estimate", "--beta", "0", "--out", o], &[]), "beta must be", &out);
+    expect_bad_input(with(&["estimate", "--estimator", "ep_magic", "--out", o], &[]), "unknown estimator", &out);
+    // Wrong shape: the second weight does not chain with the first.
+    let mut p = good_params();
+    p[2].1 = Tensor::zeros([3, 4], (Kind::Double, tch::Device::Cpu));
+    let f = params_file(d.path(), "shape.safetensors", p);
+    expect_bad_input(with(&["estimate", "--params", f.to_str().unwrap(), "--out", o], &[]), "synapses.1.weight", &out);
+    // Missing tensor.
+    let mut p = good_params();
+    p.remove(1);
+    let f = params_file(d.path(), "missing.safetensors", p);
+    expect_bad_input(with(&["estimate", "--params", f.to_str().unwrap(), "--out", o], &[]), "missing key: param.synapses.0.bias", &out);
+    // NaN.
+    let mut p = good_params();
+    p[3].1 = Tensor::from_slice(&[0.0, f64::NAN, 0.0]);
+    let f = params_file(d.path(), "nan.safetensors", p);
+    expect_bad_input(with(&["estimate", "--params", f.to_str().unwrap(), "--out", o], &[]), "non-finite value: param.synapses.1.bias", &out);
+    // Sizes contradicting an explicit --archi.
+    let f = params_file(d.path(), "good.safetensors", good_params());
+    expect_bad_input(with(&["estimate", "--params", f.to_str().unwrap(), "--archi", "6-7-3", "--out", o], &[]), "synapses.0.weight", &out);
+    // A file that is not safetensors.
+    let junk = d.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a tensor file").unwrap();
+    expect_bad_input(with(&["estimate", "--params", junk.to_str().unwrap(), "--out", o], &[]), "not a safetensors file", &out);
+}
+
+#[test]
+fn params_file_sets_layer_sizes_and_runs() {
+    let d = tmp();
+    let out = d.path().join("runs");
+    let f = params_file(d.path(), "good.safetensors", good_params());
+    let (code, stdout, stderr) = epcheck(&["estimate", "--params", f.to_str().unwrap(), "--batch", "4", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    let cfg = std::fs::read_to_string(runs(&out)[0].join("config.toml")).unwrap();
+    assert!(cfg.contains("archi = [\n    6,\n    5,\n    3,\n]") || cfg.contains("archi = [6, 5, 3]"), "{cfg}");
+}
+
+#[test]
+fn diverging_dynamics_are_reported_as_non_converged_not_nan() {
+    let d = tmp();
+    let out = d.path().join("runs");
+    let o = (Kind::Double, tch::Device::Cpu);
+    let huge = vec![
+        ("param.synapses.0.weight", Tensor::ones([5, 6], o) * 1e3),
+        ("param.synapses.0.bias", Tensor::zeros([5], o)),
+        ("param.synapses.1.weight", Tensor::ones([3, 5], o) * 1e3),
+        ("param.synapses.1.bias", Tensor::zeros([3], o)),
+    ];
+    let f = params_file(d.path(), "huge.safetensors", huge);
+    let (code, stdout, stderr) = epcheck(&["converge", "--params", f.to_str().unwrap(), "--activation", "identity", "--T", "200", "--batch", "3", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout} {stderr}");
+    assert!(stdout.contains("fail"), "{stdout}");
+    let run = &runs(&out)[0];
+    let summary = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(summary.contains("not converged: 3/3 examples") && summary.contains("diverged"), "{summary}");
+    let csv = std::fs::read_to_string(run.join("tables/metrics.csv")).unwrap();
+    assert!(!csv.to_lowercase().contains("nan"), "NaN in metrics table");
+    // The GDU check on the same instance is an error verdict naming the state, with exit code 2.
+    let (code, stdout, _) = epcheck(&["gdu", "--params", f.to_str().unwrap(), "--activation", "identity", "--T", "200", "--batch", "3", "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stdout.contains("error: non-finite value: state.free.L1"), "{stdout}");
+}
