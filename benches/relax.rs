@@ -1,0 +1,56 @@
+//! Criterion benchmarks on the 784-512-512-10 P-MLP, batch 128, float32 (CPU): one relaxation step with
+//! analytic drives vs autograd drives, and one GDU check (K = 10) with the hand-rolled vs autograd step VJP.
+//! Run: `scripts/bench` (or `cargo bench --bench relax`).
+use criterion::{criterion_group, criterion_main, Criterion};
+use epcheck::adjoint::reverse_sweep;
+use epcheck::checks::gdu;
+use epcheck::config::RunConfig;
+use epcheck::instance::Instance;
+
+fn instance() -> Instance {
+    let mut cfg = RunConfig::preset_defaults("p-mlp").unwrap();
+    cfg.archi = vec![784, 512, 512, 10];
+    cfg.batch = 128;
+    cfg.dtype = "f32".into();
+    Instance::from_config(cfg).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let inst = instance();
+    let (m, p, b) = (&inst.model, &inst.params[..], &inst.batch);
+    let s = epcheck::estimators::free_phase(m, p, b, epcheck::estimators::PhaseLengths { t_free: 30, k_nudge: 10, tol: None }, false).state;
+    let mut g = c.benchmark_group("p-mlp 784-512-512-10 B128 f32");
+    g.sample_size(20);
+    g.bench_function("step/analytic drives", |bch| bch.iter(|| tch::no_grad(|| m.step_with(p, b, &s, 0.01, false))));
+    g.bench_function("step/autograd drives", |bch| bch.iter(|| m.step_with(p, b, &s, 0.01, true)));
+    let o = gdu::GduOptions {
+        t_free: 30,
+        k: 10,
+        beta: 0.01,
+        theorem: false,
+        extend_free: false,
+        stat_tol: 1e-5,
+        max_iter: 10_000,
+        bias_const: 10.0,
+        lab_const: 100.0,
+        sign_floor: None,
+        sign_err_max: 0.01,
+        n_elem: 3,
+        plot_seed: 0,
+        verify_quadratic: false,
+    };
+    g.bench_function("gdu K=10/series (hand-rolled VJP)", |bch| bch.iter(|| gdu::compute_series(m, p, b, m.zeros_state(128, inst.prec), &o)));
+    let (traj, _) = gdu::free_phase(m, p, b, m.zeros_state(128, inst.prec), &o);
+    let lam = m.loss_state_grad(b, &traj[10]);
+    g.bench_function("gdu K=10/BPTT sweep (hand-rolled VJP)", |bch| {
+        bch.iter(|| reverse_sweep(m, p, b, &traj, lam.iter().map(|t| t.shallow_clone()).collect(), 10, true, false))
+    });
+    g.bench_function("gdu K=10/BPTT sweep (autograd VJP)", |bch| {
+        bch.iter(|| reverse_sweep(m, p, b, &traj, lam.iter().map(|t| t.shallow_clone()).collect(), 10, true, true))
+    });
+    g.bench_function("gdu K=10/full check (tables, metrics)", |bch| bch.iter(|| gdu::run(&inst, &o)));
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
