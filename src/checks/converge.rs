@@ -35,12 +35,12 @@ pub fn run(inst: &Instance, o: &ConvergeOptions) -> CheckReport {
     let mut rows = Rows::new("converge", &inst.id, &inst.model.preset, inst.prec.dtype.name());
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
     let zeros = m.zeros_state(batch.size(), inst.prec);
-    let free = relax(m, p, batch, &zeros, 0.0, &RelaxOptions { iters: o.t_free, record: true, ..Default::default() });
+    let free = relax(m, p, batch, &zeros, 0.0, &RelaxOptions { iters: o.t_free, record: true, trace_phi: true, ..Default::default() });
     let mut phases = vec![("free".to_string(), free)];
     for name in &o.phases {
         let beta = if name == "plus" { o.beta } else { -o.beta };
         let start = &phases[0].1.state;
-        let ph = relax(m, p, batch, start, beta, &RelaxOptions { iters: o.k_nudge, record: true, ..Default::default() });
+        let ph = relax(m, p, batch, start, beta, &RelaxOptions { iters: o.k_nudge, record: true, trace_phi: true, ..Default::default() });
         phases.push((name.clone(), ph));
     }
     let mut summary = vec![format!("| phase | β | iterations | non-converged | max r_∞ | median r_∞ | ρ̂ (max) | 𝓕 violations | verdict |"), "|---|---|---|---|---|---|---|---|---|".into()];
@@ -207,6 +207,15 @@ fn certify(inst: &Instance, name: &str, ph: &Phase, o: &ConvergeOptions, rows: &
     for ex in 0..b {
         for t in 0..n {
             rows.series_row(name, "residual", name, ex as i64, (t + 1) as i64, res[t * b + ex]);
+        }
+    }
+    // Φ_β per example along the phase (t = 0 is the phase's initial state).
+    if let Some(phi) = &ph.phi {
+        let v = to_vec_f64(phi);
+        for t in 0..=n {
+            for ex in 0..b {
+                rows.series_row(name, "phi", name, ex as i64, t as i64, finite_or_inf(v[t * b + ex]));
+            }
         }
     }
     rows.verdict("phase", name, &verdict, json!({ "nonconverged": nonconverged, "diverged": diverged, "tol": o.tol, "iters": n, "beta": ph.beta }));

@@ -222,6 +222,10 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         "| series | scope | name | rel_l2 | lab_rmse | sign_err_sig | threshold (rel_l2) | verdict |".into(),
         "|---|---|---|---|---|---|---|---|".into(),
     ];
+    // References converted to host series once, shared by the three EP series.
+    let bptt_ref: Vec<Series> = (0..p.len()).map(|i| to_series(&g.bptt_theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>())).collect();
+    let bptt_j_ref: Vec<Series> = (0..m.layers.len()).map(|j| to_series(&g.bptt_j.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>())).collect();
+    let bptt_raw: Vec<Series> = (0..m.layers.len()).map(|j| to_series(&g.bptt_s.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>())).collect();
     let f_norm_max: Vec<f64> = (0..p.len()).map(|i| g.plus.f_norm[i].max(g.minus.f_norm[i]).max(g.f0_norm[i])).collect();
     for (sname, theta, neurons, pw, kinks) in series {
         let thr = o.bias_const * o.beta.powf(pw);
@@ -245,11 +249,11 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         // Parameter tensors.
         for (i, spec) in m.params.iter().enumerate() {
             let a = to_series(&theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>());
-            let r = to_series(&g.bptt_theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>());
+            let r = &bptt_ref[i];
             let rn = mx::norm(&r.data);
             let floor_rel = eps * f_norm_max[i] / (o.beta * rn);
             let drift_rel = norm2(&g.drift[i]) / (o.beta * rn);
-            let v = score(&mut rows, "tensor", &spec.name, sname, "bptt", &a, &r, o, thr, thr_lab, tau, floor_rel, drift_rel, precondition(floor_rel), &mut summary);
+            let v = score(&mut rows, "tensor", &spec.name, sname, "bptt", &a, r, o, thr, thr_lab, tau, floor_rel, drift_rel, precondition(floor_rel), &mut summary);
             let _ = v;
             if spec.shape.len() >= 2 && sname == "ep_sym" {
                 let e1 = to_series(&g.plus.theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>()).total();
@@ -263,11 +267,10 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         // Neuron layers, against J·BPTT_s (scored) and raw BPTT_s (info).
         for (j, l) in m.layers.iter().enumerate() {
             let a = to_series(&neurons.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>());
-            let rj = to_series(&g.bptt_j.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>());
-            let raw = to_series(&g.bptt_s.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>());
+            let (rj, raw) = (&bptt_j_ref[j], &bptt_raw[j]);
             let smax = g.traj.iter().map(|s| norm2(&s[j])).fold(0.0, f64::max);
             let floor_rel = eps * smax / (o.beta * mx::norm(&rj.data));
-            score(&mut rows, "neuron_layer", &l.name, sname, "bptt_j", &a, &rj, o, thr, thr_lab, tau, floor_rel, f64::NAN, precondition(floor_rel), &mut summary);
+            score(&mut rows, "neuron_layer", &l.name, sname, "bptt_j", &a, rj, o, thr, thr_lab, tau, floor_rel, f64::NAN, precondition(floor_rel), &mut summary);
             for (metric, value) in [("rel_l2", mx::rel_l2(&a.data, &raw.data)), ("cos", mx::cos(&a.data, &raw.data))] {
                 let mut row = rows.row("neuron_layer", &l.name, metric, value);
                 row.series = Some(sname.into());
