@@ -23,22 +23,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("step/analytic drives", |bch| bch.iter(|| tch::no_grad(|| m.step_with(p, b, &s, 0.01, false))));
     g.bench_function("step/autograd drives", |bch| bch.iter(|| m.step_with(p, b, &s, 0.01, true)));
-    let o = gdu::GduOptions {
-        t_free: 30,
-        k: 10,
-        beta: 0.01,
-        theorem: false,
-        extend_free: false,
-        stat_tol: 1e-5,
-        max_iter: 10_000,
-        bias_const: 10.0,
-        lab_const: 100.0,
-        sign_floor: None,
-        sign_err_max: 0.01,
-        n_elem: 3,
-        plot_seed: 0,
-        verify_quadratic: false,
-    };
+    let o = gdu::GduOptions::replay(30, 10, 0.01);
     g.bench_function("gdu K=10/series (hand-rolled VJP)", |bch| bch.iter(|| gdu::compute_series(m, p, b, m.zeros_state(128, inst.prec), &o)));
     let (traj, _) = gdu::free_phase(m, p, b, m.zeros_state(128, inst.prec), &o);
     let lam = m.loss_state_grad(b, &traj[10]);

@@ -243,22 +243,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             // Theorem mode uses checks.gdu.beta unless --beta was given explicitly; replay uses the preset β.
             let beta = if theorem { g.common.beta.unwrap_or(gc.beta) } else { cfg.beta };
             crate::progress::start("gdu");
-            let o = gdu::GduOptions {
-                t_free: cfg.t_free,
-                k: cfg.k_nudge,
-                beta,
-                theorem,
-                extend_free: gc.extend_free,
-                stat_tol: cfg.converge_tol(),
-                max_iter: gc.max_iter,
-                bias_const: gc.bias_const,
-                lab_const: gc.lab_const,
-                sign_floor: gc.sign_floor,
-                sign_err_max: gc.sign_err_max,
-                n_elem: gc.n_elem,
-                plot_seed: cfg.checks.plot_seed,
-                verify_quadratic: gc.verify_quadratic,
-            };
+            let o = gdu::GduOptions::from_config(cfg, beta);
             let rep = gdu::run(&inst, &o);
             finish(&g.common, "gdu", &inst, vec![rep])
         }

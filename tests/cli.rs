@@ -120,7 +120,7 @@ fn bad_input_is_a_one_line_error_with_exit_2_and_no_report() {
     expect_bad_input(with(&["estimate", "--params", f.to_str().unwrap(), "--out", o], &[]), "synapses.1.weight", &out);
     // Missing tensor.
     let mut p = good_params();
-    p.remove(1);
+    let _ = p.remove(1);
     let f = params_file(d.path(), "missing.safetensors", p);
     expect_bad_input(with(&["estimate", "--params", f.to_str().unwrap(), "--out", o], &[]), "missing key: param.synapses.0.bias", &out);
     // NaN.
@@ -172,4 +172,29 @@ fn diverging_dynamics_are_reported_as_non_converged_not_nan() {
     let (code, stdout, _) = epcheck(&["gdu", "--params", f.to_str().unwrap(), "--activation", "identity", "--T", "200", "--batch", "3", "--out", out.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(stdout.contains("error: non-finite value: state.free.L1"), "{stdout}");
+}
+
+#[test]
+fn dump_round_trips_through_params_and_input() {
+    let d = tmp();
+    let out = d.path().join("runs");
+    let dump = d.path().join("dump.safetensors");
+    let mut a = vec!["estimate".to_string()];
+    a.extend(with(TINY, &["--estimator", "ep_centered", "--out", out.to_str().unwrap(), "--dump", dump.to_str().unwrap()]));
+    assert_eq!(run_args(&a).0, 0);
+    // The same parameters and batch read back from the dump (sizes inferred, no --archi) give the same estimate.
+    let dump2 = d.path().join("dump2.safetensors");
+    let (code, so, se) = epcheck(&[
+        "estimate", "--estimator", "ep_centered", "--activation", "logistic4", "--params", dump.to_str().unwrap(), "--input", dump.to_str().unwrap(),
+        "--out", out.to_str().unwrap(), "--dump", dump2.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{so} {se}");
+    let (t1, t2) = (epcheck::io::read_tensors(&dump).unwrap(), epcheck::io::read_tensors(&dump2).unwrap());
+    for k in ["grad.ep_centered.synapses.0.weight", "grad.ep_centered.synapses.2.bias", "grad.bptt.synapses.1.weight", "input.x"] {
+        assert!(t1[k].equal(&t2[k]), "{k} differs after the round trip");
+    }
+    let meta = safetensors::SafeTensors::read_metadata(&std::fs::read(&dump).unwrap()).unwrap().1;
+    let md = meta.metadata().as_ref().unwrap();
+    assert_eq!(md["epcheck.schema"], "1");
+    assert_eq!(md["epcheck.preset"], "p-mlp");
 }

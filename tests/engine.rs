@@ -229,22 +229,7 @@ fn relax_residuals_and_early_exit() {
 use epcheck::checks::{self, gdu};
 
 fn gdu_opts(k: i64, beta: f64) -> gdu::GduOptions {
-    gdu::GduOptions {
-        t_free: 30,
-        k,
-        beta,
-        theorem: true,
-        extend_free: true,
-        stat_tol: 1e-10,
-        max_iter: 10_000,
-        bias_const: 10.0,
-        lab_const: 100.0,
-        sign_floor: None,
-        sign_err_max: 0.01,
-        n_elem: 3,
-        plot_seed: 0,
-        verify_quadratic: true,
-    }
+    gdu::GduOptions { verify_quadratic: true, ..gdu::GduOptions::theorem(30, k, beta) }
 }
 
 #[test]

@@ -71,7 +71,7 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
         }
         summary.push(line);
         if let (Some(b), true) = (run.grad.beta, scope == "total") {
-            let mut r = rows.row(scope, name, "floor_rel", inst.prec.dtype.eps() * fmax / (b * mx::norm(&rs[0])));
+            let mut r = rows.row(scope, name, "floor_rel", mx::ratio(inst.prec.dtype.eps() * fmax, b * mx::norm(&rs[0])));
             r.estimator = Some(key.clone());
             rows.push(r);
         }

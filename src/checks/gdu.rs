@@ -31,6 +31,56 @@ pub struct GduOptions {
     pub verify_quadratic: bool,
 }
 
+impl GduOptions {
+    /// Theorem-mode options with the defaults of checks §12 (f64 tolerance 1e-10).
+    pub fn theorem(t_free: i64, k: i64, beta: f64) -> Self {
+        let d = crate::config::GduConfig::default();
+        GduOptions {
+            t_free,
+            k,
+            beta,
+            theorem: true,
+            extend_free: d.extend_free,
+            stat_tol: 1e-10,
+            max_iter: d.max_iter,
+            bias_const: d.bias_const,
+            lab_const: d.lab_const,
+            sign_floor: d.sign_floor,
+            sign_err_max: d.sign_err_max,
+            n_elem: d.n_elem,
+            plot_seed: 0,
+            verify_quadratic: d.verify_quadratic,
+        }
+    }
+
+    /// Replay mode: exactly T free iterations, verdicts `info`.
+    pub fn replay(t_free: i64, k: i64, beta: f64) -> Self {
+        GduOptions { theorem: false, extend_free: false, ..Self::theorem(t_free, k, beta) }
+    }
+
+    /// From a resolved configuration; theorem mode uses `beta` (checks.gdu.beta unless given), replay the
+    /// preset β.
+    pub fn from_config(cfg: &crate::config::RunConfig, beta: f64) -> Self {
+        let g = &cfg.checks.gdu;
+        GduOptions {
+            t_free: cfg.t_free,
+            k: cfg.k_nudge,
+            beta,
+            theorem: g.mode == "theorem",
+            extend_free: g.extend_free,
+            stat_tol: cfg.converge_tol(),
+            max_iter: g.max_iter,
+            bias_const: g.bias_const,
+            lab_const: g.lab_const,
+            sign_floor: g.sign_floor,
+            sign_err_max: g.sign_err_max,
+            n_elem: g.n_elem,
+            plot_seed: cfg.checks.plot_seed,
+            verify_quadratic: g.verify_quadratic,
+        }
+    }
+}
+
 /// EP series of one sign: per step, per parameter / per layer.
 pub struct EpSeries {
     pub theta: Vec<Vec<Tensor>>,
@@ -251,8 +301,8 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
             let a = to_series(&theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>());
             let r = &bptt_ref[i];
             let rn = mx::norm(&r.data);
-            let floor_rel = eps * f_norm_max[i] / (o.beta * rn);
-            let drift_rel = norm2(&g.drift[i]) / (o.beta * rn);
+            let floor_rel = mx::ratio(eps * f_norm_max[i], o.beta * rn);
+            let drift_rel = mx::ratio(norm2(&g.drift[i]), o.beta * rn);
             let v = score(&mut rows, "tensor", &spec.name, sname, "bptt", &a, r, o, thr, thr_lab, tau, floor_rel, drift_rel, precondition(floor_rel), &mut summary);
             let _ = v;
             if spec.shape.len() >= 2 && sname == "ep_sym" {
@@ -269,7 +319,7 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
             let a = to_series(&neurons.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>());
             let (rj, raw) = (&bptt_j_ref[j], &bptt_raw[j]);
             let smax = g.traj.iter().map(|s| norm2(&s[j])).fold(0.0, f64::max);
-            let floor_rel = eps * smax / (o.beta * mx::norm(&rj.data));
+            let floor_rel = mx::ratio(eps * smax, o.beta * mx::norm(&rj.data));
             score(&mut rows, "neuron_layer", &l.name, sname, "bptt_j", &a, rj, o, thr, thr_lab, tau, floor_rel, f64::NAN, precondition(floor_rel), &mut summary);
             for (metric, value) in [("rel_l2", mx::rel_l2(&a.data, &raw.data)), ("cos", mx::cos(&a.data, &raw.data))] {
                 let mut row = rows.row("neuron_layer", &l.name, metric, value);
@@ -296,7 +346,9 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
     let fmax = f_norm_max.iter().cloned().fold(0.0, f64::max);
     let mut identity = |rows: &mut Rows, id: &str, name: &str, a: Vec<f64>, r: Vec<f64>, ep: bool| {
         let v = mx::rel_linf(&a, &r);
-        let floor_rel = if ep { eps * fmax / (o.beta * mx::norm(&r)) } else { 0.0 };
+        // The floor is relative to the larger of the two sides, so an all-zero reference gives a finite floor
+        // (and 0 when both sides are exactly zero).
+        let floor_rel = if ep { mx::ratio(eps * fmax, o.beta * mx::norm(&r).max(mx::norm(&a))) } else { 0.0 };
         let thr = iota + 10.0 * k as f64 * floor_rel;
         let verdict = if v <= thr { Verdict::Pass } else { Verdict::Fail(format!("rel_linf={v:.3e} > {thr:.3e}")) };
         let mut row = rows.row("identity", &format!("{id}:{name}"), "rel_linf", v);

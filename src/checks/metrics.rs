@@ -149,7 +149,8 @@ pub fn max_abs(a: &[f64], r: &[f64]) -> f64 {
     a.iter().zip(r).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
 }
 
-fn ratio(num: f64, den: f64) -> f64 {
+/// num/den with 0/0 = 0 and x/0 = +∞ (never NaN).
+pub fn ratio(num: f64, den: f64) -> f64 {
     if den == 0.0 {
         if num == 0.0 {
             0.0
