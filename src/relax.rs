@@ -2,7 +2,7 @@
 //! optionally recording the trajectory, Φ per step, and stopping early at a tolerance. Residuals are kept
 //! on the device as a (n, B) tensor and read by the caller once (no host synchronisation inside the loop
 //! unless `tol` is set).
-use crate::model::{Batch, Model, State};
+use crate::model::{Batch, Beta, Model, State};
 use crate::tensor_util::absmax_per_example;
 use tch::{Kind, Tensor};
 
@@ -29,6 +29,7 @@ impl RelaxOptions {
 pub struct Phase {
     pub beta: f64,
     pub state: State,
+    /// NaN for per-row (holomorphic) phases.
     /// Iterations actually run.
     pub iters: i64,
     pub traj: Option<Vec<State>>,
@@ -52,14 +53,21 @@ pub fn state_distance(a: &[Tensor], b: &[Tensor]) -> Tensor {
 }
 
 pub fn relax(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor], beta: f64, opts: &RelaxOptions) -> Phase {
+    relax_nudged(model, p, batch, init, &Beta::Real(beta), opts)
+}
+
+/// The loop at a real or per-row (complex) nudge. Φ is traced only for real phases; residuals use the
+/// modulus for complex states.
+pub fn relax_nudged(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor], beta: &Beta, opts: &RelaxOptions) -> Phase {
+    let real_beta = beta.real();
     tch::no_grad(|| {
         let mut s: State = init.iter().map(|t| t.shallow_clone()).collect();
         let mut traj = opts.record.then(|| vec![s.iter().map(|t| t.shallow_clone()).collect::<State>()]);
-        let mut phi = opts.trace_phi.then(|| vec![model.nudged_primitive(p, batch, &s, beta)]);
+        let mut phi = (opts.trace_phi && !real_beta.is_nan()).then(|| vec![model.nudged_primitive(p, batch, &s, real_beta)]);
         let mut res = Vec::with_capacity(opts.iters.max(0) as usize);
         let mut iters = 0;
         for _ in 0..opts.iters {
-            let next = model.step_with(p, batch, &s, beta, opts.autograd_drives);
+            let next = model.step_nudged(p, batch, &s, beta, opts.autograd_drives);
             crate::progress::tick();
             let r = state_distance(&next, &s);
             s = next;
@@ -68,7 +76,7 @@ pub fn relax(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor], beta: 
                 tr.push(s.iter().map(|t| t.shallow_clone()).collect());
             }
             if let Some(ph) = phi.as_mut() {
-                ph.push(model.nudged_primitive(p, batch, &s, beta));
+                ph.push(model.nudged_primitive(p, batch, &s, real_beta));
             }
             let stop = opts.tol.map(|tol| {
                 let m = r.max().to_kind(Kind::Double).double_value(&[]);
@@ -80,15 +88,37 @@ pub fn relax(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor], beta: 
             }
         }
         let residuals = if res.is_empty() {
-            Tensor::zeros([0, batch.size()], (init[0].kind(), init[0].device()))
+            Tensor::zeros([0, batch.size()], (crate::tensor_util::real_kind(init[0].kind()), init[0].device()))
         } else {
             Tensor::stack(&res, 0)
         };
-        Phase { beta, state: s, iters, traj, residuals, phi: phi.map(|v| Tensor::stack(&v, 0)) }
+        Phase { beta: real_beta, state: s, iters, traj, residuals, phi: phi.map(|v| Tensor::stack(&v, 0)) }
     })
 }
 
 /// The residual of a state at strength β (conventions §5.5): r_∞ per example after one more iteration.
 pub fn residual(model: &Model, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64) -> Tensor {
     tch::no_grad(|| state_distance(&model.step(p, batch, s, beta), s))
+}
+
+/// Iterates from `init` until the state itself is stationary — its residual r_∞ = max|step(s) − s| ≤ tol —
+/// or until `max_iter` iterations. Returns (state, iterations run, its residual r_∞, r2/r1 at the end).
+pub fn relax_until_stationary(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor], beta: f64, tol: f64, max_iter: i64) -> (State, i64, f64, f64) {
+    tch::no_grad(|| {
+        let mut s: State = init.iter().map(|t| t.shallow_clone()).collect();
+        let mut prev: Option<State> = None;
+        let mut n = 0;
+        loop {
+            let next = model.step(p, batch, &s, beta);
+            crate::progress::tick();
+            let r = state_distance(&next, &s).max().to_kind(Kind::Double).double_value(&[]);
+            if r <= tol || n >= max_iter || r.is_nan() {
+                let r2 = prev.as_ref().map(|q| state_distance(&next, q).max().to_kind(Kind::Double).double_value(&[])).unwrap_or(f64::NAN);
+                return (s, n, r, r2 / r);
+            }
+            prev = Some(s);
+            s = next;
+            n += 1;
+        }
+    })
 }

@@ -116,17 +116,8 @@ pub fn free_phase(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOp
     if o.theorem && o.extend_free {
         let a = relax(m, p, batch, &init, 0.0, &RelaxOptions::fixed(o.t_free));
         // Extend until the state itself is stationary: its residual r_∞ = max|step(s) − s| ≤ stat_tol.
-        let (mut s, mut n) = (a.state, a.iters);
-        tch::no_grad(|| loop {
-            let next = m.step(p, batch, &s, 0.0);
-            crate::progress::tick();
-            let r = state_distance(&next, &s).max().to_kind(Kind::Double).double_value(&[]);
-            if r <= o.stat_tol || n + o.k >= o.max_iter {
-                break;
-            }
-            s = next;
-            n += 1;
-        });
+        let (s, ext, _, _) = crate::relax::relax_until_stationary(m, p, batch, &a.state, 0.0, o.stat_tol, (o.max_iter - o.t_free - o.k).max(0));
+        let n = a.iters + ext;
         let last = relax(m, p, batch, &s, 0.0, &RelaxOptions { iters: o.k, record: true, ..Default::default() });
         (last.traj.unwrap(), n + last.iters)
     } else {

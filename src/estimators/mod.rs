@@ -2,7 +2,10 @@
 //! parameter order (see the sign convention in the crate docs).
 pub mod bptt;
 pub mod ep_centered;
+pub mod ep_holomorphic;
 pub mod ep_one_sided;
+pub mod fd;
+pub mod implicit;
 
 use crate::model::{Batch, Model};
 use crate::relax::{relax, Phase, RelaxOptions};

@@ -65,8 +65,18 @@ impl Activation {
         })
     }
 
-    /// σ(u), evaluated exactly as the conventions table prescribes.
+    /// σ(u), evaluated exactly as the conventions table prescribes. Complex drives (holomorphic EP) are
+    /// accepted by the holomorphic maps only; they are composed from exp, add, mul and div (estimators §3.7).
     pub fn apply(self, u: &Tensor) -> Tensor {
+        if crate::tensor_util::is_complex(u.kind()) {
+            return match self {
+                Activation::Identity => u.shallow_clone(),
+                Activation::Sigmoid => complex_sigmoid(u),
+                Activation::Logistic4 => complex_sigmoid(&((u - 0.5) * 4.0)),
+                Activation::Tanh => complex_sigmoid(&(u * 2.0)) * 2.0 - 1.0,
+                other => panic!("activation {} has no holomorphic extension (refused by the holomorphic preflight)", other.key()),
+            };
+        }
         match self {
             Activation::Identity => u.shallow_clone(),
             Activation::Tanh => u.tanh(),
@@ -167,6 +177,16 @@ impl Activation {
     pub fn is_holomorphic(self) -> bool {
         matches!(self, Activation::Identity | Activation::Tanh | Activation::Sigmoid | Activation::Logistic4)
     }
+}
+
+/// The logistic function on complex z as an elementwise select (estimators §3.7): 1/(1 + exp(−z)) where
+/// Re z ≥ 0, exp(z)/(1 + exp(z)) where Re z < 0, so exp never sees a large positive real part.
+fn complex_sigmoid(z: &Tensor) -> Tensor {
+    let pos = z.real().ge(0.0);
+    let a = ((-z).exp() + 1.0).reciprocal();
+    let e = z.exp();
+    let b = &e / (&e + 1.0);
+    a.where_self(&pos, &b)
 }
 
 fn in_closed(u: &Tensor, lo: f64, hi: f64) -> Tensor {

@@ -45,7 +45,7 @@ impl Loss {
     pub fn grad(self, out: &Tensor, onehot: &Tensor) -> Tensor {
         match self {
             Loss::Mse => out - onehot,
-            Loss::Ce => out.softmax(1, out.kind()) - onehot,
+            Loss::Ce => softmax(out) - onehot,
         }
     }
     /// ∂²ℓ/∂s_out² · v per example.
@@ -53,10 +53,23 @@ impl Loss {
         match self {
             Loss::Mse => v.shallow_clone(),
             Loss::Ce => {
-                let p = out.softmax(1, out.kind());
+                let p = softmax(out);
                 let pv = (&p * v).sum_dim_intlist(Some(&[1i64][..]), true, None);
                 &p * v - &p * pv
             }
         }
+    }
+}
+
+/// softmax over classes with max-subtraction; for complex logits the subtracted m is the max of the real
+/// parts, a real constant (estimators §3.7).
+pub fn softmax(z: &Tensor) -> Tensor {
+    if crate::tensor_util::is_complex(z.kind()) {
+        let m = z.real().amax([1i64], true);
+        let e = (z - m).exp();
+        let s = e.sum_dim_intlist(Some(&[1i64][..]), true, None);
+        e / s
+    } else {
+        z.softmax(1, z.kind())
     }
 }

@@ -56,6 +56,37 @@ impl Batch {
     }
 }
 
+/// The nudge strength of a phase: one real β, or one β per batch row, shape (B, 1) — complex for the points
+/// of holomorphic EP folded into the batch axis.
+pub enum Beta {
+    Real(f64),
+    Rows(Tensor),
+}
+
+impl Beta {
+    pub fn is_zero(&self) -> bool {
+        matches!(self, Beta::Real(b) if *b == 0.0)
+    }
+    /// β·t (rows broadcast over the non-batch axes).
+    pub fn scale(&self, t: Tensor) -> Tensor {
+        match self {
+            Beta::Real(b) => t * *b,
+            Beta::Rows(r) => {
+                let mut shape = vec![r.size()[0]];
+                shape.resize(t.dim(), 1);
+                t * r.reshape(&shape[..])
+            }
+        }
+    }
+    /// The real value, NaN for per-row strengths.
+    pub fn real(&self) -> f64 {
+        match self {
+            Beta::Real(b) => *b,
+            Beta::Rows(_) => f64::NAN,
+        }
+    }
+}
+
 /// States of the free layers, in model order.
 pub type State = Vec<Tensor>;
 
@@ -203,14 +234,19 @@ impl Model {
 
     /// The analytic drive u_k = ∂Φ_β/∂s_k of one layer.
     pub fn drive(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], k: usize, beta: f64) -> Tensor {
+        self.drive_nudged(p, batch, s, k, &Beta::Real(beta))
+    }
+
+    /// The analytic drive at a real or per-row nudge.
+    pub fn drive_nudged(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], k: usize, beta: &Beta) -> Tensor {
         let mut acc = None;
         for &(ti, si) in &self.incidence[k] {
             let t = self.terms[ti].as_ref();
             accumulate(&mut acc, t.drive(p, &self.slot_states(t, batch, s), si));
         }
         let mut u = acc.unwrap_or_else(|| s[k].zeros_like());
-        if k == self.output && beta != 0.0 {
-            u = u - self.loss.grad(&s[k], &batch.y_onehot) * beta;
+        if k == self.output && !beta.is_zero() {
+            u = u - beta.scale(self.loss.grad(&s[k], &batch.y_onehot));
         }
         u
     }
@@ -234,15 +270,19 @@ impl Model {
         self.layers[k].activation.derivative(u) * v
     }
 
-    /// One iteration of the schedule at strength β. `autograd_drives` selects the autograd path.
+    /// One iteration of the schedule at strength β. `autograd_drives` selects the autograd path (real β).
     pub fn step_with(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64, autograd_drives: bool) -> State {
+        self.step_nudged(p, batch, s, &Beta::Real(beta), autograd_drives)
+    }
+
+    pub fn step_nudged(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: &Beta, autograd_drives: bool) -> State {
         let mut cur: State = s.iter().map(|t| t.shallow_clone()).collect();
         for group in &self.schedule.groups {
             let us: Vec<Tensor> = if autograd_drives {
-                let all = self.drives_autograd(p, batch, &cur, beta);
+                let all = self.drives_autograd(p, batch, &cur, beta.real());
                 group.iter().map(|&k| all[k].shallow_clone()).collect()
             } else {
-                group.iter().map(|&k| self.drive(p, batch, &cur, k, beta)).collect()
+                group.iter().map(|&k| self.drive_nudged(p, batch, &cur, k, beta)).collect()
             };
             for (&k, u) in group.iter().zip(us) {
                 cur[k] = self.activate(k, &u);
@@ -268,24 +308,42 @@ impl Model {
         acc.into_iter().zip(p).map(|(a, pt)| a.map(|a| a / b).unwrap_or_else(|| pt.zeros_like())).collect()
     }
 
-    /// f by autograd of Φ̄ (independent path for the `local` identity).
+    /// f by autograd of Φ̄ (independent path for the `local` identity). On complex states the parameter
+    /// leaves are complex copies of θ and libtorch's conjugate (Wirtinger) gradient is conjugated back
+    /// (estimators §3.8) — in `tensor_util::holomorphic_grads`, the one place this is handled.
     pub fn param_derivative_autograd(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Vec<Tensor> {
-        let leaves: Vec<Tensor> = p.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+        let kind = s[0].kind();
+        let leaves: Vec<Tensor> = p.iter().map(|t| t.detach().to_kind(kind).set_requires_grad(true)).collect();
         let states: Vec<Tensor> = s.iter().map(|t| t.detach()).collect();
         let phi = self.primitive(&leaves, batch, &states).mean(None::<Kind>);
         let refs: Vec<&Tensor> = leaves.iter().collect();
-        crate::tensor_util::grads_or_zeros(&phi, &refs)
+        if crate::tensor_util::is_complex(kind) {
+            crate::tensor_util::holomorphic_grads(&phi, &refs)
+        } else {
+            crate::tensor_util::grads_or_zeros(&phi, &refs)
+        }
     }
 
     /// The VJP of one iteration s ↦ step(s; β) with cotangent λ on its output: returns
     /// (λᵀ ∂step/∂s, λᵀ ∂step/∂θ), hand-rolled from the terms' Hessian-vector products and local VJPs
     /// (estimators §1.7), for any schedule of groups (Jacobi inside, Gauss–Seidel between).
     pub fn step_vjp(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], lambda: &[Tensor], beta: f64) -> (State, Vec<Tensor>) {
+        self.step_vjp_groups(p, batch, s, lambda, beta, &self.schedule.groups)
+    }
+
+    /// The VJP of one `sync` iteration, whatever the model's schedule (implicit differentiation linearises
+    /// the sync map at the fixed point, estimators §4.4).
+    pub fn step_vjp_sync(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], lambda: &[Tensor]) -> (State, Vec<Tensor>) {
+        let all: Vec<usize> = (0..self.layers.len()).collect();
+        self.step_vjp_groups(p, batch, s, lambda, 0.0, &[all])
+    }
+
+    fn step_vjp_groups(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], lambda: &[Tensor], beta: f64, groups: &[Vec<usize>]) -> (State, Vec<Tensor>) {
         // Forward through the groups, keeping the state each group update reads.
-        let mut before: Vec<State> = Vec::with_capacity(self.schedule.groups.len());
+        let mut before: Vec<State> = Vec::with_capacity(groups.len());
         let mut cur: State = s.iter().map(|t| t.shallow_clone()).collect();
         let mut drives: Vec<Vec<Tensor>> = Vec::new();
-        for group in &self.schedule.groups {
+        for group in groups {
             let us: Vec<Tensor> = group.iter().map(|&k| self.drive(p, batch, &cur, k, beta)).collect();
             before.push(cur.iter().map(|t| t.shallow_clone()).collect());
             for (&k, u) in group.iter().zip(&us) {
@@ -295,7 +353,7 @@ impl Model {
         }
         let mut lam: Vec<Option<Tensor>> = lambda.iter().map(|t| Some(t.shallow_clone())).collect();
         let mut gtheta: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
-        for (gi, group) in self.schedule.groups.iter().enumerate().rev() {
+        for (gi, group) in groups.iter().enumerate().rev() {
             let st = &before[gi];
             // μ_k = J_k λ_k for the layers this group replaced; their incoming cotangent is consumed.
             let mut mu: Vec<Option<Tensor>> = (0..self.layers.len()).map(|_| None).collect();

@@ -1,0 +1,224 @@
+//! Holomorphic EP (estimators §3): N teaching points β_k = r·e^{2πik/N} on a circle, complex states, real
+//! parameters; ĝ_N = (1/N) Σ_k Re[−(f_k − f(0))/β_k], the first Fourier coefficient of f around the circle.
+//! `restart` runs the points as ONE relaxation with the points folded into the batch axis (one β per row);
+//! `carry` goes around the circle, each point starting from the previous point's final state.
+use super::{Gradient, PhaseLengths};
+use crate::model::{Batch, Beta, Model, State};
+use crate::relax::{relax_nudged, state_distance, RelaxOptions};
+use crate::tensor_util::{complex_kind, to_vec_f64};
+use crate::{Error, Result};
+use tch::{Kind, Tensor};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoloSchedule {
+    Restart,
+    Carry,
+}
+
+#[derive(Clone, Debug)]
+pub struct HoloOptions {
+    /// N ≥ 1.
+    pub n: usize,
+    pub schedule: HoloSchedule,
+    /// Conjugate-symmetry shortcut (restart only): ⌊N/2⌋ + 1 phases instead of N.
+    pub shortcut: bool,
+    /// `carry`: periods around the circle.
+    pub periods: usize,
+    /// `carry`: start from zeros instead of the free state.
+    pub carry_from_zeros: bool,
+    /// `carry`: average only the last period.
+    pub carry_last_only: bool,
+    /// Obtain f_k by autograd (with the Wirtinger conjugation) instead of the local forms.
+    pub autograd: bool,
+}
+
+impl HoloOptions {
+    pub fn restart(n: usize, shortcut: bool) -> Self {
+        HoloOptions { n, schedule: HoloSchedule::Restart, shortcut, periods: 1, carry_from_zeros: false, carry_last_only: false, autograd: false }
+    }
+}
+
+pub struct HoloEstimate {
+    pub grad: Gradient,
+    /// im_leak = ‖Im Λ‖/‖Re Λ‖ per tensor and in total; None when not measured (shortcut).
+    pub im_leak: Option<(Vec<f64>, f64)>,
+    /// (k, max r_∞ of the point's final state, modulus).
+    pub point_residuals: Vec<(usize, f64)>,
+    pub points: Vec<(f64, f64)>,
+    /// Iterations run per point phase.
+    pub iters: i64,
+}
+
+/// β_k = r·ω^k, computed in double precision with exact axis points and exact conjugate pairs (§3.1).
+pub fn points(n: usize, r: f64) -> Vec<(f64, f64)> {
+    let mut pts: Vec<(f64, f64)> = (0..n)
+        .map(|k| {
+            let a = 2.0 * std::f64::consts::PI * k as f64 / n as f64;
+            (r * a.cos(), r * a.sin())
+        })
+        .collect();
+    for k in 0..n {
+        if k == 0 {
+            pts[k] = (r, 0.0);
+        } else if 2 * k == n {
+            pts[k] = (-r, 0.0);
+        } else if 4 * k == n {
+            pts[k] = (0.0, r);
+        } else if 4 * k == 3 * n {
+            pts[k] = (0.0, -r);
+        }
+    }
+    for k in 0..n {
+        if 2 * k > n {
+            let (re, im) = pts[n - k];
+            pts[k] = (re, -im);
+        }
+    }
+    pts
+}
+
+/// Refuses models whose state path is not holomorphic, naming the layer and its operation (§3.6).
+pub fn preflight(model: &Model) -> Result<()> {
+    for l in &model.layers {
+        if !l.activation.is_holomorphic() {
+            return Err(Error::UnsupportedEstimator(format!("{}: {}", l.name, l.activation.key())));
+        }
+    }
+    Ok(())
+}
+
+fn complex_scalar(re: f64, im: f64, real: Kind, dev: tch::Device) -> Tensor {
+    let r = Tensor::from_slice(&[re]).to_kind(real).to_device(dev).reshape([] as [i64; 0]);
+    let i = Tensor::from_slice(&[im]).to_kind(real).to_device(dev).reshape([] as [i64; 0]);
+    Tensor::complex(&r, &i)
+}
+
+/// `reps` copies of a batch, stacked along the batch axis, cast to the complex dtype.
+fn stacked_batch(batch: &Batch, reps: i64, ck: Kind) -> Batch {
+    let cat = |t: &Tensor| crate::tensor_util::repeat_batch(t, reps);
+    Batch { x: batch.x.iter().map(|x| cat(x).to_kind(ck)).collect(), y: cat(&batch.y), y_onehot: cat(&batch.y_onehot).to_kind(ck) }
+}
+
+fn narrow_batch(batch: &Batch, start: i64, len: i64) -> Batch {
+    Batch { x: batch.x.iter().map(|x| x.narrow(0, start, len)).collect(), y: batch.y.narrow(0, start, len), y_onehot: batch.y_onehot.narrow(0, start, len) }
+}
+
+/// f_k = ∂Φ̄/∂θ at a complex state (θ-independent loss): the local forms with plain products, or autograd
+/// with the conjugation recipe of §3.8.
+fn f_complex(model: &Model, pc: &[Tensor], batch: &Batch, s: &[Tensor], autograd: bool) -> Vec<Tensor> {
+    if autograd {
+        model.param_derivative_autograd(pc, batch, s)
+    } else {
+        model.param_derivative(pc, batch, s)
+    }
+}
+
+/// Runs holomorphic EP from the free state `s0` (real). `r` = |β|.
+pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, len: PhaseLengths, o: &HoloOptions) -> Result<HoloEstimate> {
+    preflight(model)?;
+    if o.n < 1 {
+        return Err(Error::Config(format!("holomorphic EP needs N ≥ 1, got {}", o.n)));
+    }
+    if !(r.is_finite() && r > 0.0) {
+        return Err(Error::Config(format!("holomorphic EP needs |β| > 0, got {r}")));
+    }
+    let real = p[0].kind();
+    let ck = complex_kind(real);
+    let dev = p[0].device();
+    let pc: Vec<Tensor> = p.iter().map(|t| t.to_kind(ck)).collect();
+    let pts = points(o.n, r);
+    let b = batch.size();
+    let f0: Vec<Tensor> = model.param_derivative(p, batch, s0).into_iter().map(|t| t.to_kind(ck)).collect();
+    let opts = RelaxOptions { iters: len.k_nudge, tol: len.tol, ..Default::default() };
+    let nf = o.n as f64;
+    // τ accumulation: Λ (complex) = Σ_k w_k τ_k, with τ_k = −(f_k − f0)/β_k.
+    let mut lambda: Vec<Option<Tensor>> = (0..p.len()).map(|_| None).collect();
+    let mut add = |tau: Vec<Tensor>, w: f64| {
+        for (acc, t) in lambda.iter_mut().zip(tau) {
+            crate::model::terms::accumulate(acc, t * w);
+        }
+    };
+    let mut point_residuals = vec![];
+    let mut iters = 0;
+    let mut measured_leak = true;
+    match o.schedule {
+        HoloSchedule::Restart => {
+            let ks: Vec<usize> = if o.shortcut { (0..=o.n / 2).collect() } else { (0..o.n).collect() };
+            measured_leak = !o.shortcut;
+            let nb = ks.len() as i64;
+            let cb = stacked_batch(batch, nb, ck);
+            let init: State = s0.iter().map(|t| crate::tensor_util::repeat_batch(t, nb).to_kind(ck)).collect();
+            let re: Vec<f64> = ks.iter().flat_map(|&k| std::iter::repeat_n(pts[k].0, b as usize)).collect();
+            let im: Vec<f64> = ks.iter().flat_map(|&k| std::iter::repeat_n(pts[k].1, b as usize)).collect();
+            let rows = Tensor::complex(&Tensor::from_slice(&re).to_kind(real).to_device(dev), &Tensor::from_slice(&im).to_kind(real).to_device(dev)).reshape([nb * b, 1]);
+            let beta = Beta::Rows(rows);
+            let ph = relax_nudged(model, &pc, &cb, &init, &beta, &opts);
+            iters = ph.iters;
+            let next = tch::no_grad(|| model.step_nudged(&pc, &cb, &ph.state, &beta, false));
+            let res = to_vec_f64(&state_distance(&next, &ph.state));
+            for (j, &k) in ks.iter().enumerate() {
+                let sl: State = ph.state.iter().map(|t| t.narrow(0, j as i64 * b, b)).collect();
+                if sl.iter().any(|t| !crate::tensor_util::all_finite(t)) {
+                    return Err(Error::NonFinite(format!("state of holomorphic point k = {k} (β_k = {:.4}{:+.4}i)", pts[k].0, pts[k].1)));
+                }
+                let rk = res[j * b as usize..(j + 1) * b as usize].iter().cloned().fold(0.0, f64::max);
+                point_residuals.push((k, rk));
+                let sub = narrow_batch(&cb, j as i64 * b, b);
+                let fk = f_complex(model, &pc, &sub, &sl, o.autograd);
+                let inv = complex_scalar(pts[k].0 / (r * r), -pts[k].1 / (r * r), real, dev); // 1/β_k = conj(β_k)/r²
+                let tau: Vec<Tensor> = fk.iter().zip(&f0).map(|(f, z)| -(f - z) * &inv).collect();
+                let w = if !o.shortcut || k == 0 || 2 * k == o.n { 1.0 / nf } else { 2.0 / nf };
+                add(tau, w);
+            }
+        }
+        HoloSchedule::Carry => {
+            if o.n < 2 {
+                return Err(Error::Config("the carry schedule needs N ≥ 2".into()));
+            }
+            let mut state: State = if o.carry_from_zeros {
+                s0.iter().map(|t| t.zeros_like().to_kind(ck)).collect()
+            } else {
+                s0.iter().map(|t| t.to_kind(ck)).collect()
+            };
+            let cb = stacked_batch(batch, 1, ck);
+            let periods = o.periods.max(1);
+            let w = 1.0 / (nf * if o.carry_last_only { 1.0 } else { periods as f64 });
+            for per in 0..periods {
+                for (k, &(re, im)) in pts.iter().enumerate() {
+                    let beta = Beta::Rows(complex_scalar(re, im, real, dev).reshape([1, 1]).expand([b, 1], false).contiguous());
+                    let ph = relax_nudged(model, &pc, &cb, &state, &beta, &opts);
+                    iters = ph.iters;
+                    if ph.state.iter().any(|t| !crate::tensor_util::all_finite(t)) {
+                        return Err(Error::NonFinite(format!("state of holomorphic point k = {k}, period {per}")));
+                    }
+                    let next = tch::no_grad(|| model.step_nudged(&pc, &cb, &ph.state, &beta, false));
+                    let rk = to_vec_f64(&state_distance(&next, &ph.state)).into_iter().fold(0.0, f64::max);
+                    if per + 1 == periods {
+                        point_residuals.push((k, rk));
+                    }
+                    if !o.carry_last_only || per + 1 == periods {
+                        let fk = f_complex(model, &pc, &cb, &ph.state, o.autograd);
+                        let inv = complex_scalar(re / (r * r), -im / (r * r), real, dev);
+                        add(fk.iter().map(|f| -f * &inv).collect(), w);
+                    }
+                    state = ph.state;
+                }
+            }
+        }
+    }
+    let lambda: Vec<Tensor> = lambda.into_iter().map(|t| t.expect("at least one point")).collect();
+    let grad: Vec<Tensor> = lambda.iter().map(|t| t.real().contiguous()).collect();
+    let im_leak = measured_leak.then(|| {
+        let per: Vec<f64> = lambda.iter().map(|t| crate::checks::metrics::ratio(crate::tensor_util::norm2(&t.imag()), crate::tensor_util::norm2(&t.real()))).collect();
+        let im: f64 = lambda.iter().map(|t| crate::tensor_util::norm2(&t.imag()).powi(2)).sum::<f64>().sqrt();
+        let re: f64 = lambda.iter().map(|t| crate::tensor_util::norm2(&t.real()).powi(2)).sum::<f64>().sqrt();
+        (per, crate::checks::metrics::ratio(im, re))
+    });
+    Ok(HoloEstimate {
+        grad: Gradient { key: format!("ep_holomorphic{}", o.n), beta: Some(r), tensors: grad },
+        im_leak,
+        point_residuals,
+        points: pts,
+        iters,
+    })
+}

@@ -1,0 +1,144 @@
+//! Oracle tests of holomorphic EP and the exact references (implicit differentiation, finite differences),
+//! float64 / complex128.
+mod common;
+use common::*;
+use epcheck::estimators::ep_holomorphic::{self as holo, HoloOptions, HoloSchedule};
+use epcheck::estimators::{self, bptt, ep_centered, ep_one_sided, fd, implicit, Estimator, PhaseLengths};
+use epcheck::model::Batch;
+use tch::{Kind, Tensor};
+
+#[test]
+fn wirtinger_recipe_z_squared_at_1_plus_2i() {
+    let z = Tensor::complex(&Tensor::from_slice(&[1.0f64]), &Tensor::from_slice(&[2.0f64])).set_requires_grad(true);
+    let phi = (&z * &z).sum(None::<Kind>);
+    let g = epcheck::tensor_util::holomorphic_grads(&phi, &[&z]);
+    let (re, im) = (g[0].real().double_value(&[0]), g[0].imag().double_value(&[0]));
+    assert_eq!((re, im), (2.0, 4.0), "the holomorphic derivative 2z at 1+2i");
+    // libtorch's raw answer is the conjugate: this is what the recipe corrects.
+    let raw = Tensor::run_backward(&[(&z * &z).sum(None::<Kind>)], &[&z], false, false);
+    assert_eq!(raw[0].imag().double_value(&[0]), -4.0);
+}
+
+fn scalar_oracle() -> (epcheck::instance::Instance, f64) {
+    let mut inst = tiny_with("identity", "mse", |c| {
+        c.archi = vec![1, 1];
+        c.batch = 1;
+    });
+    let (theta, x) = (0.7, 1.3);
+    inst.params = vec![Tensor::from_slice(&[theta]).reshape([1, 1]), Tensor::zeros([1], (Kind::Double, tch::Device::Cpu))];
+    inst.batch = Batch::new(Tensor::from_slice(&[x]).reshape([1, 1]), Tensor::from_slice(&[0i64]), 1);
+    (inst, x * (theta * x - 1.0))
+}
+
+#[test]
+fn holomorphic_closed_form_oracle_all_n_both_schedules() {
+    let (inst, g) = scalar_oracle();
+    let len = PhaseLengths { t_free: 5, k_nudge: 400, tol: None };
+    let free = estimators::free_phase(&inst.model, &inst.params, &inst.batch, len, false);
+    for r in [0.05, 0.2, 0.5] {
+        for n in [1usize, 2, 3, 4, 8] {
+            let want = g / (1.0 - (-r as f64).powi(n as i32));
+            let mut variants = vec![HoloOptions::restart(n, true), HoloOptions::restart(n, false)];
+            if n >= 2 {
+                variants.push(HoloOptions { schedule: HoloSchedule::Carry, ..HoloOptions::restart(n, false) });
+            }
+            for o in variants {
+                let e = holo::estimate(&inst.model, &inst.params, &inst.batch, &free.state, r, len, &o).unwrap();
+                let got = flat(&e.grad.tensors)[0];
+                assert!((got - want).abs() <= 1e-13 * want.abs(), "N={n} r={r} {:?} shortcut={}: {got} vs {want}", o.schedule, o.shortcut);
+            }
+        }
+    }
+}
+
+#[test]
+fn holomorphic_identities_n1_is_ep_plus_n2_is_centered_and_leak_vanishes() {
+    let inst = tiny("tanh", "mse");
+    let len = PhaseLengths { t_free: 800, k_nudge: 800, tol: None };
+    let free = estimators::free_phase(&inst.model, &inst.params, &inst.batch, len, false);
+    let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
+    for beta in [1e-3, 0.1] {
+        let plus = flat(&ep_one_sided::estimate(m, p, b, &free, beta, len).0.tensors);
+        let cen = flat(&ep_centered::estimate(m, p, b, &free, beta, len).0.tensors);
+        let h1 = holo::estimate(m, p, b, &free.state, beta, len, &HoloOptions::restart(1, true)).unwrap();
+        let h2 = holo::estimate(m, p, b, &free.state, beta, len, &HoloOptions::restart(2, false)).unwrap();
+        assert!(rel_linf(&flat(&h1.grad.tensors), &plus) <= 1e-10, "N=1 vs ep_plus at β={beta}");
+        assert!(rel_linf(&flat(&h2.grad.tensors), &cen) <= 1e-10, "N=2 vs ep_centered at β={beta}");
+        for n in [3usize, 4, 8] {
+            let on = holo::estimate(m, p, b, &free.state, beta, len, &HoloOptions::restart(n, true)).unwrap();
+            let off = holo::estimate(m, p, b, &free.state, beta, len, &HoloOptions::restart(n, false)).unwrap();
+            assert!(rel_linf(&flat(&on.grad.tensors), &flat(&off.grad.tensors)) <= 1e-11, "shortcut on/off N={n}");
+            let leak = off.im_leak.unwrap().1;
+            assert!(leak <= 1e-10, "im_leak {leak} at N={n}, β={beta}");
+            let auto = holo::estimate(m, p, b, &free.state, beta, len, &HoloOptions { autograd: true, ..HoloOptions::restart(n, false) }).unwrap();
+            assert!(rel_linf(&flat(&auto.grad.tensors), &flat(&off.grad.tensors)) <= 1e-12, "autograd (Wirtinger) vs local forms N={n}");
+        }
+    }
+}
+
+#[test]
+fn holomorphic_n8_at_half_is_exact_to_1e6_and_error_falls_with_n() {
+    // Instance: P-MLP [6, 5, 5, 3], sigmoid, MSE, B = 3, init_scale 0.5, seed 0, output bias shifted by −3.
+    // The saturated output (σ′ ≈ 0.05) widens the disc of analyticity of s*(β) (estimators §3.9): with
+    // r = 0.5 well inside it, the error falls geometrically with N. (Without the shift R ≈ 2.1 and N = 8
+    // gives ≈ 2e-6; tanh/MSE instances have R < 0.5 and their error plateaus, as the spec predicts.)
+    let mut inst = tiny("sigmoid", "mse");
+    let last = inst.params.len() - 1;
+    inst.params[last] = &inst.params[last] - 3.0;
+    let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
+    let imp = implicit::implicit(m, p, b, &implicit::ImplicitOptions::for_dtype(inst.prec.dtype)).unwrap();
+    let gref = flat(&imp.grad.tensors);
+    let len = PhaseLengths { t_free: 800, k_nudge: 1500, tol: None };
+    let free = estimators::free_phase(m, p, b, len, false);
+    let mut errs = vec![];
+    for n in [1usize, 2, 4, 8] {
+        let e = holo::estimate(m, p, b, &free.state, 0.5, len, &HoloOptions::restart(n, true)).unwrap();
+        errs.push(rel_l2(&flat(&e.grad.tensors), &gref));
+    }
+    for w in errs.windows(2) {
+        assert!(w[1] < w[0], "error must fall with N: {errs:?}");
+    }
+    assert!(errs[3] <= 1e-6, "N=8 at |β|=0.5: rel err {}", errs[3]);
+}
+
+#[test]
+fn preflight_refuses_clamp_naming_the_layer() {
+    let inst = tiny("my_hard_sig", "mse");
+    let len = PhaseLengths { t_free: 30, k_nudge: 30, tol: None };
+    let free = estimators::free_phase(&inst.model, &inst.params, &inst.batch, len, false);
+    let e = holo::estimate(&inst.model, &inst.params, &inst.batch, &free.state, 0.1, len, &HoloOptions::restart(4, true)).err().unwrap();
+    assert_eq!(e.to_string(), "unsupported estimator for this model: L1: my_hard_sig");
+}
+
+#[test]
+fn implicit_agrees_with_bptt_at_large_t_and_with_finite_differences() {
+    for act in ["tanh", "logistic4"] {
+        let inst = tiny(act, "mse");
+        let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
+        let o = implicit::ImplicitOptions::for_dtype(inst.prec.dtype);
+        let imp = implicit::implicit(m, p, b, &o).unwrap();
+        let g = flat(&imp.grad.tensors);
+        let (bp, _) = bptt::full(m, p, b, 500);
+        let e = rel_l2(&g, &flat(&bp.tensors));
+        assert!(e <= 1e-10, "{act}: implicit vs bptt(T=500) rel_l2 {e}");
+        let theta_norm = flat(p).iter().map(|v| v * v).sum::<f64>().sqrt();
+        let gnorm = g.iter().map(|v| v * v).sum::<f64>().sqrt();
+        for v in fd::directions(p, 4, 0) {
+            let d = fd::central(m, p, b, &imp.star.state, &v, 1e-5 * theta_norm, fd::FdMode::Converged, o.star_tol).unwrap();
+            let proj = fd::project(&imp.grad.tensors, &v);
+            let err = (d.richardson - proj).abs() / proj.abs().max(gnorm / (g.len() as f64).sqrt());
+            assert_eq!(d.kink_changes, 0);
+            assert!(err <= 1e-6, "{act}: FD {} vs implicit {proj}: {err}", d.richardson);
+        }
+    }
+}
+
+#[test]
+fn implicit_reports_fixed_point_not_reached() {
+    let inst = tiny("tanh", "mse");
+    let mut o = implicit::ImplicitOptions::for_dtype(inst.prec.dtype);
+    o.star_max_iter = 3;
+    let e = implicit::implicit(&inst.model, &inst.params, &inst.batch, &o).err().unwrap();
+    assert!(e.to_string().starts_with("fixed point not reached: r_inf"), "{e}");
+    let _ = Estimator::EpPlus;
+}
