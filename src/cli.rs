@@ -23,6 +23,40 @@ pub enum Command {
     Estimate(Common),
     /// GDU check: EP per-step updates vs BPTT per-step gradients (one reverse sweep).
     Gdu(GduArgs),
+    /// Estimator bias sweep over a β grid × N against an exact reference; slopes, identities, figures.
+    Bias(BiasArgs),
+    /// Agreement of the exact references (bptt, bptt_trunc, implicit) and finite differences.
+    Refs(RefsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BiasArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// β grid, comma-separated (default 1-2-5 from 1e-4 to 1).
+    #[arg(long)]
+    pub grid: Option<String>,
+    /// Holomorphic N values, comma-separated (default 1,2,3,4,8).
+    #[arg(long = "N-list")]
+    pub n_list: Option<String>,
+    /// implicit (default), bptt or bptt_trunc.
+    #[arg(long)]
+    pub reference: Option<String>,
+    /// until_tol (default) or fixed (K iterations).
+    #[arg(long)]
+    pub nudge: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RefsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Number of finite-difference directions.
+    #[arg(long)]
+    pub n_dir: Option<usize>,
+    /// converged (default) or fixed_t.
+    #[arg(long)]
+    pub fd_mode: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -60,9 +94,18 @@ pub struct Common {
     /// β: nudge magnitude.
     #[arg(long)]
     pub beta: Option<f64>,
-    /// ep_plus, ep_minus, ep_centered, bptt, bptt_trunc (aliases: vanilla, symmetric).
+    /// ep_plus, ep_minus, ep_centered, ep_holomorphic, bptt, bptt_trunc (aliases: vanilla, symmetric).
     #[arg(long)]
     pub estimator: Option<String>,
+    /// Holomorphic EP: number of points N.
+    #[arg(long = "N")]
+    pub n: Option<i64>,
+    /// Holomorphic EP: restart (default, points batched) or carry.
+    #[arg(long)]
+    pub holo_schedule: Option<String>,
+    /// Holomorphic EP: compute all N points (measures the imaginary leakage) instead of the shortcut.
+    #[arg(long)]
+    pub no_shortcut: bool,
     /// f64 (default) or f32.
     #[arg(long)]
     pub dtype: Option<String>,
@@ -122,6 +165,15 @@ impl Common {
             if let Some(v) = v {
                 put(k, toml::Value::String(v.clone()));
             }
+        }
+        if let Some(n) = self.n {
+            put("holo_points", toml::Value::Integer(n));
+        }
+        if self.no_shortcut {
+            put("holo_conj_shortcut", toml::Value::Boolean(false));
+        }
+        if let Some(h) = &self.holo_schedule {
+            put("holo_schedule", toml::Value::String(h.clone()));
         }
         for (k, v) in [("batch", self.batch), ("t_free", self.t), ("k_nudge", self.k)] {
             if let Some(v) = v {
@@ -246,6 +298,75 @@ pub fn run(cli: Cli) -> Result<i32> {
             let o = gdu::GduOptions::from_config(cfg, beta);
             let rep = gdu::run(&inst, &o);
             finish(&g.common, "gdu", &inst, vec![rep])
+        }
+        Command::Bias(b) => {
+            let mut extra = toml::Table::new();
+            let list = |s: &str, what: &str| -> Result<String> {
+                let items: Vec<&str> = s.split(',').map(str::trim).filter(|x| !x.is_empty()).collect();
+                if items.iter().any(|x| x.parse::<f64>().is_err()) {
+                    return Err(Error::Config(format!("--{what} expects comma-separated numbers, got '{s}'")));
+                }
+                Ok(format!("[{}]", items.join(", ")))
+            };
+            if let Some(g) = &b.grid {
+                let v: Vec<String> = g.split(',').map(|x| x.trim().parse::<f64>().map(|f| format!("{f:e}"))).collect::<std::result::Result<_, _>>().map_err(|_| Error::Config(format!("--grid expects comma-separated numbers, got '{g}'")))?;
+                crate::config::merge(&mut extra, parse_set(&format!("checks.bias.grid=[{}]", v.join(", ")))?);
+            }
+            if let Some(n) = &b.n_list {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.bias.N={}", list(n, "N-list")?))?);
+            }
+            if let Some(r) = &b.reference {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.bias.reference=\"{r}\""))?);
+            }
+            if let Some(r) = &b.nudge {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.bias.nudge=\"{r}\""))?);
+            }
+            let inst = b.common.instance(extra)?;
+            let cfg = &inst.cfg;
+            let bc = &cfg.checks.bias;
+            crate::progress::start("bias");
+            let o = crate::checks::bias::BiasOptions {
+                grid: bc.grid.clone(),
+                n_list: bc.n.clone(),
+                reference: bc.reference.clone(),
+                until_tol: bc.nudge == "until_tol",
+                k_fixed: cfg.k_nudge,
+                t_free: cfg.t_free,
+                tol: cfg.converge_tol(),
+                nudge_tol: cfg.implicit_options().star_tol.min(cfg.converge_tol()),
+                max_iter: 10_000,
+                consistency_max: bc.consistency_max,
+                slope_tol: bc.slope_tol,
+                r2_min: bc.r2_min,
+                err_max: bc.err_max,
+                floor_factor: bc.floor_factor,
+                holo: cfg.holo_options(cfg.holo_points),
+            };
+            let rep = crate::checks::bias::run(&inst, &o)?;
+            finish(&b.common, "bias", &inst, vec![rep])
+        }
+        Command::Refs(r) => {
+            let mut extra = toml::Table::new();
+            if let Some(n) = r.n_dir {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.refs.n_dir={n}"))?);
+            }
+            if let Some(m) = &r.fd_mode {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.refs.fd_mode=\"{m}\""))?);
+            }
+            let inst = r.common.instance(extra)?;
+            let cfg = &inst.cfg;
+            crate::progress::start("refs");
+            let o = crate::checks::refs::RefsOptions {
+                t_free: cfg.t_free,
+                k: cfg.k_nudge,
+                fd_tol: cfg.checks.refs.fd_tol,
+                n_dir: cfg.checks.refs.n_dir,
+                h: cfg.checks.refs.h,
+                mode_converged: cfg.checks.refs.fd_mode == "converged",
+                seed: cfg.seed,
+            };
+            let rep = crate::checks::refs::run(&inst, &o)?;
+            finish(&r.common, "refs", &inst, vec![rep])
         }
     }
 }

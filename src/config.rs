@@ -33,8 +33,38 @@ pub struct RunConfig {
     /// Early exit of a phase when r_∞ ≤ tol (off by default: fixed iteration counts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tol: Option<f64>,
+    /// Holomorphic EP: N (`holo_points`), schedule, conjugate-symmetry shortcut, periods (carry).
+    #[serde(default = "default_holo_points")]
+    pub holo_points: usize,
+    #[serde(default = "default_holo_schedule")]
+    pub holo_schedule: String,
+    #[serde(default = "default_true")]
+    pub holo_conj_shortcut: bool,
+    #[serde(default = "default_one")]
+    pub holo_periods: usize,
+    /// `local` (default) or `autograd`: how f and f_k are obtained.
+    #[serde(default = "default_param_derivative")]
+    pub param_derivative: String,
+    /// Implicit differentiation: fixed point and adjoint tolerances (default 1e-13 f64, 1e-6 f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub star_tol: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adjoint_tol: Option<f64>,
     #[serde(default)]
     pub checks: ChecksConfig,
+}
+
+fn default_holo_points() -> usize {
+    4
+}
+fn default_holo_schedule() -> String {
+    "restart".into()
+}
+fn default_one() -> usize {
+    1
+}
+fn default_param_derivative() -> String {
+    "local".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,6 +79,102 @@ pub struct ChecksConfig {
     pub converge: ConvergeConfig,
     #[serde(default)]
     pub gdu: GduConfig,
+    #[serde(default)]
+    pub bias: BiasConfig,
+    #[serde(default)]
+    pub refs: RefsConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BiasConfig {
+    /// β grid (default: the 1-2-5 grid from 1e-4 to 1).
+    #[serde(default = "default_grid")]
+    pub grid: Vec<f64>,
+    /// Holomorphic N values.
+    #[serde(default = "default_n_list", rename = "N")]
+    pub n: Vec<usize>,
+    /// `implicit` (default), `bptt` or `bptt_trunc`.
+    #[serde(default = "default_reference")]
+    pub reference: String,
+    /// `until_tol` (default) or `fixed` (preset K).
+    #[serde(default = "default_nudge")]
+    pub nudge: String,
+    #[serde(default = "default_consistency_max")]
+    pub consistency_max: f64,
+    /// Slope tolerance; default max(0.25, 0.1·p).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slope_tol: Option<f64>,
+    #[serde(default = "default_r2_min")]
+    pub r2_min: f64,
+    #[serde(default = "default_err_max")]
+    pub err_max: f64,
+    #[serde(default = "default_floor_factor")]
+    pub floor_factor: f64,
+}
+
+fn default_grid() -> Vec<f64> {
+    vec![1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
+}
+fn default_n_list() -> Vec<usize> {
+    vec![1, 2, 3, 4, 8]
+}
+fn default_reference() -> String {
+    "implicit".into()
+}
+fn default_nudge() -> String {
+    "until_tol".into()
+}
+fn default_consistency_max() -> f64 {
+    1e-3
+}
+fn default_r2_min() -> f64 {
+    0.98
+}
+fn default_err_max() -> f64 {
+    0.1
+}
+fn default_floor_factor() -> f64 {
+    10.0
+}
+
+impl Default for BiasConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefsConfig {
+    #[serde(default = "default_fd_tol")]
+    pub fd_tol: f64,
+    #[serde(default = "default_n_dir")]
+    pub n_dir: usize,
+    #[serde(default = "default_h")]
+    pub h: f64,
+    /// `converged` (default; compares with implicit) or `fixed_t` (compares with bptt).
+    #[serde(default = "default_fd_mode")]
+    pub fd_mode: String,
+}
+
+fn default_fd_tol() -> f64 {
+    1e-6
+}
+fn default_n_dir() -> usize {
+    8
+}
+fn default_h() -> f64 {
+    1e-5
+}
+fn default_fd_mode() -> String {
+    "converged".into()
+}
+
+impl Default for RefsConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
 }
 
 fn default_figure_format() -> String {
@@ -57,7 +183,14 @@ fn default_figure_format() -> String {
 
 impl Default for ChecksConfig {
     fn default() -> Self {
-        ChecksConfig { plot_seed: 0, figure_format: default_figure_format(), converge: Default::default(), gdu: Default::default() }
+        ChecksConfig {
+            plot_seed: 0,
+            figure_format: default_figure_format(),
+            converge: Default::default(),
+            gdu: Default::default(),
+            bias: Default::default(),
+            refs: Default::default(),
+        }
     }
 }
 
@@ -168,6 +301,13 @@ impl RunConfig {
                 dtype: "f64".into(),
                 device: "cpu".into(),
                 tol: None,
+                holo_points: default_holo_points(),
+                holo_schedule: default_holo_schedule(),
+                holo_conj_shortcut: true,
+                holo_periods: 1,
+                param_derivative: default_param_derivative(),
+                star_tol: None,
+                adjoint_tol: None,
                 checks: ChecksConfig::default(),
             }),
             other => Err(Error::UnknownPreset(other.into(), crate::model::presets::PRESETS.join(", "))),
@@ -244,6 +384,42 @@ impl RunConfig {
                 return bad(format!("checks.converge.phases: unknown phase '{p}' (known: plus, minus)"));
             }
         }
+        if self.holo_points < 1 {
+            return bad(format!("holo_points (N) must be ≥ 1, got {}", self.holo_points));
+        }
+        if !["restart", "carry"].contains(&self.holo_schedule.as_str()) {
+            return bad(format!("holo_schedule must be restart or carry, got '{}'", self.holo_schedule));
+        }
+        if self.holo_schedule == "carry" && self.holo_points < 2 {
+            return bad("holo_schedule = carry needs holo_points (N) ≥ 2".into());
+        }
+        if !["local", "autograd"].contains(&self.param_derivative.as_str()) {
+            return bad(format!("param_derivative must be local or autograd, got '{}'", self.param_derivative));
+        }
+        let b = &self.checks.bias;
+        if b.grid.is_empty() || b.grid.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return bad(format!("checks.bias.grid must be a non-empty list of β > 0, got {:?}", b.grid));
+        }
+        if b.n.iter().any(|&n| n < 1) {
+            return bad(format!("checks.bias.N values must be ≥ 1, got {:?}", b.n));
+        }
+        if !["implicit", "bptt", "bptt_trunc"].contains(&b.reference.as_str()) {
+            return bad(format!("checks.bias.reference must be implicit, bptt or bptt_trunc, got '{}'", b.reference));
+        }
+        if !["until_tol", "fixed"].contains(&b.nudge.as_str()) {
+            return bad(format!("checks.bias.nudge must be until_tol or fixed, got '{}'", b.nudge));
+        }
+        if !(b.r2_min >= 0.0 && b.r2_min <= 1.0) {
+            return bad(format!("checks.bias.r2_min must be in [0, 1], got {}", b.r2_min));
+        }
+        for (k, v) in [("checks.bias.consistency_max", b.consistency_max), ("checks.bias.err_max", b.err_max), ("checks.bias.floor_factor", b.floor_factor), ("checks.refs.fd_tol", self.checks.refs.fd_tol), ("checks.refs.h", self.checks.refs.h)] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{k} must be a finite number > 0, got {v}"));
+            }
+        }
+        if !["converged", "fixed_t"].contains(&self.checks.refs.fd_mode.as_str()) {
+            return bad(format!("checks.refs.fd_mode must be converged or fixed_t, got '{}'", self.checks.refs.fd_mode));
+        }
         crate::precision::Dtype::parse(&self.dtype)?;
         crate::precision::DeviceChoice::parse(&self.device)?;
         Ok(())
@@ -259,6 +435,30 @@ impl RunConfig {
             crate::precision::Dtype::F64 => 1e-10,
             crate::precision::Dtype::F32 => 1e-5,
         })
+    }
+
+    pub fn implicit_options(&self) -> crate::estimators::implicit::ImplicitOptions {
+        let mut o = crate::estimators::implicit::ImplicitOptions::for_dtype(self.dtype());
+        if let Some(t) = self.star_tol {
+            o.star_tol = t;
+        }
+        if let Some(t) = self.adjoint_tol {
+            o.adjoint_tol = t;
+        }
+        o
+    }
+
+    pub fn holo_options(&self, n: usize) -> crate::estimators::ep_holomorphic::HoloOptions {
+        use crate::estimators::ep_holomorphic::{HoloOptions, HoloSchedule};
+        HoloOptions {
+            n,
+            schedule: if self.holo_schedule == "carry" { HoloSchedule::Carry } else { HoloSchedule::Restart },
+            shortcut: self.holo_conj_shortcut && self.holo_schedule == "restart",
+            periods: self.holo_periods,
+            carry_from_zeros: false,
+            carry_last_only: false,
+            autograd: self.param_derivative == "autograd",
+        }
     }
 
     pub fn to_toml(&self) -> String {

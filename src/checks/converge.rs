@@ -140,23 +140,7 @@ fn certify(inst: &Instance, name: &str, ph: &Phase, o: &ConvergeOptions, rows: &
     // Power-iteration contraction estimate ρ̂ through the step VJP at s_n.
     let mut rho_max = f64::NEG_INFINITY;
     if o.power_iters >= 2 && finite.iter().all(|&f| f) {
-        tch::manual_seed(o.seed as i64);
-        let mut v: State = s_n.iter().map(|t| t.randn_like()).collect();
-        let mut logs: Vec<Vec<f64>> = Vec::new();
-        for _ in 0..o.power_iters {
-            let (nv, _) = tch::no_grad(|| m.step_vjp(p, batch, s_n, &v, ph.beta));
-            let norm_b = per_example_norm(&nv);
-            let norm_prev = per_example_norm(&v);
-            let g: Vec<f64> = norm_b.iter().zip(&norm_prev).map(|(a, c)| if *c > 0.0 && *a > 0.0 { (a / c).ln() } else { f64::NEG_INFINITY }).collect();
-            logs.push(g);
-            let scale = Tensor::from_slice(&norm_b.iter().map(|x| if *x > 0.0 { 1.0 / x } else { 0.0 }).collect::<Vec<f64>>())
-                .to_kind(s_n[0].kind())
-                .to_device(s_n[0].device());
-            v = nv.iter().map(|t| { let mut sh = vec![t.size()[0]]; sh.resize(t.dim(), 1); t * scale.reshape(&sh[..]) }).collect();
-        }
-        let l = logs.len();
-        for ex in 0..b {
-            let rho = ((logs[l - 2][ex] + logs[l - 1][ex]) / 2.0).exp();
+        for (ex, rho) in rho_hat(inst, s_n, ph.beta, o.power_iters, o.seed).into_iter().enumerate() {
             rho_max = rho_max.max(rho);
             out_rows.push(row("rho_hat", Some(ex), rho));
         }
@@ -266,4 +250,32 @@ fn parity_chain_violations(inst: &Instance, traj: &[State]) -> (usize, f64) {
         }
     }
     (count, max_inc)
+}
+
+/// ρ̂ per example (checks §2 step 6): power iteration of the step VJP at `s` and strength β, renormalised
+/// every iteration; ρ̂ = exp of the mean of the last two log growth factors (robust to ±λ pairs).
+pub fn rho_hat(inst: &Instance, s: &[Tensor], beta: f64, iters: usize, seed: u64) -> Vec<f64> {
+    let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
+    tch::manual_seed(seed as i64);
+    let mut v: State = s.iter().map(|t| t.randn_like()).collect();
+    let mut logs: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..iters.max(2) {
+        let (nv, _) = tch::no_grad(|| m.step_vjp(p, batch, s, &v, beta));
+        let norm_b = per_example_norm(&nv);
+        let norm_prev = per_example_norm(&v);
+        logs.push(norm_b.iter().zip(&norm_prev).map(|(a, c)| if *c > 0.0 && *a > 0.0 { (a / c).ln() } else { f64::NEG_INFINITY }).collect());
+        let scale = Tensor::from_slice(&norm_b.iter().map(|x| if *x > 0.0 { 1.0 / x } else { 0.0 }).collect::<Vec<f64>>())
+            .to_kind(s[0].kind())
+            .to_device(s[0].device());
+        v = nv
+            .iter()
+            .map(|t| {
+                let mut sh = vec![t.size()[0]];
+                sh.resize(t.dim(), 1);
+                t * scale.reshape(&sh[..])
+            })
+            .collect();
+    }
+    let l = logs.len();
+    (0..logs[0].len()).map(|ex| ((logs[l - 2][ex] + logs[l - 1][ex]) / 2.0).exp()).collect()
 }

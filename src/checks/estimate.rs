@@ -13,7 +13,7 @@ use tch::Tensor;
 pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> crate::Result<CheckReport> {
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
     let mut rows = Rows::new("estimate", &inst.id, &m.preset, inst.prec.dtype.name());
-    let run = estimators::estimate(est, m, p, batch, beta, len)?;
+    let run = estimators::estimate_with(est, m, p, batch, beta, len, &inst.cfg.holo_options(inst.cfg.holo_points))?;
     let mut summary = vec![];
     // Diverged phases are reported as an error verdict naming the first non-finite state, never as NaN rows.
     for (phase, ph) in &run.phases {
@@ -75,6 +75,12 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
             r.estimator = Some(key.clone());
             rows.push(r);
         }
+    }
+    for (name, v) in &run.diagnostics {
+        let mut r = rows.row("total", "total", name, *v);
+        r.estimator = Some(key.clone());
+        rows.push(r);
+        summary.push(format!("\n{name} = {v:.3e}"));
     }
     summary.push(String::new());
     summary.push("| phase | β | iterations | max r_∞ after the phase |".into());

@@ -44,3 +44,24 @@ pub fn min_margin(model: &Model, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> f
         m
     })
 }
+
+/// Predicted kink-crossing threshold β_c,pred = min_j m_j/|δu_j| over clamp units (estimators §6.5), with
+/// δu = (u(s^{β_p}) − u(s^0))/β_p the drive sensitivity from a probe at β_p; +∞ for smooth models.
+pub fn beta_c_pred(model: &Model, p: &[Tensor], batch: &Batch, s0: &[Tensor], s_probe: &[Tensor], beta_p: f64) -> f64 {
+    tch::no_grad(|| {
+        let mut best = f64::INFINITY;
+        for k in 0..model.layers.len() {
+            let act = model.layers[k].activation;
+            if act.kinks().is_none() {
+                continue;
+            }
+            let u0 = model.drive(p, batch, s0, k, 0.0);
+            let ub = model.drive(p, batch, s_probe, k, beta_p);
+            let du = ((&ub - &u0) / beta_p).abs();
+            let m = act.margins(&u0).expect("clamp");
+            let ratio = (m / du).nan_to_num(f64::INFINITY, f64::INFINITY, f64::INFINITY);
+            best = best.min(ratio.min().to_kind(tch::Kind::Double).double_value(&[]));
+        }
+        best
+    })
+}

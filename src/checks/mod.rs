@@ -1,10 +1,12 @@
 //! Checks as contracts (checks.md): each produces long-format metric, verdict and series rows, an overall
 //! verdict, and (optionally) tensors to dump.
+pub mod bias;
 pub mod converge;
 pub mod estimate;
 pub mod gdu;
 pub mod kinks;
 pub mod metrics;
+pub mod refs;
 
 use serde_json::json;
 use tch::Tensor;
@@ -80,6 +82,7 @@ pub struct MetricRow {
     pub preset: String,
     pub dtype: String,
     pub estimator: Option<String>,
+    pub n_points: Option<i64>,
     pub beta: Option<f64>,
     pub series: Option<String>,
     pub reference: Option<String>,

@@ -17,18 +17,20 @@ pub enum Estimator {
     EpPlus,
     EpMinus,
     EpCentered,
+    EpHolomorphic,
     Bptt,
     BpttTrunc,
 }
 
 impl Estimator {
-    pub const ALL: [Estimator; 5] = [Estimator::EpPlus, Estimator::EpMinus, Estimator::EpCentered, Estimator::Bptt, Estimator::BpttTrunc];
+    pub const ALL: [Estimator; 6] = [Estimator::EpPlus, Estimator::EpMinus, Estimator::EpCentered, Estimator::EpHolomorphic, Estimator::Bptt, Estimator::BpttTrunc];
 
     pub fn key(self) -> &'static str {
         match self {
             Estimator::EpPlus => "ep_plus",
             Estimator::EpMinus => "ep_minus",
             Estimator::EpCentered => "ep_centered",
+            Estimator::EpHolomorphic => "ep_holomorphic",
             Estimator::Bptt => "bptt",
             Estimator::BpttTrunc => "bptt_trunc",
         }
@@ -40,9 +42,10 @@ impl Estimator {
             "ep_plus" | "vanilla" | "one_sided" | "pep" | "positive" => Estimator::EpPlus,
             "ep_minus" | "nep" | "negative" => Estimator::EpMinus,
             "ep_centered" | "symmetric" | "centered" | "cep" | "three_phase" => Estimator::EpCentered,
+            "ep_holomorphic" | "holomorphic" | "hep" => Estimator::EpHolomorphic,
             "bptt" => Estimator::Bptt,
             "bptt_trunc" => Estimator::BpttTrunc,
-            "ep_holomorphic" | "ep_random_sign" => {
+            "ep_random_sign" => {
                 return Err(Error::UnsupportedEstimator(format!("'{s}' is not implemented in this version of epcheck")))
             }
             _ => {
@@ -54,7 +57,7 @@ impl Estimator {
     }
 
     pub fn is_ep(self) -> bool {
-        matches!(self, Estimator::EpPlus | Estimator::EpMinus | Estimator::EpCentered)
+        matches!(self, Estimator::EpPlus | Estimator::EpMinus | Estimator::EpCentered | Estimator::EpHolomorphic)
     }
 }
 
@@ -65,10 +68,12 @@ pub struct Gradient {
     pub tensors: Vec<Tensor>,
 }
 
-/// An estimate with the phases it ran (`free`, `plus`, `minus`).
+/// An estimate with the phases it ran (`free`, `plus`, `minus`) and scalar diagnostics (holomorphic:
+/// `im_leak`, `point_residual_max`).
 pub struct EstimateRun {
     pub grad: Gradient,
     pub phases: Vec<(String, Phase)>,
+    pub diagnostics: Vec<(String, f64)>,
 }
 
 /// The generic two-point form ĝ(β₁, β₂) = −[f(β₂) − f(β₁)] / (β₂ − β₁) (conventions §8.1).
@@ -103,28 +108,45 @@ pub fn dtype_of(p: &[Tensor]) -> crate::precision::Dtype {
     }
 }
 
-/// Runs one estimator end to end (free phase from zeros, then what it needs).
+/// Runs one estimator end to end (free phase from zeros, then what it needs); holomorphic EP with N = 4,
+/// `restart`, shortcut on.
 pub fn estimate(est: Estimator, model: &Model, p: &[Tensor], batch: &Batch, beta: f64, len: PhaseLengths) -> Result<EstimateRun> {
+    estimate_with(est, model, p, batch, beta, len, &ep_holomorphic::HoloOptions::restart(4, true))
+}
+
+pub fn estimate_with(est: Estimator, model: &Model, p: &[Tensor], batch: &Batch, beta: f64, len: PhaseLengths, holo: &ep_holomorphic::HoloOptions) -> Result<EstimateRun> {
+    let run = |grad, phases| Ok(EstimateRun { grad, phases, diagnostics: vec![] });
     match est {
+        Estimator::EpHolomorphic => {
+            ep_holomorphic::preflight(model)?;
+            let free = free_phase(model, p, batch, len, false);
+            let e = ep_holomorphic::estimate(model, p, batch, &free.state, beta, len, holo)?;
+            let mut diagnostics = vec![("point_residual_max".to_string(), e.point_residuals.iter().map(|x| x.1).fold(0.0, f64::max))];
+            if let Some((_, leak)) = e.im_leak {
+                diagnostics.push(("im_leak".into(), leak));
+            }
+            diagnostics.push(("point_iterations".into(), e.iters as f64));
+            Ok(EstimateRun { grad: e.grad, phases: vec![("free".into(), free)], diagnostics })
+        }
         Estimator::EpPlus | Estimator::EpMinus => {
             let free = free_phase(model, p, batch, len, false);
             let sign = if est == Estimator::EpPlus { 1.0 } else { -1.0 };
             let (grad, nudged) = ep_one_sided::estimate(model, p, batch, &free, sign * beta, len);
             let name = if sign > 0.0 { "plus" } else { "minus" };
-            Ok(EstimateRun { grad, phases: vec![("free".into(), free), (name.into(), nudged)] })
+            run(grad, vec![("free".into(), free), (name.into(), nudged)])
         }
         Estimator::EpCentered => {
             let free = free_phase(model, p, batch, len, false);
             let (grad, plus, minus) = ep_centered::estimate(model, p, batch, &free, beta, len);
-            Ok(EstimateRun { grad, phases: vec![("free".into(), free), ("plus".into(), plus), ("minus".into(), minus)] })
+            run(grad, vec![("free".into(), free), ("plus".into(), plus), ("minus".into(), minus)])
         }
         Estimator::Bptt => {
             let (grad, free) = bptt::full(model, p, batch, len.t_free);
-            Ok(EstimateRun { grad, phases: vec![("free".into(), free)] })
+            run(grad, vec![("free".into(), free)])
         }
         Estimator::BpttTrunc => {
             let (grad, free) = bptt::truncated(model, p, batch, len.t_free, len.k_nudge)?;
-            Ok(EstimateRun { grad, phases: vec![("free".into(), free)] })
+            run(grad, vec![("free".into(), free)])
         }
     }
 }

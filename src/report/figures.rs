@@ -1,6 +1,6 @@
 //! Figures drawn with plotters from the tables only (checks §0.4): SVG and/or PNG (2× scale), the bundled
 //! DejaVu Sans font (no system fontconfig), panels of 420 × 320 px, min(4, n) columns, the fixed palette.
-use crate::checks::SeriesRow;
+use crate::checks::{MetricRow, SeriesRow};
 use crate::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -50,6 +50,8 @@ pub enum Style {
     DashedMarked,
     Dotted,
     ThinDotted,
+    /// Markers only (scatter).
+    Markers,
 }
 
 pub struct Panel {
@@ -155,6 +157,12 @@ where
                 Style::Dotted => {
                     chart.draw_series(DashedLineSeries::new(pts, 2 * scale, 3 * scale, c.stroke_width(2 * scale))).map_err(err)?;
                 }
+                Style::Markers => {
+                    let s = chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4 * scale, c.filled()))).map_err(err)?;
+                    if let Some(lb) = &l.label {
+                        s.label(lb.clone()).legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
+                    }
+                }
                 Style::ThinDotted => {
                     chart.draw_series(DashedLineSeries::new(pts, scale, 3 * scale, RGBColor(140, 140, 140).stroke_width(scale))).map_err(err)?;
                 }
@@ -255,4 +263,81 @@ pub fn residual_figure(dir: &Path, rows: &[SeriesRow], phases: &[(String, i64, u
         });
     }
     write_panels(dir, "residual", &panels, format)
+}
+
+fn key_of(r: &MetricRow) -> String {
+    match r.n_points {
+        Some(n) => format!("ep_holomorphic N={n}"),
+        None => r.estimator.clone().unwrap_or_default(),
+    }
+}
+
+/// `bias_err` (log10 rel_l2 vs log10 β with the fitted lines), `bias_cos` (−log10(1 − cos) vs log10 β) and
+/// `im_leak` (log10 im_leak vs log10 β per N): one panel per scope (total, then layer groups), one line per
+/// estimator / N, drawn from the `metrics` rows.
+pub fn bias_figures(dir: &Path, rows: &[MetricRow], scope_order: &[String], format: &str) -> Result<Vec<std::path::PathBuf>> {
+    let mut keys: Vec<String> = vec![];
+    for r in rows.iter().filter(|r| r.metric == "rel_l2" && r.beta.is_some()) {
+        let k = key_of(r);
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    let lg = |v: f64| if v > 0.0 && v.is_finite() { v.log10() } else { f64::NAN };
+    let style_of = |k: &str| if k == "ep_minus" { Style::Dashed } else { Style::Solid };
+    let panels_for = |metric: &str, transform: &dyn Fn(f64) -> f64, y_label: &str, with_fits: bool| -> Vec<Panel> {
+        scope_order
+            .iter()
+            .map(|scope| {
+                let mut lines = vec![];
+                for (ci, k) in keys.iter().enumerate() {
+                    let pts: Vec<(f64, f64)> = rows
+                        .iter()
+                        .filter(|r| r.metric == metric && &r.name == scope && r.t.is_none() && key_of(r) == *k && r.beta.is_some() && r.scope != "fit")
+                        .map(|r| (lg(r.beta.unwrap()), transform(r.value)))
+                        .collect();
+                    if pts.is_empty() {
+                        continue;
+                    }
+                    let color = PALETTE[ci % 10];
+                    let mut label = k.clone();
+                    if with_fits {
+                        let fit = |m: &str| rows.iter().find(|r| r.scope == "fit" && &r.name == scope && r.metric == m && key_of(r) == *k).map(|r| r.value);
+                        if let (Some(sl), Some(c), Some(lo), Some(hi), Some(pe)) = (fit("slope"), fit("slope_intercept"), fit("beta_min_fit"), fit("beta_max_fit"), fit("slope_expected")) {
+                            label = format!("{k}: slope {sl:.2} (expected {pe})");
+                            let (a, b) = (lo.log10(), hi.log10());
+                            lines.push(Line { points: vec![(a, c + sl * a), (b, c + sl * b)], color, style: Style::ThinDotted, label: None });
+                        }
+                    }
+                    lines.push(Line { points: pts, color, style: style_of(k), label: Some(label) });
+                }
+                Panel { title: scope.clone(), x_label: "log10 β".into(), y_label: y_label.into(), lines, hlines: vec![] }
+            })
+            .collect()
+    };
+    let mut out = vec![];
+    out.extend(write_panels(dir, "bias_err", &panels_for("rel_l2", &lg, "log10 rel_l2 vs reference", true), format)?);
+    out.extend(write_panels(dir, "bias_cos", &panels_for("neglog10_one_minus_cos", &|v| v, "−log10(1 − cos)", false), format)?);
+    let leak_panels = panels_for("im_leak", &lg, "log10 im_leak", false);
+    if leak_panels.iter().any(|p| !p.lines.is_empty()) {
+        out.extend(write_panels(dir, "im_leak", &leak_panels[..1], format)?);
+    }
+    Ok(out)
+}
+
+/// `refs` scatter: Richardson FD value (y) against the reference projection ⟨g, v⟩ (x), with y = x.
+pub fn refs_figure(dir: &Path, rows: &[MetricRow], format: &str) -> Result<Vec<std::path::PathBuf>> {
+    let mut pts = vec![];
+    for r in rows.iter().filter(|r| r.metric == "fd_value") {
+        if let Some(x) = rows.iter().find(|q| q.metric == "ref_projection" && q.name == r.name) {
+            pts.push((x.value, r.value));
+        }
+    }
+    let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, y)| (a.min(x.min(*y)), b.max(x.max(*y))));
+    let lines = vec![
+        Line { points: vec![(lo, lo), (hi, hi)], color: PALETTE[7], style: Style::Solid, label: Some("y = x".into()) },
+        Line { points: pts, color: PALETTE[0], style: Style::Markers, label: Some("directions".into()) },
+    ];
+    let panel = Panel { title: "finite differences vs reference".into(), x_label: "⟨g_ref, v⟩".into(), y_label: "D_R (Richardson)".into(), lines, hlines: vec![] };
+    write_panels(dir, "refs", &[panel], format)
 }

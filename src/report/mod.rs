@@ -105,6 +105,16 @@ pub fn write_run(out: &Path, command: &str, inst: &Instance, reports: &[CheckRep
                     .collect();
                 figs.extend(figures::residual_figure(&fdir, &r.series, &phases, inst.cfg.converge_tol(), fmt)?);
             }
+            "bias" => {
+                let mut order = vec!["total".to_string()];
+                for spec in &inst.model.params {
+                    if !order.contains(&spec.group) {
+                        order.push(spec.group.clone());
+                    }
+                }
+                figs.extend(figures::bias_figures(&fdir, &r.metrics, &order, fmt)?);
+            }
+            "refs" => figs.extend(figures::refs_figure(&fdir, &r.metrics, fmt)?),
             _ => {}
         }
     }

@@ -29,6 +29,7 @@ pub fn metrics_frame(run_id: &str, rows: &[MetricRow]) -> Result<DataFrame> {
         s("preset", col(&|r| r.preset.clone())),
         s("dtype", col(&|r| r.dtype.clone())),
         os("estimator", ocol(&|r| r.estimator.clone())),
+        oi("n_points", rows.iter().map(|r| r.n_points).collect()),
         of("beta", rows.iter().map(|r| r.beta).collect()),
         os("series", ocol(&|r| r.series.clone())),
         os("reference", ocol(&|r| r.reference.clone())),
