@@ -198,3 +198,46 @@ fn dump_round_trips_through_params_and_input() {
     assert_eq!(md["epcheck.schema"], "1");
     assert_eq!(md["epcheck.preset"], "p-mlp");
 }
+
+#[test]
+fn holomorphic_bad_input_is_exit_2_with_no_report() {
+    let d = tmp();
+    let out = d.path().join("runs");
+    let o = out.to_str().unwrap();
+    // A clamp activation: refused, naming the layer.
+    expect_bad_input(
+        with(&["estimate", "--estimator", "ep_holomorphic", "--archi", "6-5-3", "--activation", "my_hard_sig", "--out", o], &[]),
+        "unsupported estimator for this model: L1: my_hard_sig",
+        &out,
+    );
+    expect_bad_input(with(&["estimate", "--estimator", "ep_holomorphic", "--archi", "6-5-3", "--N", "0", "--out", o], &[]), "holo_points (N) must be ≥ 1", &out);
+    expect_bad_input(with(&["estimate", "--estimator", "ep_holomorphic", "--archi", "6-5-3", "--beta", "0", "--out", o], &[]), "beta must be", &out);
+    expect_bad_input(with(&["bias", "--archi", "6-5-3", "--grid", "0.1,abc", "--out", o], &[]), "--grid expects", &out);
+    // NaN during the complex relaxation: with an identity output and |β| = 1e6 the nudged map diverges
+    // (overflow to inf, then NaN); the error names the point.
+    expect_bad_input(
+        with(&["estimate", "--estimator", "ep_holomorphic", "--archi", "6-5-3", "--activation", "identity", "--beta", "1e6", "--K", "100", "--N", "4", "--no-shortcut", "--out", o], &[]),
+        "non-finite value: state of holomorphic point k = ",
+        &out,
+    );
+}
+
+#[test]
+fn bias_and_refs_write_reports_and_pass_on_a_smooth_converged_instance() {
+    let d = tmp();
+    let out = d.path().join("runs");
+    let o = out.to_str().unwrap();
+    let base = ["--archi", "6-5-5-3", "--activation", "tanh", "--batch", "3", "--set", "init_scale=0.5"];
+    let (code, stdout, stderr) = run_args(&with(&["bias"], &[&base[..], &["--grid", "1e-4,2e-4,5e-4,1e-3,2e-3,5e-3,1e-2,2e-2,5e-2,0.1", "--N-list", "1,2,4", "--out", o]].concat()));
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    assert!(stdout.contains("bias p-mlp-") && stdout.contains(": pass"), "{stdout}");
+    let (code, stdout, stderr) = run_args(&with(&["refs"], &[&base[..], &["--T", "500", "--out", o]].concat()));
+    assert_eq!(code, 0, "{stdout} {stderr}");
+    let figs = walk(&out);
+    for f in ["bias_err.svg", "bias_cos.png", "im_leak.svg", "refs.svg"] {
+        assert!(figs.iter().any(|p| p.ends_with(f)), "missing {f}");
+    }
+    // The fitted slopes are in the metrics table.
+    let csv: String = figs.iter().filter(|p| p.ends_with("metrics.csv")).map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    assert!(csv.lines().any(|l| l.contains(",fit,total,") && l.contains(",slope,")), "no slope rows");
+}
