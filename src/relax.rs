@@ -66,8 +66,10 @@ pub fn relax_nudged(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor],
         let mut phi = (opts.trace_phi && !real_beta.is_nan()).then(|| vec![model.nudged_primitive(p, batch, &s, real_beta)]);
         let mut res = Vec::with_capacity(opts.iters.max(0) as usize);
         let mut iters = 0;
+        // Input couplings and biases contribute the same drive at every iteration: computed once.
+        let cache = (!opts.autograd_drives).then(|| model.constant_drives(p, batch, &s));
         for _ in 0..opts.iters {
-            let next = model.step_nudged(p, batch, &s, beta, opts.autograd_drives);
+            let next = model.step_cached(p, batch, &s, beta, opts.autograd_drives, cache.as_deref());
             crate::progress::tick();
             let r = state_distance(&next, &s);
             s = next;
@@ -108,8 +110,9 @@ pub fn relax_until_stationary(model: &Model, p: &[Tensor], batch: &Batch, init: 
         let mut s: State = init.iter().map(|t| t.shallow_clone()).collect();
         let mut prev: Option<State> = None;
         let mut n = 0;
+        let cache = model.constant_drives(p, batch, &s);
         loop {
-            let next = model.step(p, batch, &s, beta);
+            let next = model.step_cached(p, batch, &s, &Beta::Real(beta), false, Some(&cache));
             crate::progress::tick();
             let r = state_distance(&next, &s).max().to_kind(Kind::Double).double_value(&[]);
             if r <= tol || n >= max_iter || r.is_nan() {

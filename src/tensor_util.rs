@@ -82,3 +82,13 @@ pub fn holomorphic_grads(output: &Tensor, inputs: &[&Tensor]) -> Vec<Tensor> {
 pub fn repeat_batch(t: &Tensor, reps: i64) -> Tensor {
     Tensor::cat(&(0..reps).map(|_| t.shallow_clone()).collect::<Vec<_>>(), 0)
 }
+
+/// a·b where either side may be complex and the other real (holomorphic EP keeps θ and x real and only the
+/// states complex): a mixed product is two real products, never a complex GEMM with zero imaginary parts.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
+    match (is_complex(a.kind()), is_complex(b.kind())) {
+        (true, false) => Tensor::complex(&a.real().matmul(b), &a.imag().matmul(b)),
+        (false, true) => Tensor::complex(&a.matmul(&b.real()), &a.matmul(&b.imag())),
+        _ => a.matmul(b),
+    }
+}

@@ -93,10 +93,10 @@ fn complex_scalar(re: f64, im: f64, real: Kind, dev: tch::Device) -> Tensor {
     Tensor::complex(&r, &i)
 }
 
-/// `reps` copies of a batch, stacked along the batch axis, cast to the complex dtype.
-fn stacked_batch(batch: &Batch, reps: i64, ck: Kind) -> Batch {
+/// `reps` copies of a batch, stacked along the batch axis (real; the states carry the complex dtype).
+fn stacked_batch(batch: &Batch, reps: i64) -> Batch {
     let cat = |t: &Tensor| crate::tensor_util::repeat_batch(t, reps);
-    Batch { x: batch.x.iter().map(|x| cat(x).to_kind(ck)).collect(), y: cat(&batch.y), y_onehot: cat(&batch.y_onehot).to_kind(ck) }
+    Batch { x: batch.x.iter().map(cat).collect(), y: cat(&batch.y), y_onehot: cat(&batch.y_onehot) }
 }
 
 fn narrow_batch(batch: &Batch, start: i64, len: i64) -> Batch {
@@ -125,10 +125,11 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
     let real = p[0].kind();
     let ck = complex_kind(real);
     let dev = p[0].device();
-    let pc: Vec<Tensor> = p.iter().map(|t| t.to_kind(ck)).collect();
+    // θ, x and ŷ stay real (§3.7 casts them with zero imaginary part; mixed products are exact and cheaper).
+    let pc: Vec<Tensor> = p.iter().map(|t| t.shallow_clone()).collect();
     let pts = points(o.n, r);
     let b = batch.size();
-    let f0: Vec<Tensor> = model.param_derivative(p, batch, s0).into_iter().map(|t| t.to_kind(ck)).collect();
+    let f0: Vec<Tensor> = model.param_derivative(p, batch, s0);
     let opts = RelaxOptions { iters: len.k_nudge, tol: len.tol, ..Default::default() };
     let nf = o.n as f64;
     // τ accumulation: Λ (complex) = Σ_k w_k τ_k, with τ_k = −(f_k − f0)/β_k.
@@ -145,31 +146,46 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
         HoloSchedule::Restart => {
             let ks: Vec<usize> = if o.shortcut { (0..=o.n / 2).collect() } else { (0..o.n).collect() };
             measured_leak = !o.shortcut;
-            let nb = ks.len() as i64;
-            let cb = stacked_batch(batch, nb, ck);
-            let init: State = s0.iter().map(|t| crate::tensor_util::repeat_batch(t, nb).to_kind(ck)).collect();
-            let re: Vec<f64> = ks.iter().flat_map(|&k| std::iter::repeat_n(pts[k].0, b as usize)).collect();
-            let im: Vec<f64> = ks.iter().flat_map(|&k| std::iter::repeat_n(pts[k].1, b as usize)).collect();
-            let rows = Tensor::complex(&Tensor::from_slice(&re).to_kind(real).to_device(dev), &Tensor::from_slice(&im).to_kind(real).to_device(dev)).reshape([nb * b, 1]);
-            let beta = Beta::Rows(rows);
-            let ph = relax_nudged(model, &pc, &cb, &init, &beta, &opts);
-            iters = ph.iters;
-            let next = tch::no_grad(|| model.step_nudged(&pc, &cb, &ph.state, &beta, false));
-            let res = to_vec_f64(&state_distance(&next, &ph.state));
-            for (j, &k) in ks.iter().enumerate() {
-                let sl: State = ph.state.iter().map(|t| t.narrow(0, j as i64 * b, b)).collect();
-                if sl.iter().any(|t| !crate::tensor_util::all_finite(t)) {
-                    return Err(Error::NonFinite(format!("state of holomorphic point k = {k} (β_k = {:.4}{:+.4}i)", pts[k].0, pts[k].1)));
+            // Points on the real axis (β = ±r) run in the real dtype, the others in the complex dtype; each
+            // set is ONE relaxation with its points folded into the batch axis (one β per row).
+            let (real_ks, cplx_ks): (Vec<usize>, Vec<usize>) = ks.iter().partition(|&&k| pts[k].1 == 0.0);
+            for (set, complex) in [(real_ks, false), (cplx_ks, true)] {
+                if set.is_empty() {
+                    continue;
                 }
-                let rk = res[j * b as usize..(j + 1) * b as usize].iter().cloned().fold(0.0, f64::max);
-                point_residuals.push((k, rk));
-                let sub = narrow_batch(&cb, j as i64 * b, b);
-                let fk = f_complex(model, &pc, &sub, &sl, o.autograd);
-                let inv = complex_scalar(pts[k].0 / (r * r), -pts[k].1 / (r * r), real, dev); // 1/β_k = conj(β_k)/r²
-                let tau: Vec<Tensor> = fk.iter().zip(&f0).map(|(f, z)| -(f - z) * &inv).collect();
-                let w = if !o.shortcut || k == 0 || 2 * k == o.n { 1.0 / nf } else { 2.0 / nf };
-                add(tau, w);
+                let nb = set.len() as i64;
+                let cb = stacked_batch(batch, nb);
+                let kind = if complex { ck } else { real };
+                let init: State = s0.iter().map(|t| crate::tensor_util::repeat_batch(t, nb).to_kind(kind)).collect();
+                let re: Vec<f64> = set.iter().flat_map(|&k| std::iter::repeat_n(pts[k].0, b as usize)).collect();
+                let re_t = Tensor::from_slice(&re).to_kind(real).to_device(dev);
+                let rows = if complex {
+                    let im: Vec<f64> = set.iter().flat_map(|&k| std::iter::repeat_n(pts[k].1, b as usize)).collect();
+                    Tensor::complex(&re_t, &Tensor::from_slice(&im).to_kind(real).to_device(dev))
+                } else {
+                    re_t
+                };
+                let beta = Beta::Rows(rows.reshape([nb * b, 1]));
+                let ph = relax_nudged(model, &pc, &cb, &init, &beta, &opts);
+                iters = iters.max(ph.iters);
+                let next = tch::no_grad(|| model.step_nudged(&pc, &cb, &ph.state, &beta, false));
+                let res = to_vec_f64(&state_distance(&next, &ph.state));
+                for (j, &k) in set.iter().enumerate() {
+                    let sl: State = ph.state.iter().map(|t| t.narrow(0, j as i64 * b, b)).collect();
+                    if sl.iter().any(|t| !crate::tensor_util::all_finite(t)) {
+                        return Err(Error::NonFinite(format!("state of holomorphic point k = {k} (β_k = {:.4}{:+.4}i)", pts[k].0, pts[k].1)));
+                    }
+                    let rk = res[j * b as usize..(j + 1) * b as usize].iter().cloned().fold(0.0, f64::max);
+                    point_residuals.push((k, rk));
+                    let sub = narrow_batch(&cb, j as i64 * b, b);
+                    let fk: Vec<Tensor> = f_complex(model, &pc, &sub, &sl, o.autograd).into_iter().map(|t| t.to_kind(ck)).collect();
+                    let inv = complex_scalar(pts[k].0 / (r * r), -pts[k].1 / (r * r), real, dev); // 1/β_k = conj(β_k)/r²
+                    let tau: Vec<Tensor> = fk.iter().zip(&f0).map(|(f, z)| -(f - z) * &inv).collect();
+                    let w = if !o.shortcut || k == 0 || 2 * k == o.n { 1.0 / nf } else { 2.0 / nf };
+                    add(tau, w);
+                }
             }
+            point_residuals.sort_by_key(|x| x.0);
         }
         HoloSchedule::Carry => {
             if o.n < 2 {
@@ -180,7 +196,7 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
             } else {
                 s0.iter().map(|t| t.to_kind(ck)).collect()
             };
-            let cb = stacked_batch(batch, 1, ck);
+            let cb = stacked_batch(batch, 1);
             let periods = o.periods.max(1);
             let w = 1.0 / (nf * if o.carry_last_only { 1.0 } else { periods as f64 });
             for per in 0..periods {

@@ -180,13 +180,13 @@ impl Activation {
 }
 
 /// The logistic function on complex z as an elementwise select (estimators §3.7): 1/(1 + exp(−z)) where
-/// Re z ≥ 0, exp(z)/(1 + exp(z)) where Re z < 0, so exp never sees a large positive real part.
+/// Re z ≥ 0, exp(z)/(1 + exp(z)) where Re z < 0, so exp never sees a large positive real part. One exp:
+/// w = exp(−z) or exp(z) by the sign of Re z, then σ = (1 or w)/(1 + w).
 fn complex_sigmoid(z: &Tensor) -> Tensor {
     let pos = z.real().ge(0.0);
-    let a = ((-z).exp() + 1.0).reciprocal();
-    let e = z.exp();
-    let b = &e / (&e + 1.0);
-    a.where_self(&pos, &b)
+    let w = (-z).where_self(&pos, z).exp();
+    let num = w.ones_like().where_self(&pos, &w);
+    num / (w + 1.0)
 }
 
 fn in_closed(u: &Tensor, lo: f64, hi: f64) -> Tensor {

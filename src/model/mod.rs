@@ -239,8 +239,39 @@ impl Model {
 
     /// The analytic drive at a real or per-row nudge.
     pub fn drive_nudged(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], k: usize, beta: &Beta) -> Tensor {
-        let mut acc = None;
+        self.drive_cached(p, batch, s, k, beta, None)
+    }
+
+    /// Whether term `ti`'s drive into its slot `si` is constant during a relaxation: every other slot is a
+    /// clamped input (input couplings, biases).
+    fn is_constant_drive(&self, ti: usize, si: usize) -> bool {
+        self.terms[ti].slots().iter().enumerate().all(|(j, n)| j == si || matches!(n, Node::Input(_)))
+    }
+
+    /// The state-independent part of every layer's drive (input couplings and biases), computed once per
+    /// relaxation instead of once per iteration.
+    pub fn constant_drives(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Vec<Option<Tensor>> {
+        (0..self.layers.len())
+            .map(|k| {
+                let mut acc = None;
+                for &(ti, si) in &self.incidence[k] {
+                    if self.is_constant_drive(ti, si) {
+                        let t = self.terms[ti].as_ref();
+                        accumulate(&mut acc, t.drive(p, &self.slot_states(t, batch, s), si));
+                    }
+                }
+                acc
+            })
+            .collect()
+    }
+
+    /// The drive with an optional cache of the constant parts (from [`Model::constant_drives`]).
+    pub fn drive_cached(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], k: usize, beta: &Beta, cache: Option<&[Option<Tensor>]>) -> Tensor {
+        let mut acc = cache.and_then(|c| c[k].as_ref().map(|t| t.shallow_clone()));
         for &(ti, si) in &self.incidence[k] {
+            if cache.is_some() && self.is_constant_drive(ti, si) {
+                continue;
+            }
             let t = self.terms[ti].as_ref();
             accumulate(&mut acc, t.drive(p, &self.slot_states(t, batch, s), si));
         }
@@ -276,13 +307,18 @@ impl Model {
     }
 
     pub fn step_nudged(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: &Beta, autograd_drives: bool) -> State {
+        self.step_cached(p, batch, s, beta, autograd_drives, None)
+    }
+
+    /// One iteration, with the constant parts of the drives taken from `cache` when given.
+    pub fn step_cached(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: &Beta, autograd_drives: bool, cache: Option<&[Option<Tensor>]>) -> State {
         let mut cur: State = s.iter().map(|t| t.shallow_clone()).collect();
         for group in &self.schedule.groups {
             let us: Vec<Tensor> = if autograd_drives {
                 let all = self.drives_autograd(p, batch, &cur, beta.real());
                 group.iter().map(|&k| all[k].shallow_clone()).collect()
             } else {
-                group.iter().map(|&k| self.drive_nudged(p, batch, &cur, k, beta)).collect()
+                group.iter().map(|&k| self.drive_cached(p, batch, &cur, k, beta, cache)).collect()
             };
             for (&k, u) in group.iter().zip(us) {
                 cur[k] = self.activate(k, &u);

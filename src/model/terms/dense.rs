@@ -4,6 +4,7 @@
 //! Φ term: ⟨s_post, W s_pre⟩. Drives: W s_pre into post, Wᵀ s_post into pre.
 //! Local gradient: ∂Φ̄/∂W = (1/B) Σ_b s_post,b s_pre,bᵀ (this returns the batch sum).
 use super::{Node, Term};
+use crate::tensor_util::matmul;
 use tch::Tensor;
 
 pub struct Dense {
@@ -35,30 +36,30 @@ impl Term for Dense {
         &self.params
     }
     fn primitive(&self, p: &[Tensor], s: &[&Tensor]) -> Tensor {
-        (s[PRE].matmul(&self.w(p).tr()) * s[POST]).sum_dim_intlist(Some(&[1i64][..]), false, None)
+        (matmul(s[PRE], &self.w(p).tr()) * s[POST]).sum_dim_intlist(Some(&[1i64][..]), false, None)
     }
     fn drive(&self, p: &[Tensor], s: &[&Tensor], slot: usize) -> Tensor {
         match slot {
-            PRE => s[POST].matmul(self.w(p)),
-            _ => s[PRE].matmul(&self.w(p).tr()),
+            PRE => matmul(s[POST], self.w(p)),
+            _ => matmul(s[PRE], &self.w(p).tr()),
         }
     }
     fn hvp(&self, p: &[Tensor], _s: &[&Tensor], mu: &[Option<&Tensor>], slot: usize) -> Option<Tensor> {
         match slot {
-            PRE => mu[POST].map(|m| m.matmul(self.w(p))),
-            _ => mu[PRE].map(|m| m.matmul(&self.w(p).tr())),
+            PRE => mu[POST].map(|m| matmul(m, self.w(p))),
+            _ => mu[PRE].map(|m| matmul(m, &self.w(p).tr())),
         }
     }
     fn param_grad(&self, _p: &[Tensor], s: &[&Tensor]) -> Vec<Tensor> {
-        vec![s[POST].tr().matmul(s[PRE])]
+        vec![matmul(&s[POST].tr(), s[PRE])]
     }
     fn param_vjp(&self, _p: &[Tensor], s: &[&Tensor], mu: &[Option<&Tensor>]) -> Vec<Option<Tensor>> {
         let mut g = None;
         if let Some(m) = mu[POST] {
-            super::accumulate(&mut g, m.tr().matmul(s[PRE]));
+            super::accumulate(&mut g, matmul(&m.tr(), s[PRE]));
         }
         if let Some(m) = mu[PRE] {
-            super::accumulate(&mut g, s[POST].tr().matmul(m));
+            super::accumulate(&mut g, matmul(&s[POST].tr(), m));
         }
         vec![g]
     }
