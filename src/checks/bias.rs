@@ -293,8 +293,14 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
                     (pt.beta, mx::rel_l2(a, r), *pt)
                 })
                 .collect();
-            let window: Vec<&(f64, f64, &Point)> =
-                errs.iter().filter(|(_, e, pt)| pt.conclusive() && *e >= o.floor_factor * (pt.floor_rel + pt.drift_rel + pt.conv_rel) && *e <= o.err_max && *e > 0.0).collect();
+            // The floors are relative to ‖g‖ of the whole gradient; for a layer group they scale (conservatively)
+            // by ‖g_total‖/‖g_group‖.
+            let g_scope = mx::norm(&scopes(inst, &g_ref)[m.params.len() + idx].2);
+            let scale = mx::ratio(gnorm, g_scope);
+            let window: Vec<&(f64, f64, &Point)> = errs
+                .iter()
+                .filter(|(_, e, pt)| pt.conclusive() && *e >= o.floor_factor * scale * (pt.floor_rel + pt.drift_rel + pt.conv_rel) && *e <= o.err_max && *e > 0.0)
+                .collect();
             let excluded: Vec<String> = errs
                 .iter()
                 .filter(|x| !window.iter().any(|w| w.0 == x.0))
