@@ -37,5 +37,24 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// GDU series cost against K on the default p-mlp (784-512-10, B = 20, f64): the one-sweep method (O(K)) and
+/// the published K + 1 re-run definition (O(K²)) on the same stored trajectory.
+fn bench_k(c: &mut Criterion) {
+    let inst = Instance::from_config(RunConfig::preset_defaults("p-mlp").unwrap()).unwrap();
+    let (m, p, b) = (&inst.model, &inst.params[..], &inst.batch);
+    let mut g = c.benchmark_group("p-mlp 784-512-10 B20 f64, GDU series vs K");
+    g.sample_size(10);
+    for k in [10i64, 30, 100] {
+        let o = gdu::GduOptions::replay(300, k, 1e-3);
+        let (traj, _) = gdu::free_phase(m, p, b, m.zeros_state(20, inst.prec), &o);
+        let lam = m.loss_state_grad(b, &traj[k as usize]);
+        g.bench_function(format!("one sweep K={k}"), |bch| {
+            bch.iter(|| reverse_sweep(m, p, b, &traj, lam.iter().map(|t| t.shallow_clone()).collect(), k as usize, true, false))
+        });
+        g.bench_function(format!("published K+1 re-runs K={k}"), |bch| bch.iter(|| gdu::published_series(m, p, b, &traj)));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_k);
 criterion_main!(benches);

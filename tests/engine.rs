@@ -17,17 +17,6 @@ fn random_state(m: &Model, b: i64, seed: i64) -> Vec<Tensor> {
 // Sign convention (conventions §8.3): Φ = θ·x·s, identity, MSE. ep_plus = g/(1+β), ep_minus = g/(1−β),
 // ep_centered = g/(1−β²), with g = dL/dθ = x(θx − ŷ).
 
-fn scalar_oracle() -> (epcheck::instance::Instance, f64) {
-    let mut inst = tiny_with("identity", "mse", |c| {
-        c.archi = vec![1, 1];
-        c.batch = 1;
-    });
-    let (theta, x) = (0.7, 1.3);
-    inst.params = vec![Tensor::from_slice(&[theta]).reshape([1, 1]), Tensor::zeros([1], (Kind::Double, tch::Device::Cpu))];
-    inst.batch = Batch::new(Tensor::from_slice(&[x]).reshape([1, 1]), Tensor::from_slice(&[0i64]), 1);
-    let g = x * (theta * x - 1.0);
-    (inst, g)
-}
 
 #[test]
 fn sign_oracle_closed_forms() {

@@ -19,16 +19,6 @@ fn wirtinger_recipe_z_squared_at_1_plus_2i() {
     assert_eq!(raw[0].imag().double_value(&[0]), -4.0);
 }
 
-fn scalar_oracle() -> (epcheck::instance::Instance, f64) {
-    let mut inst = tiny_with("identity", "mse", |c| {
-        c.archi = vec![1, 1];
-        c.batch = 1;
-    });
-    let (theta, x) = (0.7, 1.3);
-    inst.params = vec![Tensor::from_slice(&[theta]).reshape([1, 1]), Tensor::zeros([1], (Kind::Double, tch::Device::Cpu))];
-    inst.batch = Batch::new(Tensor::from_slice(&[x]).reshape([1, 1]), Tensor::from_slice(&[0i64]), 1);
-    (inst, x * (theta * x - 1.0))
-}
 
 #[test]
 fn holomorphic_closed_form_oracle_all_n_both_schedules() {

@@ -46,3 +46,16 @@ pub fn loglog_slope(x: &[f64], y: &[f64]) -> f64 {
     let sxx: f64 = lx.iter().map(|a| (a - mx).powi(2)).sum();
     sxy / sxx
 }
+
+/// The scalar sign oracle of conventions §8.3: Φ = θ·x·s (P-MLP [1, 1], identity, MSE, target ŷ = 1),
+/// θ = 0.7, x = 1.3, with dL/dθ = x(θx − 1).
+pub fn scalar_oracle() -> (Instance, f64) {
+    let mut inst = tiny_with("identity", "mse", |c| {
+        c.archi = vec![1, 1];
+        c.batch = 1;
+    });
+    let (theta, x) = (0.7, 1.3);
+    inst.params = vec![Tensor::from_slice(&[theta]).reshape([1, 1]), Tensor::zeros([1], (tch::Kind::Double, tch::Device::Cpu))];
+    inst.batch = epcheck::model::Batch::new(Tensor::from_slice(&[x]).reshape([1, 1]), Tensor::from_slice(&[0i64]), 1);
+    (inst, x * (theta * x - 1.0))
+}
