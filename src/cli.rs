@@ -362,6 +362,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 fd_tol: cfg.checks.refs.fd_tol,
                 n_dir: cfg.checks.refs.n_dir,
                 h: cfg.checks.refs.h,
+                h_select: cfg.checks.refs.h_select,
                 mode_converged: cfg.checks.refs.fd_mode == "converged",
                 seed: cfg.seed,
             };

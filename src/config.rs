@@ -153,6 +153,10 @@ pub struct RefsConfig {
     pub n_dir: usize,
     #[serde(default = "default_h")]
     pub h: f64,
+    /// Select the step per direction among h·{100, 10, 1, 0.1} by the smallest Richardson error estimate
+    /// (default on); off uses h.
+    #[serde(default = "default_true")]
+    pub h_select: bool,
     /// `converged` (default; compares with implicit) or `fixed_t` (compares with bptt).
     #[serde(default = "default_fd_mode")]
     pub fd_mode: String,

@@ -18,6 +18,9 @@ pub struct RelaxOptions {
     pub trace_phi: bool,
     /// Compute drives by autograd of Φ instead of the analytic drives.
     pub autograd_drives: bool,
+    /// Skip the per-iteration residual trace (`Phase::residuals` is then empty) when no tolerance is set and
+    /// nobody reads it — saves one pass over the states per iteration.
+    pub no_trace: bool,
 }
 
 impl RelaxOptions {
@@ -71,7 +74,7 @@ pub fn relax_nudged(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor],
         for _ in 0..opts.iters {
             let next = model.step_cached(p, batch, &s, beta, opts.autograd_drives, cache.as_deref());
             crate::progress::tick();
-            let r = state_distance(&next, &s);
+            let r = (!opts.no_trace || opts.tol.is_some()).then(|| state_distance(&next, &s));
             s = next;
             iters += 1;
             if let Some(tr) = traj.as_mut() {
@@ -80,11 +83,13 @@ pub fn relax_nudged(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor],
             if let Some(ph) = phi.as_mut() {
                 ph.push(model.nudged_primitive(p, batch, &s, real_beta));
             }
-            let stop = opts.tol.map(|tol| {
+            let stop = opts.tol.zip(r.as_ref()).map(|(tol, r)| {
                 let m = r.max().to_kind(Kind::Double).double_value(&[]);
                 m <= tol
             });
-            res.push(r);
+            if let Some(r) = r {
+                res.push(r);
+            }
             if stop == Some(true) {
                 break;
             }

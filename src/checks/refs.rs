@@ -16,6 +16,7 @@ pub struct RefsOptions {
     pub fd_tol: f64,
     pub n_dir: usize,
     pub h: f64,
+    pub h_select: bool,
     pub mode_converged: bool,
     pub seed: u64,
 }
@@ -91,14 +92,23 @@ pub fn run(inst: &Instance, o: &RefsOptions) -> Result<CheckReport> {
     let theta_norm: f64 = p.iter().map(|t| norm2(t).powi(2)).sum::<f64>().sqrt();
     let gnorm: f64 = g_ref.iter().map(|t| norm2(t).powi(2)).sum::<f64>().sqrt();
     let n_theta: i64 = p.iter().map(|t| t.numel() as i64).sum();
-    let eps = o.h * theta_norm;
+    let candidates: Vec<f64> = if o.h_select { [100.0, 10.0, 1.0, 0.1].iter().map(|c| c * o.h).collect() } else { vec![o.h] };
     summary.push(String::new());
-    summary.push(format!("finite differences ({}, ε = h·‖θ‖ = {eps:.3e}) against `{refname}`:", if o.mode_converged { "converged" } else { "fixed T" }));
+    summary.push(format!(
+        "finite differences ({}, ε = h·‖θ‖ with ‖θ‖ = {theta_norm:.4}, h {}) against `{refname}`:",
+        if o.mode_converged { "converged" } else { "fixed T" },
+        if o.h_select {
+            let c: Vec<String> = candidates.iter().map(|h| format!("{h:.0e}")).collect();
+            format!("selected per direction from [{}] by the smallest |D(ε) − D(ε/2)|", c.join(", "))
+        } else {
+            format!("= {}", o.h)
+        }
+    ));
     summary.push(String::new());
-    summary.push("| direction | D_R | ⟨g, v⟩ | fd_err | fd_richardson | kink changes | verdict |".into());
-    summary.push("|---|---|---|---|---|---|---|".into());
+    summary.push("| direction | h | D_R | ⟨g, v⟩ | fd_err | fd_richardson | kink changes | verdict |".into());
+    summary.push("|---|---|---|---|---|---|---|---|".into());
     for (i, v) in fd::directions(p, o.n_dir, o.seed).into_iter().enumerate() {
-        let d = fd::central(m, p, batch, &imp.star.state, &v, eps, mode, io.star_tol)?;
+        let (h, d) = fd::central_selected(m, p, batch, &imp.star.state, &v, theta_norm, &candidates, mode, io.star_tol)?;
         let proj = fd::project(g_ref, &v);
         let scale = proj.abs().max(gnorm / (n_theta as f64).sqrt());
         let err = (d.richardson - proj).abs() / scale;
@@ -113,7 +123,7 @@ pub fn run(inst: &Instance, o: &RefsOptions) -> Result<CheckReport> {
             Verdict::Fail(format!("fd_err={err:.3e} > {:.1e}", o.fd_tol))
         };
         let name = format!("dir{i}");
-        for (metric, value, thr) in [("fd_err", err, Some(o.fd_tol)), ("fd_richardson", rich, None), ("fd_value", d.richardson, None), ("ref_projection", proj, None), ("kink_changes", d.kink_changes as f64, None)] {
+        for (metric, value, thr) in [("fd_err", err, Some(o.fd_tol)), ("fd_h", h, None), ("fd_richardson", rich, None), ("fd_value", d.richardson, None), ("ref_projection", proj, None), ("kink_changes", d.kink_changes as f64, None)] {
             let mut row = rows.row("key", &name, metric, value);
             row.reference = Some(refname.into());
             row.threshold = thr;
@@ -123,7 +133,7 @@ pub fn run(inst: &Instance, o: &RefsOptions) -> Result<CheckReport> {
             rows.push(row);
         }
         rows.verdict("key", &name, &verdict, json!({ "fd_err": err, "fd_richardson": rich, "D_R": d.richardson, "projection": proj }));
-        summary.push(format!("| {i} | {:.12e} | {proj:.12e} | {err:.2e} | {rich:.2e} | {} | {} |", d.richardson, d.kink_changes, verdict.display()));
+        summary.push(format!("| {i} | {h:.0e} | {:.12e} | {proj:.12e} | {err:.2e} | {rich:.2e} | {} | {} |", d.richardson, d.kink_changes, verdict.display()));
     }
     let mut dump = vec![];
     for (i, s) in m.params.iter().enumerate() {

@@ -130,7 +130,7 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
     let pts = points(o.n, r);
     let b = batch.size();
     let f0: Vec<Tensor> = model.param_derivative(p, batch, s0);
-    let opts = RelaxOptions { iters: len.k_nudge, tol: len.tol, ..Default::default() };
+    let opts = RelaxOptions { iters: len.k_nudge, tol: len.tol, no_trace: true, ..Default::default() };
     let nf = o.n as f64;
     // τ accumulation: Λ (complex) = Σ_k w_k τ_k, with τ_k = −(f_k − f0)/β_k.
     let mut lambda: Vec<Option<Tensor>> = (0..p.len()).map(|_| None).collect();

@@ -79,3 +79,32 @@ pub fn central(model: &Model, p: &[Tensor], batch: &Batch, star: &State, v: &[Te
 pub fn project(g: &[Tensor], v: &[Tensor]) -> f64 {
     g.iter().zip(v).map(|(a, b)| to_vec_f64(a).iter().zip(to_vec_f64(b)).map(|(x, y)| x * y).sum::<f64>()).sum()
 }
+
+/// Step-size selection: tries ε = h·‖θ‖ for each candidate h and keeps the one whose Richardson error
+/// estimate |D(ε) − D(ε/2)| is smallest (truncation error falls with ε, round-off and convergence error grow as
+/// 1/ε). Returns (chosen h, its result).
+#[allow(clippy::too_many_arguments)]
+pub fn central_selected(
+    model: &Model,
+    p: &[Tensor],
+    batch: &Batch,
+    star: &State,
+    v: &[Tensor],
+    theta_norm: f64,
+    candidates: &[f64],
+    mode: FdMode,
+    star_tol: f64,
+) -> Result<(f64, FdDirection)> {
+    let mut best: Option<(f64, FdDirection)> = None;
+    for &h in candidates {
+        let d = central(model, p, batch, star, v, h * theta_norm, mode, star_tol)?;
+        let better = match &best {
+            None => true,
+            Some((_, b)) => (d.d - d.d_half).abs() < (b.d - b.d_half).abs(),
+        };
+        if better {
+            best = Some((h, d));
+        }
+    }
+    best.ok_or_else(|| Error::Config("finite differences need at least one step size".into()))
+}

@@ -97,7 +97,7 @@ pub fn free_phase(model: &Model, p: &[Tensor], batch: &Batch, len: PhaseLengths,
 
 /// A nudged phase of strength `beta` (signed) started from a copy of the free state.
 pub fn nudged_phase(model: &Model, p: &[Tensor], batch: &Batch, free: &Phase, beta: f64, len: PhaseLengths) -> Phase {
-    relax(model, p, batch, &free.state, beta, &RelaxOptions { iters: len.k_nudge, tol: len.tol, ..Default::default() })
+    relax(model, p, batch, &free.state, beta, &RelaxOptions { iters: len.k_nudge, tol: len.tol, no_trace: true, ..Default::default() })
 }
 
 pub fn dtype_of(p: &[Tensor]) -> crate::precision::Dtype {

@@ -73,7 +73,7 @@ impl Activation {
                 Activation::Identity => u.shallow_clone(),
                 Activation::Sigmoid => complex_sigmoid(u),
                 Activation::Logistic4 => complex_sigmoid(&((u - 0.5) * 4.0)),
-                Activation::Tanh => complex_sigmoid(&(u * 2.0)) * 2.0 - 1.0,
+                Activation::Tanh => complex_tanh(u),
                 other => panic!("activation {} has no holomorphic extension (refused by the holomorphic preflight)", other.key()),
             };
         }
@@ -186,6 +186,16 @@ fn complex_sigmoid(z: &Tensor) -> Tensor {
     let pos = z.real().ge(0.0);
     let w = (-z).where_self(&pos, z).exp();
     let num = w.ones_like().where_self(&pos, &w);
+    num / (w + 1.0)
+}
+
+/// tanh on complex z with one exp: (1 − w)/(1 + w), w = exp(−2z) where Re z ≥ 0, and (w − 1)/(w + 1),
+/// w = exp(2z) where Re z < 0 (never the exp of a large positive real part).
+fn complex_tanh(z: &Tensor) -> Tensor {
+    let pos = z.real().ge(0.0);
+    let z2 = z * 2.0;
+    let w = (-&z2).where_self(&pos, &z2).exp();
+    let num = (-&w + 1.0).where_self(&pos, &(&w - 1.0));
     num / (w + 1.0)
 }
 
