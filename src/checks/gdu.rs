@@ -208,6 +208,11 @@ fn bptt_trunc_autograd(m: &Model, p: &[Tensor], batch: &Batch, traj: &[State]) -
     crate::tensor_util::grads_or_zeros(&m.mean_loss(batch, &s), &refs)
 }
 
+/// The (K, E) host series of item `i` (a parameter or a layer) of per-step tensors.
+fn column(steps: &[Vec<Tensor>], i: usize) -> Series {
+    to_series(&steps.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>())
+}
+
 fn to_series(steps: &[Tensor]) -> Series {
     let data: Vec<f64> = steps.iter().flat_map(to_vec_f64).collect();
     let k = steps.len();
@@ -264,9 +269,9 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         "|---|---|---|---|---|---|---|---|".into(),
     ];
     // References converted to host series once, shared by the three EP series.
-    let bptt_ref: Vec<Series> = (0..p.len()).map(|i| to_series(&g.bptt_theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>())).collect();
-    let bptt_j_ref: Vec<Series> = (0..m.layers.len()).map(|j| to_series(&g.bptt_j.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>())).collect();
-    let bptt_raw: Vec<Series> = (0..m.layers.len()).map(|j| to_series(&g.bptt_s.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>())).collect();
+    let bptt_ref: Vec<Series> = (0..p.len()).map(|i| column(&g.bptt_theta, i)).collect();
+    let bptt_j_ref: Vec<Series> = (0..m.layers.len()).map(|j| column(&g.bptt_j, j)).collect();
+    let bptt_raw: Vec<Series> = (0..m.layers.len()).map(|j| column(&g.bptt_s, j)).collect();
     let f_norm_max: Vec<f64> = (0..p.len()).map(|i| g.plus.f_norm[i].max(g.minus.f_norm[i]).max(g.f0_norm[i])).collect();
     for (sname, theta, neurons, pw, kinks) in series {
         let thr = o.bias_const * o.beta.powf(pw);
@@ -289,7 +294,7 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         };
         // Parameter tensors.
         for (i, spec) in m.params.iter().enumerate() {
-            let a = to_series(&theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>());
+            let a = column(theta, i);
             let r = &bptt_ref[i];
             let rn = mx::norm(&r.data);
             let floor_rel = mx::ratio(eps * f_norm_max[i], o.beta * rn);
@@ -297,8 +302,8 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
             let v = score(&mut rows, "tensor", &spec.name, sname, "bptt", &a, r, o, thr, thr_lab, tau, floor_rel, drift_rel, precondition(floor_rel), &mut summary);
             let _ = v;
             if spec.shape.len() >= 2 && sname == "ep_sym" {
-                let e1 = to_series(&g.plus.theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>()).total();
-                let e2 = to_series(&g.minus.theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>()).total();
+                let e1 = column(&g.plus.theta, i).total();
+                let e2 = column(&g.minus.theta, i).total();
                 let mut row = rows.row("tensor", &spec.name, "sym_ratio", mx::sym_ratio(&e1, &e2, &r.total()));
                 row.series = Some(sname.into());
                 row.series_form = Some("cum".into());
@@ -307,7 +312,7 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         }
         // Neuron layers, against J·BPTT_s (scored) and raw BPTT_s (info).
         for (j, l) in m.layers.iter().enumerate() {
-            let a = to_series(&neurons.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>());
+            let a = column(neurons, j);
             let (rj, raw) = (&bptt_j_ref[j], &bptt_raw[j]);
             let smax = g.traj.iter().map(|s| norm2(&s[j])).fold(0.0, f64::max);
             let floor_rel = mx::ratio(eps * smax, o.beta * mx::norm(&rj.data));
@@ -361,8 +366,7 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
     }
     // Plotted elements: series rows for sampled elements (checks §0.6).
     for (i, spec) in m.params.iter().enumerate() {
-        let r = to_series(&g.bptt_theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>());
-        let a = to_series(&sym_theta.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>());
+        let (r, a) = (&bptt_ref[i], column(&sym_theta, i));
         let nz: Vec<bool> = (0..r.e).map(|e| (0..k).any(|t| r.at(t, e) != 0.0)).collect();
         for e in sample_elements(&nz, o.n_elem, o.plot_seed) {
             for t in 0..k {
@@ -372,9 +376,7 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         }
     }
     for (j, l) in m.layers.iter().enumerate() {
-        let rj = to_series(&g.bptt_j.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>());
-        let raw = to_series(&g.bptt_s.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>());
-        let a = to_series(&sym_neurons.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>());
+        let (rj, raw, a) = (&bptt_j_ref[j], &bptt_raw[j], column(&sym_neurons, j));
         let nz: Vec<bool> = (0..rj.e).map(|e| (0..k).any(|t| rj.at(t, e) != 0.0)).collect();
         for e in sample_elements(&nz, o.n_elem, o.plot_seed) {
             for t in 0..k {
