@@ -87,7 +87,8 @@ pub fn repeat_batch(t: &Tensor, reps: i64) -> Tensor {
 /// states complex): a mixed product is two real products, never a complex GEMM with zero imaginary parts.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
     match (is_complex(a.kind()), is_complex(b.kind())) {
-        (true, false) => Tensor::complex(&a.real().matmul(b), &a.imag().matmul(b)),
+        // (…, n) complex × (n, m) real as ONE real GEMM over the stacked (re, im) rows.
+        (true, false) => a.view_as_real().transpose(-1, -2).matmul(b).transpose(-1, -2).contiguous().view_as_complex(),
         (false, true) => Tensor::complex(&a.matmul(&b.real()), &a.matmul(&b.imag())),
         _ => a.matmul(b),
     }

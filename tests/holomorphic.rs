@@ -133,3 +133,27 @@ fn implicit_reports_fixed_point_not_reached() {
     assert!(e.to_string().starts_with("fixed point not reached: r_inf"), "{e}");
     let _ = Estimator::EpPlus;
 }
+
+#[test]
+fn complex_activations_equal_libtorch_native_kernels() {
+    use epcheck::model::activation::Activation;
+    tch::manual_seed(3);
+    let o = (Kind::Double, tch::Device::Cpu);
+    // Moderate drives (where the native kernels are accurate), plus large real parts for the clamp/select.
+    let re = Tensor::cat(&[Tensor::randn([200], o) * 3.0, Tensor::from_slice(&[40.0, -40.0, 300.0, -300.0])], 0);
+    let im = Tensor::cat(&[Tensor::randn([200], o) * 0.7, Tensor::from_slice(&[0.3, -0.2, 0.1, 0.0])], 0);
+    let z = Tensor::complex(&re, &im);
+    for (act, native) in [(Activation::Tanh, z.tanh()), (Activation::Sigmoid, z.sigmoid()), (Activation::Logistic4, ((&z - 0.5) * 4.0).sigmoid())] {
+        let got = act.apply(&z);
+        assert!(epcheck::tensor_util::all_finite(&got), "{:?}: non-finite", act);
+        let d = (&got - &native).abs().max().double_value(&[]);
+        assert!(d <= 1e-14, "{:?}: max |ours − native| = {d}", act);
+    }
+    // Real inputs through the complex path equal the real maps.
+    let x = Tensor::randn([100], o) * 4.0;
+    for act in [Activation::Tanh, Activation::Sigmoid, Activation::Logistic4, Activation::Identity] {
+        let c = act.apply(&Tensor::complex(&x, &x.zeros_like()));
+        let d = (c.real() - act.apply(&x)).abs().max().double_value(&[]) + c.imag().abs().max().double_value(&[]);
+        assert!(d <= 1e-15, "{:?}: complex path on real inputs differs by {d}", act);
+    }
+}
