@@ -233,16 +233,15 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
     let eps = inst.prec.dtype.eps();
     let iota = if inst.prec.dtype == crate::precision::Dtype::F64 { 1e-12 } else { 1e-5 };
     let zeros = m.zeros_state(batch.size(), inst.prec);
+    let g = compute_series(m, p, batch, zeros, o);
     // Diverging dynamics: report an error verdict naming the first non-finite state, never NaN series.
-    let probe = relax(m, p, batch, &zeros, 0.0, &RelaxOptions::fixed(o.t_free));
     for (k, l) in m.layers.iter().enumerate() {
-        if !crate::tensor_util::all_finite(&probe.state[k]) {
+        if g.traj.iter().any(|s| !crate::tensor_util::all_finite(&s[k])) {
             let v = Verdict::Error(format!("non-finite value: state.free.{}", l.name));
-            rows.verdict("phase", "free", &v, json!({ "iters": probe.iters }));
-            return rows.finish(vec![format!("{}: the free phase diverged within T = {} iterations", v.display(), o.t_free)], vec![]);
+            rows.verdict("phase", "free", &v, json!({ "iters": g.t_run }));
+            return rows.finish(vec![format!("{}: the free phase diverged within {} iterations", v.display(), g.t_run)], vec![]);
         }
     }
-    let g = compute_series(m, p, batch, zeros, o);
     let k = g.k;
     let sync = m.schedule.kind == ScheduleKind::Sync;
     let converged = g.residual_tk <= o.stat_tol;
