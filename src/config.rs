@@ -50,6 +50,29 @@ pub struct RunConfig {
     pub star_tol: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adjoint_tol: Option<f64>,
+    /// Size overrides and options of the convolutional presets (conv-hopfield.md §0, conventions §13–14).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_channels: Option<i64>,
+    /// Hidden widths (conv: [n1, n2, n3, n4]; attention: dense widths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub widths: Option<Vec<i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<i64>,
+    /// Hopfield-ResNet13 skip edges: `conv1x1` (default) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skips: Option<String>,
+    /// Per-edge init gains (conv presets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gains: Option<Vec<f64>>,
+    /// ReLU-α: one α per hidden layer (drawn U[1, 10] from the seed when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relu_alpha: Option<Vec<f64>>,
+    /// `minus_first` or `plus_first` (conventions §5.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_order: Option<String>,
+    // -- attention options (hopfield-attention.md) go below this line --
     #[serde(default)]
     pub checks: ChecksConfig,
 }
@@ -287,9 +310,16 @@ impl Default for GduConfig {
 impl RunConfig {
     /// The defaults of a preset (conventions §14, estimators §1.8).
     pub fn preset_defaults(preset: &str) -> Result<RunConfig> {
+        let base = Self::p_mlp_defaults();
         match preset {
-            "p-mlp" => Ok(RunConfig {
-                preset: preset.into(),
+            "p-mlp" => Ok(base),
+            other => Err(Error::UnknownPreset(other.into(), crate::model::presets::PRESETS.join(", "))),
+        }
+    }
+
+    fn p_mlp_defaults() -> RunConfig {
+            RunConfig {
+                preset: "p-mlp".into(),
                 archi: vec![784, 512, 10],
                 archi_explicit: false,
                 activation: "tanh".into(),
@@ -312,10 +342,16 @@ impl RunConfig {
                 param_derivative: default_param_derivative(),
                 star_tol: None,
                 adjoint_tol: None,
+                height: None,
+                in_channels: None,
+                widths: None,
+                classes: None,
+                skips: None,
+                gains: None,
+                relu_alpha: None,
+                phase_order: None,
                 checks: ChecksConfig::default(),
-            }),
-            other => Err(Error::UnknownPreset(other.into(), crate::model::presets::PRESETS.join(", "))),
-        }
+            }
     }
 
     /// Resolves preset defaults ← file ← overrides. `overrides` is a TOML table built from flags.
