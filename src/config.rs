@@ -72,6 +72,10 @@ pub struct RunConfig {
     /// `minus_first` or `plus_first` (conventions §5.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_order: Option<String>,
+    /// Range [lo, hi] of the seeded synthetic inputs (default: the preset's, U[0, 1] for p-mlp, the CIFAR-10
+    /// normalised range U(−0.81, 0.92) for the conv presets, conv-hopfield.md §7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_range: Option<[f64; 2]>,
     // -- attention options (hopfield-attention.md) go below this line --
     #[serde(default)]
     pub checks: ChecksConfig,
@@ -311,8 +315,23 @@ impl RunConfig {
     /// The defaults of a preset (conventions §14, estimators §1.8).
     pub fn preset_defaults(preset: &str) -> Result<RunConfig> {
         let base = Self::p_mlp_defaults();
+        let conv = |activation: &str, t: i64, k: i64| RunConfig {
+            preset: preset.into(),
+            archi: Vec::new(),
+            activation: activation.into(),
+            loss: "mse".into(),
+            batch: 128,
+            t_free: t,
+            k_nudge: k,
+            beta: 0.1,
+            estimator: "ep_centered".into(),
+            phase_order: Some("minus_first".into()),
+            ..base.clone()
+        };
         match preset {
             "p-mlp" => Ok(base),
+            "hopfield-resnet13" | "vgg5-dchn" => Ok(conv("relu6", 120, 50)),
+            "vgg5-dchn-rain" => Ok(conv("hard_sigmoid", 60, 20)),
             other => Err(Error::UnknownPreset(other.into(), crate::model::presets::PRESETS.join(", "))),
         }
     }
@@ -350,6 +369,7 @@ impl RunConfig {
                 gains: None,
                 relu_alpha: None,
                 phase_order: None,
+                input_range: None,
                 checks: ChecksConfig::default(),
             }
     }

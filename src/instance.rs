@@ -29,7 +29,18 @@ impl Instance {
             let loaded = crate::io::read_tensors(path)?;
             crate::io::infer_sizes(&mut cfg, &loaded, path)?;
         }
-        let model = presets::build(&cfg)?;
+        if cfg.activation == "relu_alpha" && cfg.relu_alpha.is_none() && cfg.preset != "p-mlp" {
+            // One α per hidden layer, drawn from the seed and recorded in the resolved configuration.
+            let n = presets::hidden_layer_count(&cfg.preset);
+            cfg.relu_alpha = Some(presets::conv_common::draw_relu_alpha(n, cfg.seed));
+        }
+        let mut model = presets::build(&cfg)?;
+        if let Some([lo, hi]) = cfg.input_range {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(crate::Error::Config(format!("input_range must be [lo, hi] with lo < hi, got [{lo}, {hi}]")));
+            }
+            model.input_range = (lo, hi);
+        }
         let params = match params_file {
             Some(path) => crate::io::load_params(&model, path, prec)?,
             None => model.init_params(cfg.seed, prec),
@@ -47,13 +58,18 @@ impl Instance {
     }
 }
 
-/// The seeded synthetic batch: x ~ U[0, 1], y uniform over the classes (drawn after the parameters, from a
+/// The seeded synthetic batch: x ~ U[lo, hi] (the model's input range), y uniform over the classes (drawn after the parameters, from a
 /// generator seeded with seed + 1 so the parameter stream is unchanged).
 pub fn synthetic_batch(model: &Model, b: i64, seed: u64, prec: Precision) -> Batch {
     tch::manual_seed(seed as i64 + 1);
     let mut shape = vec![b];
     shape.extend(&model.input_shapes[0]);
-    let x = Tensor::rand(&shape[..], (Kind::Float, tch::Device::Cpu)).to_kind(prec.dtype.kind()).to_device(prec.device);
+    let (lo, hi) = model.input_range;
+    let mut x = Tensor::rand(&shape[..], (Kind::Float, tch::Device::Cpu));
+    if (lo, hi) != (0.0, 1.0) {
+        x = x * (hi - lo) + lo;
+    }
+    let x = x.to_kind(prec.dtype.kind()).to_device(prec.device);
     let y = Tensor::randint(model.classes(), [b], (Kind::Int64, tch::Device::Cpu)).to_device(prec.device);
     Batch::new(x, y, model.classes())
 }

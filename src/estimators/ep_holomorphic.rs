@@ -84,6 +84,11 @@ pub fn preflight(model: &Model) -> Result<()> {
             return Err(Error::UnsupportedEstimator(format!("{}: {}", l.name, l.activation.key())));
         }
     }
+    for t in &model.terms {
+        if !t.supports_complex() {
+            return Err(Error::UnsupportedEstimator(format!("coupling {} on {:?}: not implemented for complex states", t.kind(), t.slots())));
+        }
+    }
     Ok(())
 }
 

@@ -4,7 +4,7 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     Identity,
@@ -23,6 +23,9 @@ pub enum Activation {
     /// hardtanh(u, 0, 6), open kinks.
     #[serde(rename = "relu6")]
     Relu6,
+    /// clamp(max(u, 0), 0, α) (BrainSeek "reluclip"), half-open kinks: σ′(0) = 0, σ′(α) = 1. Written
+    /// `relu_alpha(α)`; α > 0.
+    ReluAlpha(f64),
 }
 
 /// Regime codes of clamp-type units (conventions §6).
@@ -55,10 +58,28 @@ impl Activation {
             Activation::MyHardSig => "my_hard_sig",
             Activation::CtrdHardSig => "ctrd_hard_sig",
             Activation::Relu6 => "relu6",
+            Activation::ReluAlpha(_) => "relu_alpha",
+        }
+    }
+
+    /// The key with its parameter, e.g. `relu_alpha(3.25)`.
+    pub fn describe(self) -> String {
+        match self {
+            Activation::ReluAlpha(a) => format!("relu_alpha({a})"),
+            other => other.key().to_string(),
         }
     }
 
     pub fn parse(s: &str) -> Result<Self> {
+        if let Some(arg) = s.strip_prefix("relu_alpha(").and_then(|r| r.strip_suffix(')')) {
+            return match arg.trim().parse::<f64>() {
+                Ok(a) if a.is_finite() && a > 0.0 => Ok(Activation::ReluAlpha(a)),
+                _ => Err(Error::Config(format!("relu_alpha needs α > 0, got '{arg}'"))),
+            };
+        }
+        if s == "relu_alpha" {
+            return Err(Error::Config("relu_alpha needs its α: write relu_alpha(α), or set the `relu_alpha` option of a conv preset".into()));
+        }
         Self::ALL.iter().copied().find(|a| a.key() == s).ok_or_else(|| {
             let keys: Vec<_> = Self::ALL.iter().map(|a| a.key()).collect();
             Error::Config(format!("unknown activation '{s}' (known: {})", keys.join(", ")))
@@ -87,6 +108,7 @@ impl Activation {
             Activation::MyHardSig => ((u - 1.0).hardtanh() + 1.0) * 0.5,
             Activation::CtrdHardSig => (u * 2.0).hardtanh() * 0.5,
             Activation::Relu6 => u.clamp(0.0, 6.0),
+            Activation::ReluAlpha(a) => u.relu().clamp_max(a),
         }
     }
 
@@ -111,6 +133,7 @@ impl Activation {
             Activation::MyHardSig => in_open(u, 0.0, 2.0) * 0.5,
             Activation::CtrdHardSig => in_open(u, -0.5, 0.5),
             Activation::Relu6 => in_open(u, 0.0, 6.0),
+            Activation::ReluAlpha(a) => u.gt(0.0).logical_and(&u.le(a)).to_kind(u.kind()),
         }
     }
 
@@ -121,6 +144,7 @@ impl Activation {
             Activation::MyHardSig => Some((0.0, 2.0)),
             Activation::CtrdHardSig => Some((-0.5, 0.5)),
             Activation::Relu6 => Some((0.0, 6.0)),
+            Activation::ReluAlpha(a) => Some((0.0, a)),
             _ => None,
         }
     }
@@ -150,6 +174,7 @@ impl Activation {
             Activation::HardSigmoid | Activation::HardSigmoid2u | Activation::MyHardSig => (0.0, 1.0),
             Activation::CtrdHardSig => (-0.5, 0.5),
             Activation::Relu6 => (0.0, 6.0),
+            Activation::ReluAlpha(a) => (0.0, a),
         }
     }
 
@@ -162,7 +187,7 @@ impl Activation {
             Activation::Tanh => (xlogx(&(s + 1.0)) + xlogx(&(1.0 - s))) * 0.5,
             Activation::Sigmoid => xlogx(s) + xlogx(&(1.0 - s)),
             Activation::Logistic4 => (xlogx(s) + xlogx(&(1.0 - s))) * 0.25 + s * 0.5,
-            Activation::HardSigmoid | Activation::HardSigmoid2u | Activation::CtrdHardSig | Activation::Relu6 => {
+            Activation::HardSigmoid | Activation::HardSigmoid2u | Activation::CtrdHardSig | Activation::Relu6 | Activation::ReluAlpha(_) => {
                 s * s * 0.5
             }
             Activation::MyHardSig => s * s,

@@ -106,6 +106,8 @@ pub struct Model {
     pub schedule: Schedule,
     /// Option `init_scale` = g: after the default draws, every tensor is drawn again and multiplied by g.
     pub init_scale: Option<f64>,
+    /// Range (lo, hi) of the seeded synthetic inputs.
+    pub input_range: (f64, f64),
     /// Per free layer: the (term, slot) pairs that touch it.
     incidence: Vec<Vec<(usize, usize)>>,
 }
@@ -137,7 +139,7 @@ impl Model {
         }
         schedule.validate(layers.len())?;
         let output = layers.len() - 1;
-        Ok(Model { preset: preset.to_string(), input_shapes, layers, params, terms, loss, output, schedule, init_scale: None, incidence })
+        Ok(Model { preset: preset.to_string(), input_shapes, layers, params, terms, loss, output, schedule, init_scale: None, input_range: (0.0, 1.0), incidence })
     }
 
     pub fn classes(&self) -> i64 {

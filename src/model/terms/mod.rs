@@ -3,8 +3,11 @@
 //! coupling part of the step VJP), and its local (Hebbian) parameter gradient and its VJP.
 //!
 //! Every term is **multilinear** in its state slots (bilinear couplings, linear biases and input terms), which
-//! is what makes Φ's Hessian in s constant and the local forms exact.
+//! is what makes Φ's Hessian in s constant and the local forms exact — except the pooled convolution, which is
+//! piecewise multilinear (its Hessian products hold the window argmax fixed, `conv_pool.rs`).
 pub mod bias;
+pub mod conv;
+pub mod conv_pool;
 pub mod dense;
 
 use tch::Tensor;
@@ -42,6 +45,10 @@ pub trait Term: Send + Sync {
     fn param_grad(&self, p: &[Tensor], s: &[&Tensor]) -> Vec<Tensor>;
     /// Σ_b Σ_j ∂²Φ_term,b/∂θ∂s_j · μ_j: the parameter part of a step VJP (batch sum; None = zero).
     fn param_vjp(&self, p: &[Tensor], s: &[&Tensor], mu: &[Option<&Tensor>]) -> Vec<Option<Tensor>>;
+    /// Whether the term accepts complex states with real parameters (holomorphic EP).
+    fn supports_complex(&self) -> bool {
+        true
+    }
 }
 
 /// Adds `b` into an optional accumulator.
