@@ -27,6 +27,52 @@ pub enum Command {
     Bias(BiasArgs),
     /// Agreement of the exact references (bptt, bptt_trunc, implicit) and finite differences.
     Refs(RefsArgs),
+    /// Train with EP (any estimator) or BPTT, or the feed-forward BP baseline: per-epoch table, curves,
+    /// checkpoints; resumable.
+    Train(TrainArgs),
+    /// Weight-distribution statistics of checkpoints (TAG=PATH …): per-tensor table, EP vs BP, histograms.
+    Weights(WeightsArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Learning rate (every tensor), or comma-separated, one per tensor in canonical order.
+    #[arg(long)]
+    pub lr: Option<String>,
+    /// digits (shipped), cifar10, cifar100, fashion-mnist, mnist.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Folder holding the dataset files (default: fixtures/data/digits for digits, data/<name> otherwise).
+    #[arg(long)]
+    pub data_root: Option<String>,
+    /// none, flip_crop (Rain) or randaugment (BrainSeek).
+    #[arg(long)]
+    pub augment: Option<String>,
+    /// Train the feed-forward BP baseline of the preset's graph instead (`bp`).
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Resume the training run in this folder from its last checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WeightsArgs {
+    /// Checkpoints as TAG=PATH (e.g. ep=run/checkpoints/last.safetensors bp=run2/checkpoints/bp-last.safetensors).
+    #[arg(required = true)]
+    pub sets: Vec<String>,
+    /// Also plot bias histograms.
+    #[arg(long)]
+    pub plot_biases: bool,
+    #[arg(long, default_value = "reports/runs")]
+    pub out: PathBuf,
+    /// svg, png or both.
+    #[arg(long, default_value = "svg")]
+    pub figure_format: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -369,7 +415,151 @@ pub fn run(cli: Cli) -> Result<i32> {
             let rep = crate::checks::refs::run(&inst, &o)?;
             finish(&r.common, "refs", &inst, vec![rep])
         }
+        Command::Train(t) => run_train(t),
+        Command::Weights(w) => run_weights(w),
     }
+}
+
+fn run_train(t: TrainArgs) -> Result<i32> {
+    let mut extra = toml::Table::new();
+    if let Some(e) = t.epochs {
+        crate::config::merge(&mut extra, parse_set(&format!("train.epochs={e}"))?);
+    }
+    if let Some(lr) = &t.lr {
+        let v: Vec<String> = lr.split(',').map(|x| x.trim().parse::<f64>().map(|f| format!("{f:e}"))).collect::<std::result::Result<_, _>>().map_err(|_| Error::Config(format!("--lr expects a number or comma-separated numbers, got '{lr}'")))?;
+        crate::config::merge(&mut extra, parse_set(&format!("train.lr=[{}]", v.join(", ")))?);
+    }
+    for (k, v) in [("dataset", &t.dataset), ("data_root", &t.data_root), ("augment", &t.augment)] {
+        if let Some(v) = v {
+            crate::config::merge(&mut extra, parse_set(&format!("train.{k}=\"{v}\""))?);
+        }
+    }
+    let bp = match t.baseline.as_deref() {
+        None => false,
+        Some("bp") => true,
+        Some(o) => return Err(Error::Config(format!("--baseline must be bp, got '{o}'"))),
+    };
+    let mut common = t.common.clone();
+    let dir = match &t.resume {
+        Some(d) => {
+            let cfg_path = d.join("config.toml");
+            if !cfg_path.exists() {
+                return Err(Error::file(&cfg_path, "no such file: --resume needs a training run folder"));
+            }
+            common.config = Some(cfg_path);
+            d.clone()
+        }
+        None => PathBuf::new(),
+    };
+    let inst = common.instance(extra)?;
+    let cfg = &inst.cfg;
+    let mut data = crate::train::datasets::open(cfg)?;
+    data.check_model(&inst.model)?;
+    let dir = if t.resume.is_some() {
+        dir
+    } else {
+        std::fs::create_dir_all(&common.out).map_err(|e| Error::file(&common.out, e))?;
+        let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "").replace('Z', "");
+        let kind = if bp { "train-bp" } else { "train" };
+        let dir = common.out.join(format!("{kind}-{}-{stamp}", inst.id));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+        crate::train::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+        let args: Vec<String> = std::env::args().collect();
+        let m = crate::report::manifest(&inst, kind, &dir.file_name().unwrap_or_default().to_string_lossy(), &args);
+        crate::train::write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&m).expect("json").as_bytes())?;
+        dir
+    };
+    let outcome = if bp {
+        crate::train::baseline::run(cfg, inst.prec.device, data.as_mut(), &dir)?
+    } else {
+        let params = inst.params.iter().map(|p| p.shallow_clone()).collect();
+        crate::train::run(cfg, &inst.model, params, inst.prec, data.as_mut(), &dir, t.resume.is_some())?
+    };
+    let last = |split: &str, metric: &str| outcome.rows.iter().rev().find(|r| r.split == split && r.metric == metric && r.scope == "all").map(|r| r.value).unwrap_or(f64::NAN);
+    let first = |split: &str, metric: &str| outcome.rows.iter().find(|r| r.split == split && r.metric == metric && r.scope == "all").map(|r| r.value).unwrap_or(f64::NAN);
+    let md = format!(
+        "# epcheck train — {}\n\n{} on `{}`, {} epochs, estimator `{}`, β = {}, T = {}, K = {}, batch {}, {} / {}\n\n| | first epoch | last epoch |\n|---|---|---|\n| train loss | {:.4} | {:.4} |\n| train error % | {:.2} | {:.2} |\n| test loss | {:.4} | {:.4} |\n| test error % | {:.2} | {:.2} |\n\nTables: `tables/epochs.{{parquet,csv}}`; curves: `figures/curves.*`; checkpoints: `checkpoints/`.\n",
+        inst.id,
+        if bp { "BP baseline" } else { "EP training" },
+        cfg.train.dataset,
+        cfg.train.epochs,
+        if bp { "autograd" } else { cfg.estimator.as_str() },
+        cfg.beta,
+        cfg.t_free,
+        cfg.k_nudge,
+        cfg.batch,
+        cfg.dtype,
+        inst.prec.device_name(),
+        first("train", "loss"),
+        last("train", "loss"),
+        first("train", "error"),
+        last("train", "error"),
+        first("test", "loss"),
+        last("test", "loss"),
+        first("test", "error"),
+        last("test", "error"),
+    );
+    crate::train::write_atomic(&dir.join("summary.md"), md.as_bytes())?;
+    println!("train {}: test error {:.2}% after {} epochs", inst.id, last("test", "error"), cfg.train.epochs);
+    println!("report: {}", dir.display());
+    Ok(0)
+}
+
+fn run_weights(w: WeightsArgs) -> Result<i32> {
+    use crate::checks::weights;
+    let mut sets = vec![];
+    for s in &w.sets {
+        let (tag, path) = s.split_once('=').ok_or_else(|| Error::Config(format!("weights: expected TAG=PATH, got '{s}'")))?;
+        sets.push(weights::load_set(tag, std::path::Path::new(path))?);
+    }
+    if !["svg", "png", "both"].contains(&w.figure_format.as_str()) {
+        return Err(Error::Config(format!("--figure-format must be svg, png or both, got '{}'", w.figure_format)));
+    }
+    let rows = weights::compute(&sets);
+    let id = sets.iter().map(|s| s.tag.as_str()).collect::<Vec<_>>().join("-");
+    let rf = crate::report::RunFolder::new(&w.out, "weights", &format!("{}-{id}", sets[0].cfg.preset))?;
+    crate::report::tables::write_both(&mut weights::frame(&rows)?, &rf.dir().join("tables"), "weights")?;
+    let figs = weights::figures(&rf.dir().join("figures"), &sets, &rows, w.plot_biases, &w.figure_format)?;
+    let mut md = vec![format!("# epcheck weights — {}", rf.run_id), String::new(), "| model | checkpoint | epoch |".into(), "|---|---|---|".into()];
+    for s in &sets {
+        md.push(format!("| {} | `{}` | {} |", s.tag, s.path.display(), s.epoch.map(|e| e.to_string()).unwrap_or("?".into())));
+    }
+    md.push(String::new());
+    md.push("| model | tensor | role | std | std_ratio | near_zero_frac@0.1 | abs_q99 |".into());
+    md.push("|---|---|---|---|---|---|---|".into());
+    for s in &sets {
+        for (name, _, _) in &s.tensors {
+            let g = |stat: &str| rows.iter().find(|r| r.model == s.tag && &r.param == name && r.stat == stat).map(|r| r.value).unwrap_or(f64::NAN);
+            let role = rows.iter().find(|r| r.model == s.tag && &r.param == name).map(|r| r.role.clone()).unwrap_or_default();
+            md.push(format!("| {} | {name} | {role} | {:.4e} | {:.3} | {:.3} | {:.4e} |", s.tag, g("std"), g("std_ratio"), g("near_zero_frac@0.1"), g("abs_q99")));
+        }
+    }
+    let cmp: Vec<_> = rows.iter().filter(|r| r.stat == "std_ratio_ep_bp" || r.stat == "ks").collect();
+    if !cmp.is_empty() {
+        md.push(String::new());
+        md.push("| pair | tensor | std_EP/std_BP | KS |".into());
+        md.push("|---|---|---|---|".into());
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &cmp {
+            if seen.insert((r.model.clone(), r.param.clone())) {
+                let ks = rows.iter().find(|x| x.model == r.model && x.param == r.param && x.stat == "ks").map(|x| x.value).unwrap_or(f64::NAN);
+                let sr = rows.iter().find(|x| x.model == r.model && x.param == r.param && x.stat == "std_ratio_ep_bp").map(|x| x.value).unwrap_or(f64::NAN);
+                md.push(format!("| {} | {} | {sr:.3} | {ks:.3} |", r.model, r.param));
+            }
+        }
+    }
+    for r in rows.iter().filter(|r| r.stat == "depth_trend") {
+        md.push(format!("\ndepth trend (Spearman of near_zero_frac@0.1 vs depth, main path) of {}: {:.3}", r.model, r.value));
+    }
+    md.push("\n## Figures\n".into());
+    for f in &figs {
+        md.push(format!("- `{}`", f.strip_prefix(rf.dir()).unwrap_or(f).display()));
+    }
+    rf.write("summary.md", &(md.join("\n") + "\n"))?;
+    let dir = rf.commit()?;
+    println!("weights {id}: info");
+    println!("report: {}", dir.display());
+    Ok(0)
 }
 
 /// Entry point of the binary: parses, runs, prints one-line errors, returns the exit code.

@@ -79,6 +79,63 @@ pub struct RunConfig {
     // -- attention options (hopfield-attention.md) go below this line --
     #[serde(default)]
     pub checks: ChecksConfig,
+    /// `epcheck train` (the `-train` presets set the reference's procedure).
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// Training options (conv-hopfield.md §6, hopfield-attention.md §9, conventions §13).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// One rate for every tensor, or one per tensor in canonical order (a list of another length is an error).
+    pub lr: Vec<f64>,
+    /// η_min of the cosine schedule (`none` schedule: constant rates).
+    pub lr_min: f64,
+    /// `cosine` or `none`.
+    pub lr_schedule: String,
+    /// `sgd`, `adam` or `adamw`.
+    pub optimizer: String,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    /// Global-norm clip of the estimate (off unless set; 1.0 in the BrainSeek `-train` presets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip_norm: Option<f64>,
+    /// `zeros` or `warm` (conventions §5.4).
+    pub state_init: String,
+    /// `digits`, `cifar10`, `cifar100`, `fashion_mnist`.
+    pub dataset: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_root: Option<String>,
+    /// `none`, `flip_crop` or `randaugment` (the dataset's reference pipeline).
+    pub augment: String,
+    /// Use only the first n training / test examples (0 = all).
+    pub train_limit: usize,
+    pub test_limit: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            lr: vec![0.03],
+            lr_min: 2e-6,
+            lr_schedule: "cosine".into(),
+            optimizer: "sgd".into(),
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 2.5e-4,
+            grad_clip_norm: None,
+            state_init: "zeros".into(),
+            dataset: "digits".into(),
+            data_root: None,
+            augment: "none".into(),
+            train_limit: 0,
+            test_limit: 0,
+        }
+    }
 }
 
 fn default_holo_points() -> usize {
@@ -328,6 +385,25 @@ impl RunConfig {
             phase_order: Some("minus_first".into()),
             ..base.clone()
         };
+        if let Some(model) = preset.strip_suffix("-train") {
+            // The reference's training procedure on top of the model preset (conv-hopfield.md §6).
+            let mut c = Self::preset_defaults(model)?;
+            c.preset = preset.into();
+            if model != "p-mlp" {
+                c.dtype = "f32".into();
+                c.train.epochs = 300;
+                c.train.augment = "randaugment".into();
+                c.train.dataset = "cifar10".into();
+                c.train.state_init = "warm".into();
+                if model == "vgg5-dchn-rain" {
+                    c.train.nesterov = false;
+                    c.train.augment = "flip_crop".into();
+                } else {
+                    c.train.grad_clip_norm = Some(1.0);
+                }
+            }
+            return Ok(c);
+        }
         match preset {
             "p-mlp" => Ok(base),
             "hopfield-resnet13" | "vgg5-dchn" => Ok(conv("relu6", 120, 50)),
@@ -371,6 +447,7 @@ impl RunConfig {
                 phase_order: None,
                 input_range: None,
                 checks: ChecksConfig::default(),
+                train: TrainConfig::default(),
             }
     }
 
@@ -405,6 +482,31 @@ impl RunConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
+        let t = &self.train;
+        if t.epochs < 1 {
+            return bad("train.epochs must be ≥ 1".into());
+        }
+        if t.lr.is_empty() || t.lr.iter().any(|v| !(v.is_finite() && *v >= 0.0)) {
+            return bad(format!("train.lr must be one rate or a list of rates ≥ 0, got {:?}", t.lr));
+        }
+        if !(t.lr_min.is_finite() && t.lr_min >= 0.0) || !(0.0..1.0).contains(&t.momentum) || !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            return bad(format!("train: need lr_min ≥ 0, 0 ≤ momentum < 1, weight_decay ≥ 0 (got {}, {}, {})", t.lr_min, t.momentum, t.weight_decay));
+        }
+        if let Some(c) = t.grad_clip_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return bad(format!("train.grad_clip_norm must be > 0, got {c}"));
+            }
+        }
+        for (k, v, ok) in [
+            ("train.state_init", &t.state_init, &["zeros", "warm"][..]),
+            ("train.lr_schedule", &t.lr_schedule, &["cosine", "none"][..]),
+            ("train.optimizer", &t.optimizer, &["sgd", "adam", "adamw"][..]),
+            ("train.augment", &t.augment, &["none", "flip_crop", "randaugment"][..]),
+        ] {
+            if !ok.contains(&v.as_str()) {
+                return bad(format!("{k} must be one of {}, got '{v}'", ok.join(", ")));
+            }
+        }
         if !(self.beta.is_finite() && self.beta > 0.0) {
             return bad(format!("beta must be a finite number > 0 (it is the nudge magnitude), got {}", self.beta));
         }

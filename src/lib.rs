@@ -30,6 +30,7 @@ pub mod adjoint;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod estimators;
 pub mod instance;
@@ -38,6 +39,7 @@ pub mod model;
 pub mod precision;
 pub mod progress;
 pub mod relax;
+pub mod train;
 pub mod report;
 pub mod tensor_util;
 

@@ -7,6 +7,7 @@ pub mod gdu;
 pub mod kinks;
 pub mod metrics;
 pub mod refs;
+pub mod weights;
 
 use serde_json::json;
 use tch::Tensor;

@@ -12,7 +12,7 @@ pub const PRESETS: &[&str] = &["p-mlp", "hopfield-resnet13", "vgg5-dchn", "vgg5-
 
 /// Builds the model a configuration names.
 pub fn build(cfg: &ModelConfig) -> Result<Model> {
-    match cfg.preset.as_str() {
+    match cfg.preset.strip_suffix("-train").unwrap_or(&cfg.preset) {
         "p-mlp" => p_mlp::build(cfg),
         "hopfield-resnet13" => hopfield_resnet13::build(cfg),
         "vgg5-dchn" | "vgg5-dchn-rain" => vgg5_dchn::build(cfg),
@@ -22,7 +22,7 @@ pub fn build(cfg: &ModelConfig) -> Result<Model> {
 
 /// Number of hidden (non-output) layers of a conv preset, for per-layer options such as `relu_alpha`.
 pub fn hidden_layer_count(preset: &str) -> usize {
-    match preset {
+    match preset.strip_suffix("-train").unwrap_or(preset) {
         "hopfield-resnet13" => 8,
         "vgg5-dchn" | "vgg5-dchn-rain" => 4,
         _ => 0,

@@ -13,7 +13,7 @@ use crate::model::{LayerSpec, Model};
 use crate::{Error, Result};
 
 pub fn build(cfg: &RunConfig) -> Result<Model> {
-    let name = cfg.preset.as_str();
+    let name = cfg.preset.strip_suffix("-train").unwrap_or(&cfg.preset);
     let sz = conv_common::sizes(cfg, name)?;
     if sz.h0 % 16 != 0 {
         return Err(Error::Config(format!("{name}: height must be a multiple of 16 (every pooled size must be even), got {}", sz.h0)));
