@@ -40,5 +40,6 @@ pub mod progress;
 pub mod relax;
 pub mod report;
 pub mod tensor_util;
+pub mod verify;
 
 pub use error::{Error, Result};

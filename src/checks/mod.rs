@@ -4,7 +4,11 @@ pub mod bias;
 pub mod converge;
 pub mod estimate;
 pub mod gdu;
+pub mod audit;
+pub mod conformance;
 pub mod kinks;
+pub mod local;
+pub mod npz;
 pub mod metrics;
 pub mod refs;
 
