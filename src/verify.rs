@@ -11,7 +11,7 @@
 //! archi = [6, 5, 5, 3]
 //! [checks.gdu]                  # the checks to run; keys are the `checks.<check>.*` configuration keys
 //! bias_const = 10
-//! cos_min = 0.999               # optional verify gate: every scored cos row ≥ cos_min (best over β/t)
+//! cos_min = 0.999               # optional verify gate: every cos row ≥ cos_min (best over β)
 //! [checks.conformance]          # external tensors (path relative to the suite file) and a name map
 //! file = "../fixtures/conformance/pmlp_reference.safetensors"
 //! ```
@@ -116,7 +116,7 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
         Some(_) => return Err(bad(path, "model must be a table")),
     };
     if model.contains_key("graph") || t.contains_key("graph") {
-        return Err(bad(path, "graph = \"…\": architecture graph files are not supported by verify yet; name a preset"));
+        return Err(bad(path, "graph = \"…\": architecture graph files are not supported yet; name a preset in [model]"));
     }
     let preset = match model.remove("preset") {
         Some(toml::Value::String(s)) => s,
@@ -280,13 +280,14 @@ pub fn run_check(name: &str, inst: &Instance) -> Result<CheckReport> {
     })
 }
 
-/// The verify gate `cos_min`: every group of scored `cos` rows (same estimator, series, reference, scope and
-/// name; rows tagged `info` and per-step rows excluded) must reach cos_min at its best point. Adds one
+/// The verify gate `cos_min`: every group of `cos` rows (same estimator, series, reference, scope and name;
+/// per-step rows and the by-design mismatch against raw BPTT neuron series excluded) must reach cos_min at
+/// its best point (over β for `bias`). Adds one
 /// verdict row (scope `gate`) and re-derives the overall verdict.
 pub fn apply_cos_gate(rep: &mut CheckReport, cos_min: f64) {
     let mut best: std::collections::BTreeMap<String, f64> = Default::default();
     for r in &rep.metrics {
-        if r.metric != "cos" || r.t.is_some() || r.verdict.as_deref() == Some("info") {
+        if r.metric != "cos" || r.t.is_some() || r.reference.as_deref() == Some("bptt_raw") {
             continue;
         }
         let key = format!("{}|{}|{}|{}:{}", r.estimator.clone().unwrap_or_default(), r.series.clone().unwrap_or_default(), r.reference.clone().unwrap_or_default(), r.scope, r.name);
