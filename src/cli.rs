@@ -27,6 +27,14 @@ pub enum Command {
     Bias(BiasArgs),
     /// Agreement of the exact references (bptt, bptt_trunc, implicit) and finite differences.
     Refs(RefsArgs),
+    /// Local-update equivalence: the local (Hebbian) parameter derivatives vs autograd of Φ̄ (checks §6).
+    Local(Common),
+    /// Energy audit: drives = ∂Φ_β/∂s, symmetric drive Jacobian, gradient update maps, nudge (checks §7).
+    Audit(Common),
+    /// Conformance: recompute another implementation's tensors and compare them (checks §10).
+    Compare(crate::checks::conformance::CompareArgs),
+    /// Run certification suites (`verify/*.toml`): every listed check, JUnit XML, one line per check.
+    Verify(crate::verify::VerifyArgs),
     /// Train with EP (any estimator) or BPTT, or the feed-forward BP baseline: per-epoch table, curves,
     /// checkpoints; resumable.
     Train(TrainArgs),
@@ -197,7 +205,7 @@ pub struct GduArgs {
 }
 
 impl Common {
-    fn overrides(&self) -> Result<toml::Table> {
+    pub fn overrides(&self) -> Result<toml::Table> {
         let mut t = toml::Table::new();
         let mut put = |k: &str, v: toml::Value| {
             t.insert(k.into(), v);
@@ -244,7 +252,7 @@ impl Common {
         Ok(t)
     }
 
-    fn instance(&self, extra: toml::Table) -> Result<Instance> {
+    pub fn instance(&self, extra: toml::Table) -> Result<Instance> {
         for p in [&self.config, &self.params, &self.input].into_iter().flatten() {
             if !p.exists() {
                 return Err(Error::file(p, "no such file"));
@@ -261,7 +269,7 @@ impl Common {
     }
 }
 
-fn finish(common: &Common, command: &str, inst: &Instance, reports: Vec<checks::CheckReport>) -> Result<i32> {
+pub fn finish(common: &Common, command: &str, inst: &Instance, reports: Vec<checks::CheckReport>) -> Result<i32> {
     let args: Vec<String> = std::env::args().collect();
     crate::progress::message("writing report");
     let dir = crate::report::write_run(&common.out, command, inst, &reports, &args)?;
@@ -417,6 +425,20 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Train(t) => run_train(t),
         Command::Weights(w) => run_weights(w),
+        Command::Local(c) => {
+            let inst = c.instance(toml::Table::new())?;
+            crate::progress::start("local");
+            let rep = crate::checks::local::run(&inst, &crate::checks::local::LocalOptions::from_config(&inst.cfg));
+            finish(&c, "local", &inst, vec![rep])
+        }
+        Command::Audit(c) => {
+            let inst = c.instance(toml::Table::new())?;
+            crate::progress::start("audit");
+            let rep = crate::checks::audit::run(&inst, &crate::checks::audit::AuditOptions::from_config(&inst.cfg));
+            finish(&c, "audit", &inst, vec![rep])
+        }
+        Command::Compare(a) => crate::checks::conformance::command(a),
+        Command::Verify(v) => crate::verify::command(v),
     }
 }
 

@@ -167,6 +167,12 @@ pub struct ChecksConfig {
     pub bias: BiasConfig,
     #[serde(default)]
     pub refs: RefsConfig,
+    #[serde(default)]
+    pub local: LocalConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub conformance: ConformanceConfig,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -278,6 +284,9 @@ impl Default for ChecksConfig {
             gdu: Default::default(),
             bias: Default::default(),
             refs: Default::default(),
+            local: Default::default(),
+            audit: Default::default(),
+            conformance: Default::default(),
         }
     }
 }
@@ -363,6 +372,95 @@ fn default_n_elem() -> usize {
 }
 
 impl Default for GduConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+
+/// `checks.local` (checks §6, §12).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// rel_linf threshold; default 1e-11 (f64) / 1e-4 (f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tol: Option<f64>,
+    /// Number of random test states.
+    #[serde(default = "default_three")]
+    pub n_rand: usize,
+    /// Also test complex states when the model is holomorphic-admissible.
+    #[serde(default = "default_true")]
+    pub complex: bool,
+}
+
+/// `checks.audit` (checks §7, §12).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Threshold of A1–A4 and A6; default 1e-12 (f64) / 1e-5 (f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tol: Option<f64>,
+    /// Probe pairs (v, w).
+    #[serde(default = "default_pairs")]
+    pub pairs: usize,
+    #[serde(default = "default_three")]
+    pub n_rand: usize,
+    /// Threshold of A5 (potential consistency).
+    #[serde(default = "default_a5_tol")]
+    pub potential_tol: f64,
+}
+
+/// `checks.conformance.tol` (checks §10): tolerance classes, `rel_linf`, f64 external vs an f64 run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConformanceTol {
+    #[serde(default = "default_tol_state")]
+    pub state: f64,
+    #[serde(default = "default_tol_grad")]
+    pub grad_exact: f64,
+    /// Base of the `grad_ep` class; the class threshold is grad_ep + grad_ep_floor_factor · floor_rel.
+    #[serde(default = "default_tol_grad")]
+    pub grad_ep: f64,
+    #[serde(default = "default_grad_ep_floor_factor")]
+    pub grad_ep_floor_factor: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConformanceConfig {
+    #[serde(default)]
+    pub tol: ConformanceTol,
+}
+
+fn default_three() -> usize {
+    3
+}
+fn default_pairs() -> usize {
+    8
+}
+fn default_a5_tol() -> f64 {
+    1e-10
+}
+fn default_tol_state() -> f64 {
+    1e-12
+}
+fn default_tol_grad() -> f64 {
+    1e-10
+}
+fn default_grad_ep_floor_factor() -> f64 {
+    100.0
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+impl Default for AuditConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults deserialize")
+    }
+}
+impl Default for ConformanceTol {
     fn default() -> Self {
         toml::from_str("").expect("defaults deserialize")
     }
@@ -582,9 +680,51 @@ impl RunConfig {
         if !["converged", "fixed_t"].contains(&self.checks.refs.fd_mode.as_str()) {
             return bad(format!("checks.refs.fd_mode must be converged or fixed_t, got '{}'", self.checks.refs.fd_mode));
         }
+        self.validate_certification()?;
         crate::precision::Dtype::parse(&self.dtype)?;
         crate::precision::DeviceChoice::parse(&self.device)?;
         Ok(())
+    }
+
+    /// Ranges of the `local`, `audit` and `conformance` keys.
+    fn validate_certification(&self) -> Result<()> {
+        let c = &self.checks;
+        let t = &c.conformance.tol;
+        let mut pos = vec![("checks.audit.potential_tol", c.audit.potential_tol), ("checks.conformance.tol.state", t.state), ("checks.conformance.tol.grad_exact", t.grad_exact), ("checks.conformance.tol.grad_ep", t.grad_ep)];
+        if let Some(x) = c.local.tol {
+            pos.push(("checks.local.tol", x));
+        }
+        if let Some(x) = c.audit.tol {
+            pos.push(("checks.audit.tol", x));
+        }
+        for (k, v) in pos {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::Config(format!("{k} must be a finite number > 0, got {v}")));
+            }
+        }
+        if !(t.grad_ep_floor_factor.is_finite() && t.grad_ep_floor_factor >= 0.0) {
+            return Err(Error::Config(format!("checks.conformance.tol.grad_ep_floor_factor must be ≥ 0, got {}", t.grad_ep_floor_factor)));
+        }
+        if c.audit.pairs < 1 {
+            return Err(Error::Config("checks.audit.pairs must be ≥ 1".into()));
+        }
+        Ok(())
+    }
+
+    /// `checks.local.tol`, else 1e-11 (f64) / 1e-4 (f32).
+    pub fn local_tol(&self) -> f64 {
+        self.checks.local.tol.unwrap_or(match self.dtype() {
+            crate::precision::Dtype::F64 => 1e-11,
+            crate::precision::Dtype::F32 => 1e-4,
+        })
+    }
+
+    /// `checks.audit.tol`, else 1e-12 (f64) / 1e-5 (f32).
+    pub fn audit_tol(&self) -> f64 {
+        self.checks.audit.tol.unwrap_or(match self.dtype() {
+            crate::precision::Dtype::F64 => 1e-12,
+            crate::precision::Dtype::F32 => 1e-5,
+        })
     }
 
     pub fn dtype(&self) -> crate::precision::Dtype {

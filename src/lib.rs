@@ -42,5 +42,6 @@ pub mod relax;
 pub mod train;
 pub mod report;
 pub mod tensor_util;
+pub mod verify;
 
 pub use error::{Error, Result};

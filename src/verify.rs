@@ -1,0 +1,495 @@
+//! `epcheck verify PATH…`: certification suites for CI. A suite (`verify/*.toml`) names a model (a preset
+//! with overrides), seeds, a dtype and the checks to run with their thresholds:
+//!
+//! ```toml
+//! name = "p-mlp-small"          # default: the file stem
+//! seeds = [0]                   # one instance per seed
+//! dtype = "f64"
+//! figure_format = "svg"         # checks.figure_format of the run folders
+//! [model]                       # any configuration key of the preset (conventions §13, §14)
+//! preset = "p-mlp"
+//! archi = [6, 5, 5, 3]
+//! [checks.gdu]                  # the checks to run; keys are the `checks.<check>.*` configuration keys
+//! bias_const = 10
+//! cos_min = 0.999               # optional verify gate: every cos row ≥ cos_min (best over β)
+//! [checks.conformance]          # external tensors (path relative to the suite file) and a name map
+//! file = "../fixtures/conformance/pmlp_reference.safetensors"
+//! ```
+//!
+//! Checks: `converge`, `local`, `audit`, `gdu`, `bias`, `refs`, `conformance`, run in that order. Every
+//! suite is parsed and validated before anything runs (bad input → exit 2, no report). Prints one line per
+//! check and instance, then `N passed, N failed`; writes a run folder per instance and one JUnit XML file
+//! (checks §0.5). Exit code 0 when every check passes, 1 when one does not (fail, inconclusive or error).
+use crate::checks::{self, audit, bias, conformance, converge, gdu, local, refs, CheckReport, Verdict};
+use crate::config::{merge, RunConfig};
+use crate::instance::Instance;
+use crate::{Error, Result};
+use clap::Args;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// Suite files, or folders whose `*.toml` files are suites.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Output folder for run folders.
+    #[arg(long, default_value = "reports/runs")]
+    pub out: PathBuf,
+    /// JUnit XML file (default: <out>/junit.xml).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+}
+
+/// The checks a suite may list, in the order they run.
+pub const CHECKS: [&str; 7] = ["converge", "local", "audit", "gdu", "bias", "refs", "conformance"];
+
+/// Keys of a suite's check table that belong to verify, not to the configuration.
+pub const VERIFY_KEYS: [&str; 3] = ["cos_min", "file", "names"];
+
+/// One check of a suite, with its verify-level options.
+#[derive(Clone, Debug)]
+pub struct SuiteCheck {
+    pub name: String,
+    pub cos_min: Option<f64>,
+    pub file: Option<PathBuf>,
+    pub names: Option<PathBuf>,
+}
+
+/// A parsed, validated suite.
+#[derive(Clone, Debug)]
+pub struct Suite {
+    pub path: PathBuf,
+    pub name: String,
+    pub seeds: Vec<u64>,
+    pub checks: Vec<SuiteCheck>,
+    /// Resolved configuration per seed.
+    pub configs: Vec<RunConfig>,
+    /// The configuration without a seed override (conformance instances come from the external file).
+    pub base: RunConfig,
+}
+
+fn bad(path: &Path, msg: impl ToString) -> Error {
+    Error::file(path, msg)
+}
+
+/// Expands folders into their `*.toml` files (sorted).
+pub fn suite_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = vec![];
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p).map_err(|e| bad(p, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|x| x == "toml")).collect();
+            v.sort();
+            if v.is_empty() {
+                return Err(bad(p, "no suite files (*.toml) in this folder"));
+            }
+            out.extend(v);
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            return Err(bad(p, "no such file"));
+        }
+    }
+    Ok(out)
+}
+
+/// Parses and validates a suite file.
+pub fn parse_suite(path: &Path) -> Result<Suite> {
+    let text = std::fs::read_to_string(path).map_err(|e| bad(path, e))?;
+    let mut t: toml::Table = toml::from_str(&text).map_err(|e| bad(path, format!("malformed TOML: {}", e.to_string().lines().filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" "))))?;
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let name = match t.remove("name") {
+        None => path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "suite".into()),
+        Some(toml::Value::String(s)) => s,
+        Some(_) => return Err(bad(path, "name must be a string")),
+    };
+    let seeds: Vec<u64> = match t.remove("seeds") {
+        None => vec![0],
+        Some(toml::Value::Array(a)) if !a.is_empty() => a.iter().map(|v| v.as_integer().filter(|&i| i >= 0).map(|i| i as u64).ok_or_else(|| bad(path, "seeds must be a non-empty list of integers ≥ 0"))).collect::<Result<_>>()?,
+        Some(toml::Value::Integer(i)) if i >= 0 => vec![i as u64],
+        Some(_) => return Err(bad(path, "seeds must be a non-empty list of integers ≥ 0")),
+    };
+    let mut model = match t.remove("model") {
+        Some(toml::Value::Table(m)) => m,
+        None => return Err(bad(path, "missing [model] table (preset and overrides)")),
+        Some(_) => return Err(bad(path, "model must be a table")),
+    };
+    if model.contains_key("graph") || t.contains_key("graph") {
+        return Err(bad(path, "graph = \"…\": architecture graph files are not supported yet; name a preset in [model]"));
+    }
+    let preset = match model.remove("preset") {
+        Some(toml::Value::String(s)) => s,
+        None => return Err(bad(path, "model.preset is required")),
+        Some(_) => return Err(bad(path, "model.preset must be a string")),
+    };
+    if model.contains_key("checks") || model.contains_key("seed") {
+        return Err(bad(path, "model must not set checks or seed (use [checks.*] and seeds)"));
+    }
+    for key in ["dtype", "device"] {
+        if let Some(v) = t.remove(key) {
+            model.insert(key.into(), v);
+        }
+    }
+    let figure_format = t.remove("figure_format");
+    let checks_t = match t.remove("checks") {
+        Some(toml::Value::Table(c)) if !c.is_empty() => c,
+        _ => return Err(bad(path, format!("missing [checks.<check>] tables (known checks: {})", CHECKS.join(", ")))),
+    };
+    if let Some(k) = t.keys().next() {
+        return Err(bad(path, format!("unknown key '{k}' (known: name, seeds, dtype, device, figure_format, model, checks)")));
+    }
+    let mut checks = vec![];
+    let mut cfg_checks = toml::Table::new();
+    if let Some(f) = figure_format {
+        cfg_checks.insert("figure_format".into(), f);
+    }
+    for (cname, v) in &checks_t {
+        if !CHECKS.contains(&cname.as_str()) {
+            return Err(bad(path, format!("unknown check '{cname}' (known: {})", CHECKS.join(", "))));
+        }
+        let mut tb = match v {
+            toml::Value::Table(tb) => tb.clone(),
+            _ => return Err(bad(path, format!("checks.{cname} must be a table"))),
+        };
+        let cos_min = match tb.remove("cos_min") {
+            None => None,
+            Some(v) => {
+                let c = v.as_float().or_else(|| v.as_integer().map(|i| i as f64)).ok_or_else(|| bad(path, format!("checks.{cname}.cos_min must be a number")))?;
+                if !(-1.0..=1.0).contains(&c) {
+                    return Err(bad(path, format!("checks.{cname}.cos_min must be a cosine in [-1, 1], got {c}")));
+                }
+                Some(c)
+            }
+        };
+        let mut file_of = |key: &str| -> Result<Option<PathBuf>> {
+            match tb.remove(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => {
+                    let p = dir.join(s);
+                    if !p.exists() {
+                        return Err(bad(path, format!("checks.{cname}.{key}: {} does not exist", p.display())));
+                    }
+                    Ok(Some(p))
+                }
+                Some(_) => Err(bad(path, format!("checks.{cname}.{key} must be a path string"))),
+            }
+        };
+        let file = file_of("file")?;
+        let names = file_of("names")?;
+        if cname == "conformance" && file.is_none() {
+            return Err(bad(path, "checks.conformance needs file = \"…\" (external tensors)"));
+        }
+        if cname != "conformance" && (file.is_some() || names.is_some()) {
+            return Err(bad(path, format!("checks.{cname}: file and names belong to conformance only")));
+        }
+        if cname == "conformance" {
+            // Conformance keys are the tolerance classes.
+            let mut c = toml::Table::new();
+            c.insert("tol".into(), toml::Value::Table(tb));
+            cfg_checks.insert(cname.clone(), toml::Value::Table(c));
+        } else {
+            cfg_checks.insert(cname.clone(), toml::Value::Table(tb));
+        }
+        checks.push(SuiteCheck { name: cname.clone(), cos_min, file, names });
+    }
+    checks.sort_by_key(|c| CHECKS.iter().position(|k| *k == c.name));
+    // Validate the thresholds through the configuration (unknown keys, out-of-range values).
+    let resolve = |seed: Option<u64>| -> Result<RunConfig> {
+        let mut over = model.clone();
+        let mut ch = toml::Table::new();
+        ch.insert("checks".into(), toml::Value::Table(cfg_checks.clone()));
+        merge(&mut over, ch);
+        if let Some(s) = seed {
+            over.insert("seed".into(), toml::Value::Integer(s as i64));
+        }
+        RunConfig::resolve(Some(&preset), None, over).map_err(|e| bad(path, e))
+    };
+    let base = resolve(None)?;
+    let configs = seeds.iter().map(|&s| resolve(Some(s))).collect::<Result<Vec<_>>>()?;
+    // Names maps are parsed up front too.
+    for c in &checks {
+        if let Some(n) = &c.names {
+            conformance::read_name_map(n)?;
+        }
+    }
+    Ok(Suite { path: path.to_path_buf(), name, seeds, checks, configs, base })
+}
+
+/// Runs one check on an instance (conformance excluded).
+pub fn run_check(name: &str, inst: &Instance) -> Result<CheckReport> {
+    let cfg = &inst.cfg;
+    Ok(match name {
+        "converge" => converge::run(
+            inst,
+            &converge::ConvergeOptions {
+                t_free: cfg.t_free,
+                k_nudge: cfg.k_nudge,
+                beta: cfg.beta,
+                tol: cfg.converge_tol(),
+                power_iters: cfg.checks.converge.power_iters,
+                require_contraction: cfg.checks.converge.require_contraction,
+                phases: cfg.checks.converge.phases.clone(),
+                seed: cfg.seed,
+            },
+        ),
+        "local" => local::run(inst, &local::LocalOptions::from_config(cfg)),
+        "audit" => audit::run(inst, &audit::AuditOptions::from_config(cfg)),
+        "gdu" => {
+            let g = &cfg.checks.gdu;
+            let beta = if g.mode == "theorem" { g.beta } else { cfg.beta };
+            gdu::run(inst, &gdu::GduOptions::from_config(cfg, beta))
+        }
+        "bias" => {
+            let bc = &cfg.checks.bias;
+            bias::run(
+                inst,
+                &bias::BiasOptions {
+                    grid: bc.grid.clone(),
+                    n_list: bc.n.clone(),
+                    reference: bc.reference.clone(),
+                    until_tol: bc.nudge == "until_tol",
+                    k_fixed: cfg.k_nudge,
+                    t_free: cfg.t_free,
+                    tol: cfg.converge_tol(),
+                    nudge_tol: cfg.implicit_options().star_tol.min(cfg.converge_tol()),
+                    max_iter: 10_000,
+                    consistency_max: bc.consistency_max,
+                    slope_tol: bc.slope_tol,
+                    r2_min: bc.r2_min,
+                    err_max: bc.err_max,
+                    floor_factor: bc.floor_factor,
+                    holo: cfg.holo_options(cfg.holo_points),
+                },
+            )?
+        }
+        "refs" => refs::run(
+            inst,
+            &refs::RefsOptions {
+                t_free: cfg.t_free,
+                k: cfg.k_nudge,
+                fd_tol: cfg.checks.refs.fd_tol,
+                n_dir: cfg.checks.refs.n_dir,
+                h: cfg.checks.refs.h,
+                h_select: cfg.checks.refs.h_select,
+                mode_converged: cfg.checks.refs.fd_mode == "converged",
+                seed: cfg.seed,
+            },
+        )?,
+        other => return Err(Error::Config(format!("unknown check '{other}'"))),
+    })
+}
+
+/// The verify gate `cos_min`: every group of `cos` rows (same estimator, series, reference, scope and name;
+/// per-step rows and the by-design mismatch against raw BPTT neuron series excluded) must reach cos_min at
+/// its best point (over β for `bias`). Adds one
+/// verdict row (scope `gate`) and re-derives the overall verdict.
+pub fn apply_cos_gate(rep: &mut CheckReport, cos_min: f64) {
+    let mut best: std::collections::BTreeMap<String, f64> = Default::default();
+    for r in &rep.metrics {
+        if r.metric != "cos" || r.t.is_some() || r.reference.as_deref() == Some("bptt_raw") {
+            continue;
+        }
+        let key = format!("{}|{}|{}|{}:{}", r.estimator.clone().unwrap_or_default(), r.series.clone().unwrap_or_default(), r.reference.clone().unwrap_or_default(), r.scope, r.name);
+        let e = best.entry(key).or_insert(f64::NEG_INFINITY);
+        *e = e.max(if r.value.is_nan() { f64::NEG_INFINITY } else { r.value });
+    }
+    let worst = best.iter().min_by(|a, b| a.1.total_cmp(b.1));
+    let verdict = match worst {
+        None => Verdict::Inconclusive("no cos rows to gate".into()),
+        Some((k, v)) if *v < cos_min => Verdict::Fail(format!("cos={v:.6} < {cos_min} ({k})")),
+        _ => Verdict::Pass,
+    };
+    let v = worst.map(|w| *w.1).unwrap_or(f64::NAN);
+    let mut row = checks::MetricRow { check: rep.check.clone(), instance: rep.instance.clone(), scope: "gate".into(), name: "cos_min".into(), metric: "cos".into(), value: v, threshold: Some(cos_min), verdict: Some(verdict.label().into()), ..Default::default() };
+    if let Some(m) = rep.metrics.first() {
+        row.preset = m.preset.clone();
+        row.dtype = m.dtype.clone();
+    }
+    rep.metrics.push(row);
+    let pos = rep.verdicts.iter().position(|r| r.scope == "check").unwrap_or(rep.verdicts.len());
+    rep.verdicts.insert(
+        pos,
+        checks::VerdictRow { check: rep.check.clone(), instance: rep.instance.clone(), scope: "gate".into(), name: "cos_min".into(), verdict: verdict.label().into(), reason: verdict.reason().map(str::to_string), details: json!({ "cos": v, "threshold": cos_min, "groups": best.len() }).to_string() },
+    );
+    let scored: Vec<Verdict> = rep.verdicts.iter().filter(|r| r.scope != "check").map(row_verdict).collect();
+    rep.overall = checks::overall(&scored);
+    if let Some(r) = rep.verdicts.iter_mut().find(|r| r.scope == "check") {
+        r.verdict = rep.overall.label().into();
+        r.reason = rep.overall.reason().map(str::to_string);
+    }
+}
+
+fn row_verdict(r: &checks::VerdictRow) -> Verdict {
+    let reason = r.reason.clone().unwrap_or_default();
+    match r.verdict.as_str() {
+        "pass" => Verdict::Pass,
+        "fail" => Verdict::Fail(reason),
+        "inconclusive" => Verdict::Inconclusive(reason),
+        "error" => Verdict::Error(reason),
+        _ => Verdict::Info,
+    }
+}
+
+/// The first failing (or inconclusive / erring) scope of a report, for the one-line output.
+fn first_problem(rep: &CheckReport) -> Option<String> {
+    rep.verdicts.iter().find(|r| r.scope != "check" && ["fail", "error", "inconclusive"].contains(&r.verdict.as_str())).map(|r| format!("{}:{} {}: {}", r.scope, r.name, r.verdict, r.reason.clone().unwrap_or_default()))
+}
+
+/// JUnit test cases of a report (checks §0.5): one per verdict row with scope ≠ check.
+pub fn junit_cases(rep: &CheckReport, time: Duration) -> Vec<quick_junit::TestCase> {
+    use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus};
+    let rows: Vec<&checks::VerdictRow> = rep.verdicts.iter().filter(|r| r.scope != "check").collect();
+    let per = if rows.is_empty() { Duration::ZERO } else { time / rows.len() as u32 };
+    rows.into_iter()
+        .map(|r| {
+            let name = format!("{}::{}::{}:{}", r.check, r.instance, r.scope, r.name);
+            let reason = r.reason.clone().unwrap_or_default();
+            let status = match r.verdict.as_str() {
+                "fail" => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(reason.as_str());
+                    s.set_description(r.details.as_str());
+                    s
+                }
+                "error" => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+                    s.set_message(reason.as_str());
+                    s
+                }
+                "inconclusive" => {
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(reason.as_str());
+                    s
+                }
+                _ => TestCaseStatus::success(),
+            };
+            let mut tc = TestCase::new(name, status);
+            tc.set_classname(format!("epcheck.{}", r.check));
+            tc.set_time(per);
+            tc
+        })
+        .collect()
+}
+
+/// The outcome of one check on one instance.
+pub struct Outcome {
+    pub suite: String,
+    pub check: String,
+    pub instance: String,
+    pub verdict: Verdict,
+    pub line: String,
+}
+
+/// Runs every suite; returns the exit code.
+pub fn command(a: VerifyArgs) -> Result<i32> {
+    let files = suite_files(&a.paths)?;
+    let suites = files.iter().map(|f| parse_suite(f)).collect::<Result<Vec<_>>>()?;
+    let args: Vec<String> = std::env::args().collect();
+    let mut report = quick_junit::Report::new("epcheck verify");
+    let (mut passed, mut failed) = (0usize, 0usize);
+    let t_all = Instant::now();
+    let mut run_dirs = vec![];
+    for suite in &suites {
+        let mut ts = quick_junit::TestSuite::new(suite.name.as_str());
+        ts.add_property(quick_junit::Property::new("file", suite.path.display().to_string()));
+        let t_suite = Instant::now();
+        let emit = |rep: &CheckReport, dt: Duration, ts: &mut quick_junit::TestSuite| {
+            ts.add_test_cases(junit_cases(rep, dt));
+            let ok = matches!(rep.overall, Verdict::Pass | Verdict::Info);
+            let line = if ok {
+                format!("PASS {}/{} {} ({:.1} s)", suite.name, rep.check, rep.instance, dt.as_secs_f64())
+            } else {
+                format!("FAIL {}/{} {} {} — {} ({:.1} s)", suite.name, rep.check, rep.instance, rep.overall.display(), first_problem(rep).unwrap_or_default(), dt.as_secs_f64())
+            };
+            println!("{line}");
+            ok
+        };
+        // Seeded instances: every check but conformance.
+        let seeded: Vec<&SuiteCheck> = suite.checks.iter().filter(|c| c.name != "conformance").collect();
+        if !seeded.is_empty() {
+            for cfg in &suite.configs {
+                let inst = Instance::from_config(cfg.clone()).map_err(|e| bad(&suite.path, e))?;
+                let mut reps = vec![];
+                for c in &seeded {
+                    crate::progress::start(&format!("{}/{}", suite.name, c.name));
+                    let t0 = Instant::now();
+                    let mut rep = match run_check(&c.name, &inst) {
+                        Ok(r) => r,
+                        Err(e) => error_report(&c.name, &inst, &e),
+                    };
+                    if let Some(cm) = c.cos_min {
+                        apply_cos_gate(&mut rep, cm);
+                    }
+                    crate::progress::finish();
+                    if emit(&rep, t0.elapsed(), &mut ts) {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    reps.push(rep);
+                }
+                run_dirs.push(crate::report::write_run(&a.out, "verify", &inst, &reps, &args)?);
+            }
+        }
+        for c in suite.checks.iter().filter(|c| c.name == "conformance") {
+            let map = match &c.names {
+                Some(n) => conformance::read_name_map(n)?,
+                None => conformance::NameMap::default(),
+            };
+            let mut cfg = suite.base.clone();
+            if !map.run.is_empty() {
+                let mut over = toml::Table::try_from(&cfg).map_err(|e| Error::Config(e.to_string()))?;
+                merge(&mut over, map.run.clone());
+                cfg = RunConfig::resolve(Some(&cfg.preset), None, over).map_err(|e| bad(&suite.path, e))?;
+            }
+            let file = c.file.as_ref().expect("validated");
+            let case = conformance::load_case(file, &map, cfg, None, None)?;
+            let t0 = Instant::now();
+            crate::progress::start(&format!("{}/conformance", suite.name));
+            let mut rep = match conformance::run(&case, &conformance::ConformanceOptions::from_config(&case.inst.cfg)) {
+                Ok(r) => r,
+                Err(e) => error_report("conformance", &case.inst, &e),
+            };
+            if let Some(cm) = c.cos_min {
+                apply_cos_gate(&mut rep, cm);
+            }
+            crate::progress::finish();
+            if emit(&rep, t0.elapsed(), &mut ts) {
+                passed += 1;
+            } else {
+                failed += 1;
+            }
+            run_dirs.push(crate::report::write_run(&a.out, "verify", &case.inst, &[rep], &args)?);
+        }
+        ts.set_time(t_suite.elapsed());
+        report.add_test_suite(ts);
+    }
+    report.set_time(t_all.elapsed());
+    let junit = a.junit.clone().unwrap_or_else(|| a.out.join("junit.xml"));
+    write_junit(&junit, &report)?;
+    println!("{passed} passed, {failed} failed");
+    println!("junit: {}", junit.display());
+    for d in &run_dirs {
+        println!("report: {}", d.display());
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// A report holding one `error` verdict (a check that could not run).
+fn error_report(check: &str, inst: &Instance, e: &Error) -> CheckReport {
+    let mut rows = checks::Rows::new(check, &inst.id, &inst.model.preset, inst.prec.dtype.name());
+    rows.verdict("check_run", check, &Verdict::Error(e.to_string()), json!({}));
+    rows.finish(vec![format!("error: {e}")], vec![])
+}
+
+/// Writes the JUnit XML atomically.
+pub fn write_junit(path: &Path, report: &quick_junit::Report) -> Result<()> {
+    if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(d).map_err(|e| Error::file(d, e))?;
+    }
+    let xml = report.to_string().map_err(|e| Error::Report(e.to_string()))?;
+    let tmp = path.with_extension("xml.partial");
+    std::fs::write(&tmp, xml).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+}
