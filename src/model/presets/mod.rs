@@ -1,16 +1,33 @@
 //! Built-in presets (conventions §14). New architectures are compositions of terms, not copies.
+pub mod imdb_hopfield;
 pub mod p_mlp;
+pub mod seq_common;
+pub mod snli_hopfield;
 
 use crate::config::RunConfig as ModelConfig;
-use crate::model::Model;
+use crate::model::{Batch, Model};
+use crate::precision::Precision;
 use crate::{Error, Result};
 
-pub const PRESETS: &[&str] = &["p-mlp"];
+pub const PRESETS: &[&str] = &["p-mlp", "imdb-hopfield", "snli-hopfield"];
 
 /// Builds the model a configuration names.
 pub fn build(cfg: &ModelConfig) -> Result<Model> {
     match cfg.preset.as_str() {
         "p-mlp" => p_mlp::build(cfg),
+        imdb_hopfield::NAME => imdb_hopfield::build(cfg),
+        snli_hopfield::NAME => snli_hopfield::build(cfg),
         other => Err(Error::UnknownPreset(other.to_string(), PRESETS.join(", "))),
+    }
+}
+
+/// The preset's own synthetic batch, when it has one (attention presets: `hopfield-attention.md` §10.3);
+/// None = the generic draw of `instance::synthetic_batch`.
+pub fn synthetic_batch(model: &Model, b: i64, seed: u64, prec: Precision) -> Option<Batch> {
+    let shape = &model.input_shapes[0];
+    match model.preset.as_str() {
+        imdb_hopfield::NAME => Some(seq_common::synthetic_sequences(b, shape[0], shape[1], 1, model.classes(), seed, prec)),
+        snli_hopfield::NAME => Some(seq_common::synthetic_sequences(b, shape[0] / 2, shape[1], 2, model.classes(), seed, prec)),
+        _ => None,
     }
 }

@@ -6,6 +6,8 @@
 //! is what makes Φ's Hessian in s constant and the local forms exact.
 pub mod bias;
 pub mod dense;
+pub mod flatten_dense;
+pub mod projection;
 
 use tch::Tensor;
 
