@@ -447,3 +447,23 @@ fn one_relaxation_step_timing_tiny() {
         assert!(epcheck::tensor_util::all_finite(&ph.state[0]));
     }
 }
+
+#[test]
+fn total_energy_is_finite_along_the_free_phase_and_converge_passes() {
+    use epcheck::checks::converge;
+    for preset in PRESETS {
+        let inst = tiny_seq(preset, |_| {});
+        let (m, p, batch) = (&inst.model, &inst.params, &inst.batch);
+        let ph = epcheck::relax::relax(m, p, batch, &m.zeros_state(3, inst.prec), 0.0, &epcheck::relax::RelaxOptions { iters: 40, record: true, ..Default::default() });
+        // Every state after the first update lies in the convex hull of its keys: 𝓕 is finite there.
+        for (t, s) in ph.traj.as_ref().unwrap().iter().enumerate().skip(1) {
+            let f = flat(&[m.total_energy(p, batch, s, 0.0)]);
+            assert!(f.iter().all(|v| v.is_finite()), "{preset} t={t}: 𝓕 = {f:?}");
+        }
+        let o = converge::ConvergeOptions { t_free: 40, k_nudge: 20, beta: 1e-3, tol: 1e-10, power_iters: 20, require_contraction: false, phases: vec!["plus".into()], seed: 0 };
+        let report = converge::run(&inst, &o);
+        assert_eq!(report.overall, checks::Verdict::Pass, "{preset}");
+        let viol: f64 = report.metrics.iter().filter(|r| r.metric == "F_violations").map(|r| r.value).sum();
+        assert_eq!(viol, 0.0, "{preset}: 𝓕 increased along a parity chain");
+    }
+}

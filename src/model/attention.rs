@@ -209,17 +209,28 @@ impl UpdateMap for Attention {
             // The map without the query factor (those rows are handled as zero rows).
             let raw = Attention { mask: if self.mask == AttentionMask::Off { AttentionMask::Off } else { AttentionMask::Keys }, ..self.clone() };
             let gnorm = |u: &Tensor| (s - raw.apply(batch, u)).abs().amax([-1i64], false).masked_fill(&zero_rows, 0.0);
-            for _ in 0..200 {
+            let (mut best, mut stall) = (f64::INFINITY, 0);
+            for _ in 0..100 {
                 let g = (s - raw.apply(batch, &u)).masked_fill(&zero_rows.unsqueeze(-1), 0.0);
-                if g.abs().max().double_value(&[]) <= tol {
+                let gmax = g.abs().max().double_value(&[]);
+                // Converged, or no progress for 5 iterations (s outside the hull, or on its boundary).
+                if gmax <= tol || stall >= 5 {
                     break;
+                }
+                if gmax < 0.5 * best {
+                    best = gmax;
+                    stall = 0;
+                } else {
+                    stall += 1;
                 }
                 let step = raw.cg(batch, &u, &g, delta, d + 2);
                 let f0 = self.dual_objective(batch, &u, s);
+                // Armijo-free backtracking: the step must not decrease the concave objective beyond round-off.
+                let slack = f0.abs() * 1e-13 + 1e-300;
                 let mut t = f0.ones_like();
-                for _ in 0..60 {
+                for _ in 0..30 {
                     let fnew = self.dual_objective(batch, &(&u + t.unsqueeze(-1) * &step), s);
-                    let worse = fnew.lt_tensor(&f0).logical_and(&active);
+                    let worse = fnew.lt_tensor(&(&f0 - &slack)).logical_and(&active);
                     if worse.any().int64_value(&[]) == 0 {
                         break;
                     }
