@@ -225,12 +225,14 @@ fn shapes_counts_and_synthetic_inputs() {
     }
     // c: 1/√d for IMDB (kept when d is overridden), 0.16 for SNLI.
     let imdb = tiny_seq("imdb-hopfield", |_| {});
-    let s = random_state(&imdb.model, &imdb.batch, 1);
     let u = Tensor::randn([3, 5, 4], CPU);
     let a = Attention::new(SeqSlice::new(0, 0, 5), SeqSlice::new(0, 0, 5), 0.5, AttentionMask::Off);
-    let got = imdb.model.activate(0, &imdb.batch, &u);
-    assert!(rel_linf(&flat(&[got]), &flat(&[a.apply(&imdb.batch, &u)])) == 0.0);
-    let _ = s;
+    assert!(imdb.model.activate(0, &imdb.batch, &u).equal(&a.apply(&imdb.batch, &u)));
+    // SNLI L1: the premise attends over the hypothesis (keys = rows L…2L of x), c = 0.16 at d = 3.
+    let snli = tiny_seq("snli-hopfield", |_| {});
+    let u = Tensor::randn([3, 4, 3], CPU);
+    let a = Attention::new(SeqSlice::new(0, 4, 4), SeqSlice::new(0, 0, 4), 0.16, AttentionMask::Off);
+    assert!(snli.model.activate(0, &snli.batch, &u).equal(&a.apply(&snli.batch, &u)));
 }
 
 #[test]
