@@ -77,6 +77,18 @@ pub struct RunConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_range: Option<[f64; 2]>,
     // -- attention options (hopfield-attention.md) go below this line --
+    /// Sequence length L (per sentence for SNLI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_len: Option<i64>,
+    /// Embedding dimension d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_dim: Option<i64>,
+    /// Inverse temperature c of the attention (default 1/√d for IMDB, 0.16 for SNLI).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_scale: Option<f64>,
+    /// `off` (default), `keys` or `keys_and_queries`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention_mask: Option<String>,
     #[serde(default)]
     pub checks: ChecksConfig,
     /// `epcheck train` (the `-train` presets set the reference's procedure).
@@ -506,6 +518,26 @@ impl RunConfig {
             "p-mlp" => Ok(base),
             "hopfield-resnet13" | "vgg5-dchn" => Ok(conv("relu6", 120, 50)),
             "vgg5-dchn-rain" => Ok(conv("hard_sigmoid", 60, 20)),
+            // hopfield-attention.md §0 (`widths` = the dense widths fc, last = C).
+            "imdb-hopfield" | "snli-hopfield" => {
+                let imdb = preset == "imdb-hopfield";
+                Ok(RunConfig {
+                    preset: preset.into(),
+                    activation: "my_hard_sig".into(),
+                    loss: "mse".into(),
+                    schedule: Some("sync".into()),
+                    t_free: if imdb { 50 } else { 60 },
+                    k_nudge: if imdb { 25 } else { 30 },
+                    beta: if imdb { 0.1 } else { 0.5 },
+                    estimator: "ep_centered".into(),
+                    widths: Some(if imdb { vec![1000, 40, 2] } else { vec![400, 3] }),
+                    phase_order: Some("plus_first".into()),
+                    seq_len: Some(if imdb { 600 } else { 25 }),
+                    embed_dim: Some(300),
+                    attention_mask: Some("off".into()),
+                    ..base
+                })
+            }
             other => Err(Error::UnknownPreset(other.into(), crate::model::presets::PRESETS.join(", "))),
         }
     }
@@ -544,6 +576,10 @@ impl RunConfig {
                 relu_alpha: None,
                 phase_order: None,
                 input_range: None,
+                seq_len: None,
+                embed_dim: None,
+                attention_scale: None,
+                attention_mask: None,
                 checks: ChecksConfig::default(),
                 train: TrainConfig::default(),
             }

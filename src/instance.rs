@@ -61,6 +61,9 @@ impl Instance {
 /// The seeded synthetic batch: x ~ U[lo, hi] (the model's input range), y uniform over the classes (drawn after the parameters, from a
 /// generator seeded with seed + 1 so the parameter stream is unchanged).
 pub fn synthetic_batch(model: &Model, b: i64, seed: u64, prec: Precision) -> Batch {
+    if let Some(batch) = presets::synthetic_batch(model, b, seed, prec) {
+        return batch;
+    }
     tch::manual_seed(seed as i64 + 1);
     let mut shape = vec![b];
     shape.extend(&model.input_shapes[0]);

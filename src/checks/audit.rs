@@ -85,9 +85,9 @@ pub fn drive_vjp(m: &Model, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64
 }
 
 /// VJP of the update map G_k at u (autograd of `Model::activate`).
-pub fn update_vjp(m: &Model, k: usize, u: &Tensor, v: &Tensor) -> Tensor {
+pub fn update_vjp(m: &Model, k: usize, batch: &Batch, u: &Tensor, v: &Tensor) -> Tensor {
     let leaf = u.detach().set_requires_grad(true);
-    let g = m.activate(k, &leaf);
+    let g = m.activate(k, batch, &leaf);
     let c = (g * v).sum(Kind::Double);
     grads_or_zeros(&c, &[&leaf]).remove(0)
 }
@@ -187,7 +187,7 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
     let kind = inst.prec.dtype.kind();
     let nl = m.layers.len();
     let names = m.layer_names();
-    let mut states: Vec<(String, State)> = random_states(m, batch.size(), kind, inst.prec.device, o.n_rand, o.seed, false)
+    let mut states: Vec<(String, State)> = random_states(m, &batch, kind, inst.prec.device, o.n_rand, o.seed, false)
         .into_iter()
         .enumerate()
         .map(|(i, s)| (format!("rand{i}"), s))
@@ -216,7 +216,7 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
                 for group in &m.schedule.groups {
                     let us: Vec<Tensor> = group.iter().map(|&k| m.drive(p, &batch, &cur, k, beta)).collect();
                     for (&k, u) in group.iter().zip(us) {
-                        cur[k] = m.activate(k, &u);
+                        cur[k] = m.activate(k, &batch, &u);
                     }
                 }
             });
@@ -247,10 +247,10 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
             for k in 0..nl {
                 let v = prod[k].randn_like();
                 let w = prod[k].randn_like();
-                let (jv, jw) = (update_vjp(m, k, &prod[k], &v), update_vjp(m, k, &prod[k], &w));
+                let (jv, jw) = (update_vjp(m, k, &batch, &prod[k], &v), update_vjp(m, k, &batch, &prod[k], &w));
                 let (vals, _) = asym(&[jv.shallow_clone()], &[w.shallow_clone()], &[jw], &[v.shallow_clone()]);
                 a4.add(&names[k], vals.into_iter().fold(0.0, f64::max), &at);
-                let ja = tch::no_grad(|| m.jacobian_apply(k, &prod[k], &v));
+                let ja = tch::no_grad(|| m.jacobian_apply(k, &batch, &prod[k], &v));
                 a4b.add(&names[k], rel_linf_t(&ja, &jv), &at);
             }
             // A6: the production nudge term vs −β∇ℓ by autograd, at the current output.

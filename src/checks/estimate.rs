@@ -2,7 +2,7 @@
 //! with the exact references on the same instance (`bptt` through T, `bptt_trunc` over the last K), with the
 //! residual of every phase it used and the round-off floor of EP estimates.
 use super::metrics as mx;
-use super::{CheckReport, Rows, Verdict};
+use super::{kinks, CheckReport, Rows, Verdict};
 use crate::estimators::{self, bptt, Estimator, PhaseLengths};
 use crate::instance::Instance;
 use crate::relax::residual;
@@ -81,6 +81,39 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
         r.estimator = Some(key.clone());
         rows.push(r);
         summary.push(format!("\n{name} = {v:.3e}"));
+    }
+    // Regime report (conventions §10): units whose activation regime differs between the free fixed point and
+    // each nudged one, shown next to the total error vs the first reference.
+    if let Some((_, free)) = run.phases.iter().find(|(n, _)| n == "free") {
+        let nudged: Vec<&(String, crate::relax::Phase)> = run.phases.iter().filter(|(n, _)| n != "free").collect();
+        if !nudged.is_empty() && m.layers.iter().any(|l| l.activation.kinks().is_some()) {
+            let r0 = kinks::regimes(m, p, batch, &free.state, 0.0);
+            let err = scopes.last().map(|(_, _, a, rs)| mx::rel_l2(a, &rs[0])).unwrap_or(f64::NAN);
+            summary.push(String::new());
+            summary.push(format!("| phase | β | regime changes vs free (all layers) | per layer | total rel_l2 vs {} |", refs[0].0));
+            summary.push("|---|---|---|---|---|".into());
+            for (phase, ph) in nudged {
+                let per_layer = kinks::changes(&r0, &kinks::regimes(m, p, batch, &ph.state, ph.beta));
+                let total: i64 = per_layer.iter().sum();
+                let mut row = rows.row("phase", phase, "crossings", total as f64);
+                row.phase = Some(phase.clone());
+                row.beta = Some(ph.beta);
+                row.estimator = Some(key.clone());
+                rows.push(row);
+                let mut detail = vec![];
+                for (k, (l, n)) in m.layers.iter().zip(&per_layer).enumerate() {
+                    if l.activation.kinks().is_some() && m.update_map(k).is_none() {
+                        let mut row = rows.row("layer", &l.name, "crossings", *n as f64);
+                        row.phase = Some(phase.clone());
+                        row.beta = Some(ph.beta);
+                        row.estimator = Some(key.clone());
+                        rows.push(row);
+                        detail.push(format!("{}: {n}", l.name));
+                    }
+                }
+                summary.push(format!("| {phase} | {} | {total} | {} | {err:.3e} |", ph.beta, detail.join(", ")));
+            }
+        }
     }
     summary.push(String::new());
     summary.push("| phase | β | iterations | max r_∞ after the phase |".into());

@@ -166,7 +166,7 @@ pub fn compute_series(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &G
     let bptt_s: Vec<State> = sw.per_step_lambda.iter().map(|l| l.iter().map(|x| x * (-b)).collect()).collect();
     let bptt_j: Vec<State> = tch::no_grad(|| {
         let drives: Vec<Tensor> = (0..m.layers.len()).map(|j| m.drive(p, batch, &s_t, j, 0.0)).collect();
-        bptt_s.iter().map(|st| st.iter().enumerate().map(|(j, x)| m.jacobian_apply(j, &drives[j], x)).collect()).collect()
+        bptt_s.iter().map(|st| st.iter().enumerate().map(|(j, x)| m.jacobian_apply(j, batch, &drives[j], x)).collect()).collect()
     });
     let plus = ep_series(m, p, batch, &s_t, o.beta, k);
     let minus = ep_series(m, p, batch, &s_t, -o.beta, k);

@@ -64,7 +64,8 @@ pub fn probe_batch(inst: &Instance) -> Batch {
 
 /// Random test states: s_k = G_k(u_k) with u_k ~ N(0, 1) elementwise (real), or u_k = N(0,1) + i·N(0, 0.1²)
 /// (complex). Drawn from libtorch's generator seeded with `seed`.
-pub fn random_states(m: &Model, b: i64, kind: Kind, device: tch::Device, n: usize, seed: u64, complex: bool) -> Vec<State> {
+pub fn random_states(m: &Model, batch: &Batch, kind: Kind, device: tch::Device, n: usize, seed: u64, complex: bool) -> Vec<State> {
+    let b = batch.size();
     tch::manual_seed(seed as i64);
     (0..n)
         .map(|_| {
@@ -76,7 +77,7 @@ pub fn random_states(m: &Model, b: i64, kind: Kind, device: tch::Device, n: usiz
                     shape.extend(&l.shape);
                     let re = Tensor::randn(&shape[..], (kind, device));
                     let u = if complex { Tensor::complex(&re, &(Tensor::randn(&shape[..], (kind, device)) * 0.1)) } else { re };
-                    tch::no_grad(|| m.activate(k, &u))
+                    tch::no_grad(|| m.activate(k, batch, &u))
                 })
                 .collect()
         })
@@ -118,7 +119,7 @@ pub fn run(inst: &Instance, o: &LocalOptions) -> CheckReport {
     let kind = inst.prec.dtype.kind();
     let eps = inst.prec.dtype.eps();
     // Test states: random, the three phase states, and complex ones when admissible.
-    let mut states: Vec<(String, f64, State)> = random_states(m, batch.size(), kind, inst.prec.device, o.n_rand, o.seed, false)
+    let mut states: Vec<(String, f64, State)> = random_states(m, &batch, kind, inst.prec.device, o.n_rand, o.seed, false)
         .into_iter()
         .enumerate()
         .map(|(i, s)| (format!("rand{i}"), 0.0, s))
@@ -128,7 +129,7 @@ pub fn run(inst: &Instance, o: &LocalOptions) -> CheckReport {
     states.extend(phases.iter().map(|(n, b, s)| (n.clone(), *b, s.iter().map(|t| t.shallow_clone()).collect())));
     let admissible = crate::estimators::ep_holomorphic::preflight(m).is_ok();
     if o.complex && admissible {
-        for (i, s) in random_states(m, batch.size(), kind, inst.prec.device, 2, o.seed.wrapping_add(1), true).into_iter().enumerate() {
+        for (i, s) in random_states(m, &batch, kind, inst.prec.device, 2, o.seed.wrapping_add(1), true).into_iter().enumerate() {
             states.push((format!("complex{i}"), 0.0, s));
         }
     }

@@ -79,7 +79,13 @@ pub fn points(n: usize, r: f64) -> Vec<(f64, f64)> {
 
 /// Refuses models whose state path is not holomorphic, naming the layer and its operation (§3.6).
 pub fn preflight(model: &Model) -> Result<()> {
-    for l in &model.layers {
+    for (k, l) in model.layers.iter().enumerate() {
+        if let Some(map) = model.update_map(k) {
+            if !map.is_holomorphic() {
+                return Err(Error::UnsupportedEstimator(format!("{}: {} update map (no complex evaluation)", l.name, map.key())));
+            }
+            continue;
+        }
         if !l.activation.is_holomorphic() {
             return Err(Error::UnsupportedEstimator(format!("{}: {}", l.name, l.activation.key())));
         }

@@ -2,10 +2,12 @@
 //! (couplings, biases), a loss on the output layer, and a schedule. Everything a relaxation, an estimator or
 //! a check needs is a method here, built only from the terms' own drives and local forms.
 pub mod activation;
+pub mod attention;
 pub mod loss;
 pub mod presets;
 pub mod schedule;
 pub mod terms;
+pub mod update_map;
 
 use crate::precision::Precision;
 use crate::{Error, Result};
@@ -13,9 +15,13 @@ use activation::Activation;
 use loss::Loss;
 use schedule::Schedule;
 use tch::{Kind, Tensor};
+use std::sync::Arc;
 use terms::{accumulate, Node, Term};
+use update_map::UpdateMap;
 
-/// A free layer: per-example shape and update map.
+/// A free layer: per-example shape and update map. The update is `activation` (elementwise σ) unless the model
+/// attaches a vector-valued [`UpdateMap`] to the layer ([`Model::with_update_map`]); `activation` is then
+/// `identity` and unused.
 #[derive(Clone, Debug)]
 pub struct LayerSpec {
     pub name: String,
@@ -110,6 +116,8 @@ pub struct Model {
     pub input_range: (f64, f64),
     /// Per free layer: the (term, slot) pairs that touch it.
     incidence: Vec<Vec<(usize, usize)>>,
+    /// Per free layer: a vector-valued update map replacing the elementwise activation (None = σ).
+    update_maps: Vec<Option<Arc<dyn UpdateMap>>>,
 }
 
 impl Model {
@@ -139,7 +147,27 @@ impl Model {
         }
         schedule.validate(layers.len())?;
         let output = layers.len() - 1;
-        Ok(Model { preset: preset.to_string(), input_shapes, layers, params, terms, loss, output, schedule, init_scale: None, input_range: (0.0, 1.0), incidence })
+        let update_maps = vec![None; layers.len()];
+        Ok(Model { preset: preset.to_string(), input_shapes, layers, params, terms, loss, output, schedule, init_scale: None, input_range: (0.0, 1.0), incidence, update_maps })
+    }
+
+    /// Replaces the elementwise activation of layer `k` by a vector-valued update map (e.g. attention).
+    pub fn with_update_map(mut self, k: usize, map: Arc<dyn UpdateMap>) -> Result<Model> {
+        if k >= self.layers.len() {
+            return Err(Error::Config(format!("update map '{}' attached to unknown layer {k}", map.key())));
+        }
+        self.update_maps[k] = Some(map);
+        Ok(self)
+    }
+
+    /// The update map of layer `k`, if it is not elementwise.
+    pub fn update_map(&self, k: usize) -> Option<&dyn UpdateMap> {
+        self.update_maps[k].as_deref()
+    }
+
+    /// The key of layer `k`'s update: the map's key, else the activation's.
+    pub fn update_key(&self, k: usize) -> &'static str {
+        self.update_map(k).map(|m| m.key()).unwrap_or_else(|| self.layers[k].activation.key())
     }
 
     pub fn classes(&self) -> i64 {
@@ -229,7 +257,10 @@ impl Model {
     pub fn total_energy(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64) -> Tensor {
         let mut f = -self.nudged_primitive(p, batch, s, beta);
         for (k, l) in self.layers.iter().enumerate() {
-            f = f + l.activation.conjugate_potential(&s[k]);
+            f = f + match self.update_map(k) {
+                Some(map) => map.conjugate_potential(batch, &s[k]),
+                None => l.activation.conjugate_potential(&s[k]),
+            };
         }
         f
     }
@@ -293,14 +324,28 @@ impl Model {
         crate::tensor_util::grads_or_zeros(&phi, &refs)
     }
 
-    /// σ_k(u).
-    pub fn activate(&self, k: usize, u: &Tensor) -> Tensor {
-        self.layers[k].activation.apply(u)
+    /// G_k(u): σ_k elementwise, or the layer's update map (which may read the clamped inputs of `batch`).
+    pub fn activate(&self, k: usize, batch: &Batch, u: &Tensor) -> Tensor {
+        match self.update_map(k) {
+            Some(map) => map.apply(batch, u),
+            None => self.layers[k].activation.apply(u),
+        }
     }
 
     /// J_k(u)·v: the update-map Jacobian applied to v (diag σ′ for elementwise maps).
-    pub fn jacobian_apply(&self, k: usize, u: &Tensor, v: &Tensor) -> Tensor {
-        self.layers[k].activation.derivative(u) * v
+    pub fn jacobian_apply(&self, k: usize, batch: &Batch, u: &Tensor, v: &Tensor) -> Tensor {
+        match self.update_map(k) {
+            Some(map) => map.jacobian_apply(batch, u, v),
+            None => self.layers[k].activation.derivative(u) * v,
+        }
+    }
+
+    /// vᵀJ_k(u): the cotangent through the update map (= J v for symmetric J).
+    pub fn update_vjp(&self, k: usize, batch: &Batch, u: &Tensor, v: &Tensor) -> Tensor {
+        match self.update_map(k) {
+            Some(map) => map.vjp(batch, u, v),
+            None => self.layers[k].activation.derivative(u) * v,
+        }
     }
 
     /// One iteration of the schedule at strength β. `autograd_drives` selects the autograd path (real β).
@@ -323,7 +368,7 @@ impl Model {
                 group.iter().map(|&k| self.drive_cached(p, batch, &cur, k, beta, cache)).collect()
             };
             for (&k, u) in group.iter().zip(us) {
-                cur[k] = self.activate(k, &u);
+                cur[k] = self.activate(k, batch, &u);
             }
         }
         cur
@@ -385,7 +430,7 @@ impl Model {
             let us: Vec<Tensor> = group.iter().map(|&k| self.drive(p, batch, &cur, k, beta)).collect();
             before.push(cur.iter().map(|t| t.shallow_clone()).collect());
             for (&k, u) in group.iter().zip(&us) {
-                cur[k] = self.activate(k, u);
+                cur[k] = self.activate(k, batch, u);
             }
             drives.push(us);
         }
@@ -397,7 +442,7 @@ impl Model {
             let mut mu: Vec<Option<Tensor>> = (0..self.layers.len()).map(|_| None).collect();
             for (j, &k) in group.iter().enumerate() {
                 if let Some(l) = lam[k].take() {
-                    mu[k] = Some(self.jacobian_apply(k, &drives[gi][j], &l));
+                    mu[k] = Some(self.update_vjp(k, batch, &drives[gi][j], &l));
                 }
             }
             self.add_hvp(p, batch, st, &mu, beta, &mut lam);

@@ -9,6 +9,8 @@ pub mod bias;
 pub mod conv;
 pub mod conv_pool;
 pub mod dense;
+pub mod flatten_dense;
+pub mod projection;
 
 use tch::Tensor;
 
