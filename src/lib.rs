@@ -30,6 +30,7 @@ pub mod adjoint;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod error;
 pub mod estimators;
 pub mod instance;
