@@ -457,6 +457,12 @@ fn image_errors_are_clear() {
     images::check_fits([3, 32, 32], 3, 32).unwrap();
     assert_eq!(images::preset_shape("fashion-mnist").unwrap(), [1, 32, 32]);
     assert!(matches!(images::load("svhn", dir.path(), Split::Train), Err(Error::UnknownPreset(..))));
+    let mut ds = images::load("digits", &fx("digits"), Split::Test).unwrap();
+    let (_, m) = err_msg(ds.set_normalization(Normalization::MeanStd { mean: vec![0.5], std: vec![0.0] }));
+    assert!(m.contains("std 0 is not a positive number"), "{m}");
+    let (_, m) = err_msg(ds.set_normalization(Normalization::MeanStd { mean: vec![0.5; 3], std: vec![1.0; 3] }));
+    assert!(m.contains("3 means and 3 stds for 1 channels"), "{m}");
+    assert!(matches!(Split::parse("val"), Err(Error::Config(_))));
 }
 
 // --------------------------------------------------------------------------------------------------- text
@@ -481,8 +487,8 @@ fn word2vec_binary_and_text_give_identical_vectors() {
     for e in [&bin, &txt, &bin_forced] {
         assert_eq!((e.len(), e.dim, e.duplicates, e.file_vocab), (30, 4, 0, 30));
         assert_eq!(e.words, WORDS);
-        for k in 0..30 {
-            assert_eq!(e.row(k), vector(k), "word {}", WORDS[k]);
+        for (k, word) in WORDS.iter().enumerate() {
+            assert_eq!(e.row(k), vector(k), "word {word}");
         }
     }
     assert_eq!(bin.vectors.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), txt.vectors.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
@@ -496,6 +502,12 @@ fn word2vec_binary_and_text_give_identical_vectors() {
     std::fs::copy(fx("word2vec/vectors.bin"), dir.path().join("v_bin")).unwrap();
     assert_eq!(word2vec::load(&dir.path().join("v_text"), Format::Auto, None).unwrap().vectors, txt.vectors);
     assert_eq!(word2vec::load(&dir.path().join("v_bin"), Format::Auto, None).unwrap().vectors, txt.vectors);
+    for (src, name) in [("word2vec/vectors.bin", "v.bin.gz"), ("word2vec/vectors.txt", "v_noext.gz")] {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut gz, &std::fs::read(fx(src)).unwrap()).unwrap();
+        std::fs::write(dir.path().join(name), gz.finish().unwrap()).unwrap();
+        assert_eq!(word2vec::load(&dir.path().join(name), Format::Auto, None).unwrap().vectors, txt.vectors, "{name}");
+    }
     let f = word2vec::load_filtered(&fx("word2vec/vectors.bin"), Format::Auto, None, |w| w.len() == 1).unwrap();
     assert_eq!(f.words, ["a", "i", "!", "?", ",", "."]);
     word2vec::write_binary(&dir.path().join("o.bin"), &txt).unwrap();
@@ -604,6 +616,16 @@ fn imdb_oov_truncation_padding_and_labels_by_hand() {
     assert_eq!((r.tokens, r.oov_tokens, r.truncated, r.empty), (17, 5, 0, 1));
     // Only the words used are kept.
     assert_eq!(te.embeddings.len(), 9);
+    // Both splits with one parse of the vectors, and with the vectors already in memory: the same datasets.
+    let (tr2, te2) = text::load_splits("imdb", &fx("aclImdb"), &fx("word2vec/vectors.bin"), &opts).unwrap();
+    let all = word2vec::load(&fx("word2vec/vectors.bin"), Format::Auto, Some(4)).unwrap();
+    let te3 = text::load_with_embeddings("imdb", &fx("aclImdb"), Split::Test, &all, &opts).unwrap();
+    for (a, b) in [(&ds, &tr2), (&te, &te2), (&te, &te3)] {
+        assert_eq!((&a.labels, &a.report), (&b.labels, &b.report));
+        let words = |d: &text::TextDataset| d.tokens.iter().map(|&k| if k == PAD { String::new() } else { d.embeddings.words[k as usize].clone() }).collect::<Vec<_>>();
+        assert_eq!(words(a), words(b));
+        assert!(a.batch(&[0, 1, 2, 3], Kind::Double, Device::Cpu).x.equal(&b.batch(&[0, 1, 2, 3], Kind::Double, Device::Cpu).x));
+    }
 }
 
 #[test]

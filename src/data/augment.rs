@@ -435,8 +435,8 @@ fn autocontrast(img: &Image) -> Image {
         let plane = &img.data[ch * hw..(ch + 1) * hw];
         let (lo, hi) = (*plane.iter().min().unwrap() as f32, *plane.iter().max().unwrap() as f32);
         let (lo, scale) = if hi > lo { (lo, 255.0 / (hi - lo)) } else { (0.0, 1.0) };
-        for i in 0..hw {
-            out.data[ch * hw + i] = ((plane[i] as f32 - lo) * scale).clamp(0.0, 255.0) as u8;
+        for (o, &v) in out.data[ch * hw..(ch + 1) * hw].iter_mut().zip(plane) {
+            *o = ((v as f32 - lo) * scale).clamp(0.0, 255.0) as u8;
         }
     }
     out

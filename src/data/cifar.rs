@@ -55,7 +55,7 @@ impl Variant {
 /// Parses one binary batch file: appends its images (CHW bytes) and labels.
 pub fn parse_records(path: &Path, bytes: &[u8], v: Variant, images: &mut Vec<u8>, labels: &mut Vec<i64>) -> Result<()> {
     let rec = v.record_bytes();
-    if bytes.is_empty() || bytes.len() % rec != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(rec) {
         return Err(Error::file(
             path,
             format!(

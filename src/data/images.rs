@@ -161,7 +161,7 @@ impl ImageDataset {
     /// Checks sizes and labels; normalisation starts as none.
     pub fn new(name: &str, split: Split, images: Vec<u8>, labels: Vec<i64>, shape: [usize; 3], classes: usize) -> Result<Self> {
         let per: usize = shape.iter().product();
-        if per == 0 || images.len() % per != 0 || images.len() / per != labels.len() {
+        if per == 0 || !images.len().is_multiple_of(per) || images.len() / per != labels.len() {
             return Err(Error::Shape(format!(
                 "{name}: {} image bytes do not make {} images of {}×{}×{} (count mismatch)",
                 images.len(),
@@ -246,7 +246,7 @@ impl ImageDataset {
                 std.len()
             )));
         }
-        if let Some(s) = std.iter().find(|s| !(**s > 0.0) || !s.is_finite()) {
+        if let Some(s) = std.iter().find(|s| s.is_nan() || **s <= 0.0 || !s.is_finite()) {
             return Err(Error::Config(format!("{}: normalisation std {s} is not a positive number", self.name)));
         }
         self.mean = mean;

@@ -124,6 +124,18 @@ pub fn load(name: &str, root: &Path, split: Split, w2v: &Path, opts: &TextOption
     encode(name, split, raw, &emb, opts)
 }
 
+/// Loads the train and test splits, parsing the word2vec file once for the words of both (the GoogleNews file is
+/// 3.6 GB: this is the call a training run wants).
+pub fn load_splits(name: &str, root: &Path, w2v: &Path, opts: &TextOptions) -> Result<(TextDataset, TextDataset)> {
+    let train = read_raw(name, root, Split::Train, opts)?;
+    let test = read_raw(name, root, Split::Test, opts)?;
+    let emb = {
+        let vocab: HashSet<&str> = train.segments.iter().chain(&test.segments).flatten().map(String::as_str).collect();
+        word2vec::load_filtered(w2v, word2vec::Format::Auto, opts.embed_dim, |w| vocab.contains(w))?
+    };
+    Ok((encode(name, Split::Train, train, &emb, opts)?, encode(name, Split::Test, test, &emb, opts)?))
+}
+
 /// [`load`] with embeddings already in memory.
 pub fn load_with_embeddings(name: &str, root: &Path, split: Split, emb: &Embeddings, opts: &TextOptions) -> Result<TextDataset> {
     if let Some(d) = opts.embed_dim {

@@ -8,13 +8,14 @@
 //! Either may be gzip-compressed. Errors name the file: a header that is not two positive integers, a vector with
 //! the wrong number of values (text), a dimension different from the one expected (both numbers given), fewer
 //! words than the header says (truncated). A word seen twice keeps its first vector (gensim's behaviour) and is
-//! counted in [`Embeddings::duplicates`]. Words that are not valid UTF-8 are decoded lossily.
+//! counted in [`Embeddings::duplicates`] (among the kept words). Words that are not valid UTF-8 are decoded lossily.
 //!
 //! The full GoogleNews file holds 3 M words × 300 floats (3.6 GB). [`load_filtered`] keeps only the words a
 //! corpus uses, which is what the text loaders do.
-use super::read_file;
 use crate::{Error, Result};
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 /// The word2vec file format.
@@ -86,11 +87,24 @@ pub fn load(path: &Path, format: Format, expected_dim: Option<usize>) -> Result<
     load_filtered(path, format, expected_dim, |_| true)
 }
 
-/// Loads the words for which `keep(word)` is true (the vocabulary and dimension checks cover every word).
+/// Loads the words for which `keep(word)` is true (the vocabulary and dimension checks cover every word). The
+/// file is streamed (gzip included), so memory holds only the kept vectors.
 pub fn load_filtered(path: &Path, format: Format, expected_dim: Option<usize>, keep: impl Fn(&str) -> bool) -> Result<Embeddings> {
-    let bytes = read_file(path)?;
-    let nl = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| Error::file(path, "no header line \"V d\""))?;
-    let header = String::from_utf8_lossy(&bytes[..nl]);
+    let io_err = |e: std::io::Error| Error::file(path, format!("cannot read: {e}"));
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::file(path, "file not found"),
+        _ => io_err(e),
+    })?;
+    let mut raw = BufReader::with_capacity(1 << 20, file);
+    let gz = raw.fill_buf().map_err(io_err)?.starts_with(&[0x1f, 0x8b]);
+    let mut r: Box<dyn BufRead> =
+        if gz { Box::new(BufReader::with_capacity(1 << 20, flate2::bufread::MultiGzDecoder::new(raw))) } else { Box::new(raw) };
+    let mut head = Vec::new();
+    r.read_until(b'\n', &mut head).map_err(io_err)?;
+    if head.last() != Some(&b'\n') {
+        return Err(Error::file(path, "no header line \"V d\""));
+    }
+    let header = String::from_utf8_lossy(&head[..head.len() - 1]).trim_end_matches('\r').to_string();
     let nums: Vec<&str> = header.split_whitespace().collect();
     let parse = |s: &str| s.parse::<usize>().ok().filter(|&v| v > 0);
     let (vocab, dim) = match nums.as_slice() {
@@ -105,20 +119,20 @@ pub fn load_filtered(path: &Path, format: Format, expected_dim: Option<usize>, k
             return Err(Error::file(path, format!("embedding dimension {dim} differs from the expected d = {e}")));
         }
     }
-    let body = &bytes[nl + 1..];
     let format = match format {
-        Format::Auto => detect(path, body, dim),
+        Format::Auto => detect(path, r.fill_buf().map_err(io_err)?, dim),
         f => f,
     };
     let mut e = Embeddings { dim, file_vocab: vocab, ..Default::default() };
     match format {
-        Format::Binary => parse_binary(path, body, vocab, dim, &keep, &mut e)?,
-        _ => parse_text(path, body, vocab, dim, &keep, &mut e)?,
+        Format::Binary => parse_binary(path, &mut r, vocab, dim, &keep, &mut e)?,
+        _ => parse_text(path, &mut r, vocab, dim, &keep, &mut e)?,
     }
     Ok(e)
 }
 
-fn detect(path: &Path, body: &[u8], dim: usize) -> Format {
+/// Format by extension, else by the first record (in the reader's buffer).
+fn detect(path: &Path, peek: &[u8], dim: usize) -> Format {
     let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
     let name = name.strip_suffix(".gz").unwrap_or(&name);
     if name.ends_with(".bin") {
@@ -127,8 +141,8 @@ fn detect(path: &Path, body: &[u8], dim: usize) -> Format {
     if name.ends_with(".txt") || name.ends_with(".vec") {
         return Format::Text;
     }
-    let end = body.iter().position(|&b| b == b'\n').unwrap_or(body.len());
-    match std::str::from_utf8(&body[..end]) {
+    let end = peek.iter().position(|&b| b == b'\n').unwrap_or(peek.len());
+    match std::str::from_utf8(&peek[..end]) {
         Ok(line) => {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() == dim + 1 && f[1..].iter().all(|v| v.parse::<f32>().is_ok()) {
@@ -141,66 +155,73 @@ fn detect(path: &Path, body: &[u8], dim: usize) -> Format {
     }
 }
 
-fn parse_binary(path: &Path, body: &[u8], vocab: usize, dim: usize, keep: &impl Fn(&str) -> bool, e: &mut Embeddings) -> Result<()> {
-    let mut pos = 0usize;
+fn parse_binary(path: &Path, r: &mut dyn BufRead, vocab: usize, dim: usize, keep: &impl Fn(&str) -> bool, e: &mut Embeddings) -> Result<()> {
+    let io_err = |err: std::io::Error| Error::file(path, format!("cannot read: {err}"));
+    let mut word = Vec::new();
+    let mut buf = vec![0u8; 4 * dim];
     let mut v = vec![0f32; dim];
     for k in 0..vocab {
-        while pos < body.len() && body[pos] == b'\n' {
-            pos += 1;
+        // Newlines before a word are separators (the optional one after each vector).
+        loop {
+            let peek = r.fill_buf().map_err(io_err)?;
+            let n = peek.iter().take_while(|&&b| b == b'\n').count();
+            let all = n == peek.len() && n > 0;
+            r.consume(n);
+            if !all {
+                break;
+            }
         }
-        let start = pos;
-        while pos < body.len() && body[pos] != b' ' {
-            pos += 1;
-        }
-        if pos >= body.len() {
+        word.clear();
+        r.read_until(b' ', &mut word).map_err(io_err)?;
+        if word.last() != Some(&b' ') {
             return Err(Error::file(path, format!("truncated: the header announces {vocab} words, the file ends in word {}", k + 1)));
         }
-        let word = String::from_utf8_lossy(&body[start..pos]).into_owned();
-        pos += 1;
-        if pos + 4 * dim > body.len() {
-            return Err(Error::file(
-                path,
-                format!("truncated: the vector of word {} ('{word}') needs {} bytes, {} left", k + 1, 4 * dim, body.len() - pos),
-            ));
-        }
-        if keep(&word) {
-            for (j, c) in body[pos..pos + 4 * dim].chunks_exact(4).enumerate() {
+        let w = String::from_utf8_lossy(&word[..word.len() - 1]).into_owned();
+        r.read_exact(&mut buf).map_err(|err| match err.kind() {
+            std::io::ErrorKind::UnexpectedEof => {
+                Error::file(path, format!("truncated: the vector of word {} ('{w}') needs {} bytes", k + 1, 4 * dim))
+            }
+            _ => io_err(err),
+        })?;
+        if keep(&w) {
+            for (j, c) in buf.chunks_exact(4).enumerate() {
                 v[j] = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
-            e.push(word, &v);
-        } else if e.index.contains_key(&word) {
-            e.duplicates += 1;
+            e.push(w, &v);
         }
-        pos += 4 * dim;
     }
     Ok(())
 }
 
-fn parse_text(path: &Path, body: &[u8], vocab: usize, dim: usize, keep: &impl Fn(&str) -> bool, e: &mut Embeddings) -> Result<()> {
-    let text = String::from_utf8_lossy(body);
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+fn parse_text(path: &Path, r: &mut dyn BufRead, vocab: usize, dim: usize, keep: &impl Fn(&str) -> bool, e: &mut Embeddings) -> Result<()> {
     let mut v = vec![0f32; dim];
-    for k in 0..vocab {
-        let (ln, line) = lines.next().ok_or_else(|| {
-            Error::file(path, format!("truncated: the header announces {vocab} words, the file has {k}"))
-        })?;
+    let mut raw = Vec::new();
+    let mut ln = 1usize; // the header is line 1
+    let mut k = 0usize;
+    while k < vocab {
+        raw.clear();
+        let n = r.read_until(b'\n', &mut raw).map_err(|err| Error::file(path, format!("cannot read: {err}")))?;
+        if n == 0 {
+            return Err(Error::file(path, format!("truncated: the header announces {vocab} words, the file has {k}")));
+        }
+        ln += 1;
+        let line = String::from_utf8_lossy(&raw);
+        if line.trim().is_empty() {
+            continue;
+        }
         let mut fields = line.split_whitespace();
         let word = fields.next().unwrap_or_default();
         let vals: Vec<&str> = fields.collect();
         if vals.len() != dim {
-            return Err(Error::file(
-                path,
-                format!("line {}: word '{word}' has {} values, expected d = {dim}", ln + 2, vals.len()),
-            ));
+            return Err(Error::file(path, format!("line {ln}: word '{word}' has {} values, expected d = {dim}", vals.len())));
         }
         if keep(word) {
             for (j, s) in vals.iter().enumerate() {
-                v[j] = s.parse::<f32>().map_err(|_| Error::file(path, format!("line {}: '{s}' is not a number", ln + 2)))?;
+                v[j] = s.parse::<f32>().map_err(|_| Error::file(path, format!("line {ln}: '{s}' is not a number")))?;
             }
             e.push(word.to_string(), &v);
-        } else if e.index.contains_key(word) {
-            e.duplicates += 1;
         }
+        k += 1;
     }
     Ok(())
 }
