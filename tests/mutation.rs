@@ -357,9 +357,9 @@ fn mutation_suite() {
     fn m8a(_: &Model, _: &[Tensor], _: &Batch, g: &mut gdu::GduSeries) {
         g.bptt_j = g.bptt_s.iter().map(|st| st.iter().map(|t| t.shallow_clone()).collect()).collect();
     }
-    fn m8b(m: &Model, _: &[Tensor], _: &Batch, g: &mut gdu::GduSeries) {
+    fn m8b(m: &Model, _: &[Tensor], batch: &Batch, g: &mut gdu::GduSeries) {
         let s_t = &g.traj[g.k];
-        g.bptt_j = g.bptt_s.iter().map(|st| st.iter().enumerate().map(|(j, x)| m.jacobian_apply(j, &s_t[j], x)).collect()).collect();
+        g.bptt_j = g.bptt_s.iter().map(|st| st.iter().enumerate().map(|(j, x)| m.jacobian_apply(j, batch, &s_t[j], x)).collect()).collect();
     }
     let series_mutants: [(&str, &str, fn(&Model, &[Tensor], &Batch, &mut gdu::GduSeries)); 4] = [
         ("M13", "BPTT per-step series shifted by one step", m13),
