@@ -475,8 +475,11 @@ fn run_train(t: TrainArgs) -> Result<i32> {
     };
     let inst = common.instance(extra)?;
     let cfg = &inst.cfg;
-    let mut data = crate::train::datasets::open(cfg)?;
+    let mut data = crate::train::datasets::open(cfg, &inst.model)?;
     data.check_model(&inst.model)?;
+    if !bp {
+        crate::train::validate(cfg, &inst.model, inst.prec)?;
+    }
     let dir = if t.resume.is_some() {
         dir
     } else {

@@ -123,9 +123,13 @@ pub struct TrainConfig {
     pub data_root: Option<String>,
     /// `none`, `flip_crop` or `randaugment` (the dataset's reference pipeline).
     pub augment: String,
-    /// Use only the first n training / test examples (0 = all).
+    /// Use only the first n training / test examples (0 = all; the `synthetic` dataset: its size, default 64 / 32).
     pub train_limit: usize,
     pub test_limit: usize,
+    /// Zero padding at load time (pixels per side), overriding the dataset's default (e.g. 4: 8×8 digits → 16×16
+    /// for VGG5, whose input size must be a multiple of 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -146,6 +150,7 @@ impl Default for TrainConfig {
             augment: "none".into(),
             train_limit: 0,
             test_limit: 0,
+            pad: None,
         }
     }
 }

@@ -93,3 +93,8 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
         _ => a.matmul(b),
     }
 }
+
+/// max |t| over all entries, in f64 (NaN if any entry is NaN).
+pub fn absmax(t: &Tensor) -> f64 {
+    scalar_f64(&t.abs().max())
+}

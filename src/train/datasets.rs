@@ -7,7 +7,7 @@ use crate::data::images::{self, ImageDataset};
 use crate::data::{epoch_seed, Split};
 use crate::Result;
 use std::path::PathBuf;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 pub struct ImageSource {
     pub train: ImageDataset,
@@ -33,11 +33,27 @@ fn limit(mut ds: ImageDataset, n: usize) -> ImageDataset {
     ds
 }
 
-pub fn open(cfg: &RunConfig) -> Result<Box<dyn DataSource>> {
+/// Opens `train.dataset`: an image dataset of [`crate::data::images`], or `synthetic` (inputs drawn uniformly on
+/// the model's synthetic input range, labels uniform: for timing, not for learning).
+pub fn open(cfg: &RunConfig, model: &crate::model::Model) -> Result<Box<dyn DataSource>> {
     let t = &cfg.train;
+    if t.dataset == "synthetic" {
+        let n_train = if t.train_limit > 0 { t.train_limit } else { 64 } as i64;
+        let n_test = if t.test_limit > 0 { t.test_limit } else { 32 } as i64;
+        let draw = |n: i64, seed: i64| {
+            tch::manual_seed(seed);
+            let mut shape = vec![n];
+            shape.extend(&model.input_shapes[0]);
+            let (lo, hi) = model.input_range;
+            let x = Tensor::rand(&shape[..], (Kind::Double, tch::Device::Cpu)) * (hi - lo) + lo;
+            (x, Tensor::randint(model.classes(), [n], (Kind::Int64, tch::Device::Cpu)))
+        };
+        return Ok(Box::new(super::data::TensorData { name: "synthetic".into(), train: draw(n_train, cfg.seed as i64 + 11), test: draw(n_test, cfg.seed as i64 + 12), classes: model.classes(), seed: cfg.seed }));
+    }
     let root = t.data_root.as_ref().map(PathBuf::from).unwrap_or_else(|| default_root(&t.dataset));
-    let train = limit(images::load(&t.dataset, &root, Split::Train)?, t.train_limit);
-    let test = limit(images::load(&t.dataset, &root, Split::Test)?, t.test_limit);
+    let opts = images::ImageOptions { pad: t.pad, ..Default::default() };
+    let train = limit(images::load_with(&t.dataset, &root, Split::Train, &opts)?, t.train_limit);
+    let test = limit(images::load_with(&t.dataset, &root, Split::Test, &opts)?, t.test_limit);
     let augment = match t.augment.as_str() {
         "none" => None,
         "flip_crop" => Some(Augment::preset(&t.dataset, Flavour::Rain)?),

@@ -176,7 +176,13 @@ impl<'a> Trainer<'a> {
         };
         state_stats(acc, m, p, batch, &free_state);
         if let Some(bad) = g.iter().position(|t| !crate::tensor_util::all_finite(t)) {
-            return Err(Error::NonFinite(format!("the {} estimate of {} is not finite (diverging dynamics?)", self.estimator.key(), m.params[bad].name)));
+            let pmax = self.params.iter().map(|t| crate::tensor_util::absmax(t)).fold(0.0, f64::max);
+            return Err(Error::NonFinite(format!(
+                "the {} estimate of {} is not finite after {} optimiser steps (max |θ| = {pmax:.3e}): the training diverged — lower train.lr, set train.grad_clip_norm, or check the dynamics with `epcheck converge`",
+                self.estimator.key(),
+                m.params[bad].name,
+                self.opt.steps
+            )));
         }
         let (g, n, factor) = match self.cfg.train.grad_clip_norm {
             Some(c) => optim::clip_global_norm(&g, c),
@@ -207,6 +213,13 @@ impl<'a> Trainer<'a> {
         }
         Ok(())
     }
+}
+
+/// Checks a training configuration against the model before anything is written (estimator, optimiser, one rate
+/// or one per tensor).
+pub fn validate(cfg: &RunConfig, model: &Model, prec: Precision) -> Result<()> {
+    let params: Vec<Tensor> = model.params.iter().map(|p| Tensor::zeros(&p.shape[..], prec.opts())).collect();
+    Trainer::new(cfg, model, params, prec).map(|_| ())
 }
 
 /// A data batch in the run's dtype and device.
