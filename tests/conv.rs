@@ -250,3 +250,23 @@ fn gdu_check_passes_on_tiny_resnet13_under_sync() {
     let report = gdu::run(&inst, &o);
     assert!(matches!(report.overall, checks::Verdict::Inconclusive(_)), "{:?}", report.overall);
 }
+
+#[test]
+fn structural_max_pool_ties_are_counted() {
+    // A pre layer that is exactly zero makes every window of its pooled coupling a 4-way tie (the conv has no
+    // bias), conv-hopfield.md §11; random states make none.
+    let inst = vgg(|_| {});
+    let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
+    let mut s = random_state(m, 2, 4);
+    let ties = m.pool_ties(p, b, &s);
+    assert_eq!(ties.len(), 4, "one entry per pooled coupling");
+    assert!(ties.iter().all(|t| t.1 == 0), "random states: no ties");
+    s[0] = s[0].zeros_like();
+    let ties = m.pool_ties(p, b, &s);
+    // L1 = 0 → every window of W.1_2 (L1 → L2) is tied: B · n2 · (H/4)².
+    assert_eq!(ties[1].1, 2 * 4 * 4 * 4);
+    // First-index tie-break: every argmax is the top-left position of its window, 2i·W + 2j.
+    let w = 8i64;
+    let expect = (Tensor::arange(4, (Kind::Int64, Device::Cpu)).reshape([4, 1]) * 2 * w + Tensor::arange(4, (Kind::Int64, Device::Cpu)).reshape([1, 4]) * 2).expand([2, 4, 4, 4], false);
+    assert!(ties[1].2.equal(&expect), "first-index argmax on tied windows");
+}

@@ -115,6 +115,32 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
             }
         }
     }
+    // Max-pool ties (conv-hopfield.md §11): tied windows at each state and argmax changes between the free state and
+    // each nudged one. BPTT follows the first-index subgradient, EP re-evaluates the argmax at the nudged state.
+    if let Some((_, free)) = run.phases.iter().find(|(n, _)| n == "free") {
+        let t0 = m.pool_ties(p, batch, &free.state);
+        if !t0.is_empty() {
+            summary.push(String::new());
+            summary.push("| phase | β | tied max-pool windows | argmax changes vs free |".into());
+            summary.push("|---|---|---|---|".into());
+            summary.push(format!("| free | 0 | {} | – |", t0.iter().map(|x| x.1).sum::<i64>()));
+            let mut row = rows.row("phase", "free", "tied_windows", t0.iter().map(|x| x.1).sum::<i64>() as f64);
+            row.phase = Some("free".into());
+            rows.push(row);
+            for (phase, ph) in run.phases.iter().filter(|(n, _)| n != "free") {
+                let t1 = m.pool_ties(p, batch, &ph.state);
+                let tied: i64 = t1.iter().map(|x| x.1).sum();
+                let changed: i64 = t0.iter().zip(&t1).map(|(a, b)| a.2.ne_tensor(&b.2).sum(tch::Kind::Int64).int64_value(&[])).sum();
+                summary.push(format!("| {phase} | {} | {tied} | {changed} |", ph.beta));
+                for (metric, v) in [("tied_windows", tied), ("argmax_changes", changed)] {
+                    let mut row = rows.row("phase", phase, metric, v as f64);
+                    row.phase = Some(phase.clone());
+                    row.beta = Some(ph.beta);
+                    rows.push(row);
+                }
+            }
+        }
+    }
     summary.push(String::new());
     summary.push("| phase | β | iterations | max r_∞ after the phase |".into());
     summary.push("|---|---|---|---|".into());

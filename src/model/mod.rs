@@ -224,6 +224,11 @@ impl Model {
             .collect()
     }
 
+    /// Max-pool ties at state s: per pooled coupling, (term index, tied windows, window argmax).
+    pub fn pool_ties(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Vec<(usize, i64, Tensor)> {
+        self.terms.iter().enumerate().filter_map(|(i, t)| t.pool_ties(p, &self.slot_states(t.as_ref(), batch, s)).map(|(n, idx)| (i, n, idx))).collect()
+    }
+
     /// Φ per example, shape (B,).
     pub fn primitive(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Tensor {
         let mut acc = None;

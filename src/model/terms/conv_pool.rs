@@ -182,4 +182,7 @@ impl Term for ConvPool {
     fn supports_complex(&self) -> bool {
         false
     }
+    fn pool_ties(&self, p: &[Tensor], s: &[&Tensor]) -> Option<(i64, Tensor)> {
+        Some((self.tied_windows(p, s[PRE]).sum(Kind::Int64).int64_value(&[]), self.argmax(p, s[PRE])))
+    }
 }

@@ -51,6 +51,11 @@ pub trait Term: Send + Sync {
     fn supports_complex(&self) -> bool {
         true
     }
+    /// Max-pool couplings: (number of tied windows in the whole batch, the window argmax) at state `s`
+    /// (conv-hopfield.md §11); None for every other term.
+    fn pool_ties(&self, _p: &[Tensor], _s: &[&Tensor]) -> Option<(i64, Tensor)> {
+        None
+    }
 }
 
 /// Adds `b` into an optional accumulator.
