@@ -251,7 +251,7 @@ impl Recipe {
     /// The case of one property on this recipe's graph.
     pub fn case(&self, property: &str) -> Case {
         let (graph, summary) = self.graph();
-        Case { property: property.to_string(), seed: self.seed, batch: self.batch, graph, summary }
+        Case { property: property.to_string(), seed: self.seed, batch: self.batch, graph, summary, expect: None }
     }
 }
 
@@ -264,6 +264,8 @@ pub struct Case {
     pub batch: i64,
     pub graph: String,
     pub summary: String,
+    /// The verdict a hand-made regression case must get (`expect = "pass"`); None = anything but fail/error.
+    pub expect: Option<String>,
 }
 
 /// The result of checking one case.
@@ -318,7 +320,7 @@ pub fn read_case(path: &Path) -> Result<Case> {
     if !PROPERTIES.contains(&property.as_str()) {
         return Err(Error::file(path, format!("unknown property '{property}' (known: {})", PROPERTIES.join(", "))));
     }
-    Ok(Case { property, seed: i("seed")? as u64, batch: i("batch")?.max(1), graph: s("graph")?, summary: String::new() })
+    Ok(Case { property, seed: i("seed")? as u64, batch: i("batch")?.max(1), graph: s("graph")?, summary: String::new(), expect: t.get("expect").and_then(|v| v.as_str()).map(str::to_string) })
 }
 
 fn flat(ts: &[Tensor]) -> Vec<f64> {
@@ -419,6 +421,7 @@ fn ep_bptt(m: &Model, p: &[Tensor], batch: &Batch) -> Outcome {
     if !(rp <= STAR_TOL && rm <= STAR_TOL) {
         return Outcome::skip(P, format!("nudged phases not converged (r_∞ = {rp:.1e}, {rm:.1e})"));
     }
+    let mut kink_note = String::new();
     if !smooth_model(m) {
         let r = kinks::regimes(m, p, batch, &s0, 0.0);
         let changes: i64 = [(&sp, beta), (&sm, -beta)].iter().map(|(s, b)| kinks::changes(&r, &kinks::regimes(m, p, batch, s, *b)).iter().sum::<i64>()).sum();
@@ -426,6 +429,7 @@ fn ep_bptt(m: &Model, p: &[Tensor], batch: &Batch) -> Outcome {
         if changes > 0 || margin == 0.0 {
             return Outcome::skip(P, format!("clamp regime changes between phases ({changes}) or a unit at a kink (margin {margin:.1e})"));
         }
+        kink_note = format!(", min kink margin {margin:.2e}");
     }
     let o = implicit::ImplicitOptions { star_tol: STAR_TOL, star_max_iter: MAX_ITER, adjoint_tol: 1e-14, adjoint_max_iter: 20_000 };
     let star = implicit::Star { state: s0.iter().map(|t| t.shallow_clone()).collect(), iters: n0, residual: r0 };
@@ -442,7 +446,7 @@ fn ep_bptt(m: &Model, p: &[Tensor], batch: &Batch) -> Outcome {
     let ep: Vec<f64> = fp.iter().zip(&fm).map(|(a, b)| -(a - b) / (2.0 * beta)).collect();
     let err = rel_l2(&ep, &g);
     let floor = 1e-9 / (beta * ginf);
-    Outcome::scored(P, err, 100.0 * beta * beta + floor, format!("rel_l2(ep_centered(β = {beta}), implicit); c·β² = {:.1e}, floor {floor:.1e}, free iters {n0}", 100.0 * beta * beta))
+    Outcome::scored(P, err, 100.0 * beta * beta + floor, format!("rel_l2(ep_centered(β = {beta}), implicit); c·β² = {:.1e}, floor {floor:.1e}, free iters {n0}{kink_note}", 100.0 * beta * beta))
 }
 
 fn holo_n2(m: &Model, p: &[Tensor], batch: &Batch) -> Outcome {
@@ -483,6 +487,33 @@ pub struct FuzzArgs {
     /// Only these properties (comma-separated; default all).
     #[arg(long)]
     pub properties: Option<String>,
+    /// Replay regression files (or folders of them) instead of drawing cases; prints one line per case.
+    #[arg(long, num_args = 1..)]
+    pub replay: Vec<PathBuf>,
+}
+
+fn replay(paths: &[PathBuf]) -> Result<i32> {
+    let mut files = vec![];
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p).map_err(|e| Error::file(p, e))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|f| f.extension().is_some_and(|x| x == "toml")).collect();
+            v.sort();
+            files.extend(v);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let cases = files.iter().map(|f| read_case(f).map(|c| (f, c))).collect::<Result<Vec<_>>>()?;
+    let mut failed = 0;
+    for (f, c) in &cases {
+        let o = check(c);
+        if o.verdict == "fail" || o.verdict == "error" || c.expect.as_ref().is_some_and(|e| *e != o.verdict) {
+            failed += 1;
+        }
+        println!("{} {} {}: error {:.3e} (threshold {:.3e}) — {}", o.verdict.to_uppercase(), f.display(), o.property, o.error, o.threshold, o.detail);
+    }
+    println!("{} replayed, {failed} failed", cases.len());
+    Ok(if failed > 0 { 1 } else { 0 })
 }
 
 /// One row of the cases table.
@@ -514,6 +545,9 @@ pub fn run_cases(n: usize, seed: u64, properties: &[&str], mut progress: impl Fn
 
 pub fn command(a: FuzzArgs) -> Result<i32> {
     use polars::prelude::*;
+    if !a.replay.is_empty() {
+        return replay(&a.replay);
+    }
     let props: Vec<&str> = match &a.properties {
         None => PROPERTIES.to_vec(),
         Some(s) => {

@@ -291,7 +291,10 @@ fn fuzz_regression_cases_replay() {
         if p.extension().is_some_and(|x| x == "toml") {
             let case = epcheck::fuzz::read_case(&p).unwrap();
             let o = epcheck::fuzz::check(&case);
-            assert!(o.verdict != "fail", "{}: {} {} (error {:.3e} > {:.3e})", p.display(), o.property, o.detail, o.error, o.threshold);
+            assert!(o.verdict != "fail" && o.verdict != "error", "{}: {} {} (error {:.3e} > {:.3e})", p.display(), o.property, o.detail, o.error, o.threshold);
+            if let Some(e) = &case.expect {
+                assert_eq!(&o.verdict, e, "{}: {} {}", p.display(), o.property, o.detail);
+            }
             n += 1;
         }
     }
