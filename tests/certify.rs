@@ -316,7 +316,7 @@ fn verify_bad_input_exits_2_without_reports() {
         ("gdu_const.toml", format!("{MODEL}[checks.gdu]\nbias_const = -10\n"), "checks.gdu.bias_const"),
         ("unknown_key.toml", format!("{MODEL}[checks.audit]\nsymmetry = 3\n"), "symmetry"),
         ("preset.toml", "[model]\npreset = \"resnet9000\"\n[checks.local]\n".into(), "unknown preset 'resnet9000'"),
-        ("graph.toml", format!("{MODEL}graph = \"arch.toml\"\n[checks.local]\n"), "not supported yet"),
+        ("graph.toml", format!("{MODEL}graph = \"arch.toml\"\n[checks.local]\n"), "arch.toml does not exist"),
         ("no_checks.toml", MODEL.to_string(), "checks"),
         ("conformance.toml", format!("{MODEL}[checks.conformance]\n"), "needs file"),
         ("seeds.toml", format!("seeds = [-1]\n{MODEL}[checks.local]\n"), "seeds"),
