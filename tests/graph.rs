@@ -2,8 +2,6 @@
 //! model — same parameter draws, Φ, drives, states after T steps, local and BPTT gradients, step VJPs (exact
 //! equality: the same term constructors run the same kernels in the same order) — and bad graphs are clear
 //! one-line errors (exit code 2 from the binary). The fuzzer's regression cases are replayed here too.
-mod common;
-use common::*;
 use epcheck::config::RunConfig;
 use epcheck::estimators::bptt;
 use epcheck::graph;
@@ -11,6 +9,13 @@ use epcheck::instance::Instance;
 use epcheck::model::{Model, State};
 use std::process::Command;
 use tch::{Kind, Tensor};
+
+/// libtorch's generator is global: tests that seed and draw hold this lock (the harness runs tests in threads).
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn seeded() -> std::sync::MutexGuard<'static, ()> {
+    SEEDED.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn preset(name: &str, f: impl FnOnce(&mut RunConfig)) -> RunConfig {
     let mut cfg = RunConfig::preset_defaults(name).unwrap();
@@ -100,6 +105,7 @@ fn max_diff(a: &[Tensor], b: &[Tensor]) -> f64 {
 
 #[test]
 fn every_preset_round_trips_through_its_graph_file() {
+    let _g = seeded();
     tch::set_num_threads(1);
     let dir = tempfile::tempdir().unwrap();
     for (name, cfg) in cases() {
@@ -206,6 +212,7 @@ fn graph_err(text: &str) -> String {
 
 #[test]
 fn a_hand_written_graph_builds_the_composition_it_declares() {
+    let _g = seeded();
     let m = graph::parse_str(GOOD).unwrap();
     assert_eq!(m.layer_names(), ["C1", "out"]);
     assert_eq!(m.param_names(), ["W1", "W2", "b2"]);
@@ -284,6 +291,7 @@ fn the_binary_refuses_a_bad_graph_with_exit_code_2_and_no_report() {
 
 #[test]
 fn fuzz_regression_cases_replay() {
+    let _g = seeded();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/regressions");
     let mut n = 0;
     for e in std::fs::read_dir(&dir).unwrap() {
@@ -299,4 +307,29 @@ fn fuzz_regression_cases_replay() {
         }
     }
     assert!(n >= 1, "at least one regression case is shipped");
+}
+
+#[test]
+fn the_graph_verify_suite_builds_its_model_from_the_graph_file_and_passes() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let suite = epcheck::verify::parse_suite(&root.join("verify/graph.toml")).unwrap();
+    assert_eq!(suite.base.preset, "graph");
+    assert!(suite.base.graph.as_deref().is_some_and(|g| g.ends_with("fixtures/graphs/tiny-conv-skip.toml")));
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("runs");
+    let o = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(["verify", root.join("verify/graph.toml").to_str().unwrap(), "--out", out.to_str().unwrap()]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(stdout.contains("PASS graph/gdu tiny-conv-skip-") && stdout.contains("6 passed, 0 failed"), "{stdout}");
+    // A suite naming a bad graph is refused before anything runs (exit 2, no report).
+    let bad = d.path().join("bad-graph.toml");
+    std::fs::write(&bad, GOOD.replace("kind = \"conv\"", "kind = \"convolution\"")).unwrap();
+    let s = d.path().join("suite.toml");
+    std::fs::write(&s, "[model]\ngraph = \"bad-graph.toml\"\n[checks.local]\n").unwrap();
+    let out2 = d.path().join("runs2");
+    let o = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(["verify", s.to_str().unwrap(), "--out", out2.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown kind 'convolution'") && err.contains("bad-graph.toml"), "{err}");
+    assert!(!out2.exists());
 }
