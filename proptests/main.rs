@@ -1,6 +1,8 @@
 //! Property tests (checks §11.3) over random P-MLPs: widths 1–6, depth 1–3, B 1–4, activations, losses,
 //! init scales and seeds. Failing cases shrink to a minimal network and are persisted under
 //! `proptests/regressions/` (committed) and replayed first.
+mod graphs;
+
 use epcheck::checks::gdu;
 use epcheck::config::RunConfig;
 use epcheck::instance::Instance;

@@ -40,6 +40,25 @@ pub enum Command {
     Train(TrainArgs),
     /// Weight-distribution statistics of checkpoints (TAG=PATH …): per-tensor table, EP vs BP, histograms.
     Weights(WeightsArgs),
+    /// Describe a preset, or write it out as an architecture graph file (--emit-toml).
+    Preset(PresetArgs),
+    /// Fuzz random architecture graphs against the invariants (local, BPTT = FD, EP → BPTT, holomorphic N = 2).
+    Fuzz(crate::fuzz::FuzzArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PresetArgs {
+    /// Preset name.
+    pub name: String,
+    /// Override any configuration key (sizes, options), e.g. --set height=8 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Print the architecture graph TOML of the preset.
+    #[arg(long)]
+    pub emit_toml: bool,
+    /// Write the graph TOML to this file instead of printing it.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -121,6 +140,9 @@ pub struct Common {
     /// TOML configuration file; flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Architecture graph file (TOML, see `epcheck preset NAME --emit-toml`): the model comes from it.
+    #[arg(long)]
+    pub graph: Option<PathBuf>,
     /// Override any configuration key, e.g. --set checks.gdu.bias_const=5 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -220,6 +242,9 @@ impl Common {
                 put(k, toml::Value::String(v.clone()));
             }
         }
+        if let Some(g) = &self.graph {
+            put("graph", toml::Value::String(g.to_string_lossy().to_string()));
+        }
         if let Some(n) = self.n {
             put("holo_points", toml::Value::Integer(n));
         }
@@ -253,7 +278,7 @@ impl Common {
     }
 
     pub fn instance(&self, extra: toml::Table) -> Result<Instance> {
-        for p in [&self.config, &self.params, &self.input].into_iter().flatten() {
+        for p in [&self.config, &self.graph, &self.params, &self.input].into_iter().flatten() {
             if !p.exists() {
                 return Err(Error::file(p, "no such file"));
             }
@@ -439,7 +464,38 @@ pub fn run(cli: Cli) -> Result<i32> {
         }
         Command::Compare(a) => crate::checks::conformance::command(a),
         Command::Verify(v) => crate::verify::command(v),
+        Command::Preset(a) => run_preset(a),
+        Command::Fuzz(a) => crate::fuzz::command(a),
     }
+}
+
+fn run_preset(a: PresetArgs) -> Result<i32> {
+    let mut over = toml::Table::new();
+    for kv in &a.set {
+        crate::config::merge(&mut over, parse_set(kv)?);
+    }
+    let mut cfg = RunConfig::resolve(Some(&a.name), None, over)?;
+    let model = Instance::model_for(&mut cfg)?;
+    if a.emit_toml || a.out.is_some() {
+        let text = crate::graph::emit(&model)?;
+        match &a.out {
+            Some(p) => {
+                let tmp = p.with_extension("toml.partial");
+                std::fs::write(&tmp, &text).map_err(|e| Error::file(&tmp, e))?;
+                std::fs::rename(&tmp, p).map_err(|e| Error::file(p, e))?;
+                println!("graph: {}", p.display());
+            }
+            None => print!("{text}"),
+        }
+        return Ok(0);
+    }
+    let n: i64 = model.params.iter().map(|p| p.shape.iter().product::<i64>()).sum();
+    println!("{}: {} layers, {} terms, {} parameter tensors ({n} values), loss {}, schedule {}", model.preset, model.layers.len(), model.terms.len(), model.params.len(), model.loss.key(), model.schedule.key());
+    for (k, l) in model.layers.iter().enumerate() {
+        println!("  {} {:?} {}", l.name, l.shape, model.update_key(k));
+    }
+    println!("(--emit-toml writes it as an architecture graph file)");
+    Ok(0)
 }
 
 fn run_train(t: TrainArgs) -> Result<i32> {

@@ -89,6 +89,9 @@ pub struct RunConfig {
     /// `off` (default), `keys` or `keys_and_queries`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attention_mask: Option<String>,
+    /// Architecture graph file (`src/graph.rs`): the model is built from it instead of the preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph: Option<String>,
     #[serde(default)]
     pub checks: ChecksConfig,
     /// `epcheck train` (the `-train` presets set the reference's procedure).
@@ -521,6 +524,8 @@ impl RunConfig {
         }
         match preset {
             "p-mlp" => Ok(base),
+            // A model from an architecture graph file (`graph = "…"`): the run defaults of p-mlp.
+            "graph" => Ok(RunConfig { preset: "graph".into(), ..base }),
             "hopfield-resnet13" | "vgg5-dchn" => Ok(conv("relu6", 120, 50)),
             "vgg5-dchn-rain" => Ok(conv("hard_sigmoid", 60, 20)),
             // hopfield-attention.md §0 (`widths` = the dense widths fc, last = C).
@@ -585,6 +590,7 @@ impl RunConfig {
                 embed_dim: None,
                 attention_scale: None,
                 attention_mask: None,
+                graph: None,
                 checks: ChecksConfig::default(),
                 train: TrainConfig::default(),
             }
@@ -599,10 +605,18 @@ impl RunConfig {
             }
             None => toml::Table::new(),
         };
+        let mut file_table = file_table;
+        // A relative graph path in a configuration file is relative to that file.
+        if let (Some(path), Some(toml::Value::String(g))) = (file, file_table.get_mut("graph")) {
+            if Path::new(g.as_str()).is_relative() {
+                *g = path.parent().unwrap_or(Path::new("")).join(g.as_str()).to_string_lossy().to_string();
+            }
+        }
+        let has_graph = file_table.contains_key("graph") || overrides.contains_key("graph");
         let preset = preset_flag
             .map(str::to_string)
             .or_else(|| file_table.get("preset").and_then(|v| v.as_str()).map(str::to_string))
-            .unwrap_or_else(|| "p-mlp".to_string());
+            .unwrap_or_else(|| if has_graph { "graph" } else { "p-mlp" }.to_string());
         let defaults = Self::preset_defaults(&preset)?;
         let mut table = toml::Table::try_from(&defaults).map_err(|e| Error::Config(e.to_string()))?;
         let archi_explicit = file_table.contains_key("archi") || overrides.contains_key("archi");

@@ -29,12 +29,7 @@ impl Instance {
             let loaded = crate::io::read_tensors(path)?;
             crate::io::infer_sizes(&mut cfg, &loaded, path)?;
         }
-        if cfg.activation == "relu_alpha" && cfg.relu_alpha.is_none() && cfg.preset != "p-mlp" {
-            // One α per hidden layer, drawn from the seed and recorded in the resolved configuration.
-            let n = presets::hidden_layer_count(&cfg.preset);
-            cfg.relu_alpha = Some(presets::conv_common::draw_relu_alpha(n, cfg.seed));
-        }
-        let mut model = presets::build(&cfg)?;
+        let mut model = Self::model_for(&mut cfg)?;
         if let Some([lo, hi]) = cfg.input_range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
                 return Err(crate::Error::Config(format!("input_range must be [lo, hi] with lo < hi, got [{lo}, {hi}]")));
@@ -49,8 +44,30 @@ impl Instance {
             Some(path) => crate::io::load_batch(&model, path, prec)?,
             None => synthetic_batch(&model, cfg.batch, cfg.seed, prec),
         };
-        let id = instance_id(&cfg, &params, &batch);
+        let mut id = instance_id(&cfg, &params, &batch);
+        if cfg.graph.is_some() {
+            // Graph runs are named after the graph.
+            id = format!("{}-{}", model.preset, &id[cfg.preset.len() + 1..]);
+        }
         Ok(Instance { cfg, model, params, batch, prec, id })
+    }
+
+    /// The model a configuration names: its architecture graph file (`graph`), else its preset (drawing the
+    /// ReLU-α values from the seed when they are needed and absent, recorded in `cfg`).
+    pub fn model_for(cfg: &mut RunConfig) -> Result<Model> {
+        if let Some(g) = &cfg.graph {
+            let mut m = crate::graph::load_file(Path::new(g))?;
+            if cfg.init_scale.is_some() {
+                m.init_scale = cfg.init_scale;
+            }
+            return Ok(m);
+        }
+        if cfg.activation == "relu_alpha" && cfg.relu_alpha.is_none() && cfg.preset != "p-mlp" {
+            // One α per hidden layer, drawn from the seed and recorded in the resolved configuration.
+            let n = presets::hidden_layer_count(&cfg.preset);
+            cfg.relu_alpha = Some(presets::conv_common::draw_relu_alpha(n, cfg.seed));
+        }
+        presets::build(cfg)
     }
 
     pub fn from_config(cfg: RunConfig) -> Result<Instance> {

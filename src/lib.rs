@@ -33,6 +33,8 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod estimators;
+pub mod fuzz;
+pub mod graph;
 pub mod instance;
 pub mod io;
 pub mod model;

@@ -6,8 +6,10 @@
 //! seeds = [0]                   # one instance per seed
 //! dtype = "f64"
 //! figure_format = "svg"         # checks.figure_format of the run folders
+//! threads = 1                   # optional: libtorch intra-op threads for this suite (1 for tiny instances)
 //! [model]                       # any configuration key of the preset (conventions §13, §14)
-//! preset = "p-mlp"
+//! preset = "p-mlp"              # or graph = "graphs/tiny.toml": an architecture graph file (src/graph.rs),
+//!                               # relative to the suite file
 //! archi = [6, 5, 5, 3]
 //! [checks.gdu]                  # the checks to run; keys are the `checks.<check>.*` configuration keys
 //! bias_const = 10
@@ -68,6 +70,9 @@ pub struct Suite {
     pub configs: Vec<RunConfig>,
     /// The configuration without a seed override (conformance instances come from the external file).
     pub base: RunConfig,
+    /// libtorch intra-op threads while this suite runs (`threads = 1` for tiny instances: on a busy machine a
+    /// thread pool around kernels of a few hundred elements costs far more than it saves).
+    pub threads: Option<i32>,
 }
 
 fn bad(path: &Path, msg: impl ToString) -> Error {
@@ -115,14 +120,30 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
         None => return Err(bad(path, "missing [model] table (preset and overrides)")),
         Some(_) => return Err(bad(path, "model must be a table")),
     };
-    if model.contains_key("graph") || t.contains_key("graph") {
-        return Err(bad(path, "graph = \"…\": architecture graph files are not supported yet; name a preset in [model]"));
-    }
-    let preset = match model.remove("preset") {
-        Some(toml::Value::String(s)) => s,
-        None => return Err(bad(path, "model.preset is required")),
-        Some(_) => return Err(bad(path, "model.preset must be a string")),
+    // An architecture graph file (relative to the suite file) instead of a preset: validated here, so that a
+    // bad graph stops the run before anything runs.
+    let graph = match (model.remove("graph"), t.remove("graph")) {
+        (Some(_), Some(_)) => return Err(bad(path, "graph is given twice (top level and [model])")),
+        (Some(toml::Value::String(g)), None) | (None, Some(toml::Value::String(g))) => {
+            let p = dir.join(g);
+            if !p.exists() {
+                return Err(bad(path, format!("graph: {} does not exist", p.display())));
+            }
+            crate::graph::load_file(&p)?;
+            Some(p)
+        }
+        (None, None) => None,
+        _ => return Err(bad(path, "graph must be a path string")),
     };
+    let preset = match (model.remove("preset"), &graph) {
+        (Some(toml::Value::String(s)), _) => s,
+        (None, Some(_)) => "graph".to_string(),
+        (None, None) => return Err(bad(path, "model.preset (or graph = \"file.toml\") is required")),
+        (Some(_), _) => return Err(bad(path, "model.preset must be a string")),
+    };
+    if let Some(g) = &graph {
+        model.insert("graph".into(), toml::Value::String(g.to_string_lossy().to_string()));
+    }
     if model.contains_key("checks") || model.contains_key("seed") {
         return Err(bad(path, "model must not set checks or seed (use [checks.*] and seeds)"));
     }
@@ -132,12 +153,17 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
         }
     }
     let figure_format = t.remove("figure_format");
+    let threads = match t.remove("threads") {
+        None => None,
+        Some(toml::Value::Integer(n)) if n >= 1 => Some(n as i32),
+        Some(_) => return Err(bad(path, "threads must be an integer ≥ 1")),
+    };
     let checks_t = match t.remove("checks") {
         Some(toml::Value::Table(c)) if !c.is_empty() => c,
         _ => return Err(bad(path, format!("missing [checks.<check>] tables (known checks: {})", CHECKS.join(", ")))),
     };
     if let Some(k) = t.keys().next() {
-        return Err(bad(path, format!("unknown key '{k}' (known: name, seeds, dtype, device, figure_format, model, checks)")));
+        return Err(bad(path, format!("unknown key '{k}' (known: name, seeds, dtype, device, figure_format, threads, model, checks)")));
     }
     let mut checks = vec![];
     let mut cfg_checks = toml::Table::new();
@@ -213,7 +239,7 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
             conformance::read_name_map(n)?;
         }
     }
-    Ok(Suite { path: path.to_path_buf(), name, seeds, checks, configs, base })
+    Ok(Suite { path: path.to_path_buf(), name, seeds, checks, configs, base, threads })
 }
 
 /// Runs one check on an instance (conformance excluded).
@@ -390,7 +416,9 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
     let (mut passed, mut failed) = (0usize, 0usize);
     let t_all = Instant::now();
     let mut run_dirs = vec![];
+    let default_threads = tch::get_num_threads();
     for suite in &suites {
+        tch::set_num_threads(suite.threads.unwrap_or(default_threads));
         let mut ts = quick_junit::TestSuite::new(suite.name.as_str());
         ts.add_property(quick_junit::Property::new("file", suite.path.display().to_string()));
         let t_suite = Instant::now();

@@ -157,6 +157,10 @@ impl UpdateMap for Attention {
         "attention"
     }
 
+    fn describe(&self) -> Option<super::update_map::MapSpec> {
+        Some(super::update_map::MapSpec::Attention(self.clone()))
+    }
+
     fn apply(&self, batch: &Batch, u: &Tensor) -> Tensor {
         let (p, x) = self.weights(batch, u);
         let out = p.matmul(&x);

@@ -34,4 +34,15 @@ pub trait UpdateMap: Send + Sync + std::fmt::Debug {
     fn is_holomorphic(&self) -> bool {
         false
     }
+    /// The map's kind and options, for writing a model out as an architecture graph (`crate::graph`); None
+    /// for maps that have no graph form.
+    fn describe(&self) -> Option<MapSpec> {
+        None
+    }
+}
+
+/// An update map's kind and options.
+#[derive(Clone, Debug)]
+pub enum MapSpec {
+    Attention(super::attention::Attention),
 }

@@ -27,6 +27,9 @@ impl Bias {
 }
 
 impl Term for Bias {
+    fn describe(&self) -> Option<super::TermSpec> {
+        Some(super::TermSpec::Bias)
+    }
     fn kind(&self) -> &'static str {
         "bias"
     }

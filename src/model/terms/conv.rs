@@ -71,6 +71,9 @@ const PRE: usize = 0;
 const POST: usize = 1;
 
 impl Term for Conv {
+    fn describe(&self) -> Option<super::TermSpec> {
+        Some(super::TermSpec::Conv { kernel: self.geom.kernel, stride: self.geom.stride, pad: self.geom.pad })
+    }
     fn kind(&self) -> &'static str {
         "conv"
     }

@@ -131,6 +131,9 @@ impl ConvPool {
 }
 
 impl Term for ConvPool {
+    fn describe(&self) -> Option<super::TermSpec> {
+        Some(super::TermSpec::ConvPool)
+    }
     fn kind(&self) -> &'static str {
         "conv_pool"
     }

@@ -78,6 +78,9 @@ const PRE: usize = 0;
 const POST: usize = 1;
 
 impl Term for Dense {
+    fn describe(&self) -> Option<super::TermSpec> {
+        Some(super::TermSpec::Dense(self.layout.clone()))
+    }
     fn kind(&self) -> &'static str {
         "dense"
     }

@@ -40,6 +40,9 @@ impl FlattenDense {
 }
 
 impl Term for FlattenDense {
+    fn describe(&self) -> Option<super::TermSpec> {
+        Some(super::TermSpec::FlattenDense)
+    }
     fn kind(&self) -> &'static str {
         "dense"
     }

@@ -56,6 +56,22 @@ pub trait Term: Send + Sync {
     fn pool_ties(&self, _p: &[Tensor], _s: &[&Tensor]) -> Option<(i64, Tensor)> {
         None
     }
+    /// The kind and geometry of the term, for writing a model out as an architecture graph (`crate::graph`);
+    /// None for terms that have no graph form (e.g. test-defined terms).
+    fn describe(&self) -> Option<TermSpec> {
+        None
+    }
+}
+
+/// A term's kind and geometry (its slots and parameters come from [`Term::slots`] and [`Term::params`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum TermSpec {
+    Dense(dense::Layout),
+    Bias,
+    Conv { kernel: i64, stride: i64, pad: i64 },
+    ConvPool,
+    Projection(crate::model::attention::SeqSlice),
+    FlattenDense,
 }
 
 /// Adds `b` into an optional accumulator.

@@ -34,6 +34,9 @@ impl Projection {
 }
 
 impl Term for Projection {
+    fn describe(&self) -> Option<super::TermSpec> {
+        Some(super::TermSpec::Projection(self.rows))
+    }
     fn kind(&self) -> &'static str {
         "attention_projection"
     }
