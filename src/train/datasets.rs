@@ -35,6 +35,9 @@ fn limit(mut ds: ImageDataset, n: usize) -> ImageDataset {
 
 pub fn open(cfg: &RunConfig) -> Result<Box<dyn DataSource>> {
     let t = &cfg.train;
+    if super::text_datasets::TEXT_DATASETS.contains(&t.dataset.as_str()) {
+        return Ok(Box::new(super::text_datasets::open(cfg)?));
+    }
     let root = t.data_root.as_ref().map(PathBuf::from).unwrap_or_else(|| default_root(&t.dataset));
     let train = limit(images::load(&t.dataset, &root, Split::Train)?, t.train_limit);
     let test = limit(images::load(&t.dataset, &root, Split::Test)?, t.test_limit);
