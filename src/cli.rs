@@ -48,7 +48,7 @@ pub struct TrainArgs {
     pub common: Common,
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Learning rate (every tensor), or comma-separated, one per tensor in canonical order.
+    /// Learning rate (every tensor), or comma-separated: one per tensor in canonical order, or one per synapse (parameter group).
     #[arg(long)]
     pub lr: Option<String>,
     /// digits (shipped), cifar10, cifar100, fashion-mnist, mnist.
