@@ -174,18 +174,24 @@ fn one_ep_step_follows_the_gradient_and_lowers_the_loss() {
 
 #[test]
 fn one_bptt_step_is_sgd_on_the_autograd_gradient() {
-    let inst = tiny_imdb("bptt");
-    let p0: Vec<Tensor> = inst.params.iter().map(|t| t.copy()).collect();
-    let g = bptt::autograd(&inst.model, &p0, &inst.batch, inst.cfg.t_free, None);
-    let eta = 0.05 / dot(&g, &g).sqrt();
-    let mut tr = Trainer::new(&inst.cfg, &inst.model, p0.iter().map(|t| t.copy()).collect(), inst.prec).unwrap();
-    tr.step(&inst.batch, &vec![eta; p0.len()], &mut Acc::default()).unwrap();
-    for ((a, b), gk) in p0.iter().zip(&tr.params).zip(&g) {
-        let want = a - gk * eta;
-        let d = (b - &want).abs().max().double_value(&[]);
-        assert!(d < 1e-14, "BPTT step differs from θ − ηg by {d:.3e}");
+    // `bptt` (full, T steps) and `bptt_trunc` (the reference's BPTT training, last K of T steps) through the
+    // trainer's hand-rolled reverse sweep, against autograd through the unrolled graph (an independent path).
+    for trunc in [false, true] {
+        let est = if trunc { "bptt_trunc" } else { "bptt" };
+        let inst = tiny_imdb(est);
+        let trunc = trunc.then_some(inst.cfg.k_nudge);
+        let p0: Vec<Tensor> = inst.params.iter().map(|t| t.copy()).collect();
+        let g = bptt::autograd(&inst.model, &p0, &inst.batch, inst.cfg.t_free, trunc);
+        let eta = 0.05 / dot(&g, &g).sqrt();
+        let mut tr = Trainer::new(&inst.cfg, &inst.model, p0.iter().map(|t| t.copy()).collect(), inst.prec).unwrap();
+        tr.step(&inst.batch, &vec![eta; p0.len()], &mut Acc::default()).unwrap();
+        for ((a, b), gk) in p0.iter().zip(&tr.params).zip(&g) {
+            let want = a - gk * eta;
+            let d = (b - &want).abs().max().double_value(&[]);
+            assert!(d < 1e-14, "{est}: step differs from θ − ηg by {d:.3e}");
+        }
+        assert!(free_loss(&inst, &tr.params) < free_loss(&inst, &p0), "{est}: loss did not decrease");
     }
-    assert!(free_loss(&inst, &tr.params) < free_loss(&inst, &p0));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
