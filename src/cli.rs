@@ -67,7 +67,7 @@ pub struct TrainArgs {
     pub common: Common,
     #[arg(long)]
     pub epochs: Option<usize>,
-    /// Learning rate (every tensor), or comma-separated, one per tensor in canonical order.
+    /// Learning rate (every tensor), or comma-separated: one per tensor in canonical order, or one per synapse (parameter group).
     #[arg(long)]
     pub lr: Option<String>,
     /// digits (shipped), cifar10, cifar100, fashion-mnist, mnist.
@@ -561,7 +561,7 @@ fn run_train(t: TrainArgs) -> Result<i32> {
     let md = format!(
         "# epcheck train — {}\n\n{} on `{}`, {} epochs, estimator `{}`, β = {}, T = {}, K = {}, batch {}, {} / {}\n\n| | first epoch | last epoch |\n|---|---|---|\n| train loss | {:.4} | {:.4} |\n| train error % | {:.2} | {:.2} |\n| test loss | {:.4} | {:.4} |\n| test error % | {:.2} | {:.2} |\n\nTables: `tables/epochs.{{parquet,csv}}`; curves: `figures/curves.*`; checkpoints: `checkpoints/`.\n",
         inst.id,
-        if bp { "BP baseline" } else { "EP training" },
+        if bp { "BP baseline" } else if cfg.estimator.starts_with("bptt") { "BPTT training" } else { "EP training" },
         cfg.train.dataset,
         cfg.train.epochs,
         if bp { "autograd" } else { cfg.estimator.as_str() },

@@ -110,6 +110,10 @@ pub struct TrainConfig {
     pub lr_min: f64,
     /// `cosine` or `none`.
     pub lr_schedule: String,
+    /// T_max of the cosine schedule (None: the number of epochs). The schedule is stepped only while the
+    /// epoch index is below T_max, so the rate stays at η_min afterwards (hopfield-attention.md §9.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_t_max: Option<usize>,
     /// `sgd`, `adam` or `adamw`.
     pub optimizer: String,
     pub momentum: f64,
@@ -120,10 +124,13 @@ pub struct TrainConfig {
     pub grad_clip_norm: Option<f64>,
     /// `zeros` or `warm` (conventions §5.4).
     pub state_init: String,
-    /// `digits`, `cifar10`, `cifar100`, `fashion_mnist`.
+    /// `digits`, `cifar10`, `cifar100`, `fashion_mnist`; text: `imdb`, `snli` (hopfield-attention.md §10).
     pub dataset: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_root: Option<String>,
+    /// Text datasets: the word2vec file (binary or text, optionally gzip) whose vectors embed the tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<String>,
     /// `none`, `flip_crop` or `randaugment` (the dataset's reference pipeline).
     pub augment: String,
     /// Use only the first n training / test examples (0 = all; the `synthetic` dataset: its size, default 64 / 32).
@@ -142,6 +149,7 @@ impl Default for TrainConfig {
             lr: vec![0.03],
             lr_min: 2e-6,
             lr_schedule: "cosine".into(),
+            lr_t_max: None,
             optimizer: "sgd".into(),
             momentum: 0.9,
             nesterov: true,
@@ -150,6 +158,7 @@ impl Default for TrainConfig {
             state_init: "zeros".into(),
             dataset: "digits".into(),
             data_root: None,
+            embeddings: None,
             augment: "none".into(),
             train_limit: 0,
             test_limit: 0,
@@ -503,11 +512,39 @@ impl RunConfig {
             phase_order: Some("minus_first".into()),
             ..base.clone()
         };
+        if let Some(model) = preset.strip_suffix("-train-paper").filter(|m| matches!(*m, "imdb-hopfield" | "snli-hopfield")) {
+            // hopfield-attention.md §9.4: the paper's batch sizes and epochs where they differ from the README.
+            let mut c = Self::preset_defaults(&format!("{model}-train"))?;
+            c.preset = preset.into();
+            if model == "imdb-hopfield" {
+                c.batch = 128;
+                c.train.epochs = 40;
+            } else {
+                c.batch = 256;
+            }
+            return Ok(c);
+        }
         if let Some(model) = preset.strip_suffix("-train") {
             // The reference's training procedure on top of the model preset (conv-hopfield.md §6).
             let mut c = Self::preset_defaults(model)?;
             c.preset = preset.into();
-            if model != "p-mlp" {
+            if matches!(model, "imdb-hopfield" | "snli-hopfield") {
+                // hopfield-attention.md §9 (the README commands): Adam, one rate per synapse, cosine with
+                // T_max = 100 and η_min = 1e-5, float32, batches from zeros.
+                let imdb = model == "imdb-hopfield";
+                c.dtype = "f32".into();
+                c.batch = if imdb { 100 } else { 200 };
+                c.train.epochs = 50;
+                c.train.optimizer = "adam".into();
+                c.train.weight_decay = 0.0;
+                c.train.lr = if imdb { vec![1e-4, 5e-5, 5e-5, 5e-5] } else { vec![5e-4, 5e-4, 5e-4, 5e-4, 2e-4, 2e-4] };
+                c.train.lr_min = 1e-5;
+                c.train.lr_schedule = "cosine".into();
+                c.train.lr_t_max = Some(100);
+                c.train.dataset = if imdb { "imdb" } else { "snli" }.into();
+                c.train.state_init = "zeros".into();
+                c.train.augment = "none".into();
+            } else if model != "p-mlp" {
                 c.dtype = "f32".into();
                 c.train.epochs = 300;
                 c.train.augment = "randaugment".into();
@@ -649,6 +686,9 @@ impl RunConfig {
             if !(c.is_finite() && c > 0.0) {
                 return bad(format!("train.grad_clip_norm must be > 0, got {c}"));
             }
+        }
+        if t.lr_t_max == Some(0) {
+            return bad("train.lr_t_max must be ≥ 1".into());
         }
         for (k, v, ok) in [
             ("train.state_init", &t.state_init, &["zeros", "warm"][..]),

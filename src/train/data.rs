@@ -17,6 +17,16 @@ pub trait DataSource {
     /// The test batches, in order.
     fn test(&mut self, batch: i64) -> Result<Batches<'_>>;
 
+    /// What the data pipeline dropped, skipped and truncated (text datasets), written to the run folder as
+    /// `data_report.json`; None when there is nothing to report.
+    fn report(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// A one-line summary of [`DataSource::report`] for the terminal.
+    fn report_line(&self) -> Option<String> {
+        None
+    }
+
     /// Images of the wrong size or channel count for a preset, or more classes than the model has outputs, are
     /// errors that name both shapes.
     fn check_model(&self, m: &Model) -> Result<()> {

@@ -37,6 +37,9 @@ fn limit(mut ds: ImageDataset, n: usize) -> ImageDataset {
 /// the model's synthetic input range, labels uniform: for timing, not for learning).
 pub fn open(cfg: &RunConfig, model: &crate::model::Model) -> Result<Box<dyn DataSource>> {
     let t = &cfg.train;
+    if super::text_datasets::TEXT_DATASETS.contains(&t.dataset.as_str()) {
+        return Ok(Box::new(super::text_datasets::open(cfg)?));
+    }
     if t.dataset == "synthetic" {
         let n_train = if t.train_limit > 0 { t.train_limit } else { 64 } as i64;
         let n_test = if t.test_limit > 0 { t.test_limit } else { 32 } as i64;

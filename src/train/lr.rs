@@ -22,3 +22,10 @@ pub fn cosine_recursive(eta0: f64, eta_min: f64, t_max: usize, e: usize) -> f64 
 pub fn cosine_closed(eta0: f64, eta_min: f64, t_max: usize, e: usize) -> f64 {
     eta_min + (eta0 - eta_min) * (1.0 + (PI * e as f64 / t_max as f64).cos()) / 2.0
 }
+
+/// The rate of epoch e when the scheduler is stepped only while the epoch index is below T_max
+/// (hopfield-attention.md §9.3: CosineAnnealingLR(T_max = 100, η_min = 1e-5), stepped while e < 100): the
+/// recursion up to min(e, T_max), i.e. η_{min(e, T_max)}; the rate stays at η_min after T_max epochs.
+pub fn cosine_capped(eta0: f64, eta_min: f64, t_max: usize, e: usize) -> f64 {
+    cosine_recursive(eta0, eta_min, t_max, e.min(t_max))
+}

@@ -10,6 +10,7 @@ pub mod datasets;
 pub mod data;
 pub mod lr;
 pub mod optim;
+pub mod text_datasets;
 
 use crate::config::RunConfig;
 use crate::estimators::{bptt, ep_centered, ep_holomorphic, ep_one_sided, Estimator, PhaseLengths};
@@ -118,11 +119,7 @@ impl<'a> Trainer<'a> {
         }
         let t = &cfg.train;
         let n = params.len();
-        let lr0 = match t.lr.len() {
-            1 => vec![t.lr[0]; n],
-            k if k == n => t.lr.clone(),
-            k => return Err(Error::Config(format!("train.lr lists {k} rates for {n} parameter tensors (one rate, or one per tensor in canonical order)"))),
-        };
+        let lr0 = per_tensor_rates(model, &t.lr)?;
         let kind = optim::Kind::parse(&t.optimizer, t.momentum, t.nesterov)?;
         Ok(Trainer { cfg, model, prec, params, opt: optim::Optimizer::new(kind, t.weight_decay, n), estimator, lr0, warm: None })
     }
@@ -134,7 +131,8 @@ impl<'a> Trainer<'a> {
     /// The rates of epoch e.
     pub fn rates(&self, e: usize) -> Vec<f64> {
         let t = &self.cfg.train;
-        self.lr0.iter().map(|&eta0| if t.lr_schedule == "cosine" { lr::cosine_recursive(eta0, t.lr_min, t.epochs, e) } else { eta0 }).collect()
+        let t_max = t.lr_t_max.unwrap_or(t.epochs);
+        self.lr0.iter().map(|&eta0| if t.lr_schedule == "cosine" { lr::cosine_capped(eta0, t.lr_min, t_max, e) } else { eta0 }).collect()
     }
 
     /// One training step on a batch; accumulates the statistics at s⁰ and of the gradient.
@@ -220,6 +218,30 @@ impl<'a> Trainer<'a> {
 pub fn validate(cfg: &RunConfig, model: &Model, prec: Precision) -> Result<()> {
     let params: Vec<Tensor> = model.params.iter().map(|p| Tensor::zeros(&p.shape[..], prec.opts())).collect();
     Trainer::new(cfg, model, params, prec).map(|_| ())
+}
+
+/// The base rate of every parameter tensor from `train.lr`: one rate for all; one per tensor in canonical
+/// order; or one per parameter group (synapse) in order of first appearance, weight and bias sharing it
+/// (hopfield-attention.md §9.2: "one group per synapse").
+pub fn per_tensor_rates(model: &Model, lr: &[f64]) -> Result<Vec<f64>> {
+    let n = model.params.len();
+    let mut groups: Vec<&str> = vec![];
+    for p in &model.params {
+        if !groups.contains(&p.group.as_str()) {
+            groups.push(&p.group);
+        }
+    }
+    match lr.len() {
+        1 => Ok(vec![lr[0]; n]),
+        k if k == n => Ok(lr.to_vec()),
+        k if k == groups.len() => Ok(model.params.iter().map(|p| lr[groups.iter().position(|g| *g == p.group).expect("group listed")]).collect()),
+        k => Err(Error::Config(format!(
+            "train.lr lists {k} rates, but {} has {n} parameter tensors in {} groups ({}): give one rate, one per tensor in canonical order, or one per group",
+            model.preset,
+            groups.len(),
+            groups.join(", ")
+        ))),
+    }
 }
 
 /// A data batch in the run's dtype and device.
@@ -354,6 +376,10 @@ pub fn run(cfg: &RunConfig, model: &Model, init_params: Vec<Tensor>, prec: Preci
         if csv.exists() {
             rows = read_epoch_csv(&csv)?.into_iter().filter(|r| r.epoch < start).collect();
         }
+    }
+    if let Some(rep) = data.report() {
+        eprintln!("data: {}", data.report_line().unwrap_or_default());
+        write_atomic(&dir.join("data_report.json"), serde_json::to_string_pretty(&rep).expect("json").as_bytes())?;
     }
     let epochs = cfg.train.epochs;
     crate::progress::start(&format!("train {} on {}", model.preset, data.name()));

@@ -63,9 +63,11 @@ impl Optimizer {
                     if decoupled && wd != 0.0 {
                         *p = &*p * (1.0 - lr[i] * wd);
                     }
+                    // torch.optim.Adam, single-tensor path (hopfield-attention.md §9.2): m ← lerp(m, g, 1 − β₁),
+                    // v ← β₂·v + (1 − β₂)·g², denom = √v / √bc2 + ε, θ ← θ − (lr / bc1)·m / denom.
                     let m = match self.buf[i].take() {
                         None => &g * (1.0 - beta1),
-                        Some(m) => m * beta1 + &g * (1.0 - beta1),
+                        Some(m) => m.lerp(&g, 1.0 - beta1),
                     };
                     let v = match self.buf2[i].take() {
                         None => &g * &g * (1.0 - beta2),
@@ -74,7 +76,7 @@ impl Optimizer {
                     let t = self.steps as f64;
                     let bc1 = 1.0 - beta1.powf(t);
                     let bc2 = 1.0 - beta2.powf(t);
-                    let denom = (&v / bc2).sqrt() + eps;
+                    let denom = v.sqrt() / bc2.sqrt() + eps;
                     *p = &*p - (&m / &denom) * (lr[i] / bc1);
                     self.buf[i] = Some(m);
                     self.buf2[i] = Some(v);

@@ -16,7 +16,8 @@ pub const PRESETS: &[&str] = &["p-mlp", "hopfield-resnet13", "vgg5-dchn", "vgg5-
 
 /// Builds the model a configuration names.
 pub fn build(cfg: &ModelConfig) -> Result<Model> {
-    match cfg.preset.strip_suffix("-train").unwrap_or(&cfg.preset) {
+    let base = cfg.preset.strip_suffix("-train-paper").or_else(|| cfg.preset.strip_suffix("-train")).unwrap_or(&cfg.preset);
+    match base {
         "p-mlp" => p_mlp::build(cfg),
         "hopfield-resnet13" => hopfield_resnet13::build(cfg),
         "vgg5-dchn" | "vgg5-dchn-rain" => vgg5_dchn::build(cfg),
