@@ -55,7 +55,13 @@ pub struct Phase {
 pub fn state_distance(a: &[Tensor], b: &[Tensor]) -> Tensor {
     let mut r: Option<Tensor> = None;
     for (x, y) in a.iter().zip(b) {
-        let d = absmax_per_example(&(x - y));
+        let d = if crate::tensor_util::is_complex(x.kind()) {
+            absmax_per_example(&(x - y))
+        } else {
+            // |x − y| in place on the difference: one temporary per layer.
+            let n = x.size()[0];
+            (x - y).abs_().reshape([n, -1]).amax([1i64], false)
+        };
         r = Some(match r {
             Some(r) => r.maximum(&d),
             None => d,

@@ -162,3 +162,16 @@ fn stacked_blocks_equal_single_phases_with_traces_and_windows() {
         }
     }
 }
+
+/// The in-place update of the relaxation loop computes exactly `Activation::apply` (bitwise) on every map.
+#[test]
+fn in_place_activation_equals_apply() {
+    let mut acts = epcheck::model::activation::Activation::ALL.to_vec();
+    acts.push(epcheck::model::activation::Activation::ReluAlpha(3.25));
+    let u = Tensor::linspace(-8.0, 8.0, 1601, (Kind::Double, tch::Device::Cpu)).reshape([1601, 1]);
+    for a in acts {
+        let want = a.apply(&u);
+        let got = a.apply_owned(u.copy());
+        assert!(got.equal(&want), "{}: in-place update differs", a.key());
+    }
+}
