@@ -58,9 +58,11 @@ pub fn state_distance(a: &[Tensor], b: &[Tensor]) -> Tensor {
         let d = if crate::tensor_util::is_complex(x.kind()) {
             absmax_per_example(&(x - y))
         } else {
-            // |x − y| in place on the difference: one temporary per layer.
+            // max |x − y| = max(max d, −min d) with both extremes from one reduction over d = x − y (no |d|
+            // pass); NaN propagates through both.
             let n = x.size()[0];
-            (x - y).abs_().reshape([n, -1]).amax([1i64], false)
+            let (lo, hi) = (x - y).reshape([n, -1]).aminmax(1, false);
+            hi.maximum(&lo.neg())
         };
         r = Some(match r {
             Some(r) => r.maximum(&d),
