@@ -190,3 +190,25 @@ fn state_distance_equals_its_definition() {
     }
     assert!(got[2].is_nan() && !got[0].is_nan());
 }
+
+/// A complex state with real constant drives (input coupling + bias, both real) summed before the complex
+/// state-dependent drives, without the constant-drive cache: the step must promote, as out of place.
+#[test]
+fn uncached_complex_step_promotes_real_partial_sums() {
+    tch::set_num_threads(1);
+    let inst = tiny("tanh", "mse");
+    let (m, p, b) = (&inst.model, &inst.params[..], &inst.batch);
+    let s: State = free_phase(m, p, b, PhaseLengths { t_free: 10, k_nudge: 0, tol: None }, false).state;
+    let sc: State = s.iter().map(|t| t.to_kind(Kind::ComplexDouble)).collect();
+    let beta = Beta::Rows(Tensor::complex(&Tensor::full([3, 1], 0.1, (Kind::Double, tch::Device::Cpu)), &Tensor::full([3, 1], 0.05, (Kind::Double, tch::Device::Cpu))));
+    let got = tch::no_grad(|| m.step_nudged(p, b, &sc, &beta, false));
+    // Oracle: the same step with the constant drives cached (a different summation path), and its real part at
+    // a real β against the real step.
+    let cache = m.constant_drives(p, b, &sc);
+    let want = tch::no_grad(|| m.step_cached(p, b, &sc, &beta, false, Some(&cache)));
+    assert!(max_abs_diff(&got, &want) <= 1e-14);
+    let real = tch::no_grad(|| m.step_nudged(p, b, &sc, &Beta::Real(0.1), false));
+    let want_real = tch::no_grad(|| m.step(p, b, &s, 0.1));
+    let re: State = real.iter().map(|t| t.real()).collect();
+    assert!(max_abs_diff(&re, &want_real) <= 1e-14);
+}

@@ -317,7 +317,8 @@ impl Model {
             let t = self.terms[ti].as_ref();
             let d = t.drive(p, &self.slot_states(t, batch, s), si);
             acc = Some(match acc {
-                Some(mut a) if owned && !a.requires_grad() && !d.requires_grad() => {
+                // (Same dtype only: a real partial sum (bias + input drives) promotes to complex out of place.)
+                Some(mut a) if owned && a.kind() == d.kind() && !a.requires_grad() && !d.requires_grad() => {
                     let _ = a.g_add_(&d);
                     a
                 }
