@@ -284,7 +284,7 @@ fn train(a: &Args) {
         let mut acc = epcheck::train::Acc::default();
         tr.step(&inst.batch, &lr, &mut acc).unwrap();
     });
-    println!("| {} | centered-EP training step (T = {}, K = {}, β = {}, {} ±β phases) | {} |", desc(&inst, &a.get("size", "paper")), cfg.t_free, cfg.k_nudge, cfg.beta, "batched", ms(t));
+    println!("| {} | centered-EP training step (T = {}, K = {}, β = {}, batched ±β phases) | {} |", desc(&inst, &a.get("size", "paper")), cfg.t_free, cfg.k_nudge, cfg.beta, ms(t));
 }
 
 // ---- memory ------------------------------------------------------------------------------------------------

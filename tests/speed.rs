@@ -184,9 +184,9 @@ fn state_distance_equals_its_definition() {
     let b = vec![Tensor::randn([4, 3, 5, 5], (Kind::Double, tch::Device::Cpu)), Tensor::randn([4, 7], (Kind::Double, tch::Device::Cpu))];
     let _ = a[1].get(2).get(3).fill_(f64::NAN);
     let got = epcheck::tensor_util::to_vec_f64(&state_distance(&a, &b));
-    for e in 0..4usize {
-        let want = a.iter().zip(&b).map(|(x, y)| epcheck::tensor_util::to_vec_f64(&(x.get(e as i64) - y.get(e as i64)).abs())).flatten().fold(0.0f64, |m, v| if m.is_nan() || v.is_nan() { f64::NAN } else { m.max(v) });
-        assert!(got[e] == want || (got[e].is_nan() && want.is_nan()), "example {e}: {} vs {want}", got[e]);
+    for (e, &g) in got.iter().enumerate() {
+        let want = a.iter().zip(&b).flat_map(|(x, y)| epcheck::tensor_util::to_vec_f64(&(x.get(e as i64) - y.get(e as i64)).abs())).fold(0.0f64, |m, v| if m.is_nan() || v.is_nan() { f64::NAN } else { m.max(v) });
+        assert!(g == want || (g.is_nan() && want.is_nan()), "example {e}: {g} vs {want}");
     }
     assert!(got[2].is_nan() && !got[0].is_nan());
 }

@@ -331,7 +331,11 @@ impl Model {
         }
         let mut u = acc.unwrap_or_else(|| s[k].zeros_like());
         if k == self.output && !beta.is_zero() {
-            u = u - beta.scale(self.loss.grad(&s[k], &batch.y_onehot));
+            // Out of place on purpose: `u -= …` would write into u, which may be a bias view or the shared cache.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                u = u - beta.scale(self.loss.grad(&s[k], &batch.y_onehot));
+            }
             owned = true;
         }
         let owned = owned && !u.requires_grad();
