@@ -69,7 +69,16 @@ impl DeviceChoice {
                     Err(Error::Device("--device cuda requested but CUDA is not available to libtorch".into()))
                 }
             }
-            DeviceChoice::Auto => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+            DeviceChoice::Auto => {
+                let cuda = tch::Cuda::is_available();
+                // Says which device it picked (stderr, once per instance).
+                if cuda {
+                    eprintln!("[epcheck] --device auto: CUDA is available ({} device(s)), using cuda:0", tch::Cuda::device_count());
+                } else {
+                    eprintln!("[epcheck] --device auto: CUDA is not available to libtorch, using cpu");
+                }
+                Ok(if cuda { Device::Cuda(0) } else { Device::Cpu })
+            }
         }
     }
 }

@@ -4,7 +4,6 @@ mod common;
 use common::*;
 use epcheck::estimators::ep_holomorphic::{self as holo, HoloOptions, HoloSchedule};
 use epcheck::estimators::{self, bptt, ep_centered, ep_one_sided, fd, implicit, Estimator, PhaseLengths};
-use epcheck::model::Batch;
 use tch::{Kind, Tensor};
 
 #[test]

@@ -4,7 +4,7 @@
 //! `carry` goes around the circle, each point starting from the previous point's final state.
 use super::{Gradient, PhaseLengths};
 use crate::model::{Batch, Beta, Model, State};
-use crate::relax::{relax_nudged, state_distance, RelaxOptions};
+use crate::relax::{relax_nudged, relax_stacked, state_distance, RelaxOptions};
 use crate::tensor_util::{complex_kind, to_vec_f64};
 use crate::{Error, Result};
 use tch::{Kind, Tensor};
@@ -177,12 +177,14 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
                     re_t
                 };
                 let beta = Beta::Rows(rows.reshape([nb * b, 1]));
-                let ph = relax_nudged(model, &pc, &cb, &init, &beta, &opts);
-                iters = iters.max(ph.iters);
-                let next = tch::no_grad(|| model.step_nudged(&pc, &cb, &ph.state, &beta, false));
-                let res = to_vec_f64(&state_distance(&next, &ph.state));
+                // Each point is its own phase: with `tol` it stops when all of its rows are below tol.
+                let phs = relax_stacked(model, &pc, &cb, &init, &beta, &vec![b; set.len()], &opts);
+                iters = iters.max(phs.iter().map(|ph| ph.iters).max().unwrap_or(0));
+                let state: State = (0..s0.len()).map(|l| Tensor::cat(&phs.iter().map(|ph| ph.state[l].shallow_clone()).collect::<Vec<_>>(), 0)).collect();
+                let next = tch::no_grad(|| model.step_nudged(&pc, &cb, &state, &beta, false));
+                let res = to_vec_f64(&state_distance(&next, &state));
                 for (j, &k) in set.iter().enumerate() {
-                    let sl: State = ph.state.iter().map(|t| t.narrow(0, j as i64 * b, b)).collect();
+                    let sl: State = phs[j].state.iter().map(|t| t.shallow_clone()).collect();
                     if sl.iter().any(|t| !crate::tensor_util::all_finite(t)) {
                         return Err(Error::NonFinite(format!("state of holomorphic point k = {k} (β_k = {:.4}{:+.4}i)", pts[k].0, pts[k].1)));
                     }

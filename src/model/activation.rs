@@ -112,6 +112,27 @@ impl Activation {
         }
     }
 
+    /// σ(u) on a drive that nothing else references, computed in place (the relaxation loop's update: no new
+    /// buffer per layer and iteration). Same operations in the same order as [`Activation::apply`].
+    pub fn apply_owned(self, mut u: Tensor) -> Tensor {
+        if crate::tensor_util::is_complex(u.kind()) {
+            return self.apply(&u);
+        }
+        let _ = match self {
+            Activation::Identity => return u,
+            Activation::Tanh => u.tanh_(),
+            Activation::Sigmoid => u.sigmoid_(),
+            Activation::Logistic4 => u.g_sub_scalar_(0.5).g_mul_scalar_(-4.0).exp_().g_add_scalar_(1.0).reciprocal_(),
+            Activation::HardSigmoid => u.clamp_(0.0, 1.0),
+            Activation::HardSigmoid2u => u.g_mul_scalar_(2.0).g_sub_scalar_(1.0).hardtanh_().g_add_scalar_(1.0).g_mul_scalar_(0.5),
+            Activation::MyHardSig => u.g_sub_scalar_(1.0).hardtanh_().g_add_scalar_(1.0).g_mul_scalar_(0.5),
+            Activation::CtrdHardSig => u.g_mul_scalar_(2.0).hardtanh_().g_mul_scalar_(0.5),
+            Activation::Relu6 => u.clamp_(0.0, 6.0),
+            Activation::ReluAlpha(a) => u.relu_().clamp_max_(a),
+        };
+        u
+    }
+
     /// σ′(u) with the kink convention of conventions §6 (closed for `hard_sigmoid`, open elsewhere).
     pub fn derivative(self, u: &Tensor) -> Tensor {
         match self {

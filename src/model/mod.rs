@@ -305,19 +305,46 @@ impl Model {
 
     /// The drive with an optional cache of the constant parts (from [`Model::constant_drives`]).
     pub fn drive_cached(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], k: usize, beta: &Beta, cache: Option<&[Option<Tensor>]>) -> Tensor {
+        self.drive_owned(p, batch, s, k, beta, cache).0
+    }
+
+    /// The drive and whether it is a fresh tensor that nothing else references (then the update may overwrite
+    /// it). A term's drive may be a view of a parameter (a bias) and the cache is shared, so the first sum is
+    /// out of place and the further ones add in place into that sum. Nothing is done in place while autograd
+    /// records (BPTT by autograd, the autograd step VJP): saved tensors must keep their values.
+    fn drive_owned(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], k: usize, beta: &Beta, cache: Option<&[Option<Tensor>]>) -> (Tensor, bool) {
         let mut acc = cache.and_then(|c| c[k].as_ref().map(|t| t.shallow_clone()));
+        let mut owned = false;
         for &(ti, si) in &self.incidence[k] {
             if cache.is_some() && self.is_constant_drive(ti, si) {
                 continue;
             }
             let t = self.terms[ti].as_ref();
-            accumulate(&mut acc, t.drive(p, &self.slot_states(t, batch, s), si));
+            let d = t.drive(p, &self.slot_states(t, batch, s), si);
+            acc = Some(match acc {
+                // (Same dtype only: a real partial sum (bias + input drives) promotes to complex out of place.)
+                Some(mut a) if owned && a.kind() == d.kind() && !a.requires_grad() && !d.requires_grad() => {
+                    let _ = a.g_add_(&d);
+                    a
+                }
+                Some(a) => {
+                    owned = true;
+                    a + d
+                }
+                None => d,
+            });
         }
         let mut u = acc.unwrap_or_else(|| s[k].zeros_like());
         if k == self.output && !beta.is_zero() {
-            u = u - beta.scale(self.loss.grad(&s[k], &batch.y_onehot));
+            // Out of place on purpose: `u -= …` would write into u, which may be a bias view or the shared cache.
+            #[allow(clippy::assign_op_pattern)]
+            {
+                u = u - beta.scale(self.loss.grad(&s[k], &batch.y_onehot));
+            }
+            owned = true;
         }
-        u
+        let owned = owned && !u.requires_grad();
+        (u, owned)
     }
 
     /// Drives of every layer, by autograd of Σ_b Φ_β,b (an independent path to the analytic drives).
@@ -366,14 +393,17 @@ impl Model {
     pub fn step_cached(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: &Beta, autograd_drives: bool, cache: Option<&[Option<Tensor>]>) -> State {
         let mut cur: State = s.iter().map(|t| t.shallow_clone()).collect();
         for group in &self.schedule.groups {
-            let us: Vec<Tensor> = if autograd_drives {
+            let us: Vec<(Tensor, bool)> = if autograd_drives {
                 let all = self.drives_autograd(p, batch, &cur, beta.real());
-                group.iter().map(|&k| all[k].shallow_clone()).collect()
+                group.iter().map(|&k| (all[k].shallow_clone(), false)).collect()
             } else {
-                group.iter().map(|&k| self.drive_cached(p, batch, &cur, k, beta, cache)).collect()
+                group.iter().map(|&k| self.drive_owned(p, batch, &cur, k, beta, cache)).collect()
             };
-            for (&k, u) in group.iter().zip(us) {
-                cur[k] = self.activate(k, batch, &u);
+            for (&k, (u, owned)) in group.iter().zip(us) {
+                cur[k] = match self.update_map(k) {
+                    None if owned => self.layers[k].activation.apply_owned(u),
+                    _ => self.activate(k, batch, &u),
+                };
             }
         }
         cur
