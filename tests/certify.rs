@@ -266,6 +266,25 @@ fn verify_shipped_suite_passes_and_writes_junit() {
     assert_eq!(entries(&out), 2, "one run folder per instance (seeded + conformance)");
 }
 
+/// `epcheck verify verify/` exactly as CI certifies: every shipped suite (every preset at tiny size and a custom
+/// graph) passes, one PASS line per check, the closing count, and a JUnit file without failures.
+#[test]
+fn verify_folder_every_suite_passes() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("runs");
+    let t0 = std::time::Instant::now();
+    let (code, stdout, stderr) = epcheck(&["verify", root().join("verify").to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let pass = stdout.lines().filter(|l| l.starts_with("PASS ")).count();
+    assert!(stdout.contains(&format!("{pass} passed, 0 failed")), "{stdout}");
+    for suite in ["p-mlp", "hopfield-resnet13", "vgg5-dchn", "imdb-hopfield", "snli-hopfield", "graph"] {
+        assert!(stdout.lines().any(|l| l.starts_with(&format!("PASS {suite}/"))), "no PASS line for suite {suite}:\n{stdout}");
+    }
+    let xml = std::fs::read_to_string(out.join("junit.xml")).unwrap();
+    assert!(!xml.contains("<failure") && !xml.contains("<error"), "JUnit has failures");
+    println!("epcheck verify verify/: {pass} checks passed in {:.1} s", t0.elapsed().as_secs_f64());
+}
+
 fn suite(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, body).unwrap();
