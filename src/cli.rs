@@ -402,25 +402,8 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             let inst = b.common.instance(extra)?;
             let cfg = &inst.cfg;
-            let bc = &cfg.checks.bias;
             crate::progress::start("bias");
-            let o = crate::checks::bias::BiasOptions {
-                grid: bc.grid.clone(),
-                n_list: bc.n.clone(),
-                reference: bc.reference.clone(),
-                until_tol: bc.nudge == "until_tol",
-                k_fixed: cfg.k_nudge,
-                t_free: cfg.t_free,
-                tol: cfg.converge_tol(),
-                nudge_tol: cfg.implicit_options().star_tol.min(cfg.converge_tol()),
-                max_iter: 10_000,
-                consistency_max: bc.consistency_max,
-                slope_tol: bc.slope_tol,
-                r2_min: bc.r2_min,
-                err_max: bc.err_max,
-                floor_factor: bc.floor_factor,
-                holo: cfg.holo_options(cfg.holo_points),
-            };
+            let o = crate::checks::bias::BiasOptions::from_config(cfg);
             let rep = crate::checks::bias::run(&inst, &o)?;
             finish(&b.common, "bias", &inst, vec![rep])
         }
@@ -435,16 +418,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let inst = r.common.instance(extra)?;
             let cfg = &inst.cfg;
             crate::progress::start("refs");
-            let o = crate::checks::refs::RefsOptions {
-                t_free: cfg.t_free,
-                k: cfg.k_nudge,
-                fd_tol: cfg.checks.refs.fd_tol,
-                n_dir: cfg.checks.refs.n_dir,
-                h: cfg.checks.refs.h,
-                h_select: cfg.checks.refs.h_select,
-                mode_converged: cfg.checks.refs.fd_mode == "converged",
-                seed: cfg.seed,
-            };
+            let o = crate::checks::refs::RefsOptions::from_config(cfg);
             let rep = crate::checks::refs::run(&inst, &o)?;
             finish(&r.common, "refs", &inst, vec![rep])
         }

@@ -266,42 +266,8 @@ pub fn run_check(name: &str, inst: &Instance) -> Result<CheckReport> {
             let beta = if g.mode == "theorem" { g.beta } else { cfg.beta };
             gdu::run(inst, &gdu::GduOptions::from_config(cfg, beta))
         }
-        "bias" => {
-            let bc = &cfg.checks.bias;
-            bias::run(
-                inst,
-                &bias::BiasOptions {
-                    grid: bc.grid.clone(),
-                    n_list: bc.n.clone(),
-                    reference: bc.reference.clone(),
-                    until_tol: bc.nudge == "until_tol",
-                    k_fixed: cfg.k_nudge,
-                    t_free: cfg.t_free,
-                    tol: cfg.converge_tol(),
-                    nudge_tol: cfg.implicit_options().star_tol.min(cfg.converge_tol()),
-                    max_iter: 10_000,
-                    consistency_max: bc.consistency_max,
-                    slope_tol: bc.slope_tol,
-                    r2_min: bc.r2_min,
-                    err_max: bc.err_max,
-                    floor_factor: bc.floor_factor,
-                    holo: cfg.holo_options(cfg.holo_points),
-                },
-            )?
-        }
-        "refs" => refs::run(
-            inst,
-            &refs::RefsOptions {
-                t_free: cfg.t_free,
-                k: cfg.k_nudge,
-                fd_tol: cfg.checks.refs.fd_tol,
-                n_dir: cfg.checks.refs.n_dir,
-                h: cfg.checks.refs.h,
-                h_select: cfg.checks.refs.h_select,
-                mode_converged: cfg.checks.refs.fd_mode == "converged",
-                seed: cfg.seed,
-            },
-        )?,
+        "bias" => bias::run(inst, &bias::BiasOptions::from_config(cfg))?,
+        "refs" => refs::run(inst, &refs::RefsOptions::from_config(cfg))?,
         other => return Err(Error::Config(format!("unknown check '{other}'"))),
     })
 }

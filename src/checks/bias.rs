@@ -35,6 +35,30 @@ pub struct BiasOptions {
     pub holo: HoloOptions,
 }
 
+impl BiasOptions {
+    /// The options of `checks.bias` and the run's phase lengths and tolerances.
+    pub fn from_config(cfg: &crate::config::RunConfig) -> BiasOptions {
+        let bc = &cfg.checks.bias;
+        BiasOptions {
+            grid: bc.grid.clone(),
+            n_list: bc.n.clone(),
+            reference: bc.reference.clone(),
+            until_tol: bc.nudge == "until_tol",
+            k_fixed: cfg.k_nudge,
+            t_free: cfg.t_free,
+            tol: cfg.converge_tol(),
+            nudge_tol: cfg.implicit_options().star_tol.min(cfg.converge_tol()),
+            max_iter: 10_000,
+            consistency_max: bc.consistency_max,
+            slope_tol: bc.slope_tol,
+            r2_min: bc.r2_min,
+            err_max: bc.err_max,
+            floor_factor: bc.floor_factor,
+            holo: cfg.holo_options(cfg.holo_points),
+        }
+    }
+}
+
 /// One (estimator, N, β) estimate with what decides whether it is conclusive.
 struct Point {
     est: String,

@@ -21,6 +21,14 @@ pub struct RefsOptions {
     pub seed: u64,
 }
 
+impl RefsOptions {
+    /// The options of `checks.refs` and the run's phase lengths.
+    pub fn from_config(cfg: &crate::config::RunConfig) -> RefsOptions {
+        let r = &cfg.checks.refs;
+        RefsOptions { t_free: cfg.t_free, k: cfg.k_nudge, fd_tol: r.fd_tol, n_dir: r.n_dir, h: r.h, h_select: r.h_select, mode_converged: r.fd_mode == "converged", seed: cfg.seed }
+    }
+}
+
 /// Scopes `tensor`, `layer_group` and `total`: (scope, name, flattened values) for a gradient.
 pub fn scopes(inst: &Instance, g: &[Tensor]) -> Vec<(String, String, Vec<f64>)> {
     let mut out: Vec<(String, String, Vec<f64>)> = inst.model.params.iter().zip(g).map(|(s, t)| ("tensor".into(), s.name.clone(), to_vec_f64(t))).collect();
