@@ -98,3 +98,16 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
 pub fn absmax(t: &Tensor) -> f64 {
     scalar_f64(&t.abs().max())
 }
+
+/// The global norm ‖(‖t_i‖₂)_i‖₂ of a list of tensors, reduced on their device (one host read), in f64.
+pub fn global_norm(ts: &[Tensor]) -> f64 {
+    let mut acc: Option<Tensor> = None;
+    for t in ts {
+        let sq = t.detach().to_kind(Kind::Double).square().sum(Kind::Double);
+        acc = Some(match acc {
+            Some(a) => a + sq,
+            None => sq,
+        });
+    }
+    acc.map(|a| a.double_value(&[]).sqrt()).unwrap_or(0.0)
+}

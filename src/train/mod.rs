@@ -185,7 +185,7 @@ impl<'a> Trainer<'a> {
         let (g, n, factor) = match self.cfg.train.grad_clip_norm {
             Some(c) => optim::clip_global_norm(&g, c),
             None => {
-                let n = g.iter().map(|t| crate::tensor_util::norm2(t).powi(2)).sum::<f64>().sqrt();
+                let n = crate::tensor_util::global_norm(&g);
                 (g, n, 1.0)
             }
         };

@@ -111,7 +111,7 @@ impl Optimizer {
 /// Global-norm clip (conv-hopfield.md §6.1): N = ‖(‖g_p‖₂)_p‖₂; when N > max, every g_p is multiplied by
 /// max/(N + 1e-6). Returns (clipped, N, factor).
 pub fn clip_global_norm(g: &[Tensor], max: f64) -> (Vec<Tensor>, f64, f64) {
-    let n = g.iter().map(|t| crate::tensor_util::norm2(t).powi(2)).sum::<f64>().sqrt();
+    let n = crate::tensor_util::global_norm(g);
     if n > max {
         let f = max / (n + 1e-6);
         (g.iter().map(|t| t * f).collect(), n, f)
