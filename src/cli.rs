@@ -1,6 +1,6 @@
 //! The command line: a thin layer over the library. Exit codes: 0 = the run completed and no scored scope
 //! failed, 1 = a check failed, 2 = the run could not be done (bad input, error verdict); errors are one line.
-use crate::checks::{self, converge, gdu, Verdict};
+use crate::checks::{self, gdu, Verdict};
 use crate::config::{parse_set, RunConfig};
 use crate::estimators::{Estimator, PhaseLengths};
 use crate::instance::Instance;
@@ -324,25 +324,18 @@ pub fn finish(common: &Common, command: &str, inst: &Instance, reports: Vec<chec
     Ok(code)
 }
 
+/// A check whose options all come from the resolved configuration: one instance, the check as
+/// `epcheck verify` runs it ([`crate::verify::run_check`]), one report.
+fn check_command(c: &Common, name: &str, extra: toml::Table) -> Result<i32> {
+    let inst = c.instance(extra)?;
+    crate::progress::start(name);
+    let rep = crate::verify::run_check(name, &inst)?;
+    finish(c, name, &inst, vec![rep])
+}
+
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Converge(c) => {
-            let inst = c.instance(toml::Table::new())?;
-            crate::progress::start("converge");
-            let cfg = &inst.cfg;
-            let o = converge::ConvergeOptions {
-                t_free: cfg.t_free,
-                k_nudge: cfg.k_nudge,
-                beta: cfg.beta,
-                tol: cfg.converge_tol(),
-                power_iters: cfg.checks.converge.power_iters,
-                require_contraction: cfg.checks.converge.require_contraction,
-                phases: cfg.checks.converge.phases.clone(),
-                seed: cfg.seed,
-            };
-            let rep = converge::run(&inst, &o);
-            finish(&c, "converge", &inst, vec![rep])
-        }
+        Command::Converge(c) => check_command(&c, "converge", toml::Table::new()),
         Command::Estimate(c) => {
             let inst = c.instance(toml::Table::new())?;
             let est = Estimator::parse(&inst.cfg.estimator)?;
@@ -400,12 +393,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             if let Some(r) = &b.nudge {
                 crate::config::merge(&mut extra, parse_set(&format!("checks.bias.nudge=\"{r}\""))?);
             }
-            let inst = b.common.instance(extra)?;
-            let cfg = &inst.cfg;
-            crate::progress::start("bias");
-            let o = crate::checks::bias::BiasOptions::from_config(cfg);
-            let rep = crate::checks::bias::run(&inst, &o)?;
-            finish(&b.common, "bias", &inst, vec![rep])
+            check_command(&b.common, "bias", extra)
         }
         Command::Refs(r) => {
             let mut extra = toml::Table::new();
@@ -415,27 +403,12 @@ pub fn run(cli: Cli) -> Result<i32> {
             if let Some(m) = &r.fd_mode {
                 crate::config::merge(&mut extra, parse_set(&format!("checks.refs.fd_mode=\"{m}\""))?);
             }
-            let inst = r.common.instance(extra)?;
-            let cfg = &inst.cfg;
-            crate::progress::start("refs");
-            let o = crate::checks::refs::RefsOptions::from_config(cfg);
-            let rep = crate::checks::refs::run(&inst, &o)?;
-            finish(&r.common, "refs", &inst, vec![rep])
+            check_command(&r.common, "refs", extra)
         }
         Command::Train(t) => run_train(t),
         Command::Weights(w) => run_weights(w),
-        Command::Local(c) => {
-            let inst = c.instance(toml::Table::new())?;
-            crate::progress::start("local");
-            let rep = crate::checks::local::run(&inst, &crate::checks::local::LocalOptions::from_config(&inst.cfg));
-            finish(&c, "local", &inst, vec![rep])
-        }
-        Command::Audit(c) => {
-            let inst = c.instance(toml::Table::new())?;
-            crate::progress::start("audit");
-            let rep = crate::checks::audit::run(&inst, &crate::checks::audit::AuditOptions::from_config(&inst.cfg));
-            finish(&c, "audit", &inst, vec![rep])
-        }
+        Command::Local(c) => check_command(&c, "local", toml::Table::new()),
+        Command::Audit(c) => check_command(&c, "audit", toml::Table::new()),
         Command::Compare(a) => crate::checks::conformance::command(a),
         Command::Verify(v) => crate::verify::command(v),
         Command::Preset(a) => run_preset(a),

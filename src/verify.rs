@@ -246,19 +246,7 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
 pub fn run_check(name: &str, inst: &Instance) -> Result<CheckReport> {
     let cfg = &inst.cfg;
     Ok(match name {
-        "converge" => converge::run(
-            inst,
-            &converge::ConvergeOptions {
-                t_free: cfg.t_free,
-                k_nudge: cfg.k_nudge,
-                beta: cfg.beta,
-                tol: cfg.converge_tol(),
-                power_iters: cfg.checks.converge.power_iters,
-                require_contraction: cfg.checks.converge.require_contraction,
-                phases: cfg.checks.converge.phases.clone(),
-                seed: cfg.seed,
-            },
-        ),
+        "converge" => converge::run(inst, &converge::ConvergeOptions::from_config(cfg)),
         "local" => local::run(inst, &local::LocalOptions::from_config(cfg)),
         "audit" => audit::run(inst, &audit::AuditOptions::from_config(cfg)),
         "gdu" => {
@@ -388,7 +376,12 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
         let mut ts = quick_junit::TestSuite::new(suite.name.as_str());
         ts.add_property(quick_junit::Property::new("file", suite.path.display().to_string()));
         let t_suite = Instant::now();
-        let emit = |rep: &CheckReport, dt: Duration, ts: &mut quick_junit::TestSuite| {
+        // The cos gate, the JUnit cases and the PASS/FAIL line of one report; true when it passed.
+        let emit = |rep: &mut CheckReport, cos_min: Option<f64>, dt: Duration, ts: &mut quick_junit::TestSuite| {
+            if let Some(cm) = cos_min {
+                apply_cos_gate(rep, cm);
+            }
+            crate::progress::finish();
             ts.add_test_cases(junit_cases(rep, dt));
             let ok = matches!(rep.overall, Verdict::Pass | Verdict::Info);
             let line = if ok {
@@ -412,11 +405,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
                         Ok(r) => r,
                         Err(e) => error_report(&c.name, &inst, &e),
                     };
-                    if let Some(cm) = c.cos_min {
-                        apply_cos_gate(&mut rep, cm);
-                    }
-                    crate::progress::finish();
-                    if emit(&rep, t0.elapsed(), &mut ts) {
+                    if emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts) {
                         passed += 1;
                     } else {
                         failed += 1;
@@ -445,11 +434,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
                 Ok(r) => r,
                 Err(e) => error_report("conformance", &case.inst, &e),
             };
-            if let Some(cm) = c.cos_min {
-                apply_cos_gate(&mut rep, cm);
-            }
-            crate::progress::finish();
-            if emit(&rep, t0.elapsed(), &mut ts) {
+            if emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts) {
                 passed += 1;
             } else {
                 failed += 1;

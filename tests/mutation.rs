@@ -158,25 +158,7 @@ fn gdu_opts(inst: &Instance) -> gdu::GduOptions {
 }
 
 fn bias_opts(inst: &Instance) -> bias::BiasOptions {
-    let cfg = &inst.cfg;
-    let bc = &cfg.checks.bias;
-    bias::BiasOptions {
-        grid: bc.grid.clone(),
-        n_list: bc.n.clone(),
-        reference: bc.reference.clone(),
-        until_tol: true,
-        k_fixed: cfg.k_nudge,
-        t_free: cfg.t_free,
-        tol: cfg.converge_tol(),
-        nudge_tol: cfg.implicit_options().star_tol.min(cfg.converge_tol()),
-        max_iter: 10_000,
-        consistency_max: bc.consistency_max,
-        slope_tol: bc.slope_tol,
-        r2_min: bc.r2_min,
-        err_max: bc.err_max,
-        floor_factor: bc.floor_factor,
-        holo: cfg.holo_options(cfg.holo_points),
-    }
+    bias::BiasOptions { until_tol: true, ..bias::BiasOptions::from_config(&inst.cfg) }
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -23,6 +23,23 @@ pub struct ConvergeOptions {
     pub seed: u64,
 }
 
+impl ConvergeOptions {
+    /// The options of `checks.converge` and the run's phase lengths, β and seed.
+    pub fn from_config(cfg: &crate::config::RunConfig) -> ConvergeOptions {
+        let c = &cfg.checks.converge;
+        ConvergeOptions {
+            t_free: cfg.t_free,
+            k_nudge: cfg.k_nudge,
+            beta: cfg.beta,
+            tol: cfg.converge_tol(),
+            power_iters: c.power_iters,
+            require_contraction: c.require_contraction,
+            phases: c.phases.clone(),
+            seed: cfg.seed,
+        }
+    }
+}
+
 /// Per-example results of one phase.
 pub struct PhaseCertificate {
     pub name: String,
