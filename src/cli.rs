@@ -481,7 +481,7 @@ fn run_train(t: TrainArgs) -> Result<i32> {
     let mut data = crate::train::datasets::open(cfg, &inst.model)?;
     data.check_model(&inst.model)?;
     if !bp {
-        crate::train::validate(cfg, &inst.model, inst.prec)?;
+        crate::train::validate(cfg, &inst.model)?;
     }
     let dir = if t.resume.is_some() {
         dir

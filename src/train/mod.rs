@@ -113,15 +113,9 @@ pub struct Trainer<'a> {
 
 impl<'a> Trainer<'a> {
     pub fn new(cfg: &'a RunConfig, model: &'a Model, params: Vec<Tensor>, prec: Precision) -> Result<Self> {
-        let estimator = Estimator::parse(&cfg.estimator)?;
-        if estimator == Estimator::EpHolomorphic {
-            ep_holomorphic::preflight(model)?;
-        }
-        let t = &cfg.train;
-        let n = params.len();
-        let lr0 = per_tensor_rates(model, &t.lr)?;
-        let kind = optim::Kind::parse(&t.optimizer, t.momentum, t.nesterov)?;
-        Ok(Trainer { cfg, model, prec, params, opt: optim::Optimizer::new(kind, t.weight_decay, n), estimator, lr0, warm: None })
+        let (estimator, lr0, kind) = setup(cfg, model)?;
+        let opt = optim::Optimizer::new(kind, cfg.train.weight_decay, params.len());
+        Ok(Trainer { cfg, model, prec, params, opt, estimator, lr0, warm: None })
     }
 
     fn len(&self) -> PhaseLengths {
@@ -215,9 +209,19 @@ impl<'a> Trainer<'a> {
 
 /// Checks a training configuration against the model before anything is written (estimator, optimiser, one rate
 /// or one per tensor).
-pub fn validate(cfg: &RunConfig, model: &Model, prec: Precision) -> Result<()> {
-    let params: Vec<Tensor> = model.params.iter().map(|p| Tensor::zeros(&p.shape[..], prec.opts())).collect();
-    Trainer::new(cfg, model, params, prec).map(|_| ())
+pub fn validate(cfg: &RunConfig, model: &Model) -> Result<()> {
+    setup(cfg, model).map(|_| ())
+}
+
+/// What a training configuration resolves to for a model: the estimator (holomorphic EP preflighted), the base
+/// rate of every tensor, the optimiser kind.
+fn setup(cfg: &RunConfig, model: &Model) -> Result<(Estimator, Vec<f64>, optim::Kind)> {
+    let estimator = Estimator::parse(&cfg.estimator)?;
+    if estimator == Estimator::EpHolomorphic {
+        ep_holomorphic::preflight(model)?;
+    }
+    let t = &cfg.train;
+    Ok((estimator, per_tensor_rates(model, &t.lr)?, optim::Kind::parse(&t.optimizer, t.momentum, t.nesterov)?))
 }
 
 /// The base rate of every parameter tensor from `train.lr`: one rate for all; one per tensor in canonical
