@@ -84,11 +84,21 @@ pub fn repeat_batch(t: &Tensor, reps: i64) -> Tensor {
 }
 
 /// a·b where either side may be complex and the other real (holomorphic EP keeps θ and x real and only the
-/// states complex): a mixed product is two real products, never a complex GEMM with zero imaginary parts.
+/// states complex): a mixed product is ONE real GEMM, never a complex GEMM with zero imaginary parts.
+/// * complex (…, n) × real (n, m): the (re, im) planes of a as 2× the rows, (2, …, n)·(n, m), interleaved back;
+/// * real (…, n) × complex (n, m): b's (m, 2) pairs as 2m columns, (…, n)·(n, 2m), which is already the
+///   interleaved result.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
     match (is_complex(a.kind()), is_complex(b.kind())) {
-        // (…, n) complex × (n, m) real as ONE real GEMM over the stacked (re, im) rows.
-        (true, false) => a.view_as_real().transpose(-1, -2).matmul(b).transpose(-1, -2).contiguous().view_as_complex(),
+        (true, false) => a.view_as_real().movedim(-1, 0).matmul(b).movedim(0, -1).contiguous().view_as_complex(),
+        (false, true) if b.dim() == 2 => {
+            let (n, m) = (b.size()[0], b.size()[1]);
+            let out = a.matmul(&b.view_as_real().reshape([n, 2 * m]));
+            let mut shape = out.size();
+            shape.pop();
+            shape.extend([m, 2]);
+            out.reshape(shape.as_slice()).view_as_complex()
+        }
         (false, true) => Tensor::complex(&a.matmul(&b.real()), &a.matmul(&b.imag())),
         _ => a.matmul(b),
     }

@@ -469,3 +469,10 @@ fn total_energy_is_finite_along_the_free_phase_and_converge_passes() {
         assert_eq!(viol, 0.0, "{preset}: 𝓕 increased along a parity chain");
     }
 }
+
+#[test]
+fn weighted_param_derivative_on_attention_presets() {
+    for preset in PRESETS {
+        check_weighted_derivative(&tiny_seq(preset, |_| {}), false);
+    }
+}

@@ -270,3 +270,11 @@ fn structural_max_pool_ties_are_counted() {
     let expect = (Tensor::arange(4, (Kind::Int64, Device::Cpu)).reshape([4, 1]) * 2 * w + Tensor::arange(4, (Kind::Int64, Device::Cpu)).reshape([1, 4]) * 2).expand([2, 4, 4, 4], false);
     assert!(ties[1].2.equal(&expect), "first-index argmax on tied windows");
 }
+
+#[test]
+fn weighted_param_derivative_on_conv_nets() {
+    // Centered and one-sided EP take f through the weighted path: conv, pooled conv (linear in its post slot,
+    // argmax from pre), skips and dense heads.
+    check_weighted_derivative(&resnet(8, |_| {}), false);
+    check_weighted_derivative(&vgg(|_| {}), false);
+}

@@ -5,7 +5,7 @@
 //! one β per row (+β on the first B rows, −β on the last B), split afterwards ([`NudgedPhases::Batched`]).
 //! Rows do not interact, so this equals the two phases run one after the other ([`NudgedPhases::Sequential`]),
 //! including `tol` early exit, which stays per phase (each phase stops when all of its rows are below tol).
-use super::{nudged_phase, two_point, Gradient, PhaseLengths};
+use super::{nudged_phase, two_point_states, Gradient, PhaseLengths};
 use crate::model::{Batch, Beta, Model};
 use crate::relax::{relax_stacked, Phase, RelaxOptions};
 use crate::tensor_util::repeat_batch;
@@ -31,9 +31,8 @@ pub fn estimate_with(model: &Model, p: &[Tensor], batch: &Batch, free: &Phase, b
         NudgedPhases::Sequential => (nudged_phase(model, p, batch, free, beta, len), nudged_phase(model, p, batch, free, -beta, len)),
         NudgedPhases::Batched => nudged_pair(model, p, batch, &free.state, beta, &RelaxOptions { iters: len.k_nudge, tol: len.tol, no_trace: true, ..Default::default() }),
     };
-    let fp = model.param_derivative(p, batch, &plus.state);
-    let fm = model.param_derivative(p, batch, &minus.state);
-    (Gradient { key: "ep_centered".into(), beta: Some(beta), tensors: two_point(&fm, -beta, &fp, beta) }, plus, minus)
+    let g = two_point_states(model, p, batch, &minus.state, -beta, &plus.state, beta);
+    (Gradient { key: "ep_centered".into(), beta: Some(beta), tensors: g }, plus, minus)
 }
 
 /// The +β and −β phases from `s0` as one relaxation over the batch stacked twice (rows 0..B at +β, B..2B at

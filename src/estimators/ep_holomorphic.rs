@@ -110,10 +110,6 @@ fn stacked_batch(batch: &Batch, reps: i64) -> Batch {
     Batch { x: batch.x.iter().map(cat).collect(), y: cat(&batch.y), y_onehot: cat(&batch.y_onehot) }
 }
 
-fn narrow_batch(batch: &Batch, start: i64, len: i64) -> Batch {
-    Batch { x: batch.x.iter().map(|x| x.narrow(0, start, len)).collect(), y: batch.y.narrow(0, start, len), y_onehot: batch.y_onehot.narrow(0, start, len) }
-}
-
 /// f_k = ∂Φ̄/∂θ at a complex state (θ-independent loss): the local forms with plain products, or autograd
 /// with the conjugation recipe of §3.8.
 fn f_complex(model: &Model, pc: &[Tensor], batch: &Batch, s: &[Tensor], autograd: bool) -> Vec<Tensor> {
@@ -140,10 +136,9 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
     let pc: Vec<Tensor> = p.iter().map(|t| t.shallow_clone()).collect();
     let pts = points(o.n, r);
     let b = batch.size();
-    let f0: Vec<Tensor> = model.param_derivative(p, batch, s0);
     let opts = RelaxOptions { iters: len.k_nudge, tol: len.tol, no_trace: true, ..Default::default() };
     let nf = o.n as f64;
-    // τ accumulation: Λ (complex) = Σ_k w_k τ_k, with τ_k = −(f_k − f0)/β_k.
+    // Λ (complex) = Σ_k w_k τ_k, with τ_k = −(f_k − f(0))/β_k.
     let mut lambda: Vec<Option<Tensor>> = (0..p.len()).map(|_| None).collect();
     let mut add = |tau: Vec<Tensor>, w: f64| {
         for (acc, t) in lambda.iter_mut().zip(tau) {
@@ -160,6 +155,7 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
             // Points on the real axis (β = ±r) run in the real dtype, the others in the complex dtype; each
             // set is ONE relaxation with its points folded into the batch axis (one β per row).
             let (real_ks, cplx_ks): (Vec<usize>, Vec<usize>) = ks.iter().partition(|&&k| pts[k].1 == 0.0);
+            let mut finals: Vec<(usize, State)> = vec![];
             for (set, complex) in [(real_ks, false), (cplx_ks, true)] {
                 if set.is_empty() {
                     continue;
@@ -183,22 +179,50 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
                 let state: State = (0..s0.len()).map(|l| Tensor::cat(&phs.iter().map(|ph| ph.state[l].shallow_clone()).collect::<Vec<_>>(), 0)).collect();
                 let next = tch::no_grad(|| model.step_nudged(&pc, &cb, &state, &beta, false));
                 let res = to_vec_f64(&state_distance(&next, &state));
-                for (j, &k) in set.iter().enumerate() {
-                    let sl: State = phs[j].state.iter().map(|t| t.shallow_clone()).collect();
-                    if sl.iter().any(|t| !crate::tensor_util::all_finite(t)) {
+                for (j, (&k, ph)) in set.iter().zip(phs).enumerate() {
+                    if ph.state.iter().any(|t| !crate::tensor_util::all_finite(t)) {
                         return Err(Error::NonFinite(format!("state of holomorphic point k = {k} (β_k = {:.4}{:+.4}i)", pts[k].0, pts[k].1)));
                     }
                     let rk = res[j * b as usize..(j + 1) * b as usize].iter().cloned().fold(0.0, f64::max);
                     point_residuals.push((k, rk));
-                    let sub = narrow_batch(&cb, j as i64 * b, b);
-                    let fk: Vec<Tensor> = f_complex(model, &pc, &sub, &sl, o.autograd).into_iter().map(|t| t.to_kind(ck)).collect();
-                    let inv = complex_scalar(pts[k].0 / (r * r), -pts[k].1 / (r * r), real, dev); // 1/β_k = conj(β_k)/r²
-                    let tau: Vec<Tensor> = fk.iter().zip(&f0).map(|(f, z)| -(f - z) * &inv).collect();
-                    let w = if !o.shortcut || k == 0 || 2 * k == o.n { 1.0 / nf } else { 2.0 / nf };
-                    add(tau, w);
+                    finals.push((k, ph.state));
                 }
             }
             point_residuals.sort_by_key(|x| x.0);
+            // Λ = Σ_k w_k τ_k, τ_k = −(f_k − f(0))/β_k, as ONE weighted parameter derivative over the points'
+            // final states (the estimate is linear in the per-example terms, §3.3): coefficient −w_k/β_k =
+            // −w_k·conj(β_k)/r² on point k. For N ≥ 2, Σ_k w_k/β_k = 0 and the f(0) term is omitted (§3.3);
+            // for N = 1 it is the state s⁰ with coefficient +1/β_0. With the shortcut only Re Λ is formed.
+            let mut states: Vec<&[Tensor]> = vec![];
+            let mut coeffs: Vec<(f64, f64)> = vec![];
+            for (k, st) in &finals {
+                let w = if !o.shortcut || *k == 0 || 2 * k == o.n { 1.0 / nf } else { 2.0 / nf };
+                states.push(st);
+                coeffs.push((-w * pts[*k].0 / (r * r), w * pts[*k].1 / (r * r)));
+            }
+            if o.n == 1 {
+                states.push(s0);
+                coeffs.push((1.0 / pts[0].0, 0.0));
+            }
+            let lam = if o.autograd {
+                // The independent path: f_k of each point by autograd (with the Wirtinger conjugation), then
+                // the same combination.
+                let mut acc: Vec<Option<Tensor>> = (0..p.len()).map(|_| None).collect();
+                for (st, &(cr, ci)) in states.iter().zip(&coeffs) {
+                    let fk = f_complex(model, &pc, batch, st, true);
+                    let c = complex_scalar(cr, ci, real, dev);
+                    for (a, f) in acc.iter_mut().zip(fk) {
+                        crate::model::terms::accumulate(a, f.to_kind(ck) * &c);
+                    }
+                }
+                acc.into_iter().map(|t| t.expect("at least one point")).collect()
+            } else {
+                super::combine_f(model, &pc, batch, &states, &coeffs, o.shortcut)
+            };
+            for (acc, t) in lambda.iter_mut().zip(lam) {
+                // All points real (N ≤ 2): Λ is real and its imaginary part exactly 0.
+                *acc = Some(if crate::tensor_util::is_complex(t.kind()) || o.shortcut { t } else { t.to_kind(ck) });
+            }
         }
         HoloSchedule::Carry => {
             if o.n < 2 {

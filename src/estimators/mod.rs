@@ -81,6 +81,34 @@ pub fn two_point(f1: &[Tensor], beta1: f64, f2: &[Tensor], beta2: f64) -> Vec<Te
     f1.iter().zip(f2).map(|(a, b)| (b - a) * (-1.0 / (beta2 - beta1))).collect()
 }
 
+/// Σ_i c_i f(s_i) for states s_i of the same batch, c_i = (re, im): ONE weighted parameter derivative over the
+/// states stacked along the batch axis ([`Model::param_derivative_weighted`]) instead of one derivative per
+/// state. The states may mix real and complex dtypes (real ones are cast). `real_only` returns the real part.
+pub fn combine_f(model: &Model, p: &[Tensor], batch: &Batch, states: &[&[Tensor]], coeffs: &[(f64, f64)], real_only: bool) -> Vec<Tensor> {
+    assert_eq!(states.len(), coeffs.len());
+    let n = states.len() as i64;
+    let b = batch.size();
+    let complex = coeffs.iter().any(|c| c.1 != 0.0) || states.iter().any(|s| crate::tensor_util::is_complex(s[0].kind()));
+    let real = crate::tensor_util::real_kind(p[0].kind());
+    let kind = if complex { crate::tensor_util::complex_kind(real) } else { real };
+    let stacked: Vec<Tensor> = (0..states[0].len()).map(|l| Tensor::cat(&states.iter().map(|s| s[l].to_kind(kind)).collect::<Vec<_>>(), 0)).collect();
+    let dev = p[0].device();
+    let col = |part: fn(&(f64, f64)) -> f64| {
+        let v: Vec<f64> = coeffs.iter().flat_map(|c| std::iter::repeat_n(part(c) / b as f64, b as usize)).collect();
+        Tensor::from_slice(&v).to_kind(real).to_device(dev)
+    };
+    let w = if complex { Tensor::complex(&col(|c| c.0), &col(|c| c.1)) } else { col(|c| c.0) };
+    let sb = Batch { x: batch.x.iter().map(|x| crate::tensor_util::repeat_batch(x, n)).collect(), y: crate::tensor_util::repeat_batch(&batch.y, n), y_onehot: crate::tensor_util::repeat_batch(&batch.y_onehot, n) };
+    model.param_derivative_weighted(p, &sb, &stacked, &w, n, real_only)
+}
+
+/// The two-point form of [`two_point`] from the two states directly, as one weighted derivative
+/// ([`combine_f`]): −[f(s₂) − f(s₁)] / (β₂ − β₁).
+pub fn two_point_states(model: &Model, p: &[Tensor], batch: &Batch, s1: &[Tensor], beta1: f64, s2: &[Tensor], beta2: f64) -> Vec<Tensor> {
+    let c = 1.0 / (beta2 - beta1);
+    combine_f(model, p, batch, &[s1, s2], &[(c, 0.0), (-c, 0.0)], false)
+}
+
 /// Lengths of the phases of an estimate.
 #[derive(Clone, Copy, Debug)]
 pub struct PhaseLengths {

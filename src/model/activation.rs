@@ -235,10 +235,38 @@ fn complex_sigmoid(z: &Tensor) -> Tensor {
     num / (w + 1.0)
 }
 
-/// tanh on complex z as 1 − 2/(1 + exp(2z)), with Re z clamped to ±30 first: tanh(±30 + iy) = ±1 to double
-/// precision, and the clamp keeps exp away from a large positive real part (estimators §3.7). Six kernels
-/// instead of a select over two branches (the complex step is launch-bound on GPUs).
-fn complex_tanh(z: &Tensor) -> Tensor {
+/// tanh on complex z = x + iy. Two exact forms, by device (tests/holomorphic.rs checks both against each other,
+/// against libtorch's own complex tanh and at large |x|):
+/// * CPU, in real arithmetic: with E = exp(−2|x|) ∈ (0, 1],
+///   tanh z = [sign(x)(1 − E²) + 2iE sin 2y] / [1 + E² + 2E cos 2y]
+///   (the sinh/cosh form divided by e^{2|x|}: nothing overflows at any x, and |x| → ∞ gives ±1 + 0i).
+///   libtorch vectorises real exp, sin and cos but not complex exp: ≈ 1.8× faster than the form below, and
+///   ≈ 2.1× one real tanh, at 3 × 20 rows of 512 on one core.
+/// * CUDA: 1 − 2/(1 + exp(2z)) with Re z clamped to ±30 first (tanh(±30 + iy) = ±1 to double precision, and
+///   exp never sees a large positive real part, estimators §3.7): fewer kernels, and the GPU step is
+///   launch-bound.
+pub fn complex_tanh(z: &Tensor) -> Tensor {
+    if z.device().is_cuda() {
+        complex_tanh_exp(z)
+    } else {
+        complex_tanh_real(z)
+    }
+}
+
+/// The real-arithmetic form of [`complex_tanh`].
+pub fn complex_tanh_real(z: &Tensor) -> Tensor {
+    let x = z.real();
+    let y2 = z.imag() * 2.0;
+    let e = (x.abs() * -2.0).exp();
+    let e2 = e.square();
+    let den = (&e * y2.cos()).g_mul_scalar_(2.0).g_add_(&e2).g_add_scalar_(1.0);
+    let re = e2.neg().g_add_scalar_(1.0).g_mul_(&x.sign()).g_div_(&den);
+    let im = (e * y2.sin()).g_mul_scalar_(2.0).g_div_(&den);
+    Tensor::complex(&re, &im)
+}
+
+/// The exp form of [`complex_tanh`].
+pub fn complex_tanh_exp(z: &Tensor) -> Tensor {
     let zc = Tensor::complex(&z.real().clamp(-30.0, 30.0), &z.imag());
     ((zc * 2.0).exp() + 1.0).reciprocal() * -2.0 + 1.0
 }

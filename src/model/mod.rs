@@ -426,6 +426,72 @@ impl Model {
         acc.into_iter().zip(p).map(|(a, pt)| a.map(|a| a / b).unwrap_or_else(|| pt.zeros_like())).collect()
     }
 
+    /// Σ_r w_r ∂Φ_r/∂θ over the R rows of a stacked batch — the per-example parameter derivatives of several
+    /// states (the phases of an estimator, stacked along the batch axis) combined with per-row weights `w`
+    /// (shape (R,), real or complex) in ONE pass instead of one `param_derivative` per state. Each term's
+    /// gradient is linear in its [`Term::linear_slot`], so the weights scale that slot's rows.
+    ///
+    /// * `copies` > 1 says the batch is that many identical copies of a B-row batch (R = copies·B). A term whose
+    ///   other slots are all clamped inputs then sums its weighted slot over the copies first and runs on B rows
+    ///   (e.g. the input coupling of a P-MLP: one B-row product for any number of phases).
+    /// * `real_only` returns Re Σ_r w_r ∂Φ_r/∂θ. When a term's other slots are real this takes the real part of
+    ///   the weighted slot before the product (exact, and a real product instead of a complex one).
+    ///
+    /// With w_r = c_i/B on the rows of state i this is Σ_i c_i f(s_i); `param_derivative` is the case of one
+    /// state with c = 1. Tested against that path (tests/holomorphic.rs).
+    pub fn param_derivative_weighted(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], w: &Tensor, copies: i64, real_only: bool) -> Vec<Tensor> {
+        let rows = batch.size();
+        assert!(copies >= 1 && rows % copies == 0, "the stacked batch must be `copies` whole copies");
+        let b = rows / copies;
+        let firsts: Vec<Tensor> = batch.x.iter().map(|x| x.narrow(0, 0, b)).collect();
+        let mut acc: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        for t in &self.terms {
+            let t = t.as_ref();
+            let j = t.linear_slot();
+            let slots = self.slot_states(t, batch, s);
+            let lin = slots[j];
+            let mut shape = vec![rows];
+            shape.extend(std::iter::repeat_n(1, lin.dim() - 1));
+            let mut weighted = lin * w.view(shape.as_slice());
+            let others_real = slots.iter().enumerate().all(|(i, x)| i == j || !crate::tensor_util::is_complex(x.kind()));
+            if real_only && others_real && crate::tensor_util::is_complex(weighted.kind()) {
+                weighted = weighted.real().contiguous();
+            }
+            let shared = copies > 1 && t.slots().iter().enumerate().all(|(i, n)| i == j || matches!(n, Node::Input(_)));
+            let g = if shared {
+                let mut sh = vec![copies, b];
+                sh.extend_from_slice(&weighted.size()[1..]);
+                let summed = weighted.view(sh.as_slice()).sum_dim_intlist(Some(&[0i64][..]), false, None);
+                let args: Vec<&Tensor> = t
+                    .slots()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| match *n {
+                        _ if i == j => &summed,
+                        Node::Input(k) => &firsts[k],
+                        Node::Layer(_) => unreachable!("shared only when the other slots are inputs"),
+                    })
+                    .collect();
+                t.param_grad(p, &args)
+            } else {
+                let mut args = slots.clone();
+                args[j] = &weighted;
+                t.param_grad(p, &args)
+            };
+            for (&pi, gi) in t.params().iter().zip(g) {
+                accumulate(&mut acc[pi], gi);
+            }
+        }
+        acc.into_iter()
+            .zip(p)
+            .map(|(a, pt)| match a {
+                Some(a) if real_only && crate::tensor_util::is_complex(a.kind()) => a.real().contiguous(),
+                Some(a) => a,
+                None => pt.zeros_like(),
+            })
+            .collect()
+    }
+
     /// f by autograd of Φ̄ (independent path for the `local` identity). On complex states the parameter
     /// leaves are complex copies of θ and libtorch's conjugate (Wirtinger) gradient is conjugated back
     /// (estimators §3.8) — in `tensor_util::holomorphic_grads`, the one place this is handled.

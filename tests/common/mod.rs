@@ -59,3 +59,63 @@ pub fn scalar_oracle() -> (Instance, f64) {
     inst.batch = epcheck::model::Batch::new(Tensor::from_slice(&[x]).reshape([1, 1]), Tensor::from_slice(&[0i64]), 1);
     (inst, x * (theta * x - 1.0))
 }
+
+/// Oracle for [`epcheck::model::Model::param_derivative_weighted`] (and `estimators::combine_f`, which every EP
+/// estimator uses): Σ_i c_i f(s_i) for three different states of `inst`'s batch must equal the same combination of
+/// plain `param_derivative`s, one per state, with and without the copies shortcut, and its real part under
+/// `real_only`. `complex`: the states get random imaginary parts and the coefficients are complex.
+pub fn check_weighted_derivative(inst: &Instance, complex: bool) {
+    use epcheck::estimators::{self, PhaseLengths};
+    use tch::Kind;
+    let (m, p, b) = (&inst.model, &inst.params[..], &inst.batch);
+    let len = PhaseLengths { t_free: 6, k_nudge: 4, tol: None };
+    let s_a = estimators::free_phase(m, p, b, len, false).state;
+    let s_b = epcheck::relax::relax(m, p, b, &s_a, 0.3, &epcheck::relax::RelaxOptions::fixed(4)).state;
+    tch::manual_seed(11);
+    let s_c: Vec<Tensor> = s_a.iter().map(|t| t + t.randn_like() * 0.1).collect();
+    let ck = epcheck::tensor_util::complex_kind(p[0].kind());
+    let states: Vec<Vec<Tensor>> = [s_a, s_b, s_c]
+        .into_iter()
+        .map(|s| if complex { s.iter().map(|t| Tensor::complex(t, &(t.randn_like() * 0.2))).collect() } else { s })
+        .collect();
+    let coeffs = if complex { [(0.7, 0.0), (-1.3, 0.4), (0.25, -0.6)] } else { [(0.7, 0.0), (-1.3, 0.0), (0.25, 0.0)] };
+    // Oracle: one plain derivative per state, combined afterwards.
+    let mut want: Vec<Tensor> = vec![];
+    for (s, &(cr, ci)) in states.iter().zip(&coeffs) {
+        let f = m.param_derivative(p, b, s);
+        let c = Tensor::complex(&Tensor::from_slice(&[cr]), &Tensor::from_slice(&[ci])).reshape([] as [i64; 0]);
+        for (i, fi) in f.into_iter().enumerate() {
+            let term = if complex { fi.to_kind(ck) * &c } else { fi * cr };
+            if want.len() <= i {
+                want.push(term);
+            } else {
+                want[i] = &want[i] + term;
+            }
+        }
+    }
+    let refs: Vec<&[Tensor]> = states.iter().map(|s| &s[..]).collect();
+    let scale = want.iter().map(|t| t.abs().max().to_kind(Kind::Double).double_value(&[])).fold(0.0, f64::max);
+    let close = |got: &[Tensor], want: &[Tensor], what: &str| {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert_eq!(g.size(), w.size(), "{what}: tensor {i} shape");
+            let d = (g - w).abs().max().to_kind(Kind::Double).double_value(&[]);
+            assert!(d <= 1e-12 * scale, "{what}: tensor {i}: max |weighted − combined| = {d:e} (scale {scale:e})");
+        }
+    };
+    close(&estimators::combine_f(m, p, b, &refs, &coeffs, false), &want, "copies shortcut");
+    let re: Vec<Tensor> = want.iter().map(|t| if complex { t.real() } else { t.shallow_clone() }).collect();
+    let got_re = estimators::combine_f(m, p, b, &refs, &coeffs, true);
+    assert!(got_re.iter().all(|t| !epcheck::tensor_util::is_complex(t.kind())), "real_only gives real tensors");
+    close(&got_re, &re, "real_only");
+    // Without the copies shortcut: the stacked batch as one batch of 3B rows.
+    let n = states.len() as i64;
+    let rows = b.size();
+    let rep = |t: &Tensor| epcheck::tensor_util::repeat_batch(t, n);
+    let sb = epcheck::model::Batch { x: b.x.iter().map(rep).collect(), y: rep(&b.y), y_onehot: rep(&b.y_onehot) };
+    let kind = if complex { ck } else { p[0].kind() };
+    let stacked: Vec<Tensor> = (0..states[0].len()).map(|l| Tensor::cat(&states.iter().map(|s| s[l].to_kind(kind)).collect::<Vec<_>>(), 0)).collect();
+    let col = |k: fn(&(f64, f64)) -> f64| Tensor::from_slice(&coeffs.iter().flat_map(|c| std::iter::repeat_n(k(c) / rows as f64, rows as usize)).collect::<Vec<f64>>());
+    let w = if complex { Tensor::complex(&col(|c| c.0), &col(|c| c.1)) } else { col(|c| c.0) };
+    close(&m.param_derivative_weighted(p, &sb, &stacked, &w, 1, false), &want, "no copies shortcut");
+}

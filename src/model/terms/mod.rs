@@ -47,6 +47,14 @@ pub trait Term: Send + Sync {
     fn param_grad(&self, p: &[Tensor], s: &[&Tensor]) -> Vec<Tensor>;
     /// Σ_b Σ_j ∂²Φ_term,b/∂θ∂s_j · μ_j: the parameter part of a step VJP (batch sum; None = zero).
     fn param_vjp(&self, p: &[Tensor], s: &[&Tensor], mu: &[Option<&Tensor>]) -> Vec<Option<Tensor>>;
+    /// A free-layer slot in which the per-example parameter gradient is **linear**: scaling that slot's row b
+    /// by w_b scales row b's contribution to `param_grad` by w_b. Every term here is multilinear in its slots
+    /// and the pooled convolution is linear in its post slot (its window argmax depends on the pre slot only),
+    /// so the default — the last slot, which is the post / state slot of every term kind — holds for all of
+    /// them. Used by [`crate::model::Model::param_derivative_weighted`].
+    fn linear_slot(&self) -> usize {
+        self.slots().len() - 1
+    }
     /// Whether the term accepts complex states with real parameters (holomorphic EP).
     fn supports_complex(&self) -> bool {
         true
