@@ -9,6 +9,10 @@
 //!   centered-EP estimate (free T + ±β K), one GDU series (replay, K = min(10, T)), one BPTT(T).
 //! * `floor --preset P --size paper --batch B --dtype f32` — one free-phase iteration against its coupling
 //!   operators (every conv / convT / matmul that reads a free layer) run back to back, and the parts of a step.
+//! * `holo [--device cpu|cuda] [--batch 20] [--reps 21]` — holomorphic EP with N = 2, 4, 8 against symmetric EP on
+//!   the default P-MLP (784-512-10, tanh, f64, β = 0.1): the whole estimator (free T + nudged phases + f) at the
+//!   preset's T = 30, K = 10 and at T = K = 30, and the nudged part alone (K = 30 from one free state). The
+//!   estimators are timed round-robin, one sample each per round, so machine drift hits them alike.
 //! * `train --preset P --size paper --batch B --T n --K n` — one centered-EP training step (`Trainer::step`).
 //! * `mem --preset P … --est ep|bptt --T n --K n` — peak memory of one estimate in this process (CPU: peak RSS
 //!   growth, VmHWM reset through /proc/self/clear_refs; CUDA: growth of the device memory in use, which the
@@ -365,6 +369,60 @@ fn memtable(a: &Args) {
     }
 }
 
+fn holo(a: &Args) {
+    use epcheck::estimators::ep_holomorphic::{self as holo, HoloOptions};
+    use epcheck::estimators::{estimate_with, Estimator};
+    let mut cfg = RunConfig::preset_defaults("p-mlp").unwrap();
+    cfg.batch = a.int("batch", 20);
+    cfg.device = a.get("device", "cpu");
+    let reps = a.int("reps", 21) as usize;
+    let inst = Instance::from_config(cfg).unwrap();
+    let dev = inst.prec.device;
+    let (m, p, b) = (&inst.model, &inst.params[..], &inst.batch);
+    let beta = 0.1;
+    let variants: Vec<(&str, Option<HoloOptions>)> = vec![
+        ("ep_centered (free + one ±β relaxation over 2B rows)", None),
+        ("ep_holomorphic N = 2 (points ±r: real)", Some(HoloOptions::restart(2, true))),
+        ("ep_holomorphic N = 4 (shortcut: ±r real + 1 complex point)", Some(HoloOptions::restart(4, true))),
+        ("ep_holomorphic N = 8 (shortcut: ±r real + 3 complex points)", Some(HoloOptions::restart(8, true))),
+        ("ep_holomorphic N = 8, all 8 points (leakage measured)", Some(HoloOptions::restart(8, false))),
+    ];
+    println!("P-MLP 784-512-10 tanh f64, B = {}, β = {beta}, {} ({reps} rounds, medians)\n", b.size(), inst.prec.device_name());
+    println!("| setting | estimator | time | ratio to ep_centered |\n|---|---|---|---|");
+    for (setting, t_free, k, whole) in [("whole estimator, T = 30, K = 10 (preset defaults)", 30, 10, true), ("whole estimator, T = K = 30", 30, 30, true), ("nudged part only, K = 30", 30, 30, false)] {
+        let len = PhaseLengths { t_free, k_nudge: k, tol: None };
+        let free = free_phase(m, p, b, len, false);
+        let sync_grad = |g: &[Tensor]| g[0].sum(tch::Kind::Double).double_value(&[]);
+        let mut samples: Vec<Vec<f64>> = vec![vec![]; variants.len()];
+        for round in 0..reps + 1 {
+            for (i, (_, o)) in variants.iter().enumerate() {
+                let t0 = Instant::now();
+                let g = match (o, whole) {
+                    (None, true) => estimate_with(Estimator::EpCentered, m, p, b, beta, len, &HoloOptions::restart(2, true)).unwrap().grad.tensors,
+                    (Some(o), true) => estimate_with(Estimator::EpHolomorphic, m, p, b, beta, len, o).unwrap().grad.tensors,
+                    (None, false) => ep_centered::estimate(m, p, b, &free, beta, len).0.tensors,
+                    (Some(o), false) => holo::estimate(m, p, b, &free.state, beta, len, o).unwrap().grad.tensors,
+                };
+                sync_grad(&g);
+                sync(dev);
+                if round > 0 {
+                    samples[i].push(t0.elapsed().as_secs_f64());
+                }
+            }
+        }
+        let med: Vec<f64> = samples
+            .iter_mut()
+            .map(|v| {
+                v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+                v[v.len() / 2]
+            })
+            .collect();
+        for (i, (name, _)) in variants.iter().enumerate() {
+            println!("| {setting} | {name} | {} | {:.2} |", ms(med[i]), med[i] / med[0]);
+        }
+    }
+}
+
 fn main() {
     let a = Args::parse();
     if let Some(n) = a.kv.get("threads") {
@@ -377,8 +435,9 @@ fn main() {
         "train" => train(&a),
         "mem" => mem(&a),
         "memtable" => memtable(&a),
+        "holo" => holo(&a),
         s => {
-            eprintln!("unknown section {s}: ratios | presets | floor | train | mem | memtable");
+            eprintln!("unknown section {s}: ratios | presets | floor | train | mem | memtable | holo");
             std::process::exit(2);
         }
     }

@@ -122,6 +122,20 @@ struct GroupRec {
 /// `batch`/`init`, at the per-row nudge `beta`, as one relaxation. Returns one [`Phase`] per block (its
 /// `beta` is NaN: the caller names it). Rows never interact, so each block evolves exactly as it would alone.
 pub fn relax_stacked(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor], beta: &Beta, groups: &[i64], opts: &RelaxOptions) -> Vec<Phase> {
+    relax_stacked_with_drives(model, p, batch, init, beta, groups, opts, None)
+}
+
+/// The constant drives (input couplings and biases, [`Model::constant_drives`]) of a batch stacked `copies` times,
+/// computed on ONE copy and repeated: the stacked phases of an estimator all read the same clamped input, so
+/// e.g. the 784 × 512 input product of a P-MLP is formed once instead of once per phase.
+pub fn stacked_constant_drives(model: &Model, p: &[Tensor], batch: &Batch, s0: &[Tensor], copies: i64) -> Vec<Option<Tensor>> {
+    tch::no_grad(|| model.constant_drives(p, batch, s0).into_iter().map(|t| t.map(|t| crate::tensor_util::repeat_batch(&t, copies))).collect())
+}
+
+/// [`relax_stacked`] with the constant drives of the stacked batch given by the caller (from
+/// [`stacked_constant_drives`]); None computes them.
+#[allow(clippy::too_many_arguments)]
+pub fn relax_stacked_with_drives(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor], beta: &Beta, groups: &[i64], opts: &RelaxOptions, constant: Option<&[Option<Tensor>]>) -> Vec<Phase> {
     assert_eq!(groups.iter().sum::<i64>(), batch.size(), "phase blocks must cover the stacked batch");
     assert!(!(opts.autograd_drives && matches!(beta, Beta::Rows(_))), "autograd drives take one real β");
     let trace_res = !opts.no_trace || opts.tol.is_some();
@@ -153,7 +167,10 @@ pub fn relax_stacked(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor]
         // Active phases, in row order of the current (possibly reduced) stacked state.
         let mut active: Vec<usize> = (0..groups.len()).collect();
         // Input couplings and biases contribute the same drive at every iteration: computed once.
-        let mut cache = (!opts.autograd_drives).then(|| model.constant_drives(p, &cur_batch, &s));
+        let mut cache = (!opts.autograd_drives).then(|| match constant {
+            Some(c) => c.iter().map(|t| t.as_ref().map(|t| t.shallow_clone())).collect(),
+            None => model.constant_drives(p, &cur_batch, &s),
+        });
         // The tol window: (iteration, per-active-phase max residual (G,), state after it).
         let mut window: Vec<(i64, Tensor, State)> = Vec::new();
         let mut iters = 0;

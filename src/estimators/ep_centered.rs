@@ -7,7 +7,7 @@
 //! including `tol` early exit, which stays per phase (each phase stops when all of its rows are below tol).
 use super::{nudged_phase, two_point_states, Gradient, PhaseLengths};
 use crate::model::{Batch, Beta, Model};
-use crate::relax::{relax_stacked, Phase, RelaxOptions};
+use crate::relax::{relax_stacked_with_drives, stacked_constant_drives, Phase, RelaxOptions};
 use crate::tensor_util::repeat_batch;
 use tch::Tensor;
 
@@ -43,7 +43,8 @@ pub fn nudged_pair(model: &Model, p: &[Tensor], batch: &Batch, s0: &[Tensor], be
     let init: Vec<Tensor> = s0.iter().map(|t| repeat_batch(t, 2)).collect();
     let real = s0[0].kind();
     let rows = Tensor::cat(&[Tensor::full([b, 1], beta, (real, s0[0].device())), Tensor::full([b, 1], -beta, (real, s0[0].device()))], 0);
-    let mut phases = relax_stacked(model, p, &stacked, &init, &Beta::Rows(rows), &[b, b], opts);
+    let constant = stacked_constant_drives(model, p, batch, s0, 2);
+    let mut phases = relax_stacked_with_drives(model, p, &stacked, &init, &Beta::Rows(rows), &[b, b], opts, Some(&constant));
     let mut minus = phases.pop().expect("two phases");
     let mut plus = phases.pop().expect("two phases");
     plus.beta = beta;

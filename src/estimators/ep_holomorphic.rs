@@ -4,7 +4,7 @@
 //! `carry` goes around the circle, each point starting from the previous point's final state.
 use super::{Gradient, PhaseLengths};
 use crate::model::{Batch, Beta, Model, State};
-use crate::relax::{relax_nudged, relax_stacked, state_distance, RelaxOptions};
+use crate::relax::{relax_nudged, relax_stacked_with_drives, state_distance, RelaxOptions};
 use crate::tensor_util::{complex_kind, to_vec_f64};
 use crate::{Error, Result};
 use tch::{Kind, Tensor};
@@ -156,6 +156,8 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
             // set is ONE relaxation with its points folded into the batch axis (one β per row).
             let (real_ks, cplx_ks): (Vec<usize>, Vec<usize>) = ks.iter().partition(|&&k| pts[k].1 == 0.0);
             let mut finals: Vec<(usize, State)> = vec![];
+            // The input couplings and biases give every point the same (real) constant drive: formed once.
+            let one_copy = tch::no_grad(|| model.constant_drives(&pc, batch, s0));
             for (set, complex) in [(real_ks, false), (cplx_ks, true)] {
                 if set.is_empty() {
                     continue;
@@ -174,10 +176,11 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
                 };
                 let beta = Beta::Rows(rows.reshape([nb * b, 1]));
                 // Each point is its own phase: with `tol` it stops when all of its rows are below tol.
-                let phs = relax_stacked(model, &pc, &cb, &init, &beta, &vec![b; set.len()], &opts);
+                let constant: Vec<Option<Tensor>> = one_copy.iter().map(|t| t.as_ref().map(|t| crate::tensor_util::repeat_batch(t, nb))).collect();
+                let phs = relax_stacked_with_drives(model, &pc, &cb, &init, &beta, &vec![b; set.len()], &opts, Some(&constant));
                 iters = iters.max(phs.iter().map(|ph| ph.iters).max().unwrap_or(0));
                 let state: State = (0..s0.len()).map(|l| Tensor::cat(&phs.iter().map(|ph| ph.state[l].shallow_clone()).collect::<Vec<_>>(), 0)).collect();
-                let next = tch::no_grad(|| model.step_nudged(&pc, &cb, &state, &beta, false));
+                let next = tch::no_grad(|| model.step_cached(&pc, &cb, &state, &beta, false, Some(&constant)));
                 let res = to_vec_f64(&state_distance(&next, &state));
                 for (j, (&k, ph)) in set.iter().zip(phs).enumerate() {
                     if ph.state.iter().any(|t| !crate::tensor_util::all_finite(t)) {
