@@ -104,6 +104,19 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
     }
 }
 
+/// A complex (R, …) tensor in **planar** form: the real (2R, …) tensor of its real parts (rows 0..R) followed by
+/// its imaginary parts (rows R..2R). Linear maps with real coefficients act on it row by row, so a real GEMM
+/// over 2R rows is the complex product — no interleaving copies (holomorphic EP's complex phases, `relax.rs`).
+pub fn to_planar(z: &Tensor) -> Tensor {
+    Tensor::cat(&[z.real(), z.imag()], 0)
+}
+
+/// The complex (R, …) tensor of a planar (2R, …) one ([`to_planar`]).
+pub fn from_planar(p: &Tensor) -> Tensor {
+    let r = p.size()[0] / 2;
+    Tensor::complex(&p.narrow(0, 0, r), &p.narrow(0, r, r))
+}
+
 /// max |t| over all entries, in f64 (NaN if any entry is NaN).
 pub fn absmax(t: &Tensor) -> f64 {
     scalar_f64(&t.abs().max())

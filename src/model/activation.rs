@@ -235,6 +235,33 @@ fn complex_sigmoid(z: &Tensor) -> Tensor {
     num / (w + 1.0)
 }
 
+impl Activation {
+    /// σ on a planar complex tensor (`tensor_util::to_planar`): tanh by the real-arithmetic form on the two
+    /// halves directly, the identity as is, the others through the complex rows.
+    pub fn apply_planar(self, u: &Tensor) -> Tensor {
+        let r = u.size()[0] / 2;
+        match self {
+            Activation::Identity => u.shallow_clone(),
+            Activation::Tanh => {
+                let (re, im) = tanh_parts(&u.narrow(0, 0, r), &u.narrow(0, r, r));
+                Tensor::cat(&[re, im], 0)
+            }
+            _ => crate::tensor_util::to_planar(&self.apply(&crate::tensor_util::from_planar(u))),
+        }
+    }
+}
+
+/// (Re, Im) of tanh(x + iy) by the real-arithmetic form of [`complex_tanh`].
+fn tanh_parts(x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
+    let y2 = y * 2.0;
+    let e = (x.abs() * -2.0).exp();
+    let e2 = e.square();
+    let den = (&e * y2.cos()).g_mul_scalar_(2.0).g_add_(&e2).g_add_scalar_(1.0);
+    let re = e2.neg().g_add_scalar_(1.0).g_mul_(&x.sign()).g_div_(&den);
+    let im = (e * y2.sin()).g_mul_scalar_(2.0).g_div_(&den);
+    (re, im)
+}
+
 /// tanh on complex z = x + iy. Two exact forms, by device (tests/holomorphic.rs checks both against each other,
 /// against libtorch's own complex tanh and at large |x|):
 /// * CPU, in real arithmetic: with E = exp(−2|x|) ∈ (0, 1],
@@ -255,13 +282,7 @@ pub fn complex_tanh(z: &Tensor) -> Tensor {
 
 /// The real-arithmetic form of [`complex_tanh`].
 pub fn complex_tanh_real(z: &Tensor) -> Tensor {
-    let x = z.real();
-    let y2 = z.imag() * 2.0;
-    let e = (x.abs() * -2.0).exp();
-    let e2 = e.square();
-    let den = (&e * y2.cos()).g_mul_scalar_(2.0).g_add_(&e2).g_add_scalar_(1.0);
-    let re = e2.neg().g_add_scalar_(1.0).g_mul_(&x.sign()).g_div_(&den);
-    let im = (e * y2.sin()).g_mul_scalar_(2.0).g_div_(&den);
+    let (re, im) = tanh_parts(&z.real(), &z.imag());
     Tensor::complex(&re, &im)
 }
 

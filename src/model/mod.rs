@@ -10,6 +10,7 @@ pub mod terms;
 pub mod update_map;
 
 use crate::precision::Precision;
+use crate::tensor_util::{from_planar, to_planar};
 use crate::{Error, Result};
 use activation::Activation;
 use loss::Loss;
@@ -67,6 +68,10 @@ impl Batch {
 pub enum Beta {
     Real(f64),
     Rows(Tensor),
+    /// One complex β per row, shape (R, 1), for a state held in planar form (`tensor_util::to_planar`: the
+    /// 2R-row real tensor of the R rows' real parts, then their imaginary parts); the batch passed with it is
+    /// the R-row batch stacked twice. Used by the planar complex relaxation (`relax.rs`).
+    Planar(Tensor),
 }
 
 impl Beta {
@@ -77,18 +82,21 @@ impl Beta {
     pub fn scale(&self, t: Tensor) -> Tensor {
         match self {
             Beta::Real(b) => t * *b,
-            Beta::Rows(r) => {
+            Beta::Rows(r) | Beta::Planar(r) => {
                 let mut shape = vec![r.size()[0]];
                 shape.resize(t.dim(), 1);
                 t * r.reshape(&shape[..])
             }
         }
     }
+    pub fn is_planar(&self) -> bool {
+        matches!(self, Beta::Planar(_))
+    }
     /// The real value, NaN for per-row strengths.
     pub fn real(&self) -> f64 {
         match self {
             Beta::Real(b) => *b,
-            Beta::Rows(_) => f64::NAN,
+            Beta::Rows(_) | Beta::Planar(_) => f64::NAN,
         }
     }
 }
@@ -335,6 +343,12 @@ impl Model {
             });
         }
         let mut u = acc.unwrap_or_else(|| s[k].zeros_like());
+        if k == self.output && beta.is_planar() {
+            // The loss gradient is not linear: evaluated on the complex rows, scaled by β_r, back to planar.
+            let r = s[k].size()[0] / 2;
+            let g = self.loss.grad(&from_planar(&s[k]), &batch.y_onehot.narrow(0, 0, r));
+            return (u - to_planar(&beta.scale(g)), true);
+        }
         if k == self.output && !beta.is_zero() {
             // Out of place on purpose: `u -= …` would write into u, which may be a bias view or the shared cache.
             #[allow(clippy::assign_op_pattern)]
@@ -361,6 +375,19 @@ impl Model {
         match self.update_map(k) {
             Some(map) => map.apply(batch, u),
             None => self.layers[k].activation.apply(u),
+        }
+    }
+
+    /// G_k on a planar complex drive (`Beta::Planar`; `batch` is the R-row batch stacked twice): tanh in
+    /// planar form directly, the identity as is, every other map on the complex rows and back.
+    pub fn activate_planar(&self, k: usize, batch: &Batch, u: &Tensor) -> Tensor {
+        match self.update_map(k) {
+            None => self.layers[k].activation.apply_planar(u),
+            Some(map) => {
+                let r = u.size()[0] / 2;
+                let half = Batch { x: batch.x.iter().map(|x| x.narrow(0, 0, r)).collect(), y: batch.y.narrow(0, 0, r), y_onehot: batch.y_onehot.narrow(0, 0, r) };
+                to_planar(&map.apply(&half, &from_planar(u)))
+            }
         }
     }
 
@@ -401,6 +428,7 @@ impl Model {
             };
             for (&k, (u, owned)) in group.iter().zip(us) {
                 cur[k] = match self.update_map(k) {
+                    _ if beta.is_planar() => self.activate_planar(k, batch, &u),
                     None if owned => self.layers[k].activation.apply_owned(u),
                     _ => self.activate(k, batch, &u),
                 };
