@@ -1,6 +1,7 @@
 //! Cost of holomorphic EP against symmetric EP on the same model and batch (issue: N = 8 should cost at most
 //! 2.5× symmetric): P-MLP 784-512-10 (the `p-mlp` preset), tanh, batch 20, float64, K = 30 nudged
-//! iterations from the same free state. Run: `scripts/bench --bench estimators` or
+//! iterations from the same free state (the nudged part alone; `examples/perf.rs holo` times the whole estimator
+//! at the preset's T and K as well). Run: `scripts/bench --bench estimators` or
 //! `cargo bench --profile dev --bench estimators`.
 use criterion::{criterion_group, criterion_main, Criterion};
 use epcheck::config::RunConfig;
