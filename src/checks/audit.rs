@@ -126,6 +126,11 @@ pub fn potential(act: Activation, u: &Tensor) -> Option<Tensor> {
         Activation::MyHardSig => clamp(0.0, 2.0, 0.5),
         Activation::CtrdHardSig => clamp(-0.5, 0.5, 1.0),
         Activation::Relu6 => clamp(0.0, 6.0, 1.0),
+        Activation::MyCos(a) => {
+            let w = a * std::f64::consts::PI;
+            (u - (u * w).sin() / w) * 0.5
+        }
+        // silu, holotanh, my_holotanh: ψ = ∫σ needs the dilogarithm; reported as "ψ not known".
         _ => return None,
     })
 }
@@ -340,8 +345,9 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
                 summary.push(format!("| A5 | {} | {v:.3e} | 1004 points | {:.1e} | info ({note}) |", act.key(), o.potential_tol));
             }
             None => {
-                rows.verdict("activation", &key, &Verdict::Info, json!({ "note": "ψ not known", "convex": convex }));
-                summary.push(format!("| A5 | {} | – | – | – | info (ψ not known) |", act.key()));
+                let note = if convex { "ψ not known" } else { "ψ not known; σ′ < 0 somewhere: ψ not convex" };
+                rows.verdict("activation", &key, &Verdict::Info, json!({ "note": note, "convex": convex }));
+                summary.push(format!("| A5 | {} | – | – | – | info ({note}) |", act.key()));
             }
         }
     }

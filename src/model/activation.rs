@@ -26,6 +26,16 @@ pub enum Activation {
     /// clamp(max(u, 0), 0, α) (BrainSeek "reluclip"), half-open kinks: σ′(0) = 0, σ′(α) = 1. Written
     /// `relu_alpha(α)`; α > 0.
     ReluAlpha(f64),
+    /// u/(1 + e^{−u}) (estimators §3.6): holomorphic, smooth, not monotone on ℝ.
+    Silu,
+    /// `holotanh(a)` (alias `holo_hard_sigmoid(a)`), estimators §3.6: u·σ(au) + (1 − u)·σ(a(u − 1)) with σ the
+    /// logistic function — a smooth, holomorphic surrogate of clamp(u, 0, 1), tending to it as a → ∞; a > 0.
+    Holotanh(f64),
+    /// `my_holotanh(a)` (alias `holo_my_hard_sig(a)`): ½u·σ(au) + (1 − ½u)·σ(a(u − 2)), the surrogate of
+    /// clamp(u, 0, 2)/2.
+    MyHolotanh(f64),
+    /// `my_cos(a)`: ½(1 − cos(aπu)); entire, not monotone.
+    MyCos(f64),
 }
 
 /// Regime codes of clamp-type units (conventions §6).
@@ -35,7 +45,9 @@ pub const REGIME_HIGH: i64 = 2;
 pub const REGIME_AT_KINK: i64 = 3;
 
 impl Activation {
-    pub const ALL: [Activation; 9] = [
+    /// The parameterless keys (the parameterised ones are written `key(a)`: relu_alpha, holotanh,
+    /// my_holotanh, my_cos).
+    pub const ALL: [Activation; 10] = [
         Activation::Identity,
         Activation::Tanh,
         Activation::Sigmoid,
@@ -45,6 +57,7 @@ impl Activation {
         Activation::MyHardSig,
         Activation::CtrdHardSig,
         Activation::Relu6,
+        Activation::Silu,
     ];
 
     pub fn key(self) -> &'static str {
@@ -59,18 +72,41 @@ impl Activation {
             Activation::CtrdHardSig => "ctrd_hard_sig",
             Activation::Relu6 => "relu6",
             Activation::ReluAlpha(_) => "relu_alpha",
+            Activation::Silu => "silu",
+            Activation::Holotanh(_) => "holotanh",
+            Activation::MyHolotanh(_) => "my_holotanh",
+            Activation::MyCos(_) => "my_cos",
         }
     }
 
     /// The key with its parameter, e.g. `relu_alpha(3.25)`.
     pub fn describe(self) -> String {
         match self {
-            Activation::ReluAlpha(a) => format!("relu_alpha({a})"),
+            Activation::ReluAlpha(a) | Activation::Holotanh(a) | Activation::MyHolotanh(a) | Activation::MyCos(a) => format!("{}({a})", self.key()),
             other => other.key().to_string(),
         }
     }
 
     pub fn parse(s: &str) -> Result<Self> {
+        type Make = fn(f64) -> Activation;
+        let param: [(&str, Make); 5] = [
+            ("holotanh", Activation::Holotanh),
+            ("holo_hard_sigmoid", Activation::Holotanh),
+            ("my_holotanh", Activation::MyHolotanh),
+            ("holo_my_hard_sig", Activation::MyHolotanh),
+            ("my_cos", Activation::MyCos),
+        ];
+        for (key, make) in param {
+            if let Some(arg) = s.strip_prefix(key).and_then(|r| r.strip_prefix('(')).and_then(|r| r.strip_suffix(')')) {
+                return match arg.trim().parse::<f64>() {
+                    Ok(a) if a.is_finite() && a > 0.0 => Ok(make(a)),
+                    _ => Err(Error::Config(format!("{key} needs a > 0, got '{arg}'"))),
+                };
+            }
+            if s == key {
+                return Err(Error::Config(format!("{key} needs its parameter: write {key}(a)")));
+            }
+        }
         if let Some(arg) = s.strip_prefix("relu_alpha(").and_then(|r| r.strip_suffix(')')) {
             return match arg.trim().parse::<f64>() {
                 Ok(a) if a.is_finite() && a > 0.0 => Ok(Activation::ReluAlpha(a)),
@@ -95,6 +131,10 @@ impl Activation {
                 Activation::Sigmoid => complex_sigmoid(u),
                 Activation::Logistic4 => complex_sigmoid(&((u - 0.5) * 4.0)),
                 Activation::Tanh => complex_tanh(u),
+                Activation::Silu => u * complex_sigmoid(u),
+                Activation::Holotanh(a) => u * complex_sigmoid(&(u * a)) + (1.0 - u) * complex_sigmoid(&((u - 1.0) * a)),
+                Activation::MyHolotanh(a) => u * complex_sigmoid(&(u * a)) * 0.5 + (1.0 - u * 0.5) * complex_sigmoid(&((u - 2.0) * a)),
+                Activation::MyCos(a) => (1.0 - complex_cos(&(u * (a * std::f64::consts::PI)))) * 0.5,
                 other => panic!("activation {} has no holomorphic extension (refused by the holomorphic preflight)", other.key()),
             };
         }
@@ -109,6 +149,10 @@ impl Activation {
             Activation::CtrdHardSig => (u * 2.0).hardtanh() * 0.5,
             Activation::Relu6 => u.clamp(0.0, 6.0),
             Activation::ReluAlpha(a) => u.relu().clamp_max(a),
+            Activation::Silu => u * u.sigmoid(),
+            Activation::Holotanh(a) => u * (u * a).sigmoid() + (1.0 - u) * ((u - 1.0) * a).sigmoid(),
+            Activation::MyHolotanh(a) => u * (u * a).sigmoid() * 0.5 + (1.0 - u * 0.5) * ((u - 2.0) * a).sigmoid(),
+            Activation::MyCos(a) => (1.0 - (u * (a * std::f64::consts::PI)).cos()) * 0.5,
         }
     }
 
@@ -129,6 +173,7 @@ impl Activation {
             Activation::CtrdHardSig => u.g_mul_scalar_(2.0).hardtanh_().g_mul_scalar_(0.5),
             Activation::Relu6 => u.clamp_(0.0, 6.0),
             Activation::ReluAlpha(a) => u.relu_().clamp_max_(a),
+            Activation::Silu | Activation::Holotanh(_) | Activation::MyHolotanh(_) | Activation::MyCos(_) => return self.apply(&u),
         };
         u
     }
@@ -155,6 +200,20 @@ impl Activation {
             Activation::CtrdHardSig => in_open(u, -0.5, 0.5),
             Activation::Relu6 => in_open(u, 0.0, 6.0),
             Activation::ReluAlpha(a) => u.gt(0.0).logical_and(&u.le(a)).to_kind(u.kind()),
+            Activation::Silu => {
+                let s = u.sigmoid();
+                &s * (1.0 + u * (1.0 - &s))
+            }
+            // d/du [c·u·σ(au) + (1 − c·u)·σ(a(u − h))] = c·σ₁ + c·a·u·σ₁(1 − σ₁) − c·σ₂ + a(1 − c·u)·σ₂(1 − σ₂).
+            Activation::Holotanh(a) | Activation::MyHolotanh(a) => {
+                let (c, h) = if matches!(self, Activation::Holotanh(_)) { (1.0, 1.0) } else { (0.5, 2.0) };
+                let s1 = (u * a).sigmoid();
+                let s2 = ((u - h) * a).sigmoid();
+                let d1 = &s1 * (1.0 - &s1) * a;
+                let d2 = &s2 * (1.0 - &s2) * a;
+                &s1 * c + u * c * d1 - &s2 * c + (1.0 - u * c) * d2
+            }
+            Activation::MyCos(a) => (u * (a * std::f64::consts::PI)).sin() * (0.5 * a * std::f64::consts::PI),
         }
     }
 
@@ -196,6 +255,9 @@ impl Activation {
             Activation::CtrdHardSig => (-0.5, 0.5),
             Activation::Relu6 => (0.0, 6.0),
             Activation::ReluAlpha(a) => (0.0, a),
+            Activation::MyCos(_) => (0.0, 1.0),
+            // Not monotone: no ψ* (its values are reported as NaN).
+            Activation::Silu | Activation::Holotanh(_) | Activation::MyHolotanh(_) => (f64::NEG_INFINITY, f64::INFINITY),
         }
     }
 
@@ -212,6 +274,8 @@ impl Activation {
                 s * s * 0.5
             }
             Activation::MyHardSig => s * s,
+            // σ is not monotone, so ψ is not convex and has no conjugate: 𝓕 is not defined (estimators §3.6).
+            Activation::Silu | Activation::Holotanh(_) | Activation::MyHolotanh(_) | Activation::MyCos(_) => s.full_like(f64::NAN),
         };
         let (lo, hi) = self.range();
         let outside = s.lt(lo).logical_or(&s.gt(hi));
@@ -219,9 +283,18 @@ impl Activation {
         crate::tensor_util::sum_per_example(&per_unit)
     }
 
+    /// Whether σ is non-decreasing, i.e. the gradient of a convex potential ψ with a conjugate ψ*: false for
+    /// silu, holotanh, my_holotanh and my_cos (estimators §3.6), whose total energy 𝓕 is not defined.
+    pub fn has_convex_potential(self) -> bool {
+        !matches!(self, Activation::Silu | Activation::Holotanh(_) | Activation::MyHolotanh(_) | Activation::MyCos(_))
+    }
+
     /// Whether σ extends holomorphically to complex drives (estimators §3.6).
     pub fn is_holomorphic(self) -> bool {
-        matches!(self, Activation::Identity | Activation::Tanh | Activation::Sigmoid | Activation::Logistic4)
+        matches!(
+            self,
+            Activation::Identity | Activation::Tanh | Activation::Sigmoid | Activation::Logistic4 | Activation::Silu | Activation::Holotanh(_) | Activation::MyHolotanh(_) | Activation::MyCos(_)
+        )
     }
 }
 
@@ -260,6 +333,12 @@ fn tanh_parts(x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
     let re = e2.neg().g_add_scalar_(1.0).g_mul_(&x.sign()).g_div_(&den);
     let im = (e * y2.sin()).g_mul_scalar_(2.0).g_div_(&den);
     (re, im)
+}
+
+/// cos on complex z = x + iy in real arithmetic: cos x cosh y − i sin x sinh y.
+fn complex_cos(z: &Tensor) -> Tensor {
+    let (x, y) = (z.real(), z.imag());
+    Tensor::complex(&(x.cos() * y.cosh()), &(x.sin() * y.sinh()).neg())
 }
 
 /// tanh on complex z = x + iy. Two exact forms, by device (tests/holomorphic.rs checks both against each other,
