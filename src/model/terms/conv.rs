@@ -30,21 +30,53 @@ impl ConvGeom {
         let op = |h: i64| h - ((Self::out_size(kernel, stride, pad, h) - 1) * stride - 2 * pad + kernel);
         ConvGeom { kernel, stride, pad, out_pad: [op(pre_hw[0]), op(pre_hw[1])] }
     }
-    /// conv(s, W; st, p).
+    /// conv(s, W; st, p). A complex s (holomorphic EP; W stays real) is convolved in planar form: its real and
+    /// imaginary parts as 2B rows of one real convolution.
     pub fn forward(&self, s: &Tensor, w: &Tensor) -> Tensor {
-        s.conv2d(w, None::<Tensor>, [self.stride, self.stride], [self.pad, self.pad], [1, 1], 1)
+        planar(s, w, |x, w| x.conv2d(w, None::<Tensor>, [self.stride, self.stride], [self.pad, self.pad], [1, 1], 1))
     }
-    /// convT(z, W; st, p, op): the exact adjoint of `forward` with respect to its input.
+    /// convT(z, W; st, p, op): the exact adjoint of `forward` with respect to its input (complex z as in
+    /// `forward`).
     pub fn adjoint(&self, z: &Tensor, w: &Tensor) -> Tensor {
-        z.conv_transpose2d(w, None::<Tensor>, [self.stride, self.stride], [self.pad, self.pad], self.out_pad, 1, [1, 1])
+        planar(z, w, |x, w| x.conv_transpose2d(w, None::<Tensor>, [self.stride, self.stride], [self.pad, self.pad], self.out_pad, 1, [1, 1]))
     }
     /// Σ_b of the weight gradient of ⟨conv(pre, W), post⟩: a correlation of pre and post, computed as one
     /// convolution of the batch-transposed pre state with the batch-transposed post state as the kernel
     /// (dilation = stride), cropped to k×k. Shape (C_post, C_pre, k, k).
+    ///
+    /// Complex states: the correlation is bilinear with a batch sum, so with pre = a + ib and post = c + id,
+    /// Re = Σ(a·c − b·d) and Im = Σ(a·d + b·c) are each ONE real correlation over the 2B stacked rows.
     pub fn weight_grad(&self, pre: &Tensor, post: &Tensor) -> Tensor {
+        use crate::tensor_util::is_complex;
+        match (is_complex(pre.kind()), is_complex(post.kind())) {
+            (false, false) => self.weight_grad_real(pre, post),
+            (true, false) => Tensor::complex(&self.weight_grad_real(&pre.real(), post), &self.weight_grad_real(&pre.imag(), post)),
+            (false, true) => Tensor::complex(&self.weight_grad_real(pre, &post.real()), &self.weight_grad_real(pre, &post.imag())),
+            (true, true) => {
+                let p2 = Tensor::cat(&[pre.real(), pre.imag()], 0);
+                let re = self.weight_grad_real(&p2, &Tensor::cat(&[post.real(), post.imag().neg()], 0));
+                let im = self.weight_grad_real(&p2, &Tensor::cat(&[post.imag(), post.real()], 0));
+                Tensor::complex(&re, &im)
+            }
+        }
+    }
+
+    fn weight_grad_real(&self, pre: &Tensor, post: &Tensor) -> Tensor {
         let k = self.kernel;
         let g = pre.transpose(0, 1).conv2d(&post.transpose(0, 1), None::<Tensor>, [1, 1], [self.pad, self.pad], [self.stride, self.stride], 1);
         g.narrow(2, 0, k).narrow(3, 0, k).transpose(0, 1)
+    }
+}
+
+/// The convolution `f(x, W)` for real or complex x and W: real W and complex x through the planar form of x
+/// (`tensor_util::to_planar`: one real convolution over 2B rows); complex W (the complex parameter leaves of the
+/// autograd path, estimators §3.8) by libtorch's complex convolution with x cast; real × real as is.
+fn planar(x: &Tensor, w: &Tensor, f: impl Fn(&Tensor, &Tensor) -> Tensor) -> Tensor {
+    use crate::tensor_util::is_complex;
+    match (is_complex(x.kind()), is_complex(w.kind())) {
+        (_, true) => f(&x.to_kind(w.kind()), w),
+        (true, false) => crate::tensor_util::from_planar(&f(&crate::tensor_util::to_planar(x), w)),
+        (false, false) => f(x, w),
     }
 }
 
@@ -110,8 +142,5 @@ impl Term for Conv {
             super::accumulate(&mut g, self.geom.weight_grad(m, s[POST]));
         }
         vec![g]
-    }
-    fn supports_complex(&self) -> bool {
-        false
     }
 }
