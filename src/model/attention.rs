@@ -81,6 +81,9 @@ impl Attention {
     /// Attention weights p (B, Lq, Lk) at drive u, and the keys X (B, Lk, d).
     pub fn weights(&self, batch: &Batch, u: &Tensor) -> (Tensor, Tensor) {
         let x = self.keys.of(batch);
+        if crate::tensor_util::is_complex(u.kind()) {
+            return (self.complex_weights(batch, u, &x), x);
+        }
         let z = u.matmul(&x.transpose(1, 2)) * self.scale;
         let p = match self.mask {
             AttentionMask::Off => z.softmax(-1, None::<Kind>),
@@ -98,6 +101,32 @@ impl Attention {
             }
         };
         (p, x)
+    }
+
+    /// The weights at a complex drive (holomorphic EP, estimators §3.7): logits c·u Xᵀ (X real), minus the real
+    /// constant m = max over keys of Re z, exponentiated and normalised — the holomorphic extension of the
+    /// softmax. Padded keys get weight 0 (a mask on the exponentials); rows without a valid key get p = 0.
+    fn complex_weights(&self, batch: &Batch, u: &Tensor, x: &Tensor) -> Tensor {
+        let z = crate::tensor_util::matmul(u, &x.transpose(1, 2)) * self.scale;
+        let invalid = match self.mask {
+            AttentionMask::Off => None,
+            _ => Some(self.keys.valid_rows(batch).unsqueeze(1).logical_not()),
+        };
+        let re = z.real();
+        let re = match &invalid {
+            Some(inv) => re.masked_fill(inv, f64::NEG_INFINITY),
+            None => re.shallow_clone(),
+        };
+        let m = re.amax([-1i64], true);
+        let m = m.masked_fill(&m.isinf(), 0.0);
+        let e = (z - m).exp();
+        let e = match &invalid {
+            Some(inv) => e.masked_fill(inv, 0.0),
+            None => e,
+        };
+        let den = e.sum_dim_intlist(Some(&[-1i64][..]), true, None::<Kind>);
+        let den = den.where_self(&den.abs().gt(0.0), &den.ones_like());
+        e / den
     }
 
     /// (B, Lq, 1) factor 1/0 of the query rows that are updated (all rows unless `keys_and_queries`).
@@ -163,11 +192,16 @@ impl UpdateMap for Attention {
 
     fn apply(&self, batch: &Batch, u: &Tensor) -> Tensor {
         let (p, x) = self.weights(batch, u);
-        let out = p.matmul(&x);
+        let out = crate::tensor_util::matmul(&p, &x);
         match self.query_factor(batch, &out) {
             Some(q) => out * q,
             None => out,
         }
+    }
+
+    /// The map is a softmax of a linear function of u: holomorphic (estimators §3.6).
+    fn is_holomorphic(&self) -> bool {
+        true
     }
 
     fn jacobian_apply(&self, batch: &Batch, u: &Tensor, v: &Tensor) -> Tensor {
