@@ -521,24 +521,6 @@ fn holomorphic_ep_through_attention_with_smooth_heads_matches_implicit() {
     // inside the disc of analyticity of s*(β): |β| = 0.05 for IMDB; the tiny SNLI instance's disc is smaller
     // (at |β| = 0.05, with converged points: 0.55, 0.31, 9.9e-3, 4.6e-5 for N = 1, 2, 4, 8), so |β| = 0.01.
     for (preset, r) in [("imdb-hopfield", 0.05), ("snli-hopfield", 0.01)] {
-        let inst = tiny_seq(preset, |c| c.activation = "holotanh(4)".into());
-        let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
-        epcheck::estimators::ep_holomorphic::preflight(m).unwrap();
-        let imp = epcheck::estimators::implicit::implicit(m, p, b, &epcheck::estimators::implicit::ImplicitOptions::for_dtype(inst.prec.dtype)).unwrap();
-        let gref = flat(&imp.grad.tensors);
-        let len = PhaseLengths { t_free: 400, k_nudge: 400, tol: None };
-        let free = estimators::free_phase(m, p, b, len, false);
-        let mut errs = vec![];
-        for n in [1usize, 2, 4, 8] {
-            let o = epcheck::estimators::ep_holomorphic::HoloOptions::restart(n, true);
-            let e = epcheck::estimators::ep_holomorphic::estimate(m, p, b, &free.state, r, len, &o).unwrap();
-            assert!(e.point_residuals.iter().all(|x| x.1 <= 1e-13), "{preset}: points converged");
-            errs.push(rel_l2(&flat(&e.grad.tensors), &gref));
-        }
-        eprintln!("{preset} holotanh(4): holomorphic EP at |β| = {r} vs implicit, rel_l2 for N = 1, 2, 4, 8: {errs:?}");
-        for w in errs.windows(2) {
-            assert!(w[1] < w[0], "{preset}: error must fall with N: {errs:?}");
-        }
-        assert!(errs[3] <= 1e-6, "{preset}: N = 8: {}", errs[3]);
+        check_holomorphic_vs_implicit(&tiny_seq(preset, |c| c.activation = "holotanh(4)".into()), r, 400, &format!("{preset} holotanh(4)"));
     }
 }

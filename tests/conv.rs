@@ -316,23 +316,9 @@ fn holomorphic_ep_on_resnet13_with_holotanh_surrogates_matches_implicit() {
         c.activation = "holotanh(4)".into();
         c.schedule = Some("sync".into());
     });
+    check_holomorphic_vs_implicit(&inst, 0.05, 400, "resnet13 holotanh(4)");
     let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
-    epcheck::estimators::ep_holomorphic::preflight(m).unwrap();
-    let imp = epcheck::estimators::implicit::implicit(m, p, b, &epcheck::estimators::implicit::ImplicitOptions::for_dtype(inst.prec.dtype)).unwrap();
-    let gref = flat(&imp.grad.tensors);
-    let len = PhaseLengths { t_free: 400, k_nudge: 400, tol: None };
-    let free = estimators::free_phase(m, p, b, len, false);
-    let mut errs = vec![];
-    for n in [1usize, 2, 4, 8] {
-        let o = epcheck::estimators::ep_holomorphic::HoloOptions::restart(n, true);
-        let e = epcheck::estimators::ep_holomorphic::estimate(m, p, b, &free.state, 0.05, len, &o).unwrap();
-        errs.push(rel_l2(&flat(&e.grad.tensors), &gref));
-    }
-    eprintln!("resnet13 holotanh(4): holomorphic EP at |β| = 0.05 vs implicit, rel_l2 for N = 1, 2, 4, 8: {errs:?}");
-    for w in errs.windows(2) {
-        assert!(w[1] < w[0], "error must fall with N: {errs:?}");
-    }
-    assert!(errs[3] <= 1e-6, "N = 8: {}", errs[3]);
+    let free = estimators::free_phase(m, p, b, PhaseLengths { t_free: 400, k_nudge: 0, tol: None }, false);
     // The planar complex relaxation (CPU default) equals the interleaved one on this model too.
     use epcheck::model::Beta;
     use epcheck::relax::{relax_stacked, RelaxOptions};

@@ -318,22 +318,6 @@ fn holomorphic_ep_on_the_spec_surrogates_matches_implicit() {
     // small (R ≈ 0.4 on this instance: errors 0.16, 2.8e-2, 1.6e-3, 5.5e-6 at |β| = 0.1); |β| = 0.05 is well
     // inside it for all four.
     for act in ["silu", "holotanh(4)", "my_holotanh(1)", "my_cos(0.5)"] {
-        let inst = tiny(act, "mse");
-        let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
-        let imp = implicit::implicit(m, p, b, &implicit::ImplicitOptions::for_dtype(inst.prec.dtype)).unwrap();
-        let gref = flat(&imp.grad.tensors);
-        let len = PhaseLengths { t_free: 800, k_nudge: 800, tol: None };
-        let free = estimators::free_phase(m, p, b, len, false);
-        let mut errs = vec![];
-        for n in [1usize, 2, 4, 8] {
-            let e = holo::estimate(m, p, b, &free.state, 0.05, len, &HoloOptions::restart(n, true)).unwrap();
-            errs.push(rel_l2(&flat(&e.grad.tensors), &gref));
-        }
-        eprintln!("{act}: holomorphic EP at |β| = 0.05 vs implicit, rel_l2 for N = 1, 2, 4, 8: {errs:?}");
-        for w in errs.windows(2) {
-            assert!(w[1] < w[0], "{act}: error must fall with N: {errs:?}");
-        }
-        // The standard for N = 8: within 1e-6 of the exact gradient.
-        assert!(errs[3] <= 1e-6, "{act}: N = 8 at |β| = 0.05: {}", errs[3]);
+        check_holomorphic_vs_implicit(&tiny(act, "mse"), 0.05, 800, act);
     }
 }
