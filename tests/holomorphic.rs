@@ -321,3 +321,36 @@ fn holomorphic_ep_on_the_spec_surrogates_matches_implicit() {
         check_holomorphic_vs_implicit(&tiny(act, "mse"), 0.05, 800, act);
     }
 }
+
+#[test]
+fn pole_margin_closed_forms_and_per_point_report() {
+    use epcheck::model::activation::Activation;
+    use std::f64::consts::PI;
+    let z = |re: f64, im: f64| Tensor::complex(&Tensor::from_slice(&[re]), &Tensor::from_slice(&[im]));
+    let close = |a: f64, b: f64| assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+    // tanh: poles at iπ(m + ½), d = π/2.
+    close(Activation::Tanh.pole_margin(&z(0.0, PI / 2.0 - 0.1)), 0.1 / (PI / 2.0));
+    close(Activation::Tanh.pole_margin(&z(0.0, -(PI / 2.0 - 0.1))), 0.1 / (PI / 2.0));
+    close(Activation::Tanh.pole_margin(&z(0.3, PI)), (0.09f64 + (PI / 2.0).powi(2)).sqrt() / (PI / 2.0));
+    close(Activation::Tanh.pole_margin(&Tensor::from_slice(&[5.0f64])), (25.0f64 + (PI / 2.0).powi(2)).sqrt() / (PI / 2.0));
+    // logistic4: ½ + iπ(2m+1)/4; holotanh(4): two families, at 0 and 1, d = π/4; my_holotanh(1) at 0 and 2, d = π.
+    close(Activation::Logistic4.pole_margin(&z(0.5, PI / 4.0 + 0.05)), 0.05 / (PI / 4.0));
+    close(Activation::Holotanh(4.0).pole_margin(&z(1.0, 3.0 * PI / 4.0 - 0.02)), 0.02 / (PI / 4.0));
+    close(Activation::MyHolotanh(1.0).pole_margin(&z(2.1, -PI)), 0.1 / PI);
+    // Entire maps: no poles.
+    assert_eq!(Activation::MyCos(0.5).pole_margin(&z(0.0, 1.0)), f64::INFINITY);
+    assert_eq!(Activation::Identity.pole_margin(&z(0.0, 1.0)), f64::INFINITY);
+    // Every estimate reports one margin per point: ≥ 1 on the real points ±r, below 1 off the axis.
+    let inst = tiny("tanh", "mse");
+    let len = PhaseLengths { t_free: 200, k_nudge: 200, tol: None };
+    let free = estimators::free_phase(&inst.model, &inst.params, &inst.batch, len, false);
+    let e = holo::estimate(&inst.model, &inst.params, &inst.batch, &free.state, 0.5, len, &HoloOptions::restart(8, true)).unwrap();
+    assert_eq!(e.pole_margins.iter().map(|x| x.0).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    for &(k, m) in &e.pole_margins {
+        if k == 0 || k == 4 {
+            assert!(m >= 1.0, "real point {k}: {m}");
+        } else {
+            assert!(m < 1.0 && m > 0.0, "complex point {k}: {m}");
+        }
+    }
+}

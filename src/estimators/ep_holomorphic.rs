@@ -44,9 +44,33 @@ pub struct HoloEstimate {
     pub im_leak: Option<(Vec<f64>, f64)>,
     /// (k, max r_∞ of the point's final state, modulus).
     pub point_residuals: Vec<(usize, f64)>,
+    /// (k, pole margin of the drives at the point's final state, §3.11); +∞ when no layer's σ has poles. A value
+    /// below [`POLE_MARGIN_FLAG`] is flagged by the checks.
+    pub pole_margins: Vec<(usize, f64)>,
     pub points: Vec<(f64, f64)>,
     /// Iterations run per point phase.
     pub iters: i64,
+}
+
+/// Pole margins below this are flagged (estimators §3.11).
+pub const POLE_MARGIN_FLAG: f64 = 0.25;
+
+/// The pole margin of each of the `n` stacked points (blocks of `b` rows) at `state`: the drives of every layer
+/// whose σ has poles, all from `state`, at the points' per-row β.
+fn point_pole_margins(model: &Model, p: &[Tensor], batch: &Batch, state: &[Tensor], beta: &Beta, constant: Option<&[Option<Tensor>]>, n: i64, b: i64) -> Vec<f64> {
+    let mut out = vec![f64::INFINITY; n as usize];
+    tch::no_grad(|| {
+        for (k, l) in model.layers.iter().enumerate() {
+            if model.update_map(k).is_some() || l.activation.pole_families().is_empty() {
+                continue;
+            }
+            let u = model.drive_cached(p, batch, state, k, beta, constant);
+            for (j, m) in out.iter_mut().enumerate() {
+                *m = m.min(l.activation.pole_margin(&u.narrow(0, j as i64 * b, b)));
+            }
+        }
+    });
+    out
 }
 
 /// β_k = r·ω^k, computed in double precision with exact axis points and exact conjugate pairs (§3.1).
@@ -146,6 +170,7 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
         }
     };
     let mut point_residuals = vec![];
+    let mut pole_margins = vec![];
     let mut iters = 0;
     let mut measured_leak = true;
     match o.schedule {
@@ -182,16 +207,19 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
                 let state: State = (0..s0.len()).map(|l| Tensor::cat(&phs.iter().map(|ph| ph.state[l].shallow_clone()).collect::<Vec<_>>(), 0)).collect();
                 let next = tch::no_grad(|| model.step_cached(&pc, &cb, &state, &beta, false, Some(&constant)));
                 let res = to_vec_f64(&state_distance(&next, &state));
+                let margins = point_pole_margins(model, &pc, &cb, &state, &beta, Some(&constant), nb, b);
                 for (j, (&k, ph)) in set.iter().zip(phs).enumerate() {
                     if ph.state.iter().any(|t| !crate::tensor_util::all_finite(t)) {
                         return Err(Error::NonFinite(format!("state of holomorphic point k = {k} (β_k = {:.4}{:+.4}i)", pts[k].0, pts[k].1)));
                     }
                     let rk = res[j * b as usize..(j + 1) * b as usize].iter().cloned().fold(0.0, f64::max);
                     point_residuals.push((k, rk));
+                    pole_margins.push((k, margins[j]));
                     finals.push((k, ph.state));
                 }
             }
             point_residuals.sort_by_key(|x| x.0);
+            pole_margins.sort_by_key(|x| x.0);
             // Λ = Σ_k w_k τ_k, τ_k = −(f_k − f(0))/β_k, as ONE weighted parameter derivative over the points'
             // final states (the estimate is linear in the per-example terms, §3.3): coefficient −w_k/β_k =
             // −w_k·conj(β_k)/r² on point k. For N ≥ 2, Σ_k w_k/β_k = 0 and the f(0) term is omitted (§3.3);
@@ -251,6 +279,7 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
                     let rk = to_vec_f64(&state_distance(&next, &ph.state)).into_iter().fold(0.0, f64::max);
                     if per + 1 == periods {
                         point_residuals.push((k, rk));
+                        pole_margins.push((k, point_pole_margins(model, &pc, &cb, &ph.state, &beta, None, 1, b)[0]));
                     }
                     if !o.carry_last_only || per + 1 == periods {
                         let fk = f_complex(model, &pc, &cb, &ph.state, o.autograd);
@@ -274,6 +303,7 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
         grad: Gradient { key: format!("ep_holomorphic{}", o.n), beta: Some(r), tensors: grad },
         im_leak,
         point_residuals,
+        pole_margins,
         points: pts,
         iters,
     })

@@ -155,6 +155,7 @@ pub fn estimate_with(est: Estimator, model: &Model, p: &[Tensor], batch: &Batch,
                 diagnostics.push(("im_leak".into(), leak));
             }
             diagnostics.push(("point_iterations".into(), e.iters as f64));
+            diagnostics.push(("pole_margin_min".into(), e.pole_margins.iter().map(|x| x.1).fold(f64::INFINITY, f64::min)));
             Ok(EstimateRun { grad: e.grad, phases: vec![("free".into(), free)], diagnostics })
         }
         Estimator::EpPlus | Estimator::EpMinus => {

@@ -289,6 +289,38 @@ impl Activation {
         !matches!(self, Activation::Silu | Activation::Holotanh(_) | Activation::MyHolotanh(_) | Activation::MyCos(_))
     }
 
+    /// The pole families {c + i·d·(2m+1) : m ∈ ℤ} of σ's holomorphic extension (estimators §3.6), as (c, d); d is
+    /// the families' distance from the real axis. Empty for entire maps (identity, my_cos) and for maps with no
+    /// holomorphic extension.
+    pub fn pole_families(self) -> Vec<(f64, f64)> {
+        use std::f64::consts::PI;
+        match self {
+            Activation::Logistic4 => vec![(0.5, PI / 4.0)],
+            Activation::Sigmoid | Activation::Silu => vec![(0.0, PI)],
+            Activation::Tanh => vec![(0.0, PI / 2.0)],
+            Activation::Holotanh(a) => vec![(0.0, PI / a), (1.0, PI / a)],
+            Activation::MyHolotanh(a) => vec![(0.0, PI / a), (2.0, PI / a)],
+            _ => vec![],
+        }
+    }
+
+    /// The pole margin of drives u (estimators §3.11): min over units and pole families of |u − p| / d, the
+    /// distance to the nearest pole in units of the family's distance from the real axis. The nearest member of
+    /// {c + i·d·(2m+1)} to u is at √((Re u − c)² + δ²), δ = distance from Im u to the nearest odd multiple of d.
+    /// Real drives give ≥ 1; +∞ for entire maps.
+    pub fn pole_margin(self, u: &Tensor) -> f64 {
+        let (re, im) = if crate::tensor_util::is_complex(u.kind()) { (u.real(), u.imag()) } else { (u.shallow_clone(), u.zeros_like()) };
+        let mut best = f64::INFINITY;
+        for (c, d) in self.pole_families() {
+            // The odd integer nearest to Im u / d is 2m + 1 with m = round((Im u / d − 1) / 2).
+            let odd = ((&im / d - 1.0) / 2.0).round() * 2.0 + 1.0;
+            let delta = (&im - odd * d).abs();
+            let dist = ((&re - c).square() + delta.square()).sqrt();
+            best = best.min(crate::tensor_util::scalar_f64(&dist.min()) / d);
+        }
+        best
+    }
+
     /// Whether σ extends holomorphically to complex drives (estimators §3.6).
     pub fn is_holomorphic(self) -> bool {
         matches!(
