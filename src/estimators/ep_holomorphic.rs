@@ -57,6 +57,7 @@ pub const POLE_MARGIN_FLAG: f64 = 0.25;
 
 /// The pole margin of each of the `n` stacked points (blocks of `b` rows) at `state`: the drives of every layer
 /// whose σ has poles, all from `state`, at the points' per-row β.
+#[allow(clippy::too_many_arguments)]
 fn point_pole_margins(model: &Model, p: &[Tensor], batch: &Batch, state: &[Tensor], beta: &Beta, constant: Option<&[Option<Tensor>]>, n: i64, b: i64) -> Vec<f64> {
     let mut out = vec![f64::INFINITY; n as usize];
     tch::no_grad(|| {
