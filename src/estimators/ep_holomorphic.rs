@@ -55,23 +55,40 @@ pub struct HoloEstimate {
 /// Pole margins below this are flagged (estimators §3.11).
 pub const POLE_MARGIN_FLAG: f64 = 0.25;
 
-/// The pole margin of each of the `n` stacked points (blocks of `b` rows) at `state`: the drives of every layer
-/// whose σ has poles, all from `state`, at the points' per-row β.
+/// For the `n` stacked points (blocks of `b` rows) at their final `state`: the residual r_∞ of each point (one more
+/// iteration of the schedule, conventions §5.5, modulus) and its pole margin (§3.11: the drives of every layer whose
+/// σ has poles, all from `state`). Under a one-group (sync) schedule the iteration is made from those same drives,
+/// so the margins cost nothing extra.
 #[allow(clippy::too_many_arguments)]
-fn point_pole_margins(model: &Model, p: &[Tensor], batch: &Batch, state: &[Tensor], beta: &Beta, constant: Option<&[Option<Tensor>]>, n: i64, b: i64) -> Vec<f64> {
-    let mut out = vec![f64::INFINITY; n as usize];
+fn residuals_and_pole_margins(model: &Model, p: &[Tensor], batch: &Batch, state: &[Tensor], beta: &Beta, constant: Option<&[Option<Tensor>]>, n: i64, b: i64) -> (Vec<f64>, Vec<f64>) {
     tch::no_grad(|| {
-        for (k, l) in model.layers.iter().enumerate() {
-            if model.update_map(k).is_some() || l.activation.pole_families().is_empty() {
+        let sync = model.schedule.groups.len() == 1;
+        let drives: Vec<Option<Tensor>> = model
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(k, l)| (sync || (model.update_map(k).is_none() && !l.activation.pole_families().is_empty())).then(|| model.drive_cached(p, batch, state, k, beta, constant)))
+            .collect();
+        let next: State = if sync {
+            drives.iter().enumerate().map(|(k, u)| model.activate(k, batch, u.as_ref().expect("every drive under sync"))).collect()
+        } else {
+            model.step_cached(p, batch, state, beta, false, constant)
+        };
+        let rows = to_vec_f64(&state_distance(&next, state));
+        let res = (0..n as usize).map(|j| rows[j * b as usize..(j + 1) * b as usize].iter().cloned().fold(0.0, f64::max)).collect();
+        let mut margins = vec![f64::INFINITY; n as usize];
+        for (k, u) in drives.iter().enumerate() {
+            let (Some(u), None) = (u, model.update_map(k)) else { continue };
+            let act = model.layers[k].activation;
+            if act.pole_families().is_empty() {
                 continue;
             }
-            let u = model.drive_cached(p, batch, state, k, beta, constant);
-            for (j, m) in out.iter_mut().enumerate() {
-                *m = m.min(l.activation.pole_margin(&u.narrow(0, j as i64 * b, b)));
+            for (j, m) in margins.iter_mut().enumerate() {
+                *m = m.min(act.pole_margin(&u.narrow(0, j as i64 * b, b)));
             }
         }
-    });
-    out
+        (res, margins)
+    })
 }
 
 /// β_k = r·ω^k, computed in double precision with exact axis points and exact conjugate pairs (§3.1).
@@ -206,15 +223,12 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
                 let phs = relax_stacked_with_drives(model, &pc, &cb, &init, &beta, &vec![b; set.len()], &opts, Some(&constant));
                 iters = iters.max(phs.iter().map(|ph| ph.iters).max().unwrap_or(0));
                 let state: State = (0..s0.len()).map(|l| Tensor::cat(&phs.iter().map(|ph| ph.state[l].shallow_clone()).collect::<Vec<_>>(), 0)).collect();
-                let next = tch::no_grad(|| model.step_cached(&pc, &cb, &state, &beta, false, Some(&constant)));
-                let res = to_vec_f64(&state_distance(&next, &state));
-                let margins = point_pole_margins(model, &pc, &cb, &state, &beta, Some(&constant), nb, b);
+                let (res, margins) = residuals_and_pole_margins(model, &pc, &cb, &state, &beta, Some(&constant), nb, b);
                 for (j, (&k, ph)) in set.iter().zip(phs).enumerate() {
                     if ph.state.iter().any(|t| !crate::tensor_util::all_finite(t)) {
                         return Err(Error::NonFinite(format!("state of holomorphic point k = {k} (β_k = {:.4}{:+.4}i)", pts[k].0, pts[k].1)));
                     }
-                    let rk = res[j * b as usize..(j + 1) * b as usize].iter().cloned().fold(0.0, f64::max);
-                    point_residuals.push((k, rk));
+                    point_residuals.push((k, res[j]));
                     pole_margins.push((k, margins[j]));
                     finals.push((k, ph.state));
                 }
@@ -276,11 +290,10 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
                     if ph.state.iter().any(|t| !crate::tensor_util::all_finite(t)) {
                         return Err(Error::NonFinite(format!("state of holomorphic point k = {k}, period {per}")));
                     }
-                    let next = tch::no_grad(|| model.step_nudged(&pc, &cb, &ph.state, &beta, false));
-                    let rk = to_vec_f64(&state_distance(&next, &ph.state)).into_iter().fold(0.0, f64::max);
                     if per + 1 == periods {
-                        point_residuals.push((k, rk));
-                        pole_margins.push((k, point_pole_margins(model, &pc, &cb, &ph.state, &beta, None, 1, b)[0]));
+                        let (res, margins) = residuals_and_pole_margins(model, &pc, &cb, &ph.state, &beta, None, 1, b);
+                        point_residuals.push((k, res[0]));
+                        pole_margins.push((k, margins[0]));
                     }
                     if !o.carry_last_only || per + 1 == periods {
                         let fk = f_complex(model, &pc, &cb, &ph.state, o.autograd);
