@@ -309,14 +309,25 @@ impl Activation {
     /// {c + i·d·(2m+1)} to u is at √((Re u − c)² + δ²), δ = distance from Im u to the nearest odd multiple of d.
     /// Real drives give ≥ 1; +∞ for entire maps.
     pub fn pole_margin(self, u: &Tensor) -> f64 {
-        let (re, im) = if crate::tensor_util::is_complex(u.kind()) { (u.real(), u.imag()) } else { (u.shallow_clone(), u.zeros_like()) };
         let mut best = f64::INFINITY;
+        let complex = crate::tensor_util::is_complex(u.kind());
         for (c, d) in self.pole_families() {
-            // The odd integer nearest to Im u / d is 2m + 1 with m = round((Im u / d − 1) / 2).
-            let odd = ((&im / d - 1.0) / 2.0).round() * 2.0 + 1.0;
-            let delta = (&im - odd * d).abs();
-            let dist = ((&re - c).square() + delta.square()).sqrt();
-            best = best.min(crate::tensor_util::scalar_f64(&dist.min()) / d);
+            // min over units of |u − p|², p the nearest member: (Re u − c)² + δ², in place (three buffers).
+            let mut dist2 = (if complex { u.real() } else { u.shallow_clone() }) - c;
+            let _ = dist2.square_();
+            if complex {
+                // The odd integer nearest to Im u / d is 2m + 1 with m = round((Im u / d − 1) / 2); δ = Im u − (2m+1)d.
+                let im = u.imag();
+                let mut odd_d = &im / d;
+                let _ = odd_d.g_sub_scalar_(1.0).g_div_scalar_(2.0).round_().g_mul_scalar_(2.0).g_add_scalar_(1.0).g_mul_scalar_(d);
+                let mut delta = im - odd_d;
+                let _ = delta.square_();
+                let _ = dist2.g_add_(&delta);
+            } else {
+                // Real drives: the nearest members are c ± i·d.
+                let _ = dist2.g_add_scalar_(d * d);
+            }
+            best = best.min(crate::tensor_util::scalar_f64(&dist2.min()).sqrt() / d);
         }
         best
     }
@@ -348,8 +359,9 @@ impl Activation {
         match self {
             Activation::Identity => u.shallow_clone(),
             Activation::Tanh => {
-                let (re, im) = tanh_parts(&u.narrow(0, 0, r), &u.narrow(0, r, r));
-                Tensor::cat(&[re, im], 0)
+                let out = u.empty_like();
+                tanh_parts_into(&u.narrow(0, 0, r), &u.narrow(0, r, r), &mut out.narrow(0, 0, r), &mut out.narrow(0, r, r));
+                out
             }
             _ => crate::tensor_util::to_planar(&self.apply(&crate::tensor_util::from_planar(u))),
         }
@@ -358,13 +370,25 @@ impl Activation {
 
 /// (Re, Im) of tanh(x + iy) by the real-arithmetic form of [`complex_tanh`].
 fn tanh_parts(x: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
-    let y2 = y * 2.0;
-    let e = (x.abs() * -2.0).exp();
-    let e2 = e.square();
-    let den = (&e * y2.cos()).g_mul_scalar_(2.0).g_add_(&e2).g_add_scalar_(1.0);
-    let re = e2.neg().g_add_scalar_(1.0).g_mul_(&x.sign()).g_div_(&den);
-    let im = (e * y2.sin()).g_mul_scalar_(2.0).g_div_(&den);
+    let (mut re, mut im) = (x.empty_like(), y.empty_like());
+    tanh_parts_into(x, y, &mut re, &mut im);
     (re, im)
+}
+
+/// [`tanh_parts`] written into `re` and `im` (e.g. the two halves of a planar output), with in-place kernels and
+/// two scratch buffers: on the CPU a fresh buffer per operation costs as much as the operation itself.
+fn tanh_parts_into(x: &Tensor, y: &Tensor, re: &mut Tensor, im: &mut Tensor) {
+    let _ = im.copy_(y);
+    let _ = im.g_mul_scalar_(2.0); // 2y
+    let mut e = x.abs();
+    let _ = e.g_mul_scalar_(-2.0).exp_(); // E = e^{−2|x|}
+    let mut den = im.cos();
+    let _ = im.sin_();
+    let _ = re.copy_(&e);
+    let _ = re.square_();
+    let _ = den.g_mul_(&e).g_mul_scalar_(2.0).g_add_(re).g_add_scalar_(1.0); // 1 + E² + 2E cos 2y
+    let _ = re.neg_().g_add_scalar_(1.0).copysign_(x).g_div_(&den); // sign(x)(1 − E²)/den
+    let _ = im.g_mul_(&e).g_mul_scalar_(2.0).g_div_(&den); // 2E sin 2y/den
 }
 
 /// cos on complex z = x + iy in real arithmetic: cos x cosh y − i sin x sinh y.
