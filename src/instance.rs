@@ -21,6 +21,8 @@ impl Instance {
     /// Builds the model of `cfg`; parameters come from `params_file` or the seeded initialisation, the batch
     /// from `input_file` or the seeded synthetic batch (pixels U[0, 1], labels uniform; estimators §1.8).
     pub fn build(mut cfg: RunConfig, params_file: Option<&Path>, input_file: Option<&Path>) -> Result<Instance> {
+        // Seeded draws (parameters, α, the synthetic batch) from the process-global generator: one instance at a time.
+        let _rng = crate::tensor_util::rng_lock();
         let dtype = Dtype::parse(&cfg.dtype)?;
         let device = DeviceChoice::parse(&cfg.device)?.resolve()?;
         let prec = Precision::new(dtype, device);

@@ -104,6 +104,14 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
     }
 }
 
+/// libtorch's random generator is process-global: two threads that seed it and draw at the same time interleave
+/// their streams, and the instance they build depends on timing. Everything that seeds and draws for a
+/// reproducible result (instance construction, and any caller running beside one) holds this lock while it does.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A complex (R, …) tensor in **planar** form: the real (2R, …) tensor of its real parts (rows 0..R) followed by
 /// its imaginary parts (rows R..2R). Linear maps with real coefficients act on it row by row, so a real GEMM
 /// over 2R rows is the complex product — no interleaving copies (holomorphic EP's complex phases, `relax.rs`).
