@@ -19,23 +19,7 @@ fn config(preset: &str, paper: bool, device: &str) -> RunConfig {
         return cfg;
     }
     cfg.batch = 16;
-    match preset {
-        "p-mlp" => {}
-        "imdb-hopfield" => {
-            cfg.seq_len = Some(20);
-            cfg.embed_dim = Some(16);
-            cfg.widths = Some(vec![64, 16, 2]);
-        }
-        "snli-hopfield" => {
-            cfg.seq_len = Some(10);
-            cfg.embed_dim = Some(16);
-            cfg.widths = Some(vec![32, 3]);
-        }
-        _ => {
-            cfg.height = Some(16);
-            cfg.widths = Some(vec![16, 32, 32, 64]);
-        }
-    }
+    cfg.use_small_sizes();
     cfg
 }
 

@@ -98,23 +98,7 @@ fn config(preset: &str, size: &str, batch: i64, dtype: &str, device: &str) -> Ru
     cfg.dtype = dtype.into();
     cfg.device = device.into();
     if size == "small" {
-        match preset {
-            "p-mlp" => {}
-            "imdb-hopfield" => {
-                cfg.seq_len = Some(20);
-                cfg.embed_dim = Some(16);
-                cfg.widths = Some(vec![64, 16, 2]);
-            }
-            "snli-hopfield" => {
-                cfg.seq_len = Some(10);
-                cfg.embed_dim = Some(16);
-                cfg.widths = Some(vec![32, 3]);
-            }
-            _ => {
-                cfg.height = Some(16);
-                cfg.widths = Some(vec![16, 32, 32, 64]);
-            }
-        }
+        cfg.use_small_sizes();
     } else if size == "p-mlp-3" {
         cfg.archi = vec![784, 512, 512, 10];
     }

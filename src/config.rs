@@ -633,6 +633,29 @@ impl RunConfig {
             }
     }
 
+    /// The "small" sizes of a preset that the benchmarks (`benches/presets.rs`) and the performance board
+    /// (`examples/perf.rs`) time: the P-MLP as is; IMDB L = 20, d = 16, 64-16-2; SNLI L = 10, d = 16, 32-3; the conv
+    /// nets at H = 16 with widths 16-32-32-64.
+    pub fn use_small_sizes(&mut self) {
+        match self.preset.as_str() {
+            "p-mlp" => {}
+            "imdb-hopfield" => {
+                self.seq_len = Some(20);
+                self.embed_dim = Some(16);
+                self.widths = Some(vec![64, 16, 2]);
+            }
+            "snli-hopfield" => {
+                self.seq_len = Some(10);
+                self.embed_dim = Some(16);
+                self.widths = Some(vec![32, 3]);
+            }
+            _ => {
+                self.height = Some(16);
+                self.widths = Some(vec![16, 32, 32, 64]);
+            }
+        }
+    }
+
     /// Resolves preset defaults ← file ← overrides. `overrides` is a TOML table built from flags.
     pub fn resolve(preset_flag: Option<&str>, file: Option<&Path>, overrides: toml::Table) -> Result<RunConfig> {
         let file_table = match file {

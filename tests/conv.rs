@@ -15,34 +15,6 @@ use tch::{Device, Kind, Tensor};
 
 const CPU: (Kind, Device) = (Kind::Double, Device::Cpu);
 
-/// Tiny Hopfield-ResNet13: widths [3, 4, 4, 5], 2 input channels, 3 classes, dense gain 0.3 (σ_max(W89) < 1,
-/// conv-hopfield.md §2.6).
-fn resnet(height: i64, f: impl FnOnce(&mut RunConfig)) -> Instance {
-    let mut cfg = RunConfig::preset_defaults("hopfield-resnet13").unwrap();
-    cfg.height = Some(height);
-    cfg.in_channels = Some(2);
-    cfg.widths = Some(vec![3, 4, 4, 5]);
-    cfg.classes = Some(3);
-    cfg.gains = Some(vec![0.6, 0.7, 0.3]);
-    cfg.batch = 2;
-    f(&mut cfg);
-    Instance::from_config(cfg).unwrap()
-}
-
-/// Tiny VGG5 on 16×16 with positive inputs, so that no receptive field is entirely zero (no structural ties,
-/// conv-hopfield.md §11).
-fn vgg(f: impl FnOnce(&mut RunConfig)) -> Instance {
-    let mut cfg = RunConfig::preset_defaults("vgg5-dchn").unwrap();
-    cfg.height = Some(16);
-    cfg.in_channels = Some(2);
-    cfg.widths = Some(vec![3, 4, 4, 5]);
-    cfg.classes = Some(3);
-    cfg.input_range = Some([0.1, 1.0]);
-    cfg.batch = 2;
-    f(&mut cfg);
-    Instance::from_config(cfg).unwrap()
-}
-
 fn random_state(m: &Model, b: i64, seed: i64) -> Vec<Tensor> {
     tch::manual_seed(seed);
     m.layers
@@ -130,10 +102,10 @@ fn max_pool_breaks_ties_at_the_first_position_and_unpool_scatters_there() {
 #[test]
 fn drives_and_local_gradients_equal_autograd_of_phi() {
     let cases: Vec<(&str, Instance)> = vec![
-        ("resnet13 H=8", resnet(8, |_| {})),
-        ("resnet13 H=9 (odd, op=0)", resnet(9, |_| {})),
-        ("resnet13 skips=none", resnet(8, |c| c.skips = Some("none".into()))),
-        ("vgg5 H=16", vgg(|_| {})),
+        ("resnet13 H=8", tiny_resnet(8, |_| {})),
+        ("resnet13 H=9 (odd, op=0)", tiny_resnet(9, |_| {})),
+        ("resnet13 skips=none", tiny_resnet(8, |c| c.skips = Some("none".into()))),
+        ("vgg5 H=16", tiny_vgg(|_| {})),
     ];
     for (name, inst) in &cases {
         let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
@@ -172,7 +144,7 @@ fn parameter_counts_at_paper_size() {
 
 #[test]
 fn step_vjp_equals_autograd_async2_sync_and_pool() {
-    for (name, inst) in [("resnet13", resnet(8, |_| {})), ("vgg5", vgg(|_| {})), ("resnet13 sync", resnet(9, |c| c.schedule = Some("sync".into())))] {
+    for (name, inst) in [("resnet13", tiny_resnet(8, |_| {})), ("vgg5", tiny_vgg(|_| {})), ("resnet13 sync", tiny_resnet(9, |c| c.schedule = Some("sync".into())))] {
         for beta in [0.0, 0.4] {
             let s = random_state(&inst.model, 2, 3);
             let lam = random_state(&inst.model, 2, 5);
@@ -191,7 +163,7 @@ fn loss_fixed_t(m: &Model, p: &[Tensor], batch: &Batch, t: i64) -> f64 {
 
 #[test]
 fn bptt_equals_central_finite_differences_away_from_ties() {
-    for (name, inst) in [("resnet13", resnet(8, |_| {})), ("vgg5", vgg(|_| {}))] {
+    for (name, inst) in [("resnet13", tiny_resnet(8, |_| {})), ("vgg5", tiny_vgg(|_| {}))] {
         let t = 30;
         let (g, _) = bptt::full(&inst.model, &inst.params, &inst.batch, t);
         let g = flat(&g.tensors);
@@ -223,7 +195,7 @@ fn bptt_equals_central_finite_differences_away_from_ties() {
 fn symmetric_ep_matches_bptt_at_small_beta() {
     // Converged phases (T = 300, K = 200; the residuals are at rounding level): symmetric EP's error is O(β²).
     let len = PhaseLengths { t_free: 300, k_nudge: 200, tol: None };
-    for (name, inst) in [("resnet13", resnet(8, |_| {})), ("vgg5", vgg(|_| {}))] {
+    for (name, inst) in [("resnet13", tiny_resnet(8, |_| {})), ("vgg5", tiny_vgg(|_| {}))] {
         let (g, _) = bptt::full(&inst.model, &inst.params, &inst.batch, 300);
         let gref = flat(&g.tensors);
         let mut errs = Vec::new();
@@ -241,12 +213,12 @@ fn symmetric_ep_matches_bptt_at_small_beta() {
 
 #[test]
 fn gdu_check_passes_on_tiny_resnet13_under_sync() {
-    let inst = resnet(8, |c| c.schedule = Some("sync".into()));
+    let inst = tiny_resnet(8, |c| c.schedule = Some("sync".into()));
     let o = gdu::GduOptions { verify_quadratic: true, ..gdu::GduOptions::theorem(60, 12, 1e-3) };
     let report = gdu::run(&inst, &o);
     assert_eq!(report.overall, checks::Verdict::Pass, "{:?}", report.verdicts.iter().filter(|v| v.verdict != "pass").collect::<Vec<_>>());
     // Under async2 the per-step identity does not hold (conventions §7.5): the check says so instead of failing.
-    let inst = resnet(8, |_| {});
+    let inst = tiny_resnet(8, |_| {});
     let report = gdu::run(&inst, &o);
     assert!(matches!(report.overall, checks::Verdict::Inconclusive(_)), "{:?}", report.overall);
 }
@@ -255,7 +227,7 @@ fn gdu_check_passes_on_tiny_resnet13_under_sync() {
 fn structural_max_pool_ties_are_counted() {
     // A pre layer that is exactly zero makes every window of its pooled coupling a 4-way tie (the conv has no
     // bias), conv-hopfield.md §11; random states make none.
-    let inst = vgg(|_| {});
+    let inst = tiny_vgg(|_| {});
     let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
     let mut s = random_state(m, 2, 4);
     let ties = m.pool_ties(p, b, &s);
@@ -275,8 +247,8 @@ fn structural_max_pool_ties_are_counted() {
 fn weighted_param_derivative_on_conv_nets() {
     // Centered and one-sided EP take f through the weighted path: conv, pooled conv (linear in its post slot,
     // argmax from pre), skips and dense heads.
-    check_weighted_derivative(&resnet(8, |_| {}), false);
-    check_weighted_derivative(&vgg(|_| {}), false);
+    check_weighted_derivative(&tiny_resnet(8, |_| {}), false);
+    check_weighted_derivative(&tiny_vgg(|_| {}), false);
 }
 
 #[test]
@@ -312,7 +284,7 @@ fn complex_conv_operators_equal_libtorch_native_complex_convolution() {
 fn holomorphic_ep_on_resnet13_with_holotanh_surrogates_matches_implicit() {
     // Tiny Hopfield-ResNet13 (stride-2 convs, 1×1 skips) with its clamps replaced by the smooth surrogate
     // holotanh(4) (estimators §3.6: admissible; every reference uses the same surrogate), sync schedule.
-    let inst = resnet(8, |c| {
+    let inst = tiny_resnet(8, |c| {
         c.activation = "holotanh(4)".into();
         c.schedule = Some("sync".into());
     });

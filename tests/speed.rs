@@ -18,26 +18,8 @@ use tch::{Kind, Tensor};
 fn instances() -> Vec<(&'static str, Instance)> {
     tch::set_num_threads(1);
     let pmlp = tiny("tanh", "mse");
-    let resnet = {
-        let mut cfg = RunConfig::preset_defaults("hopfield-resnet13").unwrap();
-        cfg.height = Some(8);
-        cfg.in_channels = Some(2);
-        cfg.widths = Some(vec![3, 4, 4, 5]);
-        cfg.classes = Some(3);
-        cfg.gains = Some(vec![0.6, 0.7, 0.3]);
-        cfg.batch = 2;
-        Instance::from_config(cfg).unwrap()
-    };
-    let vgg = {
-        let mut cfg = RunConfig::preset_defaults("vgg5-dchn").unwrap();
-        cfg.height = Some(16);
-        cfg.in_channels = Some(2);
-        cfg.widths = Some(vec![3, 4, 4, 5]);
-        cfg.classes = Some(3);
-        cfg.input_range = Some([0.1, 1.0]);
-        cfg.batch = 2;
-        Instance::from_config(cfg).unwrap()
-    };
+    let resnet = tiny_resnet(8, |_| {});
+    let vgg = tiny_vgg(|_| {});
     let imdb = {
         let mut cfg = RunConfig::preset_defaults("imdb-hopfield").unwrap();
         cfg.batch = 3;

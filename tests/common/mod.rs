@@ -146,3 +146,31 @@ pub fn check_holomorphic_vs_implicit(inst: &Instance, r: f64, iters: i64, what: 
     assert!(errs[3] <= 1e-6, "{what}: N = 8 at |β| = {r}: {}", errs[3]);
     errs
 }
+
+/// Tiny Hopfield-ResNet13: widths [3, 4, 4, 5], 2 input channels, 3 classes, dense gain 0.3 (σ_max(W89) < 1,
+/// conv-hopfield.md §2.6), B = 2.
+pub fn tiny_resnet(height: i64, f: impl FnOnce(&mut RunConfig)) -> Instance {
+    let mut cfg = RunConfig::preset_defaults("hopfield-resnet13").unwrap();
+    cfg.height = Some(height);
+    cfg.in_channels = Some(2);
+    cfg.widths = Some(vec![3, 4, 4, 5]);
+    cfg.classes = Some(3);
+    cfg.gains = Some(vec![0.6, 0.7, 0.3]);
+    cfg.batch = 2;
+    f(&mut cfg);
+    Instance::from_config(cfg).unwrap()
+}
+
+/// Tiny VGG5 on 16×16 with positive inputs, so that no receptive field is entirely zero (no structural ties,
+/// conv-hopfield.md §11), B = 2.
+pub fn tiny_vgg(f: impl FnOnce(&mut RunConfig)) -> Instance {
+    let mut cfg = RunConfig::preset_defaults("vgg5-dchn").unwrap();
+    cfg.height = Some(16);
+    cfg.in_channels = Some(2);
+    cfg.widths = Some(vec![3, 4, 4, 5]);
+    cfg.classes = Some(3);
+    cfg.input_range = Some([0.1, 1.0]);
+    cfg.batch = 2;
+    f(&mut cfg);
+    Instance::from_config(cfg).unwrap()
+}
