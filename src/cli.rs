@@ -1,6 +1,6 @@
 //! The command line: a thin layer over the library. Exit codes: 0 = the run completed and no scored scope
 //! failed, 1 = a check failed, 2 = the run could not be done (bad input, error verdict); errors are one line.
-use crate::checks::{self, gdu, Verdict};
+use crate::checks::{self, gdu};
 use crate::config::{parse_set, RunConfig};
 use crate::estimators::{Estimator, PhaseLengths};
 use crate::instance::Instance;
@@ -32,7 +32,7 @@ pub enum Command {
     /// Energy audit: drives = ∂Φ_β/∂s, symmetric drive Jacobian, gradient update maps, nudge (checks §7).
     Audit(Common),
     /// Conformance: recompute another implementation's tensors and compare them (checks §10).
-    Compare(crate::checks::conformance::CompareArgs),
+    Compare(CompareArgs),
     /// Run certification suites (`verify/*.toml`): every listed check, JUnit XML, one line per check.
     Verify(crate::verify::VerifyArgs),
     /// Train with EP (any estimator) or BPTT, or the feed-forward BP baseline: per-epoch table, curves,
@@ -45,6 +45,18 @@ pub enum Command {
     /// Fuzz random architecture graphs against the invariants (local, BPTT = FD, EP → BPTT, holomorphic N = 2).
     Fuzz(crate::fuzz::FuzzArgs),
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// External tensors (safetensors, or npz).
+    pub file: PathBuf,
+    /// Name map (TOML): `[names] theirs = "ours"` (or a table with `key` and `transforms`), `[run]` options.
+    #[arg(long)]
+    pub names: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
 
 #[derive(Args, Debug, Clone)]
 pub struct PresetArgs {
@@ -278,6 +290,7 @@ impl Common {
     }
 
     pub fn instance(&self, extra: toml::Table) -> Result<Instance> {
+        check_outputs(self)?;
         for p in [&self.config, &self.graph, &self.params, &self.input].into_iter().flatten() {
             if !p.exists() {
                 return Err(Error::file(p, "no such file"));
@@ -294,34 +307,18 @@ impl Common {
     }
 }
 
+/// Validates the output paths of a command before any work (docs/verdicts.md: nothing is written on bad input).
+pub fn check_outputs(common: &Common) -> Result<()> {
+    crate::run::check_output_dir(&common.out)?;
+    if let Some(d) = &common.dump {
+        crate::run::check_output_file(d, "--dump")?;
+    }
+    Ok(())
+}
+
+/// Writes the run folder and the dump, prints the verdict digests, returns the exit code.
 pub fn finish(common: &Common, command: &str, inst: &Instance, reports: Vec<checks::CheckReport>) -> Result<i32> {
-    let args: Vec<String> = std::env::args().collect();
-    crate::progress::message("writing report");
-    let dir = crate::report::write_run(&common.out, command, inst, &reports, &args)?;
-    if let Some(path) = &common.dump {
-        let mut tensors: Vec<(String, tch::Tensor)> = vec![];
-        for (i, s) in inst.model.params.iter().enumerate() {
-            tensors.push((format!("param.{}", s.name), inst.params[i].shallow_clone()));
-        }
-        tensors.push(("input.x".into(), inst.batch.x[0].shallow_clone()));
-        tensors.push(("input.y".into(), inst.batch.y.shallow_clone()));
-        for r in &reports {
-            tensors.extend(r.dump.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
-        }
-        crate::io::write_tensors(path, &tensors, crate::io::metadata(&inst.model, &inst.cfg))?;
-    }
-    crate::progress::finish();
-    let mut code = 0;
-    for r in &reports {
-        println!("{} {}: {}", r.check, r.instance, r.overall.display());
-        code = code.max(match r.overall {
-            Verdict::Fail(_) => 1,
-            Verdict::Error(_) => 2,
-            _ => 0,
-        });
-    }
-    println!("report: {}", dir.display());
-    Ok(code)
+    Ok(crate::run::complete(&common.out, common.dump.as_deref(), command, inst, &reports)?.1)
 }
 
 /// A check whose options all come from the resolved configuration: one instance, the check as
@@ -409,7 +406,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Weights(w) => run_weights(w),
         Command::Local(c) => check_command(&c, "local", toml::Table::new()),
         Command::Audit(c) => check_command(&c, "audit", toml::Table::new()),
-        Command::Compare(a) => crate::checks::conformance::command(a),
+        Command::Compare(a) => run_compare(a),
         Command::Verify(v) => crate::verify::command(v),
         Command::Preset(a) => run_preset(a),
         Command::Fuzz(a) => crate::fuzz::command(a),
@@ -608,4 +605,25 @@ pub fn main() -> i32 {
             2
         }
     }
+}
+
+/// `epcheck compare FILE [--names MAP] [instance flags]`.
+fn run_compare(a: CompareArgs) -> Result<i32> {
+    for p in [Some(&a.file), a.names.as_ref(), a.common.config.as_ref(), a.common.params.as_ref(), a.common.input.as_ref()].into_iter().flatten() {
+        if !p.exists() {
+            return Err(Error::file(p, "no such file"));
+        }
+    }
+    let map = match &a.names {
+        Some(p) => crate::checks::conformance::read_name_map(p)?,
+        None => crate::checks::conformance::NameMap::default(),
+    };
+    let mut over = map.run.clone();
+    crate::config::merge(&mut over, a.common.overrides()?);
+    let cfg = RunConfig::resolve(a.common.preset.as_deref(), a.common.config.as_deref(), over)?;
+    let case = crate::checks::conformance::load_case(&a.file, &map, cfg, a.common.params.as_deref(), a.common.input.as_deref())?;
+    crate::progress::start("conformance");
+    let o = crate::checks::conformance::ConformanceOptions::from_config(&case.inst.cfg);
+    let rep = crate::checks::conformance::run(&case, &o)?;
+    finish(&a.common, "compare", &case.inst, vec![rep])
 }

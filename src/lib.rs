@@ -41,6 +41,7 @@ pub mod model;
 pub mod precision;
 pub mod progress;
 pub mod relax;
+pub mod run;
 pub mod train;
 pub mod report;
 pub mod tensor_util;

@@ -21,7 +21,8 @@
 //! Checks: `converge`, `local`, `audit`, `gdu`, `bias`, `refs`, `conformance`, run in that order. Every
 //! suite is parsed and validated before anything runs (bad input → exit 2, no report). Prints one line per
 //! check and instance, then `N passed, N failed`; writes a run folder per instance and one JUnit XML file
-//! (checks §0.5). Exit code 0 when every check passes, 1 when one does not (fail, inconclusive or error).
+//! (one test case per check and instance). Exit code (docs/verdicts.md): 0 when every check passed or only
+//! reported (info), 1 when one failed or was inconclusive, 2 when one could not run (error).
 use crate::checks::{self, audit, bias, conformance, converge, gdu, local, refs, CheckReport, Verdict};
 use crate::config::{merge, RunConfig};
 use crate::instance::Instance;
@@ -292,22 +293,9 @@ pub fn apply_cos_gate(rep: &mut CheckReport, cos_min: f64) {
         pos,
         checks::VerdictRow { check: rep.check.clone(), instance: rep.instance.clone(), scope: "gate".into(), name: "cos_min".into(), verdict: verdict.label().into(), reason: verdict.reason().map(str::to_string), details: json!({ "cos": v, "threshold": cos_min, "groups": best.len() }).to_string() },
     );
-    let scored: Vec<Verdict> = rep.verdicts.iter().filter(|r| r.scope != "check").map(row_verdict).collect();
-    rep.overall = checks::overall(&scored);
-    if let Some(r) = rep.verdicts.iter_mut().find(|r| r.scope == "check") {
-        r.verdict = rep.overall.label().into();
-        r.reason = rep.overall.reason().map(str::to_string);
-    }
-}
-
-fn row_verdict(r: &checks::VerdictRow) -> Verdict {
-    let reason = r.reason.clone().unwrap_or_default();
-    match r.verdict.as_str() {
-        "pass" => Verdict::Pass,
-        "fail" => Verdict::Fail(reason),
-        "inconclusive" => Verdict::Inconclusive(reason),
-        "error" => Verdict::Error(reason),
-        _ => Verdict::Info,
+    rep.rederive();
+    if rep.overall != Verdict::Pass || rep.digest.is_empty() {
+        rep.digest = checks::digest_from_rows(&rep.metrics, &rep.verdicts);
     }
 }
 
@@ -316,40 +304,57 @@ fn first_problem(rep: &CheckReport) -> Option<String> {
     rep.verdicts.iter().find(|r| r.scope != "check" && ["fail", "error", "inconclusive"].contains(&r.verdict.as_str())).map(|r| format!("{}:{} {}: {}", r.scope, r.name, r.verdict, r.reason.clone().unwrap_or_default()))
 }
 
-/// JUnit test cases of a report (checks §0.5): one per verdict row with scope ≠ check.
-pub fn junit_cases(rep: &CheckReport, time: Duration) -> Vec<quick_junit::TestCase> {
-    use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus};
-    let rows: Vec<&checks::VerdictRow> = rep.verdicts.iter().filter(|r| r.scope != "check").collect();
-    let per = if rows.is_empty() { Duration::ZERO } else { time / rows.len() as u32 };
-    rows.into_iter()
-        .map(|r| {
-            let name = format!("{}::{}::{}:{}", r.check, r.instance, r.scope, r.name);
-            let reason = r.reason.clone().unwrap_or_default();
-            let status = match r.verdict.as_str() {
-                "fail" => {
-                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                    s.set_message(reason.as_str());
-                    s.set_description(r.details.as_str());
-                    s
-                }
-                "error" => {
-                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-                    s.set_message(reason.as_str());
-                    s
-                }
-                "inconclusive" => {
-                    let mut s = TestCaseStatus::skipped();
-                    s.set_message(reason.as_str());
-                    s
-                }
-                _ => TestCaseStatus::success(),
-            };
-            let mut tc = TestCase::new(name, status);
-            tc.set_classname(format!("epcheck.{}", r.check));
-            tc.set_time(per);
-            tc
-        })
-        .collect()
+/// How `verify` counts a check (docs/verdicts.md): `passed`; `failed` = fail or inconclusive (nothing was
+/// certified); `error` (the check could not run); `info` (reported, not scored).
+pub fn tally(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Pass => "passed",
+        Verdict::Fail(_) | Verdict::Inconclusive(_) => "failed",
+        Verdict::Error(_) => "error",
+        Verdict::Info => "info",
+    }
+}
+
+/// The JUnit test case of one check on one instance (docs/verdicts.md): named `<suite>/<check>/<instance>`;
+/// `fail` and `inconclusive` are `<failure>` (type = the verdict), `error` is `<error>`, `pass` and `info` are
+/// plain; the scope rows go to `<system-out>`; verdict, seed, model, dtype and device are properties.
+pub fn junit_case(suite: &str, rep: &CheckReport, cfg: &RunConfig, device: &str, time: Duration) -> quick_junit::TestCase {
+    use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus};
+    let message = rep.digest_line();
+    let status = match &rep.overall {
+        Verdict::Fail(_) | Verdict::Inconclusive(_) => {
+            let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+            s.set_message(message.as_str());
+            s.set_type(rep.overall.label());
+            if let Some(p) = first_problem(rep) {
+                s.set_description(p.as_str());
+            }
+            s
+        }
+        Verdict::Error(_) => {
+            let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+            s.set_message(message.as_str());
+            s.set_type("error");
+            s
+        }
+        Verdict::Pass | Verdict::Info => TestCaseStatus::success(),
+    };
+    let mut tc = TestCase::new(format!("{suite}/{}/{}", rep.check, rep.instance), status);
+    tc.set_classname(format!("epcheck.{suite}"));
+    tc.set_time(time);
+    let mut out = vec![message.clone()];
+    for r in rep.verdicts.iter().filter(|r| r.scope != "check") {
+        out.push(format!("{}:{} {}{} {}", r.scope, r.name, r.verdict, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default(), r.details));
+    }
+    tc.set_system_out(out.join("\n"));
+    let model = match &cfg.graph {
+        Some(g) => format!("graph {g}"),
+        None => cfg.preset.clone(),
+    };
+    for (k, v) in [("verdict", rep.overall.label().to_string()), ("seed", cfg.seed.to_string()), ("model", model), ("dtype", cfg.dtype.clone()), ("device", device.to_string())] {
+        tc.add_property(Property::new(k, v));
+    }
+    tc
 }
 
 /// The outcome of one check on one instance.
@@ -364,10 +369,22 @@ pub struct Outcome {
 /// Runs every suite; returns the exit code.
 pub fn command(a: VerifyArgs) -> Result<i32> {
     let files = suite_files(&a.paths)?;
+    // Every suite, external file and output path is validated before anything runs.
     let suites = files.iter().map(|f| parse_suite(f)).collect::<Result<Vec<_>>>()?;
+    let junit = a.junit.clone().unwrap_or_else(|| a.out.join("junit.xml"));
+    crate::run::check_output_dir(&a.out)?;
+    if a.junit.is_some() {
+        crate::run::check_output_file(&junit, "--junit")?;
+    }
+    for suite in &suites {
+        for c in suite.checks.iter().filter(|c| c.name == "conformance") {
+            conformance::read_external(c.file.as_ref().expect("validated")).map_err(|e| bad(&suite.path, e))?;
+        }
+    }
     let args: Vec<String> = std::env::args().collect();
     let mut report = quick_junit::Report::new("epcheck verify");
-    let (mut passed, mut failed) = (0usize, 0usize);
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    let mut verdicts: Vec<Verdict> = vec![];
     let t_all = Instant::now();
     let mut run_dirs = vec![];
     let default_threads = tch::get_num_threads();
@@ -376,21 +393,26 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
         let mut ts = quick_junit::TestSuite::new(suite.name.as_str());
         ts.add_property(quick_junit::Property::new("file", suite.path.display().to_string()));
         let t_suite = Instant::now();
-        // The cos gate, the JUnit cases and the PASS/FAIL line of one report; true when it passed.
-        let emit = |rep: &mut CheckReport, cos_min: Option<f64>, dt: Duration, ts: &mut quick_junit::TestSuite| {
+        // The cos gate, the JUnit case and the terminal line of one report.
+        let mut emit = |rep: &mut CheckReport, cos_min: Option<f64>, dt: Duration, ts: &mut quick_junit::TestSuite, inst: &Instance| {
             if let Some(cm) = cos_min {
                 apply_cos_gate(rep, cm);
             }
             crate::progress::finish();
-            ts.add_test_cases(junit_cases(rep, dt));
-            let ok = matches!(rep.overall, Verdict::Pass | Verdict::Info);
-            let line = if ok {
-                format!("PASS {}/{} {} ({:.1} s)", suite.name, rep.check, rep.instance, dt.as_secs_f64())
-            } else {
-                format!("FAIL {}/{} {} {} — {} ({:.1} s)", suite.name, rep.check, rep.instance, rep.overall.display(), first_problem(rep).unwrap_or_default(), dt.as_secs_f64())
+            ts.add_test_case(junit_case(&suite.name, rep, &inst.cfg, &inst.prec.device_name(), dt));
+            let tag = match &rep.overall {
+                Verdict::Pass => "PASS",
+                Verdict::Info => "INFO",
+                Verdict::Inconclusive(_) => "INCONCLUSIVE",
+                Verdict::Fail(_) => "FAIL",
+                Verdict::Error(_) => "ERROR",
             };
-            println!("{line}");
-            ok
+            println!("{tag} {}/{} ({:.1} s)", suite.name, rep.digest_line(), dt.as_secs_f64());
+            for n in &rep.notes {
+                eprintln!("note: {}/{}: {n}", suite.name, rep.check);
+            }
+            *counts.entry(tally(&rep.overall)).or_default() += 1;
+            verdicts.push(rep.overall.clone());
         };
         // Seeded instances: every check but conformance.
         let seeded: Vec<&SuiteCheck> = suite.checks.iter().filter(|c| c.name != "conformance").collect();
@@ -405,11 +427,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
                         Ok(r) => r,
                         Err(e) => error_report(&c.name, &inst, &e),
                     };
-                    if emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts) {
-                        passed += 1;
-                    } else {
-                        failed += 1;
-                    }
+                    emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts, &inst);
                     reps.push(rep);
                 }
                 run_dirs.push(crate::report::write_run(&a.out, "verify", &inst, &reps, &args)?);
@@ -434,25 +452,27 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
                 Ok(r) => r,
                 Err(e) => error_report("conformance", &case.inst, &e),
             };
-            if emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts) {
-                passed += 1;
-            } else {
-                failed += 1;
-            }
+            emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts, &case.inst);
             run_dirs.push(crate::report::write_run(&a.out, "verify", &case.inst, &[rep], &args)?);
         }
         ts.set_time(t_suite.elapsed());
         report.add_test_suite(ts);
     }
     report.set_time(t_all.elapsed());
-    let junit = a.junit.clone().unwrap_or_else(|| a.out.join("junit.xml"));
     write_junit(&junit, &report)?;
-    println!("{passed} passed, {failed} failed");
-    println!("junit: {}", junit.display());
+    let n = |k: &str| counts.get(k).copied().unwrap_or(0);
+    let mut line = format!("{} passed, {} failed", n("passed"), n("failed"));
+    for k in ["error", "info"] {
+        if n(k) > 0 {
+            line += &format!(", {} {k}", n(k));
+        }
+    }
+    println!("{line}");
+    println!("junit: {} (failures = {}, errors = {})", junit.display(), n("failed"), n("error"));
     for d in &run_dirs {
         println!("report: {}", d.display());
     }
-    Ok(if failed > 0 { 1 } else { 0 })
+    Ok(checks::exit_code(&verdicts))
 }
 
 /// A report holding one `error` verdict (a check that could not run).

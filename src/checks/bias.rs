@@ -446,7 +446,22 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
             dump.push((format!("grad.{}@{}.{}", pt.key(), pt.beta, s.name), pt.grad[i].shallow_clone()));
         }
     }
-    Ok(rows.finish(summary, dump))
+    // Digest: the fitted slope of every estimator on the total (expected in parentheses), the best consistency.
+    let mut slopes = vec![];
+    for r in rows.metrics.iter().filter(|r| r.scope == "fit" && r.name == "total" && r.metric == "slope") {
+        let key = match r.n_points {
+            Some(n) => format!("N={n}"),
+            None => r.estimator.clone().unwrap_or_default(),
+        };
+        let exp = rows.metrics.iter().find(|x| x.scope == "fit" && x.name == "total" && x.metric == "slope_expected" && x.estimator == r.estimator && x.n_points == r.n_points).map(|x| x.value);
+        slopes.push(format!("{key} {:.2}{}", r.value, exp.map(|e| format!(" ({e})")).unwrap_or_default()));
+    }
+    let cons = rows.metrics.iter().filter(|r| r.metric == "err_best" && r.name == "total").map(|r| r.value).fold(f64::NEG_INFINITY, f64::max);
+    let mut digest = if slopes.is_empty() { "no slope could be fitted".to_string() } else { format!("slopes (expected) {}", slopes.join(", ")) };
+    if cons.is_finite() {
+        digest += &format!("; worst best-β error vs {} {} (≤ {})", o.reference, super::num(cons), super::num(o.consistency_max));
+    }
+    Ok(rows.finish(summary, dump).with_digest(digest))
 }
 
 /// B6: max relative error of the closed forms of conventions §8.3 and estimators §3.10 on Φ = θ·x·s

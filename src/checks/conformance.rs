@@ -18,7 +18,6 @@
 //! entry are read under the canonical names and the aliases of conventions §12.1.
 use super::metrics as mx;
 use super::{CheckReport, Rows, Verdict};
-use crate::cli::Common;
 use crate::config::RunConfig;
 use crate::estimators::{self, bptt, implicit, Estimator, PhaseLengths};
 use crate::instance::{instance_id, Instance};
@@ -27,22 +26,10 @@ use crate::precision::{DeviceChoice, Dtype, Precision};
 use crate::relax::{relax, RelaxOptions};
 use crate::tensor_util::{all_finite, norm2, to_vec_f64};
 use crate::{Error, Result};
-use clap::Args;
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Kind, Tensor};
-
-#[derive(Args, Debug, Clone)]
-pub struct CompareArgs {
-    /// External tensors (safetensors, or npz).
-    pub file: PathBuf,
-    /// Name map (TOML): `[names] theirs = "ours"` (or a table with `key` and `transforms`), `[run]` options.
-    #[arg(long)]
-    pub names: Option<PathBuf>,
-    #[command(flatten)]
-    pub common: Common,
-}
 
 /// Reads safetensors or npz (by content: a zip archive starts with "PK").
 pub fn read_external(path: &Path) -> Result<BTreeMap<String, Tensor>> {
@@ -634,26 +621,45 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
         } else {
             0.0
         };
-        let thr = class_threshold(class, o, ext_f32, floor_rel);
         let finite = r.iter().all(|v| v.is_finite());
         let (rl, r2, ma) = (mx::rel_linf(&a, &r), mx::rel_l2(&a, &r), mx::max_abs(&a, &r));
+        // An exactly-zero external tensor has no relative scale: judge it absolutely against the class floor
+        // (checks §10), never against an infinite relative threshold.
+        let r_max = r.iter().fold(0.0f64, |mm, v| mm.max(v.abs()));
+        let eps_ext = if ext_f32 { f32::EPSILON as f64 } else { inst.prec.dtype.eps() };
+        let (metric, value, thr) = if r_max == 0.0 && finite {
+            let scale = match class {
+                "grad_ep" => {
+                    let beta = if let Target::Grad(_, Some(bb), _) = &it.target { *bb } else { o.beta };
+                    rc.f_norm / (2.0 * beta.abs())
+                }
+                "grad_exact" => rc.f_norm,
+                "param" | "input" => 0.0,
+                _ => 1.0,
+            };
+            ("max_abs", ma, 100.0 * eps_ext * scale)
+        } else {
+            ("rel_linf", rl, class_threshold(class, o, ext_f32, floor_rel))
+        };
         let verdict = if !finite {
             Verdict::Error(format!("non-finite value: {}", it.ext_key))
-        } else if rl <= thr {
+        } else if !thr.is_finite() {
+            Verdict::Error(format!("non-finite threshold for {} (floor_rel = {floor_rel:e})", it.ext_key))
+        } else if value.is_finite() && value <= thr {
             Verdict::Pass
         } else {
-            Verdict::Fail(format!("rel_linf={rl:.3e} > {thr:.3e}"))
+            Verdict::Fail(format!("{metric}={value:.3e} > {thr:.3e}{}", if metric == "max_abs" { " (external tensor is exactly zero: judged absolutely)" } else { "" }))
         };
-        for (metric, v) in [("shape_match", 1.0), ("rel_linf", rl), ("rel_l2", r2), ("max_abs", ma), ("floor_rel", floor_rel)] {
-            let mut row = rows.row("key", &it.ext_key, metric, v);
+        for (mname, v) in [("shape_match", 1.0), ("rel_linf", rl), ("rel_l2", r2), ("max_abs", ma), ("floor_rel", floor_rel)] {
+            let mut row = rows.row("key", &it.ext_key, mname, v);
             row.reference = Some("external".into());
-            if metric == "rel_linf" {
+            if mname == metric {
                 row.threshold = Some(thr);
                 row.verdict = Some(verdict.label().into());
             }
             rows.push(row);
         }
-        rows.verdict("key", &it.ext_key, &verdict, json!({ "canonical": it.canon, "class": class, "rel_linf": rl, "threshold": thr }));
+        rows.verdict("key", &it.ext_key, &verdict, json!({ "canonical": it.canon, "class": class, "metric": metric, "value": value, "rel_linf": rl, "threshold": thr }));
         summary.push(format!("| {} | {} | {class} | {rl:.3e} | {r2:.3e} | {ma:.3e} | {thr:.1e} | {} |", it.ext_key, it.canon, verdict.display()));
     }
     // Trajectories: replay each phase from the external initial state; first divergence; one-step errors.
@@ -711,7 +717,7 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
         }
         let t_star = rel_t.iter().position(|&r| !(r <= tol));
         let e1_max = e1_t.iter().cloned().fold(0.0, f64::max);
-        let verdict = if e1_max <= tol { Verdict::Pass } else { Verdict::Fail(format!("one-step error e1={e1_max:.3e} > {tol:.1e}")) };
+        let verdict = if super::within(e1_max, tol) { Verdict::Pass } else { Verdict::Fail(format!("one-step error e1={e1_max:.3e} > {tol:.1e}")) };
         let mut details = json!({ "tol": tol, "e1_max": e1_max, "rel_max": rel_t.iter().cloned().fold(0.0, f64::max), "steps": n });
         let mut note = String::new();
         if let Some(ts) = t_star {
@@ -767,25 +773,4 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
         summary.push(format!("Not compared (name map): {}", case.skipped.join(", ")));
     }
     Ok(rows.finish(summary, vec![]))
-}
-
-/// `epcheck compare FILE [--names MAP] [instance flags]`.
-pub fn command(a: CompareArgs) -> Result<i32> {
-    for p in [Some(&a.file), a.names.as_ref(), a.common.config.as_ref(), a.common.params.as_ref(), a.common.input.as_ref()].into_iter().flatten() {
-        if !p.exists() {
-            return Err(Error::file(p, "no such file"));
-        }
-    }
-    let map = match &a.names {
-        Some(p) => read_name_map(p)?,
-        None => NameMap::default(),
-    };
-    let mut over = map.run.clone();
-    crate::config::merge(&mut over, a.common.overrides()?);
-    let cfg = RunConfig::resolve(a.common.preset.as_deref(), a.common.config.as_deref(), over)?;
-    let case = load_case(&a.file, &map, cfg, a.common.params.as_deref(), a.common.input.as_deref())?;
-    crate::progress::start("conformance");
-    let o = ConformanceOptions::from_config(&case.inst.cfg);
-    let rep = run(&case, &o)?;
-    crate::cli::finish(&a.common, "compare", &case.inst, vec![rep])
 }

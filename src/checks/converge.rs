@@ -90,7 +90,35 @@ pub fn run(inst: &Instance, o: &ConvergeOptions) -> CheckReport {
             }
         }
     }
-    rows.finish(summary, dump)
+    // Digest: per phase, r_∞ against tol, ρ̂, and for an unconverged phase what would reach tol.
+    let (mut parts, mut notes) = (vec![], vec![]);
+    for (name, ph) in &phases {
+        let get = |metric: &str| rows.metrics.iter().rev().find(|r| r.metric == metric && r.phase.as_deref() == Some(name.as_str()) && r.example.is_none()).map(|r| r.value);
+        let r = get("r_inf_max").unwrap_or(f64::NAN);
+        let rho = get("rho_hat_max");
+        let osc = rows.metrics.iter().filter(|x| x.metric == "r2_over_r1" && x.phase.as_deref() == Some(name.as_str())).map(|x| x.value).fold(f64::INFINITY, f64::min);
+        let ok = super::within(r, o.tol);
+        let mut part = format!("{name}: r_∞ {} {} tol {} at T = {}", super::num(r), if ok { "≤" } else { ">" }, super::num(o.tol), ph.iters);
+        if let Some(rho) = rho {
+            part += &format!(", ρ̂ = {}", super::num(rho));
+        }
+        if !ok {
+            let hint = if !r.is_finite() {
+                "diverged (non-finite state): try a smaller init_scale or a contracting activation".to_string()
+            } else if osc < 0.1 {
+                format!("a 2-cycle (r2/r1 = {}): try --schedule async2 or a smaller init_scale", super::num(osc))
+            } else if let Some(rho) = rho.filter(|x| *x > 0.0 && *x < 1.0) {
+                let more = ((o.tol / r).ln() / rho.ln()).ceil().max(1.0);
+                format!("T ≈ {} would reach it", ph.iters + more as i64)
+            } else {
+                "not contracting (ρ̂ ≥ 1): try --schedule async2 or a smaller init_scale".to_string()
+            };
+            part += &format!("; {hint}");
+            notes.push(format!("converge: the {name} phase is not converged: r_∞ {} > tol {} after {} iterations; {hint}", super::num(r), super::num(o.tol), ph.iters));
+        }
+        parts.push(part);
+    }
+    rows.finish(summary, dump).with_digest(parts.join("; ")).with_notes(notes)
 }
 
 /// Replaces NaN by +∞ (a diverged example has an infinite residual, never a NaN row).

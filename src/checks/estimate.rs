@@ -15,15 +15,49 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
     let mut rows = Rows::new("estimate", &inst.id, &m.preset, inst.prec.dtype.name());
     let run = estimators::estimate_with(est, m, p, batch, beta, len, &inst.cfg.holo_options(inst.cfg.holo_points))?;
     let mut summary = vec![];
-    // Diverged phases are reported as an error verdict naming the first non-finite state, never as NaN rows.
+    // Convergence of every phase the estimator ran (docs/verdicts.md): r_∞ per example after the phase against
+    // the estimate's tolerance (tol if given, else max(converge tol, 1e-4·|β|): a state error r moves an EP
+    // estimate by about r/β). A diverged (non-finite) or unconverged phase makes the verdict
+    // `inconclusive: not converged`, naming the phase, the example and r_∞; a converged one is reported (info).
+    let tol = inst.cfg.tol.unwrap_or_else(|| inst.cfg.converge_tol().max(1e-4 * beta.abs()));
+    let mut notes = vec![];
+    let mut phase_r = vec![];
     for (phase, ph) in &run.phases {
-        for (k, l) in m.layers.iter().enumerate() {
-            if !all_finite(&ph.state[k]) {
-                let v = Verdict::Error(format!("non-finite value: state.{phase}.{}", l.name));
-                rows.verdict("phase", phase, &v, json!({ "iters": ph.iters }));
-                summary.push(format!("{}: the {phase} phase diverged (non-finite states after {} iterations)", v.display(), ph.iters));
-                return Ok(rows.finish(summary, vec![]));
-            }
+        let diverged = m.layers.iter().enumerate().find(|(k, _)| !all_finite(&ph.state[*k])).map(|(_, l)| l.name.clone());
+        let per_ex: Vec<f64> = if diverged.is_some() {
+            vec![f64::INFINITY]
+        } else if ph.beta.is_finite() {
+            to_vec_f64(&residual(m, p, batch, &ph.state, ph.beta).to_kind(tch::Kind::Double))
+        } else if ph.iters > 0 {
+            to_vec_f64(&ph.residuals.get(ph.iters - 1).to_kind(tch::Kind::Double))
+        } else {
+            vec![]
+        };
+        let (ex, r) = per_ex.iter().enumerate().fold((0usize, 0.0f64), |(bi, bv), (i, v)| if !(*v <= bv) { (i, if v.is_nan() { f64::INFINITY } else { *v }) } else { (bi, bv) });
+        phase_r.push((phase.clone(), r));
+        let mut row = rows.row("phase", phase, "r_inf_max", r);
+        row.phase = Some(phase.clone());
+        row.beta = ph.beta.is_finite().then_some(ph.beta);
+        row.threshold = Some(tol);
+        let v = if let Some(layer) = &diverged {
+            Verdict::Inconclusive(format!("not converged: the {phase} phase diverged (non-finite state.{phase}.{layer} after {} iterations)", ph.iters))
+        } else if crate::checks::within(r, tol) || per_ex.is_empty() {
+            Verdict::Info
+        } else {
+            Verdict::Inconclusive(format!("not converged: {phase} phase, example {ex}, r_∞ {} > tol {} after {} iterations", crate::checks::num(r), crate::checks::num(tol), ph.iters))
+        };
+        row.verdict = Some(v.label().into());
+        rows.push(row);
+        rows.verdict("phase", phase, &v, json!({ "iters": ph.iters, "r_inf": r, "example": ex, "tol": tol }));
+        if let Verdict::Inconclusive(reason) = &v {
+            summary.push(format!("**{}**", v.display()));
+            notes.push(format!("estimate: {reason}; raise --T/--K, or try --schedule async2 or a smaller init_scale"));
+        }
+        if diverged.is_some() {
+            // Nothing below is meaningful on non-finite states.
+            let rep = rows.finish(summary, vec![]);
+            let d = format!("the {phase} phase diverged: no estimate; try a smaller init_scale or a contracting activation");
+            return Ok(rep.with_digest(d).with_notes(notes));
         }
     }
     let key = run.grad.key.clone();
@@ -148,15 +182,10 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
         }
     }
     summary.push(String::new());
-    summary.push("| phase | β | iterations | max r_∞ after the phase |".into());
-    summary.push("|---|---|---|---|".into());
-    for (phase, ph) in &run.phases {
-        let r = residual(m, p, batch, &ph.state, ph.beta).max().to_kind(tch::Kind::Double).double_value(&[]);
-        let mut row = rows.row("phase", phase, "r_inf_max", r);
-        row.phase = Some(phase.clone());
-        row.beta = Some(ph.beta);
-        rows.push(row);
-        summary.push(format!("| {phase} | {} | {} | {r:.3e} |", ph.beta, ph.iters));
+    summary.push(format!("| phase | β | iterations | max r_∞ after the phase | tol |"));
+    summary.push("|---|---|---|---|---|".into());
+    for ((phase, ph), (_, r)) in run.phases.iter().zip(&phase_r) {
+        summary.push(format!("| {phase} | {} | {} | {r:.3e} | {tol:.1e} |", ph.beta, ph.iters));
     }
     rows.verdict("estimate", &key, &Verdict::Info, json!({ "beta": beta }));
     let mut dump = vec![];
@@ -174,5 +203,19 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
         dump.push((format!("energy.{phase}"), m.energy(p, batch, &ph.state)));
         dump.push((format!("loss.{phase}"), m.loss_per_example(batch, &ph.state)));
     }
-    Ok(rows.finish(summary, dump))
+    // Digest: the estimate against its first reference, and the worst phase residual.
+    let (rname, total) = (refs[0].0, scopes.last().map(|(_, _, a, rs)| (mx::rel_l2(a, &rs[0]), mx::cos(a, &rs[0]))).unwrap_or((f64::NAN, f64::NAN)));
+    let worst_phase = phase_r.iter().fold((String::new(), f64::NEG_INFINITY), |acc, (n, r)| if *r > acc.1 { (n.clone(), *r) } else { acc });
+    let rep = rows.finish(summary, dump);
+    let scored = if rep.overall == Verdict::Info { "not scored (estimate reports)" } else { "" };
+    let digest = format!(
+        "{key} vs {rname}: total rel_l2 {}, cos {}; worst phase r_∞ {} ({}) vs tol {}{}",
+        crate::checks::num(total.0),
+        crate::checks::num(total.1),
+        crate::checks::num(worst_phase.1),
+        worst_phase.0,
+        crate::checks::num(tol),
+        if scored.is_empty() { String::new() } else { format!("; {scored}") }
+    );
+    Ok(rep.with_digest(digest).with_notes(notes))
 }

@@ -60,11 +60,26 @@ impl Verdict {
     }
 }
 
-/// Overall verdict with the precedence error > fail > inconclusive > pass; only `info` scopes give `info`.
+/// Scopes that are bookkeeping, not evidence: identities (two computations of the same quantity, e.g. gdu's
+/// I1–I4, bias's B1–B6) and a verify gate. They can fail a check but never make it pass on their own.
+pub fn is_bookkeeping_scope(scope: &str) -> bool {
+    matches!(scope, "identity" | "gate" | "check")
+}
+
+/// Overall verdict (docs/verdicts.md) with the precedence error > fail > inconclusive > pass. `pass` needs at
+/// least one scored scope that passed; scopes that only report (`info`) give `info`.
 pub fn overall<'a>(vs: impl IntoIterator<Item = &'a Verdict>) -> Verdict {
+    overall_scoped(vs.into_iter().map(|v| ("tensor", v)))
+}
+
+/// [`overall`] over (scope, verdict) pairs: a `pass` of a bookkeeping scope ([`is_bookkeeping_scope`]) counts
+/// as `info`, so identities alone never make a pass (replay-mode gdu: identities pass, the series are info →
+/// `info`).
+pub fn overall_scoped<'a>(vs: impl IntoIterator<Item = (&'a str, &'a Verdict)>) -> Verdict {
     let mut worst = Verdict::Info;
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-    for v in vs {
+    for (scope, v) in vs {
+        let v = if *v == Verdict::Pass && is_bookkeeping_scope(scope) { &Verdict::Info } else { v };
         *counts.entry(v.label()).or_default() += 1;
         if v.rank() > worst.rank() {
             worst = v.clone();
@@ -72,11 +87,37 @@ pub fn overall<'a>(vs: impl IntoIterator<Item = &'a Verdict>) -> Verdict {
     }
     let n = |k: &str| counts.get(k).copied().unwrap_or(0);
     match worst {
-        Verdict::Fail(_) => Verdict::Fail(format!("{} scope(s) failed", n("fail"))),
+        Verdict::Fail(r) if n("fail") == 1 => Verdict::Fail(r),
+        Verdict::Fail(r) => Verdict::Fail(format!("{r} (and {} more scope(s))", n("fail") - 1)),
         Verdict::Error(r) => Verdict::Error(r),
+        Verdict::Inconclusive(r) if n("inconclusive") == 1 => Verdict::Inconclusive(r),
         Verdict::Inconclusive(r) => Verdict::Inconclusive(format!("{r} ({} scope(s))", n("inconclusive"))),
         v => v,
     }
+}
+
+/// The verdict of a verdicts-table row.
+pub fn row_verdict(r: &VerdictRow) -> Verdict {
+    let reason = r.reason.clone().unwrap_or_default();
+    match r.verdict.as_str() {
+        "pass" => Verdict::Pass,
+        "fail" => Verdict::Fail(reason),
+        "inconclusive" => Verdict::Inconclusive(reason),
+        "error" => Verdict::Error(reason),
+        _ => Verdict::Info,
+    }
+}
+
+/// The overall verdict of a report's scope rows (the `check` row excluded).
+pub fn overall_of_rows(rows: &[VerdictRow]) -> Verdict {
+    let vs: Vec<(String, Verdict)> = rows.iter().filter(|r| r.scope != "check").map(|r| (r.scope.clone(), row_verdict(r))).collect();
+    overall_scoped(vs.iter().map(|(s, v)| (s.as_str(), v)))
+}
+
+/// A threshold comparison that never passes on a NaN or infinite value or threshold: `value ≤ threshold`
+/// with both finite (a non-finite threshold is a defect of the check, reported as a failure).
+pub fn within(value: f64, threshold: f64) -> bool {
+    value.is_finite() && threshold.is_finite() && value <= threshold
 }
 
 /// One row of the `metrics` table (checks §0.3); `run_id` is added when the run is written.
@@ -138,6 +179,10 @@ pub struct CheckReport {
     pub summary: Vec<String>,
     /// Tensors for `--dump`, under canonical names.
     pub dump: Vec<(String, Tensor)>,
+    /// The evidence behind the overall verdict, one line for the terminal (see [`CheckReport::digest_line`]).
+    pub digest: String,
+    /// What to do next, or notes the user must see (non-convergence, divergence); printed on stderr.
+    pub notes: Vec<String>,
 }
 
 /// Builds rows that share check, instance, preset and dtype.
@@ -204,24 +249,128 @@ impl Rows {
             value,
         });
     }
-    /// Closes the run: the overall verdict row (scope `check`) and the report.
+    /// Closes the run: the overall verdict row (scope `check`) and the report. The digest is derived from the
+    /// scored metric rows ([`digest_from_rows`]); a check may replace it with [`CheckReport::with_digest`].
     pub fn finish(mut self, summary: Vec<String>, dump: Vec<(String, Tensor)>) -> CheckReport {
-        let scored: Vec<Verdict> = self
-            .verdicts
-            .iter()
-            .map(|r| match r.verdict.as_str() {
-                "pass" => Verdict::Pass,
-                "fail" => Verdict::Fail(r.reason.clone().unwrap_or_default()),
-                "inconclusive" => Verdict::Inconclusive(r.reason.clone().unwrap_or_default()),
-                "error" => Verdict::Error(r.reason.clone().unwrap_or_default()),
-                _ => Verdict::Info,
-            })
-            .collect();
-        let overall = overall(&scored);
+        let overall = overall_of_rows(&self.verdicts);
+        let scored = self.verdicts.iter().filter(|r| r.scope != "check").count();
         let (check, instance) = (self.check.clone(), self.instance.clone());
-        self.verdict("check", &check, &overall, json!({ "scopes": scored.len() }));
-        CheckReport { check, instance, metrics: self.metrics, verdicts: self.verdicts, series: self.series, overall, summary, dump }
+        self.verdict("check", &check, &overall, json!({ "scopes": scored }));
+        let digest = digest_from_rows(&self.metrics, &self.verdicts);
+        CheckReport { check, instance, metrics: self.metrics, verdicts: self.verdicts, series: self.series, overall, summary, dump, digest, notes: vec![] }
     }
+}
+
+impl CheckReport {
+    /// Replaces the digest (checks whose deciding numbers are not threshold rows: converge, bias, …).
+    pub fn with_digest(mut self, d: String) -> Self {
+        if !d.is_empty() {
+            self.digest = d;
+        }
+        self
+    }
+    pub fn with_notes(mut self, notes: Vec<String>) -> Self {
+        self.notes.extend(notes);
+        self
+    }
+    /// Re-derives the overall verdict from the scope rows (after a verify gate added one) and the digest.
+    pub fn rederive(&mut self) {
+        self.overall = overall_of_rows(&self.verdicts);
+        if let Some(r) = self.verdicts.iter_mut().find(|r| r.scope == "check") {
+            r.verdict = self.overall.label().into();
+            r.reason = self.overall.reason().map(str::to_string);
+        }
+    }
+    /// `gdu p-mlp-…: pass — worst ep_sym rel_l2 4.6e-06 ≤ 1.0e-05 (tensor synapses.0.weight); …`
+    pub fn digest_line(&self) -> String {
+        let head = format!("{} {}: {}", self.check, self.instance, self.overall.display());
+        if self.digest.is_empty() {
+            head
+        } else {
+            format!("{head} — {}", self.digest)
+        }
+    }
+}
+
+/// Formats a number for digests: 3 significant digits, scientific outside [1e-3, 1e4).
+pub fn num(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if !v.is_finite() {
+        format!("{v}")
+    } else if (1e-3..1e4).contains(&v.abs()) {
+        let s = format!("{v:.4}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        s.to_string()
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
+/// The evidence of a report from its scored metric rows (rows with a verdict and a threshold): per group
+/// (series, else estimator, else metric) the row closest to (or furthest over) its threshold, failing groups
+/// first, at most three groups; then the count of scopes by verdict. Empty when nothing was scored.
+pub fn digest_from_rows(metrics: &[MetricRow], verdicts: &[VerdictRow]) -> String {
+    let mut groups: std::collections::BTreeMap<String, (f64, &MetricRow)> = Default::default();
+    for r in metrics {
+        let (Some(v), Some(thr)) = (r.verdict.as_deref(), r.threshold) else { continue };
+        if !["pass", "fail"].contains(&v) || r.t.is_some() {
+            continue;
+        }
+        let key = r.series.clone().or_else(|| r.estimator.clone()).unwrap_or_else(|| r.metric.clone());
+        // Ratio to the threshold (∞ for a non-finite value); a fail always outranks a pass.
+        let ratio = if !r.value.is_finite() || !thr.is_finite() {
+            f64::INFINITY
+        } else if thr > 0.0 {
+            r.value / thr
+        } else if r.value > thr {
+            f64::INFINITY
+        } else {
+            0.0
+        };
+        let rank = if v == "fail" { 1e300f64.max(ratio) } else { ratio };
+        let e = groups.entry(key).or_insert((f64::NEG_INFINITY, r));
+        if rank > e.0 {
+            *e = (rank, r);
+        }
+    }
+    let mut v: Vec<(f64, &MetricRow)> = groups.into_values().collect();
+    v.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let parts: Vec<String> = v
+        .iter()
+        .take(3)
+        .map(|(_, r)| {
+            let op = if r.verdict.as_deref() == Some("fail") { ">" } else { "≤" };
+            let label = r.series.clone().or_else(|| r.estimator.clone()).map(|s| format!("{s} ")).unwrap_or_default();
+            format!("worst {label}{} {} {op} {} ({} {})", r.metric, num(r.value), num(r.threshold.unwrap_or(f64::NAN)), r.scope, r.name)
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for r in verdicts.iter().filter(|r| r.scope != "check") {
+        *counts.entry(r.verdict.as_str()).or_default() += 1;
+    }
+    let mut out = parts.join("; ");
+    if !counts.is_empty() {
+        let c: Vec<String> = ["pass", "fail", "inconclusive", "error", "info"].iter().filter_map(|k| counts.get(k).map(|n| format!("{n} {k}"))).collect();
+        if !out.is_empty() {
+            out += "; ";
+        }
+        out += &format!("scopes: {}", c.join(", "));
+    }
+    out
+}
+
+/// Exit code of a command from the overall verdicts of its reports (docs/verdicts.md): 0 when every check
+/// passed or only reported (`info`), 1 when one failed or was inconclusive (nothing certified), 2 on `error`.
+pub fn exit_code<'a>(vs: impl IntoIterator<Item = &'a Verdict>) -> i32 {
+    vs.into_iter()
+        .map(|v| match v {
+            Verdict::Pass | Verdict::Info => 0,
+            Verdict::Fail(_) | Verdict::Inconclusive(_) => 1,
+            Verdict::Error(_) => 2,
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// Seeded sampling of plotted elements (checks §0.6): `n` indices among those whose reference series is not

@@ -1,0 +1,95 @@
+//! Run plumbing shared by the command line and `verify`, below both: validating output paths before any work,
+//! writing the run folder and the `--dump` file (dump first, so a failed dump leaves nothing), printing the
+//! verdict digests, and the exit code of docs/verdicts.md.
+use crate::checks::{self, CheckReport};
+use crate::instance::Instance;
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Checks, before any work, that `path` can be written as a file: its folder exists and takes a file, and the
+/// path is not a folder. Nothing is left behind.
+pub fn check_output_file(path: &Path, what: &str) -> Result<()> {
+    if path.is_dir() {
+        return Err(Error::file(path, format!("{what} must be a file path, not a folder")));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::file(path, format!("{what}: folder {} does not exist", dir.display())));
+    }
+    let probe = dir.join(format!(".epcheck-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| Error::file(path, format!("{what}: folder {} is not writable: {e}", dir.display())))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Checks, before any work, that the output folder exists and is writable, or can be created (its nearest
+/// existing ancestor is a writable folder). Creates nothing.
+pub fn check_output_dir(out: &Path) -> Result<()> {
+    let mut p = out.to_path_buf();
+    loop {
+        if p.exists() {
+            if !p.is_dir() {
+                return Err(Error::file(out, format!("output folder: {} is not a folder", p.display())));
+            }
+            let probe = p.join(format!(".epcheck-probe-{}", std::process::id()));
+            std::fs::write(&probe, b"").map_err(|e| Error::file(out, format!("output folder: {} is not writable: {e}", p.display())))?;
+            let _ = std::fs::remove_file(&probe);
+            return Ok(());
+        }
+        match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => p = q.to_path_buf(),
+            _ => p = PathBuf::from("."),
+        }
+    }
+}
+
+/// The `--dump` tensors of a run: parameters, batch, then every report's tensors.
+pub fn dump_tensors(inst: &Instance, reports: &[CheckReport]) -> Vec<(String, tch::Tensor)> {
+    let mut tensors: Vec<(String, tch::Tensor)> = vec![];
+    for (i, s) in inst.model.params.iter().enumerate() {
+        tensors.push((format!("param.{}", s.name), inst.params[i].shallow_clone()));
+    }
+    tensors.push(("input.x".into(), inst.batch.x[0].shallow_clone()));
+    tensors.push(("input.y".into(), inst.batch.y.shallow_clone()));
+    for r in reports {
+        tensors.extend(r.dump.iter().map(|(n, t)| (n.clone(), t.shallow_clone())));
+    }
+    tensors
+}
+
+/// Prints the digest line of each report on stdout and its notes on stderr (`note: …`).
+pub fn print_digests(reports: &[CheckReport]) {
+    for r in reports {
+        println!("{}", r.digest_line());
+        for n in &r.notes {
+            eprintln!("note: {n}");
+        }
+    }
+}
+
+/// Writes the dump (when asked) and the run folder, prints the digests, returns the folder and the exit code.
+/// A failing dump leaves no run folder; a failing run folder removes the dump it just wrote.
+pub fn complete(out: &Path, dump: Option<&Path>, command: &str, inst: &Instance, reports: &[CheckReport]) -> Result<(PathBuf, i32)> {
+    let args: Vec<String> = std::env::args().collect();
+    crate::progress::message("writing report");
+    if let Some(path) = dump {
+        crate::io::write_tensors(path, &dump_tensors(inst, reports), crate::io::metadata(&inst.model, &inst.cfg))?;
+    }
+    let dir = match crate::report::write_run(out, command, inst, reports, &args) {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(path) = dump {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    crate::progress::finish();
+    print_digests(reports);
+    let code = checks::exit_code(reports.iter().map(|r| &r.overall));
+    println!("report: {}", dir.display());
+    Ok((dir, code))
+}
