@@ -5,6 +5,12 @@ use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// Keys that define the model (as opposed to the run): each preset reads some of them
+/// ([`RunConfig::applicable_model_keys`]).
+pub const MODEL_KEYS: &[&str] = &[
+    "archi", "activation", "loss", "schedule", "init_scale", "input_range", "height", "in_channels", "widths", "classes", "skips", "gains", "relu_alpha", "seq_len", "embed_dim", "attention_scale", "attention_mask",
+];
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
@@ -14,6 +20,9 @@ pub struct RunConfig {
     /// Whether `archi` was given explicitly (file or flag), not taken from the preset defaults.
     #[serde(skip)]
     pub archi_explicit: bool,
+    /// Top-level keys given explicitly (file or flags), for the "applied or refused" rule ([`RunConfig::check_applicable`]).
+    #[serde(skip)]
+    pub explicit: Vec<String>,
     pub activation: String,
     pub loss: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -594,6 +603,7 @@ impl RunConfig {
                 preset: "p-mlp".into(),
                 archi: vec![784, 512, 10],
                 archi_explicit: false,
+                explicit: vec![],
                 activation: "tanh".into(),
                 loss: "mse".into(),
                 schedule: None,
@@ -680,6 +690,9 @@ impl RunConfig {
         let defaults = Self::preset_defaults(&preset)?;
         let mut table = toml::Table::try_from(&defaults).map_err(|e| Error::Config(e.to_string()))?;
         let archi_explicit = file_table.contains_key("archi") || overrides.contains_key("archi");
+        let mut explicit: Vec<String> = file_table.keys().chain(overrides.keys()).filter(|k| k.as_str() != "preset").cloned().collect();
+        explicit.sort();
+        explicit.dedup();
         merge(&mut table, file_table);
         merge(&mut table, overrides);
         table.insert("preset".into(), toml::Value::String(preset));
@@ -689,8 +702,57 @@ impl RunConfig {
         })?;
         let mut cfg = cfg;
         cfg.archi_explicit = archi_explicit;
+        cfg.explicit = explicit;
         cfg.validate()?;
+        cfg.check_applicable()?;
         Ok(cfg)
+    }
+
+    /// The model keys that the model of this configuration reads (docs/verdicts.md, "a flag is applied or
+    /// refused"): a model key outside this list that was given explicitly is refused. For a graph, `activation`,
+    /// `loss` and `schedule` are set in the graph file: given explicitly they must equal the graph's
+    /// (checked in `Instance::build`).
+    pub fn applicable_model_keys(&self) -> &'static [&'static str] {
+        if self.graph.is_some() {
+            return &["init_scale", "input_range", "activation", "loss", "schedule"];
+        }
+        let base = self.preset.strip_suffix("-train-paper").or_else(|| self.preset.strip_suffix("-train")).unwrap_or(&self.preset);
+        match base {
+            "p-mlp" => &["archi", "activation", "loss", "schedule", "init_scale", "input_range"],
+            "hopfield-resnet13" => &["activation", "loss", "schedule", "init_scale", "input_range", "height", "in_channels", "widths", "classes", "skips", "gains", "relu_alpha"],
+            "vgg5-dchn" | "vgg5-dchn-rain" => &["activation", "loss", "schedule", "init_scale", "input_range", "height", "in_channels", "widths", "classes", "gains", "relu_alpha"],
+            "imdb-hopfield" | "snli-hopfield" => &["activation", "loss", "schedule", "init_scale", "input_range", "widths", "classes", "seq_len", "embed_dim", "attention_scale", "attention_mask"],
+            _ => MODEL_KEYS,
+        }
+    }
+
+    /// Refuses a model key given explicitly that the model does not read (it would be recorded but not used).
+    pub fn check_applicable(&self) -> Result<()> {
+        let ok = self.applicable_model_keys();
+        for k in &self.explicit {
+            if MODEL_KEYS.contains(&k.as_str()) && !ok.contains(&k.as_str()) {
+                let what = if self.graph.is_some() { "a graph model (it is set in the graph file)".to_string() } else { format!("preset {}", self.preset) };
+                return Err(Error::Config(format!("{k} does not apply to {what}; the keys that apply: {}", ok.join(", "))));
+            }
+        }
+        Ok(())
+    }
+
+    /// The resolved configuration as it is recorded (config.toml, dump metadata): model keys the model does
+    /// not read are left out, so the record says exactly what ran.
+    pub fn recorded_table(&self) -> toml::Table {
+        let mut t = toml::Table::try_from(self).expect("config serialises");
+        let ok = self.applicable_model_keys();
+        for k in MODEL_KEYS {
+            if !ok.contains(k) {
+                t.remove(*k);
+            }
+        }
+        t
+    }
+
+    pub fn recorded_json(&self) -> String {
+        serde_json::to_string(&self.recorded_table()).expect("config serialises")
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -882,7 +944,7 @@ impl RunConfig {
     }
 
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("config serialises")
+        toml::to_string_pretty(&self.recorded_table()).expect("config serialises")
     }
 }
 

@@ -284,7 +284,7 @@ impl Outcome {
         Outcome { property: p.into(), verdict: verdict.into(), error, threshold, detail: detail.into() }
     }
     fn scored(p: &str, error: f64, threshold: f64, detail: impl Into<String>) -> Self {
-        let v = if error <= threshold { "pass" } else { "fail" };
+        let v = if crate::checks::within(error, threshold) { "pass" } else { "fail" };
         Self::new(p, v, error, threshold, detail)
     }
     fn skip(p: &str, why: impl Into<String>) -> Self {

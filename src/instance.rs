@@ -46,6 +46,7 @@ impl Instance {
             Some(path) => crate::io::load_batch(&model, path, prec)?,
             None => synthetic_batch(&model, cfg.batch, cfg.seed, prec),
         };
+        record_what_ran(&mut cfg, &model, &batch, input_file)?;
         let mut id = instance_id(&cfg, &params, &batch);
         if cfg.graph.is_some() {
             // Graph runs are named after the graph.
@@ -77,6 +78,38 @@ impl Instance {
     }
 }
 
+/// Makes the configuration say exactly what ran (docs/verdicts.md): a graph's own activation, loss and
+/// schedule (an explicit different value is refused: it is set in the graph file), and the batch size of an
+/// `--input` file (an explicit different `batch` is refused).
+fn record_what_ran(cfg: &mut RunConfig, model: &Model, batch: &Batch, input_file: Option<&Path>) -> Result<()> {
+    let explicit = |k: &str| cfg.explicit.iter().any(|e| e == k);
+    if cfg.graph.is_some() {
+        let acts: Vec<&str> = (0..model.layers.len()).map(|k| model.update_key(k)).collect();
+        let uniform = acts.windows(2).all(|w| w[0] == w[1]).then(|| acts.first().copied()).flatten();
+        let schedule = model.schedule.key();
+        let checks: [(&str, &str, Option<&str>); 3] = [("activation", cfg.activation.as_str(), uniform), ("loss", cfg.loss.as_str(), Some(model.loss.key())), ("schedule", cfg.schedule.as_deref().unwrap_or(""), Some(schedule))];
+        for (key, given, graph_value) in checks {
+            if explicit(key) && Some(given) != graph_value && !(graph_value.is_none() && given == "per_layer") {
+                return Err(crate::Error::Config(format!(
+                    "{key} = '{given}' does not apply: the {key} is set in the graph file ({}); edit the graph file instead",
+                    graph_value.map(str::to_string).unwrap_or_else(|| format!("per layer: {}", acts.join(", ")))
+                )));
+            }
+        }
+        cfg.activation = uniform.unwrap_or("per_layer").to_string();
+        cfg.loss = model.loss.key().to_string();
+        cfg.schedule = Some(schedule.to_string());
+    }
+    if input_file.is_some() {
+        let b = batch.size();
+        if explicit("batch") && cfg.batch != b {
+            return Err(crate::Error::Config(format!("batch = {} contradicts the --input file, whose input.x has batch size {b}", cfg.batch)));
+        }
+        cfg.batch = b;
+    }
+    Ok(())
+}
+
 /// The seeded synthetic batch: x ~ U[lo, hi] (the model's input range), y uniform over the classes (drawn after the parameters, from a
 /// generator seeded with seed + 1 so the parameter stream is unchanged).
 pub fn synthetic_batch(model: &Model, b: i64, seed: u64, prec: Precision) -> Batch {
@@ -100,7 +133,7 @@ pub fn synthetic_batch(model: &Model, b: i64, seed: u64, prec: Precision) -> Bat
 /// parameter tensor in canonical order; the first 12 hex digits.
 pub fn instance_id(cfg: &RunConfig, params: &[Tensor], batch: &Batch) -> String {
     let mut h = Sha256::new();
-    h.update(serde_json::to_vec(cfg).expect("config serialises"));
+    h.update(cfg.recorded_json().as_bytes());
     let mut feed = |t: &Tensor| {
         let t = t.to_device(tch::Device::Cpu).contiguous();
         let n = t.numel() * t.kind().elt_size_in_bytes();

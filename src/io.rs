@@ -189,7 +189,7 @@ pub fn metadata(model: &Model, cfg: &RunConfig) -> HashMap<String, String> {
     let mut m = HashMap::new();
     m.insert("epcheck.schema".into(), "1".into());
     m.insert("epcheck.preset".into(), model.preset.clone());
-    m.insert("epcheck.config".into(), serde_json::to_string(cfg).expect("config serialises"));
+    m.insert("epcheck.config".into(), cfg.recorded_json());
     m.insert("epcheck.param_order".into(), serde_json::to_string(&model.param_names()).expect("names"));
     m.insert("epcheck.layer_order".into(), serde_json::to_string(&model.layer_names()).expect("names"));
     m.insert("epcheck.dtype".into(), cfg.dtype.clone());

@@ -166,7 +166,7 @@ fn rel_linf_t(a: &Tensor, r: &Tensor) -> f64 {
 #[allow(clippy::too_many_arguments)]
 fn scored(rows: &mut Rows, summary: &mut Vec<String>, id: &str, metric: &str, scope: &str, w: &Worst, thr: f64, reason: &dyn Fn(&str) -> String, info: bool) {
     for (name, (v, at)) in &w.0 {
-        let ok = *v <= thr;
+        let ok = super::within(*v, thr);
         let verdict = if info {
             Verdict::Info
         } else if ok {
@@ -331,7 +331,7 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
             Some(psi) => {
                 let g = grads_or_zeros(&psi.sum(Kind::Double), &[&u]).remove(0);
                 let v = rel_linf_t(&g, &tch::no_grad(|| act.apply(&u)));
-                let ok = v <= o.potential_tol;
+                let ok = super::within(v, o.potential_tol);
                 let mut row = rows.row("activation", &key, "rel_linf", v);
                 row.threshold = Some(o.potential_tol);
                 row.verdict = Some("info".into());

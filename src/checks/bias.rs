@@ -383,7 +383,7 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
             let cons = match best {
                 None => Verdict::Inconclusive("not converged".into()),
                 Some((_, e, pt)) if 10.0 * pt.floor_rel > o.consistency_max && *e > o.consistency_max => Verdict::Inconclusive("round-off floor".into()),
-                Some((_, e, _)) if *e <= o.consistency_max => Verdict::Pass,
+                Some((_, e, _)) if super::within(*e, o.consistency_max) => Verdict::Pass,
                 Some((b, e, _)) => Verdict::Fail(format!("err_best={e:.3e} at β={b} > {}", o.consistency_max)),
             };
             if let Some((b, e, _)) = best {
@@ -417,8 +417,8 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
     summary.push("|---|---|---|---|---|".into());
     for (id, name, v, thr) in identity_rows {
         let verdict = if id == "B5" {
-            if v <= thr { Verdict::Pass } else { Verdict::Fail(format!("im_leak={v:.3e} > {thr:.3e}")) }
-        } else if v <= thr {
+            if super::within(v, thr) { Verdict::Pass } else { Verdict::Fail(format!("im_leak={v:.3e} > {thr:.3e}")) }
+        } else if super::within(v, thr) {
             Verdict::Pass
         } else {
             Verdict::Fail(format!("rel_linf={v:.3e} > {thr:.3e}"))

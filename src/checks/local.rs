@@ -163,7 +163,7 @@ pub fn run(inst: &Instance, o: &LocalOptions) -> CheckReport {
     ];
     for (i, spec) in m.params.iter().enumerate() {
         let (v, at) = &worst[i];
-        let verdict = if *v <= o.tol { Verdict::Pass } else { Verdict::Fail(format!("rel_linf={v:.3e} > {:.3e} at state {at}", o.tol)) };
+        let verdict = if super::within(*v, o.tol) { Verdict::Pass } else { Verdict::Fail(format!("rel_linf={v:.3e} > {:.3e} at state {at}", o.tol)) };
         let mut row = rows.row("tensor", &spec.name, "rel_linf_max", *v);
         row.threshold = Some(o.tol);
         row.verdict = Some(verdict.label().into());
@@ -188,7 +188,7 @@ pub fn run(inst: &Instance, o: &LocalOptions) -> CheckReport {
         let v = mx::rel_linf(a, r);
         let floor_rel = mx::ratio(eps * fmax, o.beta * mx::norm(r));
         let thr = o.tol + 10.0 * floor_rel;
-        let verdict = if v <= thr { Verdict::Pass } else { Verdict::Fail(format!("rel_linf={v:.3e} > {thr:.3e}")) };
+        let verdict = if super::within(v, thr) { Verdict::Pass } else { Verdict::Fail(format!("rel_linf={v:.3e} > {thr:.3e}")) };
         let mut row = rows.row("estimate", name, "rel_linf", v);
         row.estimator = Some(name.to_string());
         row.beta = Some(o.beta);

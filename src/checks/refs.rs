@@ -50,9 +50,8 @@ pub fn run(inst: &Instance, o: &RefsOptions) -> Result<CheckReport> {
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
     let mut rows = Rows::new("refs", &inst.id, &m.preset, inst.prec.dtype.name());
     if inst.prec.dtype != crate::precision::Dtype::F64 {
-        let v = Verdict::Error("unsupported dtype".into());
-        rows.verdict("check", "fd", &v, json!({ "dtype": inst.prec.dtype.name(), "why": "finite differences need float64" }));
-        return Ok(rows.finish(vec!["error: unsupported dtype (finite differences need float64)".into()], vec![]));
+        // Refused before anything runs or is written: finite differences and the f64 identities need float64.
+        return Err(crate::Error::Config(format!("refs needs --dtype f64 (finite differences at the f64 floor), got {}", inst.prec.dtype.name())));
     }
     let io = inst.cfg.implicit_options();
     let imp = implicit::implicit(m, p, batch, &io)?;
@@ -125,7 +124,7 @@ pub fn run(inst: &Instance, o: &RefsOptions) -> Result<CheckReport> {
             Verdict::Inconclusive("kink crossing".into())
         } else if rich > o.fd_tol {
             Verdict::Inconclusive("round-off floor".into())
-        } else if err <= o.fd_tol {
+        } else if super::within(err, o.fd_tol) {
             Verdict::Pass
         } else {
             Verdict::Fail(format!("fd_err={err:.3e} > {:.1e}", o.fd_tol))

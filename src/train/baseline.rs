@@ -206,7 +206,7 @@ pub fn run(cfg: &RunConfig, device: tch::Device, data: &mut dyn DataSource, dir:
         meta.insert("epcheck.schema".to_string(), "1".to_string());
         meta.insert("epcheck.preset".to_string(), format!("bp:{}", cfg.preset));
         meta.insert("epcheck.train.epochs_done".to_string(), (e + 1).to_string());
-        meta.insert("epcheck.config".to_string(), serde_json::to_string(cfg).expect("config serialises"));
+        meta.insert("epcheck.config".to_string(), cfg.recorded_json());
         let ts = net.named_tensors();
         crate::io::write_tensors(&ckdir.join(format!("bp-epoch{:04}.safetensors", e + 1)), &ts, meta.clone())?;
         crate::io::write_tensors(&ckdir.join("bp-last.safetensors"), &ts, meta)?;
