@@ -477,7 +477,9 @@ fn run_train(t: TrainArgs) -> Result<i32> {
     let cfg = &inst.cfg;
     let mut data = crate::train::datasets::open(cfg, &inst.model)?;
     data.check_model(&inst.model)?;
-    if !bp {
+    if bp {
+        crate::train::baseline::validate(cfg)?;
+    } else {
         crate::train::validate(cfg, &inst.model)?;
     }
     let dir = if t.resume.is_some() {
@@ -556,7 +558,8 @@ fn run_weights(w: WeightsArgs) -> Result<i32> {
         for (name, _, _) in &s.tensors {
             let g = |stat: &str| rows.iter().find(|r| r.model == s.tag && &r.param == name && r.stat == stat).map(|r| r.value).unwrap_or(f64::NAN);
             let role = rows.iter().find(|r| r.model == s.tag && &r.param == name).map(|r| r.role.clone()).unwrap_or_default();
-            md.push(format!("| {} | {name} | {role} | {:.4e} | {:.3} | {:.3} | {:.4e} |", s.tag, g("std"), g("std_ratio"), g("near_zero_frac@0.1"), g("abs_q99")));
+            let f = |v: f64, p: usize| if v.is_nan() { "– (init bound unknown)".to_string() } else { format!("{v:.p$}") };
+            md.push(format!("| {} | {name} | {role} | {:.4e} | {} | {} | {:.4e} |", s.tag, g("std"), f(g("std_ratio"), 3), f(g("near_zero_frac@0.1"), 3), g("abs_q99")));
         }
     }
     let cmp: Vec<_> = rows.iter().filter(|r| r.stat == "std_ratio_ep_bp" || r.stat == "ks").collect();

@@ -591,10 +591,15 @@ pub fn command(a: FuzzArgs) -> Result<i32> {
         "|---|---|---|---|---|---|".into(),
     ];
     let mut failed = 0;
+    let (mut unexercised, mut digest) = (vec![], vec![]);
     for p in &props {
         let of = |v: &str| rows.iter().filter(|(r, _)| r.outcome.property == *p && r.outcome.verdict == v).count();
         let worst = rows.iter().filter(|(r, _)| r.outcome.property == *p && r.outcome.verdict != "skip" && r.outcome.error.is_finite()).map(|(r, _)| r.outcome.error / r.outcome.threshold).fold(0.0, f64::max);
         failed += of("fail") + of("error");
+        if of("pass") + of("fail") + of("error") == 0 {
+            unexercised.push(format!("{p} ({} skipped)", of("skip")));
+        }
+        digest.push(format!("{p} {}/{}/{} pass/fail/skip, worst error/threshold {}", of("pass"), of("fail") + of("error"), of("skip"), crate::checks::num(worst)));
         md.push(format!("| {p} | {} | {} | {} | {} | {worst:.3e} |", of("pass"), of("fail"), of("skip"), of("error")));
     }
     let bad: Vec<&(Row, Case)> = rows.iter().filter(|(r, _)| r.outcome.verdict == "fail" || r.outcome.verdict == "error").collect();
@@ -615,7 +620,15 @@ pub fn command(a: FuzzArgs) -> Result<i32> {
     md.push("Table: `tables/cases.{parquet,csv}` (one row per case and property). A failing case is written as a regression file (graph TOML + seed) under `regressions/`; copy it to `fixtures/regressions/` to replay it in `cargo test --test graph`.".into());
     rf.write("summary.md", &(md.join("\n") + "\n"))?;
     let dir = rf.commit()?;
-    println!("fuzz: {} cases × {} properties in {wall:.1} s: {failed} failed", a.cases, props.len());
+    // The campaign's verdict (docs/verdicts.md): a property that no case exercised (all skipped) certifies nothing.
+    let verdict = if failed > 0 {
+        crate::checks::Verdict::Fail(format!("{failed} case(s) failed"))
+    } else if !unexercised.is_empty() {
+        crate::checks::Verdict::Inconclusive(format!("no case exercised {}", unexercised.join(", ")))
+    } else {
+        crate::checks::Verdict::Pass
+    };
+    println!("fuzz: {} — {} cases × {} properties in {wall:.1} s: {}", verdict.display(), a.cases, props.len(), digest.join("; "));
     println!("report: {}", dir.display());
-    Ok(if failed > 0 { 1 } else { 0 })
+    Ok(crate::checks::exit_code([&verdict]))
 }

@@ -16,13 +16,8 @@ pub fn check_output_file(path: &Path, what: &str) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !dir.is_dir() {
-        return Err(Error::file(path, format!("{what}: folder {} does not exist", dir.display())));
-    }
-    let probe = dir.join(format!(".epcheck-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| Error::file(path, format!("{what}: folder {} is not writable: {e}", dir.display())))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+    // The folder exists and is writable, or can be created (it is created when the file is written).
+    check_output_dir(&dir).map_err(|e| Error::file(path, format!("{what}: {e}")))
 }
 
 /// Checks, before any work, that the output folder exists and is writable, or can be created (its nearest

@@ -294,9 +294,13 @@ pub fn apply_cos_gate(rep: &mut CheckReport, cos_min: f64) {
         checks::VerdictRow { check: rep.check.clone(), instance: rep.instance.clone(), scope: "gate".into(), name: "cos_min".into(), verdict: verdict.label().into(), reason: verdict.reason().map(str::to_string), details: json!({ "cos": v, "threshold": cos_min, "groups": best.len() }).to_string() },
     );
     rep.rederive();
-    if rep.overall != Verdict::Pass || rep.digest.is_empty() {
-        rep.digest = checks::digest_from_rows(&rep.metrics, &rep.verdicts);
-    }
+    // The gate is a lower bound on cos: its own digest part, before the check's.
+    let gate = match (&verdict, worst) {
+        (Verdict::Fail(_), Some((k, v))) => format!("gate:cos_min cos {v:.6} < {cos_min} ({k})"),
+        (_, Some((_, v))) => format!("gate:cos_min cos {v:.6} ≥ {cos_min}"),
+        _ => "gate:cos_min: no cos rows".to_string(),
+    };
+    rep.digest = if rep.digest.is_empty() { gate } else { format!("{gate}; {}", rep.digest) };
 }
 
 /// The first failing (or inconclusive / erring) scope of a report, for the one-line output.

@@ -659,7 +659,9 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
             }
             rows.push(row);
         }
-        rows.verdict("key", &it.ext_key, &verdict, json!({ "canonical": it.canon, "class": class, "metric": metric, "value": value, "rel_linf": rl, "threshold": thr }));
+        // Parameters and inputs are what the recomputation was loaded from: bookkeeping, never evidence.
+        let scope = if matches!(class, "param" | "input") { "loaded" } else { "key" };
+        rows.verdict(scope, &it.ext_key, &verdict, json!({ "canonical": it.canon, "class": class, "metric": metric, "value": value, "rel_linf": rl, "threshold": thr }));
         summary.push(format!("| {} | {} | {class} | {rl:.3e} | {r2:.3e} | {ma:.3e} | {thr:.1e} | {} |", it.ext_key, it.canon, verdict.display()));
     }
     // Trajectories: replay each phase from the external initial state; first divergence; one-step errors.

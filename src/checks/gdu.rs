@@ -345,7 +345,8 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         let v = mx::rel_linf(&a, &r);
         // The floor is relative to the larger of the two sides, so an all-zero reference gives a finite floor
         // (and 0 when both sides are exactly zero).
-        let floor_rel = if ep { mx::ratio(eps * fmax, o.beta * mx::norm(&r).max(mx::norm(&a))) } else { 0.0 };
+        let scale = mx::norm(&r).max(mx::norm(&a));
+        let floor_rel = if ep && scale > 0.0 { mx::ratio(eps * fmax, o.beta * scale) } else { 0.0 };
         let thr = iota + 10.0 * k as f64 * floor_rel;
         let verdict = if super::within(v, thr) { Verdict::Pass } else { Verdict::Fail(format!("{id} rel_linf={v:.3e} > {thr:.3e}")) };
         let mut row = rows.row("identity", &format!("{id}:{name}"), "rel_linf", v);

@@ -61,9 +61,9 @@ impl Verdict {
 }
 
 /// Scopes that are bookkeeping, not evidence: identities (two computations of the same quantity, e.g. gdu's
-/// I1–I4, bias's B1–B6) and a verify gate. They can fail a check but never make it pass on their own.
+/// I1–I4, bias's B1–B6), a verify gate, and compare's loaded parameters and inputs. They can fail a check but never make it pass on their own.
 pub fn is_bookkeeping_scope(scope: &str) -> bool {
-    matches!(scope, "identity" | "gate" | "check")
+    matches!(scope, "identity" | "gate" | "check" | "loaded")
 }
 
 /// Overall verdict (docs/verdicts.md) with the precedence error > fail > inconclusive > pass. `pass` needs at
@@ -314,7 +314,7 @@ pub fn digest_from_rows(metrics: &[MetricRow], verdicts: &[VerdictRow]) -> Strin
     let mut groups: std::collections::BTreeMap<String, (f64, &MetricRow)> = Default::default();
     for r in metrics {
         let (Some(v), Some(thr)) = (r.verdict.as_deref(), r.threshold) else { continue };
-        if !["pass", "fail"].contains(&v) || r.t.is_some() {
+        if !["pass", "fail"].contains(&v) || r.t.is_some() || r.scope == "gate" {
             continue;
         }
         let key = r.series.clone().or_else(|| r.estimator.clone()).unwrap_or_else(|| r.metric.clone());

@@ -39,7 +39,13 @@ pub fn load_set(tag: &str, path: &Path) -> Result<WeightSet> {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
     let md = meta.metadata().clone().unwrap_or_default();
     let cfg_json = md.get("epcheck.config").ok_or_else(|| Error::file(path, "no epcheck.config metadata: not a checkpoint written by epcheck train"))?;
-    let cfg: RunConfig = serde_json::from_str(cfg_json).map_err(|e| Error::file(path, format!("epcheck.config metadata: {e}")))?;
+    // The recorded configuration holds only the keys the model reads: resolve it over the preset defaults.
+    let table: toml::Table = serde_json::from_str::<serde_json::Value>(cfg_json)
+        .ok()
+        .and_then(|v| toml::Table::try_from(v).ok())
+        .ok_or_else(|| Error::file(path, "epcheck.config metadata is not a configuration table"))?;
+    let preset = table.get("preset").and_then(|v| v.as_str()).unwrap_or("p-mlp").to_string();
+    let cfg: RunConfig = RunConfig::resolve(Some(&preset), None, table).map_err(|e| Error::file(path, format!("epcheck.config metadata: {e}")))?;
     let family = if md.get("epcheck.preset").is_some_and(|p| p.starts_with("bp:")) { "bp" } else { "ep" };
     let epoch = md.get("epcheck.train.epochs_done").and_then(|v| v.parse().ok());
     let map = crate::io::read_tensors(path)?;
@@ -59,7 +65,8 @@ pub fn load_set(tag: &str, path: &Path) -> Result<WeightSet> {
 fn tags(set: &WeightSet, name: &str, shape: &[i64]) -> (String, i64, f64) {
     let base = set.cfg.preset.strip_suffix("-train").unwrap_or(&set.cfg.preset).to_string();
     let ep_bound = || -> f64 {
-        crate::model::presets::build(&set.cfg)
+        // The model the checkpoint was trained with (a preset or an architecture graph file).
+        crate::instance::Instance::model_for(&mut set.cfg.clone())
             .ok()
             .and_then(|m| m.params.iter().find(|p| p.name == name).map(|p| match p.init {
                 crate::model::Init::Uniform(a) => a,
@@ -128,11 +135,14 @@ pub fn tensor_stats(w: &[f64], shape: &[i64], a: f64, conv: bool) -> Vec<(String
         ("abs_q999".into(), quantile_sorted(&abs, 0.999)),
         ("abs_max".into(), *abs.last().unwrap_or(&f64::NAN)),
         ("excess_kurtosis".into(), m4 / (m2 * m2) - 3.0),
-        ("init_bound".into(), a),
-        ("std_ratio".into(), std / (a / 3f64.sqrt())),
     ];
-    for eps in [0.01, 0.05, 0.1, 0.25] {
-        out.push((format!("near_zero_frac@{eps}"), frac(eps * a)));
+    // Statistics relative to the init bound a exist only where a is known (omitted otherwise, never NaN).
+    if a.is_finite() && a > 0.0 {
+        out.push(("init_bound".into(), a));
+        out.push(("std_ratio".into(), std / (a / 3f64.sqrt())));
+        for eps in [0.01, 0.05, 0.1, 0.25] {
+            out.push((format!("near_zero_frac@{eps}"), frac(eps * a)));
+        }
     }
     for tau in [1e-4, 1e-3] {
         out.push((format!("abs_near_zero_frac@{tau}"), frac(tau)));
@@ -214,7 +224,11 @@ pub fn compute(sets: &[WeightSet]) -> Vec<StatRow> {
             }
         }
         if trend.0.len() >= 3 {
-            rows.push(StatRow { model: s.tag.clone(), param: "all".into(), role: "main".into(), depth: -1, epoch, stat: "depth_trend".into(), value: spearman(&trend.0, &trend.1) });
+            // Undefined (no depth order, e.g. a graph whose tensors carry no depth) → omitted, never NaN.
+            let rho = spearman(&trend.0, &trend.1);
+            if rho.is_finite() {
+                rows.push(StatRow { model: s.tag.clone(), param: "all".into(), role: "main".into(), depth: -1, epoch, stat: "depth_trend".into(), value: rho });
+            }
         }
     }
     // EP vs BP per matched tensor (every pair of an `ep` set and a `bp` set).
@@ -297,7 +311,8 @@ pub fn figures(dir: &Path, sets: &[WeightSet], rows: &[StatRow], plot_biases: bo
         }
         panels.push(Panel { title: format!("{name} ({role})"), x_label: "weight value".into(), y_label: "density".into(), lines, hlines: vec![] });
     }
-    let mut out = figures::write_panels(dir, "weights_hist", &panels, format)?;
+    panels.retain(|p| p.lines.iter().any(|l| !l.points.is_empty()));
+    let mut out = if panels.is_empty() { vec![] } else { figures::write_panels(dir, "weights_hist", &panels, format)? };
     let mut trend = vec![];
     for stat in ["near_zero_frac@0.1", "std_ratio"] {
         let mut lines = vec![];
@@ -316,7 +331,11 @@ pub fn figures(dir: &Path, sets: &[WeightSet], rows: &[StatRow], plot_biases: bo
         }
         trend.push(Panel { title: format!("{stat} vs depth"), x_label: "depth".into(), y_label: stat.into(), lines, hlines: if stat == "std_ratio" { vec![(1.0, "init".into())] } else { vec![(0.1, "init".into())] } });
     }
-    out.extend(figures::write_panels(dir, "weights_trend", &trend, format)?);
+    // A panel without data is not drawn, and a figure without panels is not written.
+    trend.retain(|p| p.lines.iter().any(|l| !l.points.is_empty()));
+    if !trend.is_empty() {
+        out.extend(figures::write_panels(dir, "weights_trend", &trend, format)?);
+    }
     Ok(out)
 }
 

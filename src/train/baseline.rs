@@ -144,6 +144,12 @@ impl BpNet {
     }
 }
 
+/// Refuses, before a run folder exists, a configuration that has no BP baseline (builds the network once on
+/// the CPU: the same constructor as the run).
+pub fn validate(cfg: &RunConfig) -> Result<()> {
+    tch::no_grad(|| BpNet::new(cfg, tch::Device::Cpu).map(|_| ()))
+}
+
 /// Trains the baseline on `data` for `cfg.train.epochs`, writing the same per-epoch table, curves and
 /// checkpoints as EP training (checkpoints named `bp-epoch<NNNN>.safetensors`, `bp-last.safetensors`).
 pub fn run(cfg: &RunConfig, device: tch::Device, data: &mut dyn DataSource, dir: &Path) -> Result<TrainOutcome> {

@@ -411,6 +411,18 @@ pub fn run(cfg: &RunConfig, model: &Model, init_params: Vec<Tensor>, prec: Preci
         if let Some(bad) = ["train", "test"].iter().find(|s| !loss(s, "loss").is_finite()) {
             return Err(Error::NonFinite(format!("{bad} loss at epoch {} is not finite: the dynamics diverged", e + 1)));
         }
+        // A training run that learns nothing must say so (docs/verdicts.md): an exactly-zero gradient, or an
+        // output layer stuck at its bounds.
+        let get = |m: &str, sc: &str| rows.iter().rev().find(|r| r.epoch == e && r.split == "train" && r.metric == m && r.scope == sc).map(|r| r.value);
+        if get("grad_norm_unclipped", "all") == Some(0.0) {
+            eprintln!("warning: train: the gradient is exactly zero in every step of epoch {} (nothing is learned): check the activation's saturation (sat_low/sat_high in tables/epochs.csv) and β", e + 1);
+        }
+        let out_name = &model.layers[model.output].name;
+        if let (Some(lo), Some(hi)) = (get("sat_low", out_name), get("sat_high", out_name)) {
+            if lo + hi >= 0.999 {
+                eprintln!("warning: train: the output layer {out_name} is saturated at its bounds for {:.1}% of units in epoch {} (output collapse)", 100.0 * (lo + hi), e + 1);
+            }
+        }
         crate::progress::message(&format!(
             "epoch {}/{epochs}: train loss {:.4} err {:.2}%, test loss {:.4} err {:.2}%",
             e + 1,
