@@ -249,6 +249,25 @@ fn recorded_config_equals_what_ran_for_every_override() {
 }
 
 #[test]
+fn graph_runs_record_the_graphs_own_values_and_no_p_mlp_keys() {
+    let graph = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/graphs/tiny-conv-skip.toml");
+    let d = tempfile::tempdir().unwrap();
+    for cmd in ["converge", "estimate", "gdu", "local", "audit"] {
+        let out = d.path().join(cmd);
+        let (code, stdout, stderr) = epcheck(&[cmd, "--graph", graph, "--batch", "3", "--seed", "2", "--T", "6", "--K", "3", "--out", s(&out)]);
+        assert!(code <= 1, "{cmd}: {stdout}\n{stderr}");
+        let cfg = config_of(&one_run(&out));
+        assert!(cfg.get("archi").is_none(), "{cmd}: a graph has no archi: {cfg:?}");
+        assert_eq!(cfg.get("batch"), Some(&toml::Value::Integer(3)));
+        assert_eq!(cfg.get("seed"), Some(&toml::Value::Integer(2)));
+        // The graph file says schedule = "sync", loss = "mse", and mixes activations.
+        assert_eq!(cfg.get("schedule").and_then(|v| v.as_str()), Some("sync"), "{cmd}");
+        assert_eq!(cfg.get("loss").and_then(|v| v.as_str()), Some("mse"), "{cmd}");
+        assert_eq!(cfg.get("activation").and_then(|v| v.as_str()), Some("per_layer"), "{cmd}");
+    }
+}
+
+#[test]
 fn input_file_batch_is_recorded_and_attention_runs_record_no_archi() {
     let d = tempfile::tempdir().unwrap();
     let dump = d.path().join("b4.safetensors");
@@ -330,4 +349,15 @@ fn digests_state_the_deciding_numbers() {
     assert!(h.contains(" — ep_centered vs bptt: total rel_l2 ") && h.contains("r_∞"), "{h}");
     let (_, stdout, _) = epcheck(&args("local", TINY, &["--out", s(&out)]));
     assert!(headline(&stdout, "local").contains(" — worst "), "{stdout}");
+}
+
+#[test]
+fn training_that_learns_nothing_says_so() {
+    // Hard-sigmoid units saturated by a huge init scale: every unit sits on a flat piece, the EP gradient is zero
+    // to round-off. The run completes (it is a finding) and warns on stderr.
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("runs");
+    let (code, stdout, stderr) = epcheck(&["train", "--preset", "p-mlp", "--archi", "6-5-3", "--activation", "hard_sigmoid", "--set", "init_scale=100", "--dataset", "synthetic", "--epochs", "1", "--batch", "4", "--seed", "0", "--out", s(&out)]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("warning: train: the gradient norm is") && stderr.contains("nothing is learned"), "{stderr}");
 }

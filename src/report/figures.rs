@@ -65,6 +65,10 @@ pub struct Panel {
 
 /// Writes `<stem>.svg` and/or `<stem>.png` (format: svg, png, both).
 pub fn write_panels(dir: &Path, stem: &str, panels: &[Panel], format: &str) -> Result<Vec<std::path::PathBuf>> {
+    // A figure with no data is not written (an empty panel grid reads as a result).
+    if panels.iter().all(|p| p.lines.iter().all(|l| !l.points.iter().any(|(x, y)| x.is_finite() && y.is_finite()))) {
+        return Ok(vec![]);
+    }
     register_font();
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let cols = panels.len().clamp(1, 4);

@@ -414,8 +414,12 @@ pub fn run(cfg: &RunConfig, model: &Model, init_params: Vec<Tensor>, prec: Preci
         // A training run that learns nothing must say so (docs/verdicts.md): an exactly-zero gradient, or an
         // output layer stuck at its bounds.
         let get = |m: &str, sc: &str| rows.iter().rev().find(|r| r.epoch == e && r.split == "train" && r.metric == m && r.scope == sc).map(|r| r.value);
-        if get("grad_norm_unclipped", "all") == Some(0.0) {
-            eprintln!("warning: train: the gradient is exactly zero in every step of epoch {} (nothing is learned): check the activation's saturation (sat_low/sat_high in tables/epochs.csv) and β", e + 1);
+        let zero = 100.0 * prec.dtype.eps();
+        if let Some(g) = get("grad_norm_unclipped", "all").filter(|g| *g <= zero) {
+            eprintln!(
+                "warning: train: the gradient norm is {g:.1e} (zero to round-off, ≤ {zero:.0e}) in epoch {}: nothing is learned; check the activation's saturation (sat_low/sat_high in tables/epochs.csv) and β",
+                e + 1
+            );
         }
         let out_name = &model.layers[model.output].name;
         if let (Some(lo), Some(hi)) = (get("sat_low", out_name), get("sat_high", out_name)) {
