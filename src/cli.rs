@@ -621,10 +621,28 @@ fn run_compare(a: CompareArgs) -> Result<i32> {
         Some(p) => crate::checks::conformance::read_name_map(p)?,
         None => crate::checks::conformance::NameMap::default(),
     };
-    let mut over = map.run.clone();
+    check_outputs(&a.common)?;
+    // The model: --preset/--graph/--config, else the file's own epcheck metadata (a dump epcheck wrote), else
+    // p-mlp — said in every error, so a wrong guess is never silent.
+    let named = a.common.preset.is_some() || a.common.graph.is_some() || a.common.config.is_some();
+    let recorded = if named { None } else { crate::io::recorded_config(&a.file) };
+    let mut over = recorded.clone().unwrap_or_default();
+    crate::config::merge(&mut over, map.run.clone());
     crate::config::merge(&mut over, a.common.overrides()?);
-    let cfg = RunConfig::resolve(a.common.preset.as_deref(), a.common.config.as_deref(), over)?;
-    let case = crate::checks::conformance::load_case(&a.file, &map, cfg, a.common.params.as_deref(), a.common.input.as_deref())?;
+    let preset = a.common.preset.clone().or_else(|| recorded.as_ref().and_then(|r| r.get("preset")).and_then(|v| v.as_str()).map(str::to_string));
+    let assumed = !named && recorded.is_none();
+    let cfg = RunConfig::resolve(preset.as_deref(), a.common.config.as_deref(), over)?;
+    let model_name = match &cfg.graph {
+        Some(g) => format!("graph {g}"),
+        None => format!("preset {}", cfg.preset),
+    };
+    let case = crate::checks::conformance::load_case(&a.file, &map, cfg, a.common.params.as_deref(), a.common.input.as_deref()).map_err(|e| {
+        if assumed {
+            Error::Config(format!("this file's tensors do not fit {model_name} (assumed: no --preset or --graph given and the file has no epcheck metadata): {e}"))
+        } else {
+            Error::Config(format!("this file's tensors do not fit {model_name}: {e}"))
+        }
+    })?;
     crate::progress::start("conformance");
     let o = crate::checks::conformance::ConformanceOptions::from_config(&case.inst.cfg);
     let rep = crate::checks::conformance::run(&case, &o)?;

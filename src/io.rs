@@ -184,6 +184,16 @@ pub fn load_batch(model: &Model, path: &Path, prec: Precision) -> Result<Batch> 
     Ok(batch)
 }
 
+/// The resolved configuration recorded in a safetensors file epcheck wrote (`epcheck.config` metadata), as a
+/// TOML table; None for other files (npz, other producers).
+pub fn recorded_config(path: &Path) -> Option<toml::Table> {
+    let bytes = std::fs::read(path).ok()?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
+    let json = meta.metadata().as_ref()?.get("epcheck.config")?.clone();
+    let v: serde_json::Value = serde_json::from_str(&json).ok()?;
+    toml::Table::try_from(v).ok()
+}
+
 /// Metadata of files epcheck writes (conventions §12.4).
 pub fn metadata(model: &Model, cfg: &RunConfig) -> HashMap<String, String> {
     let mut m = HashMap::new();

@@ -132,6 +132,29 @@ pub fn canonical_alias(key: &str) -> String {
             return format!("{canon}{rest}");
         }
     }
+    // SeqLearning-style GDU series: `gdu.ep.<p>` / `gdu.ep_neg.<p>`, `gdu.<series>.neurons_<j>` (0-based j).
+    if let Some(rest) = key.strip_prefix("gdu.") {
+        if let Some((series, tail)) = rest.split_once('.') {
+            let series = match series {
+                "ep" => "ep_plus",
+                "ep_neg" => "ep_minus",
+                s => s,
+            };
+            let tail = match tail.strip_prefix("neurons_").and_then(|j| j.parse::<usize>().ok()) {
+                Some(j) => format!("neurons.L{}", j + 1),
+                None => tail.to_string(),
+            };
+            return format!("gdu.{series}.{tail}");
+        }
+    }
+    // Conv-reference layout: `grad.ep_conv_beta<β>.<p>` → `grad.ep_centered@<β>.<p>`.
+    if let Some(rest) = key.strip_prefix("grad.ep_conv_beta") {
+        for (j, _) in rest.match_indices('.') {
+            if rest[..j].parse::<f64>().is_ok() {
+                return format!("grad.ep_centered@{}.{}", &rest[..j], &rest[j + 1..]);
+            }
+        }
+    }
     // `s<k>` as a layer name in state/traj/drive keys.
     let parts: Vec<&str> = key.split('.').collect();
     if parts.len() == 3 && ["state", "traj", "drive"].contains(&parts[0]) {
@@ -154,6 +177,14 @@ pub enum Target {
     Grad(String, Option<f64>, usize),
     PerExample(String, String),
     PhiTraj(String),
+    /// A per-step GDU parameter series (K, parameter shape): series, β (None = the run's), parameter.
+    GduParam(String, Option<f64>, usize),
+    /// A per-step GDU neuron series (K, B, layer shape).
+    GduNeurons(String, Option<f64>, usize),
+    /// Slice n of a trajectory (the conv-reference layout `traj.<phase>.t<n>.<l>`).
+    TrajSlice(String, usize, i64),
+    /// The last K + 1 free states s_{T−K} … s_T (`traj_window.free.<l>`, written by `gdu --dump`).
+    TrajWindow(usize),
 }
 
 impl Target {
@@ -164,6 +195,8 @@ impl Target {
             Target::InputX | Target::InputY | Target::InputOnehot => "input",
             Target::Grad(e, _, _) if e.starts_with("ep_") => "grad_ep",
             Target::Grad(..) => "grad_exact",
+            Target::GduParam(s, _, _) | Target::GduNeurons(s, _, _) if s.starts_with("ep_") => "grad_ep",
+            Target::GduParam(..) | Target::GduNeurons(..) => "grad_exact",
             _ => "state",
         }
     }
@@ -196,6 +229,14 @@ pub fn parse_target(m: &Model, key: &str) -> Option<Target> {
             if !PHASES.contains(&phase) {
                 return None;
             }
+            // `traj.<phase>.t<n>.<l>`: slice n of the trajectory.
+            if head == "traj" {
+                if let Some((tn, l)) = name.split_once('.') {
+                    if let Some(n) = tn.strip_prefix('t').and_then(|n| n.parse::<i64>().ok()) {
+                        return lidx(l).map(|k| Target::TrajSlice(phase.into(), k, n));
+                    }
+                }
+            }
             match head {
                 "state" => lidx(name).map(|k| Target::State(phase.into(), k)),
                 "traj" => lidx(name).map(|k| Target::Traj(phase.into(), k)),
@@ -205,20 +246,46 @@ pub fn parse_target(m: &Model, key: &str) -> Option<Target> {
             }
         }
         "grad" => {
-            let (est, name) = rest.split_once('.')?;
-            let (est, beta) = match est.split_once('@') {
-                Some((e, b)) => (e, Some(b.parse::<f64>().ok()?)),
-                None => (est, None),
-            };
-            let known = ["ep_plus", "ep_minus", "ep_centered", "bptt", "bptt_trunc", "implicit"].contains(&est) || est.strip_prefix("ep_holomorphic").is_some_and(|n| n.parse::<usize>().is_ok());
+            let (est, beta, name) = split_beta(rest, |n| pidx(n).is_some())?;
+            let known = ["ep_plus", "ep_minus", "ep_centered", "bptt", "bptt_trunc", "implicit"].contains(&est.as_str()) || est.strip_prefix("ep_holomorphic").is_some_and(|n| n.parse::<usize>().is_ok());
             if !known {
                 return None;
             }
-            pidx(name).map(|i| Target::Grad(est.into(), beta, i))
+            pidx(&name).map(|i| Target::Grad(est, beta, i))
+        }
+        "gdu" => {
+            let neuron = |n: &str| n.strip_prefix("neurons.").and_then(lidx);
+            let (series, beta, name) = split_beta(rest, |n| pidx(n).is_some() || neuron(n).is_some())?;
+            if !["bptt", "bptt_j", "ep_plus", "ep_minus", "ep_sym"].contains(&series.as_str()) || (series == "bptt_j" && neuron(&name).is_none()) {
+                return None;
+            }
+            match neuron(&name) {
+                Some(k) => Some(Target::GduNeurons(series, beta, k)),
+                None => pidx(&name).map(|i| Target::GduParam(series, beta, i)),
+            }
+        }
+        "traj_window" => {
+            let (phase, name) = rest.split_once('.')?;
+            (phase == "free").then(|| lidx(name).map(Target::TrajWindow)).flatten()
         }
         "phi" | "energy" | "loss" => PHASES.contains(&rest).then(|| Target::PerExample(head.into(), rest.into())),
         "phi_traj" => PHASES.contains(&rest).then(|| Target::PhiTraj(rest.into())),
         _ => None,
+    }
+}
+
+/// Splits `<name>[@<β>].<rest>` where β may itself contain dots (`ep_centered@0.001.W.0_1`): the first split
+/// whose β parses as a number and whose rest is accepted by `is_name`. Returns (name, β, rest).
+fn split_beta(s: &str, is_name: impl Fn(&str) -> bool) -> Option<(String, Option<f64>, String)> {
+    match s.split_once('@') {
+        None => s.split_once('.').map(|(a, b)| (a.to_string(), None, b.to_string())),
+        Some((name, tail)) => {
+            let dots: Vec<usize> = tail.match_indices('.').map(|(j, _)| j).collect();
+            // Prefer a split whose rest is a known name; else the first numeric one (the caller rejects it).
+            let numeric: Vec<usize> = dots.into_iter().filter(|&j| tail[..j].parse::<f64>().is_ok()).collect();
+            let j = numeric.iter().copied().find(|&j| is_name(&tail[j + 1..])).or(numeric.first().copied())?;
+            Some((name.to_string(), Some(tail[..j].parse().ok()?), tail[j + 1..].to_string()))
+        }
     }
 }
 
@@ -376,6 +443,16 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
             None => resolved.push((k.clone(), canonical_alias(k), vec![])),
         }
     }
+    // `gdu --dump` records the free iterations it ran (theorem mode extends T): recompute with that T.
+    if let Some(pos) = resolved.iter().position(|(_, c, _)| c == "gdu.t_free_run") {
+        let (e, _, _) = resolved.remove(pos);
+        let t = &ext[&e];
+        if t.numel() != 1 || t.is_floating_point() {
+            return Err(Error::file(file, format!("'{e}' must be one integer (the free iterations run)")));
+        }
+        cfg.t_free = t.int64_value(&[]);
+        skipped.push(format!("{e} (read as t_free = {})", cfg.t_free));
+    }
     // Parameters under canonical names (`param.<name>`), for size inference and loading.
     let canon_map: BTreeMap<String, Tensor> = resolved.iter().filter(|(_, c, tr)| tr.is_empty() && (c.starts_with("param.") || c.starts_with("synapses."))).map(|(e, c, _)| (c.clone(), ext[e].shallow_clone())).collect();
     if params_file.is_none() {
@@ -385,13 +462,35 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
     }
     let dtype = Dtype::parse(&cfg.dtype)?;
     let prec = Precision::new(dtype, DeviceChoice::parse(&cfg.device)?.resolve()?);
-    let model = crate::model::presets::build(&cfg)?;
+    let model = crate::instance::Instance::model_for(&mut cfg)?;
     let mut items = vec![];
+    // Every key that cannot be recomputed is listed at once, with the closest canonical names.
+    let mut unmapped = vec![];
     for (e, c, tr) in resolved {
-        let target = parse_target(&model, &c).ok_or_else(|| {
-            Error::file(file, format!("key '{e}' (canonical '{c}') is not an interchange name epcheck can recompute; map it in the name map, or to \"-\" to skip it"))
-        })?;
-        items.push(Item { ext_key: e.clone(), canon: c, target, transforms: tr, ext: ext[&e].shallow_clone() });
+        match parse_target(&model, &c) {
+            Some(target) => items.push(Item { ext_key: e.clone(), canon: c, target, transforms: tr, ext: ext[&e].shallow_clone() }),
+            None => unmapped.push((e, c)),
+        }
+    }
+    if !unmapped.is_empty() {
+        let names = canonical_names(&model);
+        let list: Vec<String> = unmapped
+            .iter()
+            .map(|(e, c)| {
+                let alias = if e != c { format!(" (read as '{c}')") } else { String::new() };
+                format!("'{e}'{alias}, closest: {}", closest(c, &names, 2).join(" or "))
+            })
+            .collect();
+        let model_name = if cfg.graph.is_some() { format!("graph {}", model.preset) } else { format!("preset {}", cfg.preset) };
+        return Err(Error::file(
+            file,
+            format!(
+                "{} key(s) are not interchange names epcheck can recompute for {model_name}: {}; map them in a name map (--names), or to \"-\" to skip them ({} keys in the file)",
+                unmapped.len(),
+                list.join("; "),
+                ext.len()
+            ),
+        ));
     }
     let params = match params_file {
         Some(pf) => crate::io::load_params(&model, pf, prec)?,
@@ -454,6 +553,60 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
     Ok(case)
 }
 
+/// The canonical names a model can recompute (for suggestions).
+pub fn canonical_names(m: &Model) -> Vec<String> {
+    let mut v = vec!["input.x".to_string(), "input.y".into(), "input.y_onehot".into()];
+    for p in &m.params {
+        v.push(format!("param.{}", p.name));
+        for e in ["ep_plus", "ep_minus", "ep_centered", "bptt", "bptt_trunc", "implicit"] {
+            v.push(format!("grad.{e}.{}", p.name));
+        }
+        for s in ["bptt", "ep_plus", "ep_minus", "ep_sym"] {
+            v.push(format!("gdu.{s}.{}", p.name));
+        }
+        for ph in ["free", "plus", "minus"] {
+            v.push(format!("dPhidtheta.{ph}.{}", p.name));
+        }
+    }
+    for l in &m.layers {
+        for ph in PHASES {
+            v.push(format!("state.{ph}.{}", l.name));
+            v.push(format!("traj.{ph}.{}", l.name));
+            v.push(format!("drive.{ph}.{}", l.name));
+        }
+        for s in ["bptt", "ep_plus", "ep_minus", "ep_sym"] {
+            v.push(format!("gdu.{s}.neurons.{}", l.name));
+        }
+    }
+    for ph in PHASES {
+        for w in ["phi", "energy", "loss", "phi_traj"] {
+            v.push(format!("{w}.{ph}"));
+        }
+    }
+    v
+}
+
+/// Edit distance (Levenshtein) between two short strings.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The `n` names closest to `key`.
+pub fn closest(key: &str, names: &[String], n: usize) -> Vec<String> {
+    let mut v: Vec<(usize, &String)> = names.iter().map(|c| (edit_distance(key, c), c)).collect();
+    v.sort();
+    v.into_iter().take(n).map(|(_, c)| format!("'{c}'")).collect()
+}
+
 impl Case {
     fn expected_shape(&self, it: &Item) -> Vec<i64> {
         let m = &self.inst.model;
@@ -469,6 +622,10 @@ impl Case {
                 s
             }
             Target::PerExample(..) | Target::PhiTraj(_) => vec![b],
+            Target::GduParam(_, _, i) => std::iter::once(self.inst.cfg.k_nudge).chain(m.params[*i].shape.iter().copied()).collect(),
+            Target::GduNeurons(_, _, k) => [self.inst.cfg.k_nudge, b].into_iter().chain(m.layers[*k].shape.iter().copied()).collect(),
+            Target::TrajSlice(_, k, _) => std::iter::once(b).chain(m.layers[*k].shape.iter().copied()).collect(),
+            Target::TrajWindow(k) => [self.inst.cfg.k_nudge + 1, b].into_iter().chain(m.layers[*k].shape.iter().copied()).collect(),
         };
         let z = Tensor::zeros(&base[..], (Kind::Double, tch::Device::Cpu));
         it.transforms.iter().fold(z, |t, tr| apply_transform(&t, tr, b)).size()
@@ -481,6 +638,8 @@ struct Recompute<'a> {
     o: &'a ConformanceOptions,
     phases: BTreeMap<String, (State, f64)>,
     grads: BTreeMap<(String, u64), Vec<Tensor>>,
+    /// GDU series per β: canonical `gdu.<series>.<p>` / `gdu.<series>.neurons.<l>` → (K, …).
+    gdu: BTreeMap<u64, BTreeMap<String, Tensor>>,
     f_norm: f64,
 }
 
@@ -533,6 +692,40 @@ impl<'a> Recompute<'a> {
         Ok(g)
     }
 
+    /// The GDU series of the instance at β (replay: exactly T free iterations, the last K steps; checks §3).
+    fn gdu_series(&mut self, beta: Option<f64>) -> Result<&BTreeMap<String, Tensor>> {
+        let beta = beta.unwrap_or(self.o.beta);
+        if !self.gdu.contains_key(&beta.to_bits()) {
+            let (m, p, batch) = (&self.inst.model, &self.inst.params[..], &self.inst.batch);
+            let (t, k) = (self.o.lengths.t_free, self.o.lengths.k_nudge);
+            if k > t {
+                return Err(Error::Config(format!("gdu.* keys need K ≤ T (K = {k}, T = {t}): set t_free and k_nudge as the producer ran them")));
+            }
+            let g = super::gdu::compute_series(m, p, batch, m.zeros_state(batch.size(), self.inst.prec), &super::gdu::GduOptions::replay(t, k, beta));
+            let stack = |ts: Vec<Tensor>| Tensor::stack(&ts, 0);
+            let mut out = BTreeMap::new();
+            for (i, spec) in m.params.iter().enumerate() {
+                let col = |th: &Vec<Vec<Tensor>>| stack(th.iter().map(|st| st[i].shallow_clone()).collect());
+                let (plus, minus) = (col(&g.plus.theta), col(&g.minus.theta));
+                out.insert(format!("gdu.bptt.{}", spec.name), col(&g.bptt_theta));
+                out.insert(format!("gdu.ep_sym.{}", spec.name), (&plus + &minus) * 0.5);
+                out.insert(format!("gdu.ep_plus.{}", spec.name), plus);
+                out.insert(format!("gdu.ep_minus.{}", spec.name), minus);
+            }
+            for (j, l) in m.layers.iter().enumerate() {
+                let col = |ss: &Vec<State>| stack(ss.iter().map(|st| st[j].shallow_clone()).collect());
+                let (plus, minus) = (col(&g.plus.neurons), col(&g.minus.neurons));
+                out.insert(format!("gdu.bptt.neurons.{}", l.name), col(&g.bptt_s));
+                out.insert(format!("gdu.bptt_j.neurons.{}", l.name), col(&g.bptt_j));
+                out.insert(format!("gdu.ep_sym.neurons.{}", l.name), (&plus + &minus) * 0.5);
+                out.insert(format!("gdu.ep_plus.neurons.{}", l.name), plus);
+                out.insert(format!("gdu.ep_minus.neurons.{}", l.name), minus);
+            }
+            self.gdu.insert(beta.to_bits(), out);
+        }
+        Ok(&self.gdu[&beta.to_bits()])
+    }
+
     /// epcheck's value of a (non-trajectory) target, in the run dtype.
     fn value(&mut self, t: &Target) -> Result<Tensor> {
         let (m, p, batch) = (&self.inst.model, &self.inst.params[..], &self.inst.batch);
@@ -559,6 +752,27 @@ impl<'a> Recompute<'a> {
                     _ => m.loss_per_example(batch, &s),
                 })
             }
+            Target::GduParam(series, beta, i) => {
+                let name = format!("gdu.{series}.{}", m.params[*i].name);
+                self.gdu_series(*beta)?[&name].shallow_clone()
+            }
+            Target::GduNeurons(series, beta, k) => {
+                let name = format!("gdu.{series}.neurons.{}", m.layers[*k].name);
+                self.gdu_series(*beta)?[&name].shallow_clone()
+            }
+            Target::TrajSlice(ph, k, n) => {
+                let (init, beta) = match ph.as_str() {
+                    "plus" | "minus" => (self.phase("free")?.0, if ph == "plus" { self.o.beta } else { -self.o.beta }),
+                    _ => (m.zeros_state(batch.size(), self.inst.prec), 0.0),
+                };
+                relax(m, p, batch, &init, beta, &RelaxOptions::fixed(*n)).state[*k].shallow_clone()
+            }
+            Target::TrajWindow(k) => {
+                let (t, kk) = (self.o.lengths.t_free, self.o.lengths.k_nudge);
+                let skip = relax(m, p, batch, &m.zeros_state(batch.size(), self.inst.prec), 0.0, &RelaxOptions::fixed((t - kk).max(0)));
+                let w = relax(m, p, batch, &skip.state, 0.0, &RelaxOptions { iters: kk, record: true, ..Default::default() });
+                Tensor::stack(&w.traj.expect("recorded").iter().map(|s| s[*k].shallow_clone()).collect::<Vec<_>>(), 0)
+            }
             Target::PhiTraj(_) | Target::Traj(..) => unreachable!("trajectories are replayed"),
         })
     }
@@ -579,7 +793,7 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
     let inst = &case.inst;
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
     let mut rows = Rows::new("conformance", &inst.id, &m.preset, inst.prec.dtype.name());
-    let mut rc = Recompute { inst, o, phases: BTreeMap::new(), grads: BTreeMap::new(), f_norm: 0.0 };
+    let mut rc = Recompute { inst, o, phases: BTreeMap::new(), grads: BTreeMap::new(), gdu: BTreeMap::new(), f_norm: 0.0 };
     let b = batch.size();
     let mut summary = vec![
         format!("Conformance: {} external keys compared ({} skipped by the name map); T = {}, K = {}, β = {}", case.items.len(), case.skipped.len(), o.lengths.t_free, o.lengths.k_nudge, o.beta),
@@ -663,6 +877,33 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
         let scope = if matches!(class, "param" | "input") { "loaded" } else { "key" };
         rows.verdict(scope, &it.ext_key, &verdict, json!({ "canonical": it.canon, "class": class, "metric": metric, "value": value, "rel_linf": rl, "threshold": thr }));
         summary.push(format!("| {} | {} | {class} | {rl:.3e} | {r2:.3e} | {ma:.3e} | {thr:.1e} | {} |", it.ext_key, it.canon, verdict.display()));
+        // GDU series: per step, and the first step and element where they diverge.
+        if matches!(it.target, Target::GduParam(..) | Target::GduNeurons(..)) && it.transforms.is_empty() && finite {
+            let k = ours.size()[0];
+            let d = (ours.to_kind(Kind::Double).to_device(tch::Device::Cpu) - it.ext.to_kind(Kind::Double).to_device(tch::Device::Cpu)).abs().reshape([k, -1]);
+            let scale = if metric == "max_abs" { 1.0 } else { r_max };
+            let per_step: Vec<f64> = to_vec_f64(&d.amax([1i64].as_slice(), false)).into_iter().map(|v| v / scale).collect();
+            for (t, v) in per_step.iter().enumerate() {
+                let mut row = rows.row("key", &it.ext_key, metric, *v);
+                row.reference = Some("external".into());
+                row.t = Some(t as i64);
+                rows.push(row);
+            }
+            if let Some(t) = per_step.iter().position(|v| !(*v <= thr)) {
+                let flat = d.get(t as i64).argmax(None, false).int64_value(&[]);
+                let mut idx = vec![];
+                let mut rem = flat;
+                for &n in it.ext.size()[1..].iter().rev() {
+                    idx.push(rem % n);
+                    rem /= n;
+                }
+                idx.reverse();
+                summary.push(format!("|  | first divergence of the series at step t = {t} (of {k}), element {idx:?}: {metric} {:.3e} > {thr:.1e} | | | | | | |", per_step[t]));
+                let mut row = rows.row("key", &it.ext_key, "first_divergent_step", t as f64);
+                row.reference = Some("external".into());
+                rows.push(row);
+            }
+        }
     }
     // Trajectories: replay each phase from the external initial state; first divergence; one-step errors.
     for (ph, its) in &traj_phases {

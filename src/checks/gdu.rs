@@ -396,27 +396,33 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
     r.threshold = Some(o.stat_tol);
     rows.push(r);
     // Tensors for --dump under canonical names.
-    let mut dump = Vec::new();
+    // The free iterations actually run (theorem mode extends T): `compare` reads this back as t_free.
+    let mut dump = vec![("gdu.t_free_run".to_string(), Tensor::from(g.t_run))];
     let stack_p = |th: &Vec<Vec<Tensor>>, i: usize| Tensor::stack(&th.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>(), 0);
     let stack_s = |ss: &Vec<State>, j: usize| Tensor::stack(&ss.iter().map(|st| st[j].shallow_clone()).collect::<Vec<_>>(), 0);
     for (i, spec) in m.params.iter().enumerate() {
+        // EP series and estimates carry their β (conventions §12.1), so a dump reads back whatever β the run had.
+        let b = o.beta;
         dump.push((format!("gdu.bptt.{}", spec.name), stack_p(&g.bptt_theta, i)));
-        dump.push((format!("gdu.ep_plus.{}", spec.name), stack_p(&g.plus.theta, i)));
-        dump.push((format!("gdu.ep_minus.{}", spec.name), stack_p(&g.minus.theta, i)));
-        dump.push((format!("gdu.ep_sym.{}", spec.name), stack_p(&sym_theta, i)));
+        dump.push((format!("gdu.ep_plus@{b}.{}", spec.name), stack_p(&g.plus.theta, i)));
+        dump.push((format!("gdu.ep_minus@{b}.{}", spec.name), stack_p(&g.minus.theta, i)));
+        dump.push((format!("gdu.ep_sym@{b}.{}", spec.name), stack_p(&sym_theta, i)));
         dump.push((format!("grad.bptt_trunc.{}", spec.name), trunc[i].shallow_clone()));
-        dump.push((format!("grad.ep_plus.{}", spec.name), ep_plus.tensors[i].shallow_clone()));
-        dump.push((format!("grad.ep_minus.{}", spec.name), ep_minus.tensors[i].shallow_clone()));
-        dump.push((format!("grad.ep_centered.{}", spec.name), ep_c.tensors[i].shallow_clone()));
+        dump.push((format!("grad.ep_plus@{b}.{}", spec.name), ep_plus.tensors[i].shallow_clone()));
+        dump.push((format!("grad.ep_minus@{b}.{}", spec.name), ep_minus.tensors[i].shallow_clone()));
+        dump.push((format!("grad.ep_centered@{b}.{}", spec.name), ep_c.tensors[i].shallow_clone()));
     }
     for (j, l) in m.layers.iter().enumerate() {
+        let b = o.beta;
         dump.push((format!("gdu.bptt.neurons.{}", l.name), stack_s(&g.bptt_s, j)));
         dump.push((format!("gdu.bptt_j.neurons.{}", l.name), stack_s(&g.bptt_j, j)));
-        dump.push((format!("gdu.ep_plus.neurons.{}", l.name), stack_s(&g.plus.neurons, j)));
-        dump.push((format!("gdu.ep_minus.neurons.{}", l.name), stack_s(&g.minus.neurons, j)));
-        dump.push((format!("gdu.ep_sym.neurons.{}", l.name), stack_s(&sym_neurons, j)));
+        dump.push((format!("gdu.ep_plus@{b}.neurons.{}", l.name), stack_s(&g.plus.neurons, j)));
+        dump.push((format!("gdu.ep_minus@{b}.neurons.{}", l.name), stack_s(&g.minus.neurons, j)));
+        dump.push((format!("gdu.ep_sym@{b}.neurons.{}", l.name), stack_s(&sym_neurons, j)));
         dump.push((format!("state.free.{}", l.name), g.traj[k][j].shallow_clone()));
-        dump.push((format!("traj.free.{}", l.name), stack_s(&g.traj, j)));
+        // The last K + 1 free states s_{T−K} … s_T: a window, not the canonical trajectory (whose index 0 is the
+        // phase's initial state).
+        dump.push((format!("traj_window.free.{}", l.name), stack_s(&g.traj, j)));
     }
     // The digest: the worst per-step rel_l2 of each series against its reference, and what the mode means.
     let mut worst: std::collections::BTreeMap<String, (f64, String)> = Default::default();

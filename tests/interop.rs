@@ -1,0 +1,139 @@
+//! `compare` as a user checking another implementation meets it (issue: interop): epcheck's own dumps read back
+//! with no flags, β-suffixed keys with dots, GDU series compared per step with the first divergence located,
+//! every unsupported key listed in one run, graph models, and a wrong preset named as such. Oracles: epcheck's
+//! dumps are an independent path (written by `gdu`/`estimate`, recomputed by `compare`); planted perturbations.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::Tensor;
+
+fn epcheck(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(args).env("OMP_NUM_THREADS", "1").output().expect("binary runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn one_run(out: &Path) -> PathBuf {
+    let r: Vec<PathBuf> = std::fs::read_dir(out).unwrap().map(|e| e.unwrap().path()).filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')).collect();
+    assert_eq!(r.len(), 1, "{r:?}");
+    r[0].clone()
+}
+
+/// Tensors and metadata of a safetensors file.
+fn read_with_meta(p: &Path) -> (Vec<(String, Tensor)>, HashMap<String, String>) {
+    let t = epcheck::io::read_tensors(p).unwrap();
+    let bytes = std::fs::read(p).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    (t.into_iter().collect(), meta.metadata().clone().unwrap_or_default())
+}
+
+const TINY: &[&str] = &["--archi", "6-5-3", "--batch", "2", "--activation", "logistic4", "--set", "init_scale=0.5", "--seed", "0"];
+
+fn run_gdu_dump(dir: &Path) -> PathBuf {
+    let dump = dir.join("gdu.safetensors");
+    let mut a = vec!["gdu"];
+    a.extend_from_slice(TINY);
+    let out = dir.join("gdu-runs");
+    a.extend(["--K", "20", "--out", s(&out), "--dump", s(&dump)]);
+    let (code, stdout, stderr) = epcheck(&a);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    dump
+}
+
+#[test]
+fn compare_reads_back_a_gdu_dump_with_no_flags_and_locates_a_planted_series_divergence() {
+    let d = tempfile::tempdir().unwrap();
+    let dump = run_gdu_dump(d.path());
+    // As written: every key (states, the K + 1 window, BPTT and EP series with their β, estimates) agrees.
+    let out = d.path().join("c0");
+    let (code, stdout, stderr) = epcheck(&["compare", s(&dump), "--out", s(&out)]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("conformance ") && stdout.contains(": pass"), "{stdout}");
+    let v = std::fs::read_to_string(one_run(&out).join("tables/verdicts.csv")).unwrap();
+    for key in ["gdu.bptt.synapses.1.weight", "gdu.ep_sym@0.001.synapses.1.weight", "gdu.bptt.neurons.L2", "traj_window.free.L1", "grad.ep_centered@0.001.synapses.0.weight"] {
+        assert!(v.lines().any(|l| l.contains(&format!(",key,{key},pass"))), "{key}:\n{v}");
+    }
+    // Planted: one element of one step of the symmetric EP series.
+    let (mut t, meta) = read_with_meta(&dump);
+    let key = "gdu.ep_sym@0.001.synapses.1.weight";
+    let pos = t.iter().position(|(k, _)| k == key).unwrap();
+    let x = t[pos].1.copy();
+    let _ = x.get(7).get(1).get(2).g_add_scalar_(1e-6);
+    t[pos].1 = x;
+    let planted = d.path().join("planted.safetensors");
+    epcheck::io::write_tensors(&planted, &t, meta).unwrap();
+    let out = d.path().join("c1");
+    let (code, stdout, stderr) = epcheck(&["compare", s(&planted), "--out", s(&out)]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let md = std::fs::read_to_string(one_run(&out).join("summary.md")).unwrap();
+    assert!(md.contains("first divergence of the series at step t = 7 (of 20), element [1, 2]"), "{md}");
+}
+
+#[test]
+fn compare_lists_every_unsupported_key_at_once_with_the_closest_names() {
+    let d = tempfile::tempdir().unwrap();
+    let dump = run_gdu_dump(d.path());
+    let (mut t, meta) = read_with_meta(&dump);
+    let o = (tch::Kind::Double, tch::Device::Cpu);
+    t.push(("bogus.one".into(), Tensor::zeros([2], o)));
+    t.push(("grad.ep_pluss.synapses.0.weight".into(), Tensor::zeros([5, 6], o)));
+    t.push(("state.fre.L1".into(), Tensor::zeros([2, 5], o)));
+    let bad = d.path().join("bad3.safetensors");
+    epcheck::io::write_tensors(&bad, &t, meta).unwrap();
+    let out = d.path().join("c");
+    let (code, stdout, stderr) = epcheck(&["compare", s(&bad), "--out", s(&out)]);
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("3 key(s)"), "{stderr}");
+    for k in ["'bogus.one'", "'grad.ep_pluss.synapses.0.weight'", "'state.fre.L1'"] {
+        assert!(stderr.contains(k), "{k} not listed: {stderr}");
+    }
+    assert!(stderr.contains("closest: 'grad.ep_plus.synapses.0.weight'") && stderr.contains("'state.free.L1'"), "{stderr}");
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0);
+}
+
+#[test]
+fn beta_suffixed_keys_with_dots_and_aliases_parse() {
+    use epcheck::checks::conformance::{canonical_alias, parse_target, Target};
+    let cfg = epcheck::config::RunConfig::resolve(Some("hopfield-resnet13"), None, toml::from_str("height = 8\nin_channels = 2\nwidths = [3, 4, 4, 5]\nclasses = 3").unwrap()).unwrap();
+    let m = epcheck::model::presets::build(&cfg).unwrap();
+    let w01 = m.params.iter().position(|p| p.name == "W.0_1").unwrap();
+    // The spec's own example: β with a dot, a parameter name with a dot.
+    assert_eq!(parse_target(&m, "grad.ep_centered@0.001.W.0_1"), Some(Target::Grad("ep_centered".into(), Some(0.001), w01)));
+    assert_eq!(parse_target(&m, "grad.ep_centered@1e-3.W.0_1"), Some(Target::Grad("ep_centered".into(), Some(0.001), w01)));
+    assert_eq!(parse_target(&m, &canonical_alias("grad.ep_conv_beta0.05.W.0_1")), Some(Target::Grad("ep_centered".into(), Some(0.05), w01)));
+    assert_eq!(parse_target(&m, "gdu.ep_sym@0.001.W.0_1"), Some(Target::GduParam("ep_sym".into(), Some(0.001), w01)));
+    assert_eq!(parse_target(&m, "traj.free.t3.L2"), Some(Target::TrajSlice("free".into(), 1, 3)));
+    // Sequence layout aliases.
+    assert_eq!(canonical_alias("gdu.ep.W.0_1"), "gdu.ep_plus.W.0_1");
+    assert_eq!(canonical_alias("gdu.ep_neg.W.0_1"), "gdu.ep_minus.W.0_1");
+    assert_eq!(canonical_alias("gdu.bptt.neurons_0"), "gdu.bptt.neurons.L1");
+    assert_eq!(parse_target(&m, "gdu.bptt.neurons.L1"), Some(Target::GduNeurons("bptt".into(), None, 0)));
+}
+
+#[test]
+fn compare_builds_graph_models_and_names_a_wrong_preset() {
+    let d = tempfile::tempdir().unwrap();
+    let graph = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/graphs/tiny-conv-skip.toml");
+    let dump = d.path().join("g.safetensors");
+    let (code, stdout, stderr) = epcheck(&["estimate", "--graph", graph, "--batch", "2", "--T", "40", "--K", "20", "--out", s(&d.path().join("r")), "--dump", s(&dump)]);
+    assert!(code <= 1, "{stdout}\n{stderr}");
+    // With --graph (the file's metadata also names it; --graph wins).
+    let out = d.path().join("c");
+    let (code, stdout, stderr) = epcheck(&["compare", s(&dump), "--graph", graph, "--batch", "2", "--T", "40", "--K", "20", "--out", s(&out)]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // A p-mlp dump against the wrong preset: the error says which model it assumed.
+    let pm = d.path().join("p.safetensors");
+    let mut a = vec!["estimate"];
+    a.extend_from_slice(TINY);
+    let r2 = d.path().join("r2");
+    a.extend(["--out", s(&r2), "--dump", s(&pm)]);
+    let (code, _, stderr) = epcheck(&a);
+    assert!(code <= 1, "{stderr}");
+    let (code, _, stderr) = epcheck(&["compare", s(&pm), "--preset", "vgg5-dchn", "--out", s(&d.path().join("c2"))]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("do not fit preset vgg5-dchn"), "{stderr}");
+}
