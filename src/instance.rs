@@ -27,6 +27,10 @@ impl Instance {
         let device = DeviceChoice::parse(&cfg.device)?.resolve()?;
         let prec = Precision::new(dtype, device);
         if let Some(path) = params_file {
+            // The input fixes the sizes the parameters may not (a conv net's input height, a sequence length).
+            if let Some(inp) = input_file {
+                crate::io::sizes_from_input(&mut cfg, inp)?;
+            }
             // Layer sizes follow from the tensors; an explicit contradicting size is an error naming the tensor.
             let loaded = crate::io::read_tensors(path)?;
             crate::io::infer_sizes(&mut cfg, &loaded, path)?;

@@ -83,8 +83,12 @@ fn check_finite(t: &Tensor, key: &str) -> Result<()> {
 /// Infers P-MLP layer sizes from `synapses.<k>.weight` shapes; contradictions with sizes given explicitly
 /// in the configuration are errors naming the tensor.
 pub fn infer_sizes(cfg: &mut RunConfig, loaded: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    if cfg.preset != "p-mlp" {
+    if cfg.graph.is_some() {
+        // A graph file fixes every shape itself.
         return Ok(());
+    }
+    if cfg.preset != "p-mlp" {
+        return infer_preset_sizes(cfg, loaded, path);
     }
     let mut archi = Vec::new();
     for k in 0.. {
@@ -116,6 +120,158 @@ pub fn infer_sizes(cfg: &mut RunConfig, loaded: &BTreeMap<String, Tensor>, path:
         )));
     }
     cfg.archi = archi;
+    Ok(())
+}
+
+/// Sizes that an input file fixes (conv presets: `height` from input.x (B, C, H, H); attention presets: `seq_len`
+/// from input.x (B, L, d), (B, 2L, d) for SNLI), set unless given explicitly.
+pub fn sizes_from_input(cfg: &mut RunConfig, path: &Path) -> Result<()> {
+    let t = read_tensors(path)?;
+    let Some(x) = lookup(&t, &["input.x".to_string(), "x".to_string()]).map(|(_, x)| x.size()) else { return Ok(()) };
+    let base = cfg.preset.strip_suffix("-train-paper").or_else(|| cfg.preset.strip_suffix("-train")).unwrap_or(&cfg.preset).to_string();
+    let explicit = |k: &str| cfg.explicit.iter().any(|e| e == k);
+    if cfg.graph.is_none() && matches!(base.as_str(), "hopfield-resnet13" | "vgg5-dchn" | "vgg5-dchn-rain") && x.len() == 4 && !explicit("height") {
+        cfg.height = Some(x[2]);
+    }
+    if cfg.graph.is_none() && matches!(base.as_str(), "imdb-hopfield" | "snli-hopfield") && x.len() == 3 && !explicit("seq_len") {
+        cfg.seq_len = Some(if base == "snli-hopfield" { x[1] / 2 } else { x[1] });
+    }
+    Ok(())
+}
+
+/// The parameter shapes of the preset model of `cfg` (no tensor is allocated).
+fn preset_shapes(cfg: &RunConfig) -> Option<Vec<(String, Vec<i64>)>> {
+    crate::model::presets::build(cfg).ok().map(|m| m.params.iter().map(|p| (p.name.clone(), p.shape.clone())).collect())
+}
+
+/// Infers the size options of the conv and attention presets (`widths`, `classes`, `in_channels`, `embed_dim`,
+/// then `height` / `seq_len`) from parameter shapes: the model is built once with distinct probe values, every
+/// dimension equal to a probe names the option it comes from, and the sizes that enter only through products
+/// (the input height of a conv net's dense head, an attention net's sequence length) are found by search. A size
+/// the parameters do not determine is asked for by name; an explicit contradicting size is an error.
+fn infer_preset_sizes(cfg: &mut RunConfig, loaded: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
+    let base = cfg.preset.strip_suffix("-train-paper").or_else(|| cfg.preset.strip_suffix("-train")).unwrap_or(&cfg.preset).to_string();
+    let conv = matches!(base.as_str(), "hopfield-resnet13" | "vgg5-dchn" | "vgg5-dchn-rain");
+    let attn = matches!(base.as_str(), "imdb-hopfield" | "snli-hopfield");
+    if !conv && !attn {
+        return Ok(());
+    }
+    let explicit = |k: &str| cfg.explicit.iter().any(|e| e == k);
+    let shape_of = |i: usize, name: &str| lookup(loaded, &param_aliases(name, i)).map(|(_, t)| t.size());
+    // Probe values: distinct primes no real layer is likely to have.
+    const PRIMES: [i64; 8] = [1009, 1013, 1019, 1021, 1031, 1033, 1039, 1049];
+    let n_widths = if conv { 4 } else { loaded.keys().filter(|k| k.ends_with(".bias") && k.contains("synapses.")).count().max(1) };
+    let mut probe = cfg.clone();
+    let mut keys: Vec<(String, Option<usize>, i64)> = vec![];
+    probe.widths = Some((0..n_widths).map(|i| PRIMES[i % 4]).collect());
+    for i in 0..n_widths.min(4) {
+        keys.push(("widths".into(), Some(i), PRIMES[i]));
+    }
+    if conv {
+        probe.in_channels = Some(PRIMES[4]);
+        probe.classes = Some(PRIMES[5]);
+        keys.push(("in_channels".into(), None, PRIMES[4]));
+        keys.push(("classes".into(), None, PRIMES[5]));
+    } else {
+        probe.classes = None;
+        probe.embed_dim = Some(PRIMES[6]);
+        probe.seq_len = Some(cfg.seq_len.unwrap_or(7));
+        keys.push(("embed_dim".into(), None, PRIMES[6]));
+    }
+    let Some(shapes) = preset_shapes(&probe) else { return Ok(()) };
+    let mut widths = cfg.widths.clone().unwrap_or_default();
+    widths.resize(n_widths, 0);
+    let mut found: BTreeMap<String, (i64, String)> = BTreeMap::new();
+    for (i, (name, shape)) in shapes.iter().enumerate() {
+        let Some(got) = shape_of(i, name) else { continue };
+        if got.len() != shape.len() {
+            continue;
+        }
+        for (j, d) in shape.iter().enumerate() {
+            if let Some((k, idx, _)) = keys.iter().find(|(_, _, p)| p == d) {
+                let label = match idx {
+                    Some(x) => format!("{k}[{x}]"),
+                    None => k.clone(),
+                };
+                match found.get(&label) {
+                    Some((v, first)) if *v != got[j] => {
+                        return Err(Error::Shape(format!("{}: '{name}' has shape {got:?}, which gives {label} = {}, but '{first}' gives {v}", path.display(), got[j])));
+                    }
+                    Some(_) => {}
+                    None => {
+                        found.insert(label, (got[j], name.clone()));
+                    }
+                }
+            }
+        }
+    }
+    let mut inferred = cfg.clone();
+    for (label, (v, _)) in &found {
+        match label.split_once('[') {
+            Some((_, idx)) => widths[idx.trim_end_matches(']').parse::<usize>().unwrap_or(0)] = *v,
+            None if label == "in_channels" => inferred.in_channels = Some(*v),
+            None if label == "classes" => inferred.classes = Some(*v),
+            None if label == "embed_dim" => inferred.embed_dim = Some(*v),
+            None => {}
+        }
+    }
+    if attn && n_widths > 4 {
+        // Widths beyond the probed four: read them straight from the bias shapes, in order.
+        let mut b: Vec<(usize, i64)> = loaded.iter().filter_map(|(k, t)| k.strip_prefix("param.").unwrap_or(k).strip_prefix("synapses.").and_then(|r| r.strip_suffix(".bias")).and_then(|i| i.parse::<usize>().ok()).map(|i| (i, t.size()[0]))).collect();
+        b.sort();
+        widths = b.into_iter().map(|x| x.1).collect();
+    }
+    if found.keys().any(|k| k.starts_with("widths")) {
+        inferred.widths = Some(widths);
+    }
+    // Contradictions with explicit sizes.
+    for (k, a, b) in [("widths", format!("{:?}", cfg.widths), format!("{:?}", inferred.widths)), ("in_channels", format!("{:?}", cfg.in_channels), format!("{:?}", inferred.in_channels)), ("classes", format!("{:?}", cfg.classes), format!("{:?}", inferred.classes)), ("embed_dim", format!("{:?}", cfg.embed_dim), format!("{:?}", inferred.embed_dim))] {
+        if explicit(k) && a != b {
+            return Err(Error::Shape(format!("{}: the parameters give {k} = {b}, which contradicts the explicit {k} = {a}", path.display())));
+        }
+    }
+    let matches = |c: &RunConfig| -> bool {
+        preset_shapes(c).is_some_and(|sh| sh.iter().enumerate().all(|(i, (n, s))| shape_of(i, n).is_none_or(|g| &g == s)))
+    };
+    if !matches(&inferred) {
+        // The size that enters only through products: the conv input height, the attention sequence length.
+        let (key, cands): (&str, Vec<i64>) = if conv { ("height", (1..=1024).collect()) } else { ("seq_len", (1..=4096).collect()) };
+        if explicit(key) {
+            return Ok(()); // the explicit value stands; load_params names the mismatching tensor
+        }
+        let set = |c: &mut RunConfig, v: i64| {
+            if conv {
+                c.height = Some(v);
+            } else {
+                c.seq_len = Some(v);
+            }
+        };
+        let hits: Vec<i64> = cands
+            .into_iter()
+            .filter(|&v| {
+                let mut c = inferred.clone();
+                set(&mut c, v);
+                matches(&c)
+            })
+            .collect();
+        let current = if conv { cfg.height } else { cfg.seq_len };
+        let v = match hits.as_slice() {
+            [] => return Ok(()), // load_params reports the first mismatching tensor
+            [v] => *v,
+            _ if current.is_some_and(|c| hits.contains(&c)) => current.unwrap(),
+            _ => {
+                return Err(Error::Config(format!(
+                    "{}: the parameters fit {key} = {} … {} ({} values): set {key} (--set {key}=…, or give --input)",
+                    path.display(),
+                    hits[0],
+                    hits[hits.len() - 1],
+                    hits.len()
+                )))
+            }
+        };
+        set(&mut inferred, v);
+    }
+    *cfg = inferred;
     Ok(())
 }
 

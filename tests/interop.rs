@@ -137,3 +137,36 @@ fn compare_builds_graph_models_and_names_a_wrong_preset() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("do not fit preset vgg5-dchn"), "{stderr}");
 }
+
+#[test]
+fn layer_sizes_follow_from_params_for_conv_and_attention_presets() {
+    let d = tempfile::tempdir().unwrap();
+    let cases: [(&str, &[&str], &[(&str, toml::Value)]); 2] = [
+        (
+            "hopfield-resnet13",
+            &["--set", "height=8", "--set", "in_channels=2", "--set", "widths=[3,4,4,5]", "--set", "classes=3"],
+            &[("height", toml::Value::Integer(8)), ("in_channels", toml::Value::Integer(2)), ("classes", toml::Value::Integer(3))],
+        ),
+        ("imdb-hopfield", &["--set", "seq_len=5", "--set", "embed_dim=4", "--set", "widths=[6,4,2]"], &[("seq_len", toml::Value::Integer(5)), ("embed_dim", toml::Value::Integer(4))]),
+    ];
+    for (preset, sizes, want) in cases {
+        let dump = d.path().join(format!("{preset}.safetensors"));
+        let out = d.path().join(format!("{preset}-a"));
+        let mut a = vec!["estimate", "--preset", preset, "--batch", "2", "--T", "5", "--K", "2", "--out", s(&out), "--dump", s(&dump)];
+        a.extend_from_slice(sizes);
+        let (code, stdout, stderr) = epcheck(&a);
+        assert!(code <= 1, "{stdout}\n{stderr}");
+        // No size flag: the parameters and the input give every size.
+        let out2 = d.path().join(format!("{preset}-b"));
+        let (code, stdout, stderr) = epcheck(&["estimate", "--preset", preset, "--params", s(&dump), "--input", s(&dump), "--T", "5", "--K", "2", "--out", s(&out2)]);
+        assert!(code <= 1, "{preset}: {stdout}\n{stderr}");
+        let cfg: toml::Table = toml::from_str(&std::fs::read_to_string(one_run(&out2).join("config.toml")).unwrap()).unwrap();
+        for (k, v) in want {
+            assert_eq!(cfg.get(*k), Some(v), "{preset}: {k} in {cfg:?}");
+        }
+    }
+    // The input height of a conv net is not fixed by its weights alone: asked for by name.
+    let (code, _, stderr) = epcheck(&["estimate", "--preset", "hopfield-resnet13", "--params", s(&d.path().join("hopfield-resnet13.safetensors")), "--out", s(&d.path().join("c"))]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("set height"), "{stderr}");
+}
