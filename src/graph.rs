@@ -248,8 +248,10 @@ impl Builder {
         if shape.is_empty() || shape.iter().any(|&v| v < 1) {
             return Err(err(format!("{what}: parameter '{}' shape {} must be non-empty with sizes ≥ 1", d.name, shape_str(&shape))));
         }
-        let a = d.init.ok_or_else(|| err(format!("{what}: parameter '{}' has no init bound (init = a draws U(−a, a))", d.name)))?;
-        if !(a.is_finite() && a >= 0.0) {
+        // No init bound: allowed when the parameters come from a file (--params); a seeded draw refuses it
+        // (`Model::check_init_bounds`). NaN marks it.
+        let a = d.init.unwrap_or(f64::NAN);
+        if d.init.is_some() && !(a.is_finite() && a >= 0.0) {
             return Err(err(format!("{what}: parameter '{}' init bound must be a finite number ≥ 0, got {a}", d.name)));
         }
         let group = d.group.clone().unwrap_or_else(|| d.name.clone());
@@ -629,7 +631,10 @@ pub fn emit(m: &Model) -> Result<String> {
     let decl = |pi: usize| -> String {
         let p = &m.params[pi];
         let Init::Uniform(a) = p.init;
-        let mut s = format!("{{ name = {}, shape = {}, init = {}", v(p.name.as_str()), ints(&p.shape), fnum(a));
+        let mut s = format!("{{ name = {}, shape = {}", v(p.name.as_str()), ints(&p.shape));
+        if !a.is_nan() {
+            s.push_str(&format!(", init = {}", fnum(a)));
+        }
         if p.group != p.name {
             s.push_str(&format!(", group = {}", v(p.group.as_str())));
         }
@@ -642,7 +647,9 @@ pub fn emit(m: &Model) -> Result<String> {
             o.push("[[params]]".into());
             o.push(format!("name = {}", v(p.name.as_str())));
             o.push(format!("shape = {}", ints(&p.shape)));
-            o.push(format!("init = {}", fnum(a)));
+            if !a.is_nan() {
+                o.push(format!("init = {}", fnum(a)));
+            }
             o.push(format!("group = {}", v(p.group.as_str())));
         }
     }

@@ -44,7 +44,13 @@ impl Instance {
         }
         let params = match params_file {
             Some(path) => crate::io::load_params(&model, path, prec)?,
-            None => model.init_params(cfg.seed, prec),
+            None => {
+                // A graph may leave init bounds out when parameters come from a file; a seeded draw needs them.
+                if let Some(p) = model.params.iter().find(|p| matches!(p.init, crate::model::Init::Uniform(a) if a.is_nan())) {
+                    return Err(crate::Error::Config(format!("parameter '{}' has no init bound in the graph file: give init = a (U(−a, a)), or the parameters with --params", p.name)));
+                }
+                model.init_params(cfg.seed, prec)
+            }
         };
         let batch = match input_file {
             Some(path) => crate::io::load_batch(&model, path, prec)?,

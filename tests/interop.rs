@@ -170,3 +170,40 @@ fn layer_sizes_follow_from_params_for_conv_and_attention_presets() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("set height"), "{stderr}");
 }
+
+#[test]
+fn graph_files_need_no_init_bounds_when_params_supply_every_tensor() {
+    let d = tempfile::tempdir().unwrap();
+    let graph = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/graphs/tiny-conv-skip.toml");
+    let dump = d.path().join("g.safetensors");
+    let (code, stdout, stderr) = epcheck(&["estimate", "--graph", graph, "--batch", "2", "--T", "5", "--K", "2", "--out", s(&d.path().join("a")), "--dump", s(&dump)]);
+    assert!(code <= 1, "{stdout}\n{stderr}");
+    // The same graph with every `init = …` removed.
+    let text = std::fs::read_to_string(graph).unwrap();
+    let stripped: String = text
+        .lines()
+        .map(|l| {
+            let mut l = l.to_string();
+            while let Some(i) = l.find(", init = ") {
+                let end = l[i + 2..].find([',', '}']).map(|j| i + 2 + j).unwrap_or(l.len());
+                l.replace_range(i..end, "");
+            }
+            if l.trim_start().starts_with("init =") {
+                String::new()
+            } else {
+                l
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!stripped.contains("init ="), "{stripped}");
+    let g2 = d.path().join("noinit.toml");
+    std::fs::write(&g2, stripped).unwrap();
+    let out = d.path().join("b");
+    let (code, stdout, stderr) = epcheck(&["estimate", "--graph", s(&g2), "--params", s(&dump), "--input", s(&dump), "--T", "5", "--K", "2", "--out", s(&out)]);
+    assert!(code <= 1, "{stdout}\n{stderr}");
+    // Without --params the seeded draw needs the bounds: refused, naming a parameter.
+    let (code, _, stderr) = epcheck(&["estimate", "--graph", s(&g2), "--batch", "2", "--out", s(&d.path().join("c"))]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("has no init bound"), "{stderr}");
+}
