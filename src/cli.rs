@@ -50,7 +50,8 @@ pub enum Command {
 pub struct CompareArgs {
     /// External tensors (safetensors, or npz).
     pub file: PathBuf,
-    /// Name map (TOML): `[names] theirs = "ours"` (or a table with `key` and `transforms`), `[run]` options.
+    /// Name map (TOML): `[names] theirs = "ours"` (or a table with `key` and `transforms`), `[run]` options; or a
+    /// built-in map: laborieux_state_dict, laborieux_check_gdu.
     #[arg(long)]
     pub names: Option<PathBuf>,
     #[command(flatten)]
@@ -612,7 +613,11 @@ pub fn main() -> i32 {
 
 /// `epcheck compare FILE [--names MAP] [instance flags]`.
 fn run_compare(a: CompareArgs) -> Result<i32> {
-    for p in [Some(&a.file), a.names.as_ref(), a.common.config.as_ref(), a.common.params.as_ref(), a.common.input.as_ref()].into_iter().flatten() {
+    let builtin = a.names.as_ref().and_then(|n| n.to_str()).is_some_and(|n| crate::checks::conformance::BUILTIN_MAPS.contains(&n));
+    if let Some(n) = a.names.as_ref().filter(|n| !builtin && !n.exists()) {
+        return Err(Error::file(n, format!("no such file, and not a built-in name map ({})", crate::checks::conformance::BUILTIN_MAPS.join(", "))));
+    }
+    for p in [Some(&a.file), a.common.config.as_ref(), a.common.params.as_ref(), a.common.input.as_ref()].into_iter().flatten() {
         if !p.exists() {
             return Err(Error::file(p, "no such file"));
         }

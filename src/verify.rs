@@ -192,6 +192,7 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
         let mut file_of = |key: &str| -> Result<Option<PathBuf>> {
             match tb.remove(key) {
                 None => Ok(None),
+                Some(toml::Value::String(s)) if key == "names" && conformance::BUILTIN_MAPS.contains(&s.as_str()) => Ok(Some(PathBuf::from(s))),
                 Some(toml::Value::String(s)) => {
                     let p = dir.join(s);
                     if !p.exists() {

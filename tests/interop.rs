@@ -207,3 +207,59 @@ fn graph_files_need_no_init_bounds_when_params_supply_every_tensor() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("has no init bound"), "{stderr}");
 }
+
+#[test]
+fn builtin_laborieux_maps_read_the_check_gdu_layout() {
+    // A dump in the layout of Laborieux's `check_gdu` (dictionaries BPTT / EP / EP_2 keyed by parameter names and
+    // `neurons_<i>`, parameters under their state_dict names, x and y), made here by renaming epcheck's own
+    // replay-mode dump (T free steps, the last K steps, the run's β) — the layout the driver in docs/interop.md writes.
+    let d = tempfile::tempdir().unwrap();
+    let dump = d.path().join("gdu.safetensors");
+    let mut a = vec!["gdu", "--mode", "replay", "--T", "40", "--K", "10", "--beta", "0.05"];
+    a.extend_from_slice(TINY);
+    let r = d.path().join("r");
+    a.extend(["--out", s(&r), "--dump", s(&dump)]);
+    let (code, stdout, stderr) = epcheck(&a);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let t = epcheck::io::read_tensors(&dump).unwrap();
+    let mut out: Vec<(String, Tensor)> = vec![];
+    for (k, v) in &t {
+        let renamed = if let Some(p) = k.strip_prefix("param.") {
+            Some(p.to_string())
+        } else if k == "input.x" || k == "input.y" {
+            Some(k[6..].to_string())
+        } else if let Some(rest) = k.strip_prefix("gdu.bptt.") {
+            Some(format!("BPTT.{}", rest.replace("neurons.L", "neurons_")))
+        } else if let Some(rest) = k.strip_prefix("gdu.ep_plus@0.05.") {
+            Some(format!("EP.{}", rest.replace("neurons.L", "neurons_")))
+        } else if let Some(rest) = k.strip_prefix("gdu.ep_minus@0.05.") {
+            Some(format!("EP_2.{}", rest.replace("neurons.L", "neurons_")))
+        } else {
+            None
+        };
+        if let Some(n) = renamed {
+            // neurons_<i> is 0-based: L1 → neurons_0.
+            let n = match n.rsplit_once("neurons_") {
+                Some((head, l)) => format!("{head}neurons_{}", l.parse::<usize>().unwrap() - 1),
+                None => n,
+            };
+            out.push((n, v.shallow_clone()));
+        }
+    }
+    assert!(out.iter().any(|(k, _)| k == "EP_2.neurons_1") && out.iter().any(|(k, _)| k == "synapses.0.weight"));
+    let ext = d.path().join("check_gdu.safetensors");
+    epcheck::io::write_tensors(&ext, &out, Default::default()).unwrap();
+    let o = d.path().join("c");
+    let (code, stdout, stderr) = epcheck(&[
+        "compare", s(&ext), "--names", "laborieux_check_gdu", "--preset", "p-mlp", "--activation", "logistic4", "--T", "40", "--K", "10", "--beta", "0.05", "--out", s(&o),
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let v = std::fs::read_to_string(one_run(&o).join("tables/verdicts.csv")).unwrap();
+    for key in ["BPTT.synapses.1.weight", "EP.synapses.0.bias", "EP_2.neurons_1", "BPTT.neurons_0"] {
+        assert!(v.lines().any(|l| l.contains(&format!(",key,{key},pass"))), "{key}:\n{v}");
+    }
+    // An unknown built-in name is refused with the list.
+    let (code, _, stderr) = epcheck(&["compare", s(&ext), "--names", "laborieux_nope", "--out", s(&o)]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("laborieux_check_gdu"), "{stderr}");
+}

@@ -59,9 +59,39 @@ pub struct MapEntry {
 pub struct NameMap {
     pub names: BTreeMap<String, Option<MapEntry>>,
     pub run: toml::Table,
+    /// Prefix rules of a built-in map (`BPTT.` → `gdu.bptt.`), applied to keys without an exact entry, before the
+    /// aliases of conventions §12.1.
+    pub prefixes: Vec<(String, String)>,
 }
 
+/// The built-in name maps (docs/interop.md gives the Python lines that make a matching dump).
+pub const BUILTIN_MAPS: [&str; 2] = ["laborieux_state_dict", "laborieux_check_gdu"];
+
+/// A built-in name map by name.
+pub fn builtin_map(name: &str) -> Option<NameMap> {
+    let mut m = NameMap::default();
+    match name {
+        // Laborieux et al. 2021, `model.state_dict()` saved with safetensors: `synapses.<k>.weight|bias` are
+        // epcheck's canonical P-MLP names already.
+        "laborieux_state_dict" => {}
+        // Its `check_gdu` dictionaries BPTT, EP (the +β series) and EP_2 (the −β series), saved as
+        // `BPTT.<name>`, `EP.<name>`, `EP_2.<name>`; `neurons_<i>` is layer L<i+1> (an alias).
+        "laborieux_check_gdu" => {
+            m.prefixes = vec![("BPTT.".into(), "gdu.bptt.".into()), ("EP_2.".into(), "gdu.ep_minus.".into()), ("EP.".into(), "gdu.ep_plus.".into())];
+        }
+        _ => return None,
+    }
+    Some(m)
+}
+
+/// Reads a name map file, or a built-in map by name ([`BUILTIN_MAPS`]).
 pub fn read_name_map(path: &Path) -> Result<NameMap> {
+    if !path.exists() {
+        if let Some(m) = path.to_str().and_then(builtin_map) {
+            return Ok(m);
+        }
+        return Err(Error::file(path, format!("no such file, and not a built-in name map ({})", BUILTIN_MAPS.join(", "))));
+    }
     let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, e))?;
     let t: toml::Table = toml::from_str(&text).map_err(|e| Error::file(path, format!("malformed TOML: {}", e.to_string().lines().next().unwrap_or(""))))?;
     let mut map = NameMap::default();
@@ -440,7 +470,10 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
         match map.names.get(k) {
             Some(None) => skipped.push(k.clone()),
             Some(Some(e)) => resolved.push((k.clone(), e.key.clone(), e.transforms.iter().map(|t| parse_transform(t).expect("validated")).collect())),
-            None => resolved.push((k.clone(), canonical_alias(k), vec![])),
+            None => {
+                let ruled = map.prefixes.iter().find_map(|(from, to)| k.strip_prefix(from.as_str()).map(|rest| format!("{to}{rest}")));
+                resolved.push((k.clone(), canonical_alias(ruled.as_deref().unwrap_or(k)), vec![]))
+            }
         }
     }
     // `gdu --dump` records the free iterations it ran (theorem mode extends T): recompute with that T.
