@@ -695,6 +695,15 @@ impl RunConfig {
         explicit.dedup();
         merge(&mut table, file_table);
         merge(&mut table, overrides);
+        // `grad_clip_norm` (conventions §13) is the training option train.grad_clip_norm; the top-level name is
+        // accepted too (it also defines `grad.ep_centered_clipped` in estimate and compare).
+        if let Some(v) = table.remove("grad_clip_norm") {
+            let mut t = toml::Table::new();
+            t.insert("grad_clip_norm".into(), v);
+            let mut tr = toml::Table::new();
+            tr.insert("train".into(), toml::Value::Table(t));
+            merge(&mut table, tr);
+        }
         table.insert("preset".into(), toml::Value::String(preset));
         let cfg: RunConfig = table.try_into().map_err(|e: toml::de::Error| {
             let where_ = file.map(|p| format!("{}: ", p.display())).unwrap_or_default();

@@ -263,3 +263,30 @@ fn builtin_laborieux_maps_read_the_check_gdu_layout() {
     assert_eq!(code, 2);
     assert!(stderr.contains("laborieux_check_gdu"), "{stderr}");
 }
+
+#[test]
+fn clipped_centered_estimate_is_dumped_and_compared() {
+    let d = tempfile::tempdir().unwrap();
+    let dump = d.path().join("e.safetensors");
+    let mut a = vec!["estimate", "--estimator", "ep_centered", "--T", "100", "--K", "60", "--set", "grad_clip_norm=1e-3"];
+    a.extend_from_slice(TINY);
+    let r = d.path().join("r");
+    a.extend(["--out", s(&r), "--dump", s(&dump)]);
+    let (code, stdout, stderr) = epcheck(&a);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let t = epcheck::io::read_tensors(&dump).unwrap();
+    // Oracle: the global-norm clip of the dumped centered estimate, computed here.
+    let names: Vec<&String> = t.keys().filter(|k| k.starts_with("grad.ep_centered.")).collect();
+    let norm: f64 = names.iter().map(|k| t[*k].square().sum(tch::Kind::Double).double_value(&[])).sum::<f64>().sqrt();
+    assert!(norm > 1e-3, "the clip must act: ‖g‖ = {norm}");
+    for k in names {
+        let c = &t[&k.replace("ep_centered.", "ep_centered_clipped.")];
+        let want = &t[k.as_str()] * (1e-3 / (norm + 1e-6));
+        assert!((c - want).abs().max().double_value(&[]) < 1e-15, "{k}");
+    }
+    let o = d.path().join("c");
+    let (code, stdout, stderr) = epcheck(&["compare", s(&dump), "--out", s(&o)]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let v = std::fs::read_to_string(one_run(&o).join("tables/verdicts.csv")).unwrap();
+    assert!(v.lines().any(|l| l.contains(",key,grad.ep_centered_clipped.synapses.0.weight,pass")), "{v}");
+}

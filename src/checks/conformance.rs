@@ -277,7 +277,7 @@ pub fn parse_target(m: &Model, key: &str) -> Option<Target> {
         }
         "grad" => {
             let (est, beta, name) = split_beta(rest, |n| pidx(n).is_some())?;
-            let known = ["ep_plus", "ep_minus", "ep_centered", "bptt", "bptt_trunc", "implicit"].contains(&est.as_str()) || est.strip_prefix("ep_holomorphic").is_some_and(|n| n.parse::<usize>().is_ok());
+            let known = ["ep_plus", "ep_minus", "ep_centered", "ep_centered_clipped", "bptt", "bptt_trunc", "implicit"].contains(&est.as_str()) || est.strip_prefix("ep_holomorphic").is_some_and(|n| n.parse::<usize>().is_ok());
             if !known {
                 return None;
             }
@@ -706,6 +706,11 @@ impl<'a> Recompute<'a> {
         let (m, p, batch) = (&self.inst.model, &self.inst.params[..], &self.inst.batch);
         let len = self.o.lengths;
         let g = match est {
+            // The Hopfield-ResNet code's clipped centered estimate: one global-norm clip (train.grad_clip_norm).
+            "ep_centered_clipped" => {
+                let c = self.inst.cfg.train.grad_clip_norm.ok_or_else(|| Error::Config("grad.ep_centered_clipped needs the clip norm the producer used: --set grad_clip_norm=…".into()))?;
+                crate::train::optim::clip_global_norm(&self.grad("ep_centered", Some(beta))?, c).0
+            }
             "implicit" => implicit::implicit(m, p, batch, &self.inst.cfg.implicit_options())?.grad.tensors,
             "bptt" => bptt::full(m, p, batch, len.t_free).0.tensors,
             "bptt_trunc" => bptt::truncated(m, p, batch, len.t_free, len.k_nudge)?.0.tensors,

@@ -189,7 +189,19 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
     }
     rows.verdict("estimate", &key, &Verdict::Info, json!({ "beta": beta }));
     let mut dump = vec![];
+    // With a clip norm, the clipped centered estimate of the Hopfield-ResNet code too (grad.ep_centered_clipped).
+    let clipped = match (est, inst.cfg.train.grad_clip_norm) {
+        (Estimator::EpCentered, Some(c)) => {
+            let (g, n, factor) = crate::train::optim::clip_global_norm(&run.grad.tensors, c);
+            summary.push(format!("\nclipped centered estimate: global norm {n:.4e}, clip norm {c}, factor {factor:.4}"));
+            Some(g)
+        }
+        _ => None,
+    };
     for (i, s) in m.params.iter().enumerate() {
+        if let Some(g) = &clipped {
+            dump.push((format!("grad.ep_centered_clipped.{}", s.name), g[i].shallow_clone()));
+        }
         dump.push((format!("grad.{key}.{}", s.name), run.grad.tensors[i].shallow_clone()));
         for (rname, r) in &refs {
             dump.push((format!("grad.{rname}.{}", s.name), r[i].shallow_clone()));
