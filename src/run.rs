@@ -71,6 +71,10 @@ pub fn complete(out: &Path, dump: Option<&Path>, command: &str, inst: &Instance,
     let args: Vec<String> = std::env::args().collect();
     crate::progress::message("writing report");
     if let Some(path) = dump {
+        // Its folder was checked to be creatable before the run (check_output_file).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+        }
         crate::io::write_tensors(path, &dump_tensors(inst, reports), crate::io::metadata(&inst.model, &inst.cfg))?;
     }
     let dir = match crate::report::write_run(out, command, inst, reports, &args) {
