@@ -60,6 +60,20 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
             return Ok(rep.with_digest(d).with_notes(notes));
         }
     }
+    // Holomorphic points are phases too: their worst residual against the same tolerance.
+    if let Some((_, r)) = run.diagnostics.iter().find(|(n, _)| n == "point_residual_max") {
+        let v = if crate::checks::within(*r, tol) {
+            Verdict::Info
+        } else {
+            Verdict::Inconclusive(format!("complex point not converged: max point r_∞ {} > tol {}", crate::checks::num(*r), crate::checks::num(tol)))
+        };
+        rows.verdict("phase", "holomorphic_points", &v, json!({ "r_inf": r, "tol": tol }));
+        if let Verdict::Inconclusive(reason) = &v {
+            summary.push(format!("**{}**", v.display()));
+            notes.push(format!("estimate: {reason}; raise --K, or lower --beta"));
+        }
+        phase_r.push(("holomorphic points".into(), *r));
+    }
     let key = run.grad.key.clone();
     let refs: Vec<(&str, Vec<Tensor>)> = match est {
         Estimator::Bptt => vec![("bptt_trunc", bptt::truncated(m, p, batch, len.t_free, len.k_nudge.min(len.t_free))?.0.tensors)],
