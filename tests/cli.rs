@@ -54,7 +54,8 @@ fn gdu_writes_tables_figures_and_dump() {
         assert!(header.split(',').any(|h| h == c), "metrics.csv lacks column {c}: {header}");
     }
     let t = epcheck::io::read_tensors(&dump).unwrap();
-    for k in ["param.synapses.0.weight", "input.x", "gdu.bptt.synapses.1.weight", "gdu.ep_sym.neurons.L2", "gdu.bptt_j.neurons.L1", "grad.ep_centered.synapses.2.bias", "traj.free.L3"] {
+    // EP keys carry the β of the run (checks.gdu.beta = 1e-3 in theorem mode); the K + 1 window is traj_window.
+    for k in ["param.synapses.0.weight", "input.x", "gdu.bptt.synapses.1.weight", "gdu.ep_sym@0.001.neurons.L2", "gdu.bptt_j.neurons.L1", "grad.ep_centered@0.001.synapses.2.bias", "traj_window.free.L3", "gdu.t_free_run"] {
         assert!(t.contains_key(k), "dump lacks {k}");
     }
     assert_eq!(t["gdu.bptt.synapses.1.weight"].size(), vec![20, 5, 5]);
