@@ -109,9 +109,12 @@ pub struct WeightsArgs {
     pub plot_biases: bool,
     #[arg(long, default_value = "reports/runs")]
     pub out: PathBuf,
-    /// svg, png or both.
+    /// Figure formats: svg, png, pdf, both (svg+png), all, or a comma-separated list.
     #[arg(long, default_value = "svg")]
     pub figure_format: String,
+    /// Panel size of the figures, WxH in px (default 420x320).
+    #[arg(long, value_name = "WxH")]
+    pub figure_size: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -539,14 +542,12 @@ fn run_weights(w: WeightsArgs) -> Result<i32> {
         let (tag, path) = s.split_once('=').ok_or_else(|| Error::Config(format!("weights: expected TAG=PATH, got '{s}'")))?;
         sets.push(weights::load_set(tag, std::path::Path::new(path))?);
     }
-    if !["svg", "png", "both"].contains(&w.figure_format.as_str()) {
-        return Err(Error::Config(format!("--figure-format must be svg, png or both, got '{}'", w.figure_format)));
-    }
+    let fig_opts = crate::report::style::FigureOptions::parse(&w.figure_format, w.figure_size.as_deref().unwrap_or(""))?;
     let rows = weights::compute(&sets);
     let id = sets.iter().map(|s| s.tag.as_str()).collect::<Vec<_>>().join("-");
     let rf = crate::report::RunFolder::new(&w.out, "weights", &format!("{}-{id}", sets[0].cfg.preset))?;
     crate::report::tables::write_both(&mut weights::frame(&rows)?, &rf.dir().join("tables"), "weights")?;
-    let figs = weights::figures(&rf.dir().join("figures"), &sets, &rows, w.plot_biases, &w.figure_format)?;
+    let figs = weights::figures(&rf.dir().join("figures"), &sets, &rows, w.plot_biases, &fig_opts)?;
     let mut md = vec![format!("# epcheck weights — {}", rf.run_id), String::new(), "| model | checkpoint | epoch |".into(), "|---|---|---|".into()];
     for s in &sets {
         md.push(format!("| {} | `{}` | {} |", s.tag, s.path.display(), s.epoch.map(|e| e.to_string()).unwrap_or("?".into())));

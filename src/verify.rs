@@ -391,6 +391,8 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
     let mut verdicts: Vec<Verdict> = vec![];
     let t_all = Instant::now();
     let mut run_dirs = vec![];
+    let mut index_rows: Vec<crate::report::html::IndexRow> = vec![];
+    let mut run_counts: Vec<usize> = vec![];
     let default_threads = tch::get_num_threads();
     for suite in &suites {
         tch::set_num_threads(suite.threads.unwrap_or(default_threads));
@@ -417,6 +419,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
             }
             *counts.entry(tally(&rep.overall)).or_default() += 1;
             verdicts.push(rep.overall.clone());
+            index_rows.push(crate::report::html::IndexRow { suite: suite.name.clone(), check: rep.check.clone(), instance: rep.instance.clone(), verdict: rep.overall.label().into(), digest: rep.digest_line(), run_dir: None });
         };
         // Seeded instances: every check but conformance.
         let seeded: Vec<&SuiteCheck> = suite.checks.iter().filter(|c| c.name != "conformance").collect();
@@ -435,6 +438,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
                     reps.push(rep);
                 }
                 run_dirs.push(crate::report::write_run(&a.out, "verify", &inst, &reps, &args)?);
+                run_counts.push(reps.len());
             }
         }
         for c in suite.checks.iter().filter(|c| c.name == "conformance") {
@@ -458,6 +462,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
             };
             emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts, &case.inst);
             run_dirs.push(crate::report::write_run(&a.out, "verify", &case.inst, &[rep], &args)?);
+            run_counts.push(1);
         }
         ts.set_time(t_suite.elapsed());
         report.add_test_suite(ts);
@@ -471,8 +476,18 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
             line += &format!(", {} {k}", n(k));
         }
     }
+    // The job page: one row per check and instance, linking the run folder's page (reports run in order, and
+    // each run folder holds the next run_counts[i] of them).
+    let mut it = index_rows.iter_mut();
+    for (d, c) in run_dirs.iter().zip(&run_counts) {
+        for r in it.by_ref().take(*c) {
+            r.run_dir = Some(d.clone());
+        }
+    }
+    let index = crate::report::html::write_job_index(&a.out, "epcheck verify", &line, &index_rows)?;
     println!("{line}");
     println!("junit: {} (failures = {}, errors = {})", junit.display(), n("failed"), n("error"));
+    println!("index: {}", index.display());
     for d in &run_dirs {
         println!("report: {}", d.display());
     }
