@@ -117,7 +117,8 @@ pub fn write_run_index(dir: &Path, run_id: &str, heading: &str, reports: &[Check
     b += "<p>What the verdicts mean: <code>docs/verdicts.md</code> in the epcheck repository.</p>\n";
     b += "<div id=\"summary\">\n";
     // The summary's own title line is the page's heading.
-    let body: String = summary_md.lines().skip_while(|l| l.starts_with("# ") || l.trim().is_empty()).collect::<Vec<_>>().join("\n");
+    // (The summary's list of figure files is replaced by the figures themselves below.)
+    let body: String = summary_md.lines().skip_while(|l| l.starts_with("# ") || l.trim().is_empty()).take_while(|l| *l != "## Figures").collect::<Vec<_>>().join("\n");
     b += &markdown(&body);
     b += "</div>\n<h2 id=\"figures\">Figures</h2>\n";
     let rel = |p: &Path| p.strip_prefix(dir).unwrap_or(p).to_string_lossy().replace('\\', "/");
