@@ -190,12 +190,14 @@ pub fn bias_figures(dir: &Path, rows: &[MetricRow], scope_order: &[String], inst
     let cats: Vec<String> = keys.iter().filter(|k| !k.starts_with("ep_holomorphic")).cloned().collect();
     let look = |k: &str| -> (plotters::style::RGBColor, Style, Marker) {
         if let Some(i) = ns.iter().position(|n| n == k) {
-            (sequential(i, ns.len()), Style::Solid, MARKERS[i % MARKERS.len()])
+            // Holomorphic N wide and translucent underneath, so the classic estimators drawn on top stay visible
+            // where they coincide (N = 1 = ep_plus, N = 2 = ep_centered).
+            (sequential(i, ns.len()), Style::Under, MARKERS[i % MARKERS.len()])
         } else {
             // Categorical colours that the viridis ramp of N does not use (vermillion, orange, reddish purple, black, sky blue).
             const CAT: [usize; 5] = [1, 4, 3, 6, 5];
             let i = cats.iter().position(|n| n == k).unwrap_or(0);
-            (color(CAT[i % CAT.len()]), if k == "ep_minus" { Style::Dashed } else { Style::Solid }, MARKERS[(i + 1) % MARKERS.len()])
+            (color(CAT[i % CAT.len()]), if k == "ep_minus" { Style::Dotted } else { Style::Dashed }, MARKERS[(i + 1) % MARKERS.len()])
         }
     };
     let panels_for = |metric: &str, y_label: &str, y_scale: Scale, with_fits: bool| -> Vec<Panel> {
@@ -203,7 +205,7 @@ pub fn bias_figures(dir: &Path, rows: &[MetricRow], scope_order: &[String], inst
             .iter()
             .map(|scope| {
                 let mut lines = vec![];
-                for k in &keys {
+                for k in ns.iter().chain(cats.iter()) {
                     let pts: Vec<(f64, f64)> = rows
                         .iter()
                         .filter(|r| r.metric == metric && &r.name == scope && r.t.is_none() && key_of(r) == *k && r.beta.is_some() && r.scope != "fit")

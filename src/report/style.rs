@@ -609,7 +609,8 @@ where
                     } else {
                         stroke!(legend_area, pts, st, c, s);
                         if let Some(m) = m {
-                            mark!(legend_area, (x + (SWATCH * s / 2) as i32, y), m, c, s, false);
+                            // Filled on solid lines, hollow on dashed ones: as in the panels.
+                            mark!(legend_area, (x + (SWATCH * s / 2) as i32, y), m, c, s, st == Style::Solid || st == Style::Under);
                         }
                     }
                     x += ((SWATCH + 8) * s) as i32;
@@ -722,7 +723,7 @@ where
         // for context lines).
         let mut segs: Vec<Vec<(f64, f64)>> = vec![vec![]];
         for &(x, y) in &l.points {
-            let inside = ok(xs, x) && ok(ys, y) && (l.style != Style::ThinDotted || (fwd(ys, y) >= y0 && fwd(ys, y) <= y1));
+            let inside = ok(xs, x) && ok(ys, y) && fwd(xs, x) >= x0 && fwd(xs, x) <= x1 && (l.style != Style::ThinDotted || (fwd(ys, y) >= y0 && fwd(ys, y) <= y1));
             if inside {
                 segs.last_mut().unwrap().push((fwd(xs, x), fwd(ys, y)));
             } else if !segs.last().unwrap().is_empty() {
@@ -740,7 +741,7 @@ where
             if let Some(m) = l.marker {
                 for q in px {
                     if l.style == Style::Markers || k % every == 0 {
-                        mark!(root, q, m, l.color, s, l.style == Style::Markers || l.style == Style::Solid);
+                        mark!(root, q, m, l.color, s, matches!(l.style, Style::Markers | Style::Solid | Style::Under));
                     }
                     k += 1;
                 }
