@@ -21,7 +21,8 @@
 //! Checks: `converge`, `local`, `audit`, `gdu`, `bias`, `refs`, `conformance`, run in that order. Every
 //! suite is parsed and validated before anything runs (bad input → exit 2, no report). Prints one line per
 //! check and instance, then `N passed, N failed`; writes a run folder per instance and one JUnit XML file
-//! (one test case per check and instance). Exit code (docs/verdicts.md): 0 when every check passed or only
+//! (one test case per check and instance) and `<out>/index.html` (one row per check, linking each run's
+//! `index.html`). Exit code (docs/verdicts.md): 0 when every check passed or only
 //! reported (info), 1 when one failed or was inconclusive, 2 when one could not run (error).
 use crate::checks::{self, audit, bias, conformance, converge, gdu, local, refs, CheckReport, Verdict};
 use crate::config::{merge, RunConfig};
@@ -37,7 +38,8 @@ pub struct VerifyArgs {
     /// Suite files, or folders whose `*.toml` files are suites.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Output folder for run folders.
+    /// Output folder: a run folder per instance (each with index.html), junit.xml and index.html (one row per
+    /// check, linking every run).
     #[arg(long, default_value = "reports/runs")]
     pub out: PathBuf,
     /// JUnit XML file (default: <out>/junit.xml).
