@@ -18,31 +18,44 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Convergence certificate of the free phase (and optionally the nudged phases).
+    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("n", |a| a.hide(true)), mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("no_shortcut", |a| a.hide(true)), after_help = "Example:\n  epcheck converge --preset p-mlp --T 30 --set 'checks.converge.phases=[\"plus\",\"minus\"]'\n\nMetrics and verdicts: docs/checks.md#converge")]
     Converge(Common),
     /// Run one estimator and compare it with BPTT and truncated BPTT.
+    #[command(after_help = "Example:\n  epcheck estimate --preset p-mlp --estimator ep_centered --beta 0.01 --T 30 --K 10\n\nEstimators and signs: docs/conventions.md")]
     Estimate(Common),
     /// GDU check: EP per-step updates vs BPTT per-step gradients (one reverse sweep).
+    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("n", |a| a.hide(true)), mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("no_shortcut", |a| a.hide(true)), after_help = "Example:\n  epcheck gdu --preset p-mlp --archi 20-10-5 --K 10 --plot-series ep_sym,ep_plus --figure-format png\n\nMetrics, identities I1–I4 and the figure: docs/checks.md#gdu")]
     Gdu(GduArgs),
     /// Estimator bias sweep over a β grid × N against an exact reference; slopes, identities, figures.
+    #[command(after_help = "Example:\n  epcheck bias --config fixtures/f2.toml --grid 1e-4,1e-3,1e-2,0.1 --N-list 1,2,4,8\n\nMetrics, slopes and identities B1–B6: docs/checks.md#bias")]
     Bias(BiasArgs),
     /// Agreement of the exact references (bptt, bptt_trunc, implicit) and finite differences.
+    #[command(after_help = "Example:\n  epcheck refs --config fixtures/f2.toml --T 500 --n-dir 8\n\nMetrics: docs/checks.md#refs")]
     Refs(RefsArgs),
-    /// Local-update equivalence: the local (Hebbian) parameter derivatives vs autograd of Φ̄ (checks §6).
+    /// Local-update equivalence: the local (Hebbian) parameter derivatives vs autograd of Φ̄.
+    #[command(after_help = "Example:\n  epcheck local --preset p-mlp --archi 20-10-5\n\nMetrics: docs/checks.md#local")]
     Local(Common),
-    /// Energy audit: drives = ∂Φ_β/∂s, symmetric drive Jacobian, gradient update maps, nudge (checks §7).
+    /// Energy audit: drives = ∂Φ_β/∂s, symmetric drive Jacobian, gradient update maps, nudge.
+    #[command(after_help = "Example:\n  epcheck audit --preset p-mlp --archi 20-10-5\n\nProperties A1–A6: docs/checks.md#audit")]
     Audit(Common),
-    /// Conformance: recompute another implementation's tensors and compare them (checks §10).
+    /// Conformance: recompute another implementation's tensors and compare them.
+    #[command(after_help = "Example:\n  epcheck compare fixtures/conformance/pmlp_reference.safetensors --preset p-mlp\n\nInterchange names and name maps: docs/interchange.md")]
     Compare(CompareArgs),
     /// Run certification suites (`verify/*.toml`): every listed check, JUnit XML, one line per check.
+    #[command(after_help = "Example:\n  epcheck verify verify/ --out reports/verify\n\nWrites a run folder per instance, junit.xml and <out>/index.html. Exit codes: docs/verdicts.md")]
     Verify(crate::verify::VerifyArgs),
     /// Train with EP (any estimator) or BPTT, or the feed-forward BP baseline: per-epoch table, curves,
     /// checkpoints; resumable.
+    #[command(after_help = "Example:\n  epcheck train --preset p-mlp --archi 64-32-10 --dataset digits --epochs 3 --batch 16")]
     Train(TrainArgs),
     /// Weight-distribution statistics of checkpoints (TAG=PATH …): per-tensor table, EP vs BP, histograms.
+    #[command(after_help = "Example:\n  epcheck weights ep=RUN/checkpoints/last.safetensors bp=RUN2/checkpoints/bp-last.safetensors --figure-format png")]
     Weights(WeightsArgs),
     /// Describe a preset, or write it out as an architecture graph file (--emit-toml).
+    #[command(after_help = "Example:\n  epcheck preset p-mlp --emit-toml\n\nThe graph schema: docs/graph.md; the presets: docs/presets.md")]
     Preset(PresetArgs),
     /// Fuzz random architecture graphs against the invariants (local, BPTT = FD, EP → BPTT, holomorphic N = 2).
+    #[command(after_help = "Example:\n  epcheck fuzz --cases 20 --seed 1\n\nThe invariants: docs/checks.md#fuzz")]
     Fuzz(crate::fuzz::FuzzArgs),
 }
 
@@ -83,7 +96,8 @@ pub struct TrainArgs {
     /// Learning rate (every tensor), or comma-separated: one per tensor in canonical order, or one per synapse (parameter group).
     #[arg(long)]
     pub lr: Option<String>,
-    /// digits (shipped), cifar10, cifar100, fashion-mnist, mnist.
+    /// digits (shipped, default), synthetic (random inputs, for timing), cifar10, cifar100, cifar100-coarse,
+    /// fashion-mnist, mnist, imdb, snli.
     #[arg(long)]
     pub dataset: Option<String>,
     /// Folder holding the dataset files (default: fixtures/data/digits for digits, data/<name> otherwise).
@@ -110,9 +124,12 @@ pub struct WeightsArgs {
     pub plot_biases: bool,
     #[arg(long, default_value = "reports/runs")]
     pub out: PathBuf,
-    /// svg, png or both.
+    /// Figure formats: svg, png, pdf, both (svg+png), all, or a comma-separated list.
     #[arg(long, default_value = "svg")]
     pub figure_format: String,
+    /// Panel size of the figures, WxH in px (default 420x320).
+    #[arg(long, value_name = "WxH")]
+    pub figure_size: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -147,7 +164,8 @@ pub struct RefsArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Preset name (p-mlp).
+    /// Preset: p-mlp (default), hopfield-resnet13, vgg5-dchn, vgg5-dchn-rain, imdb-hopfield, snli-hopfield
+    /// (docs/presets.md; `epcheck preset NAME` describes one).
     #[arg(long)]
     pub preset: Option<String>,
     /// TOML configuration file; flags override it.
@@ -162,6 +180,9 @@ pub struct Common {
     /// Layer sizes, e.g. 784-512-10.
     #[arg(long)]
     pub archi: Option<String>,
+    /// Activation of every neuron layer (default: the preset's): identity, tanh, sigmoid, logistic4, hard_sigmoid,
+    /// hard_sigmoid_2u, my_hard_sig, ctrd_hard_sig, relu6, relu_alpha(a), silu, holotanh(a), my_holotanh(a),
+    /// my_cos(a).
     #[arg(long)]
     pub activation: Option<String>,
     /// mse or ce.
@@ -170,8 +191,10 @@ pub struct Common {
     /// sync or async2.
     #[arg(long)]
     pub schedule: Option<String>,
+    /// Batch size B of the synthetic batch (or of training), default: the preset's.
     #[arg(long)]
     pub batch: Option<i64>,
+    /// Seed of the parameters and the synthetic batch (default 0).
     #[arg(long)]
     pub seed: Option<u64>,
     /// T: free-phase iterations.
@@ -216,9 +239,12 @@ pub struct Common {
     /// Output folder for run folders.
     #[arg(long, default_value = "reports/runs")]
     pub out: PathBuf,
-    /// svg, png or both.
+    /// Figure formats: svg (default), png, pdf, both (svg+png), all, or a comma-separated list.
     #[arg(long)]
     pub figure_format: Option<String>,
+    /// Panel size of the figures, WxH in px (default 420x320; PNG is drawn at twice this).
+    #[arg(long, value_name = "WxH")]
+    pub figure_size: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -237,6 +263,15 @@ pub struct GduArgs {
     /// Also compute the published O(K²) series and report the difference.
     #[arg(long)]
     pub verify_quadratic: bool,
+    /// Tensors and neuron layers drawn in gdu.svg, comma-separated canonical names (default: all).
+    #[arg(long, value_name = "NAMES")]
+    pub plot_tensors: Option<String>,
+    /// Elements drawn per panel: the N with the largest max_t |BPTT| (default 3).
+    #[arg(long, value_name = "N")]
+    pub plot_elements: Option<usize>,
+    /// EP series drawn: comma-separated ep_sym, ep_plus, ep_minus (default ep_sym).
+    #[arg(long, value_name = "SERIES")]
+    pub plot_series: Option<String>,
 }
 
 impl Common {
@@ -286,6 +321,9 @@ impl Common {
         }
         if let Some(f) = &self.figure_format {
             crate::config::merge(&mut t, parse_set(&format!("checks.figure_format=\"{f}\""))?);
+        }
+        if let Some(f) = &self.figure_size {
+            crate::config::merge(&mut t, parse_set(&format!("checks.figure_size=\"{f}\""))?);
         }
         Ok(t)
     }
@@ -354,6 +392,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             if g.verify_quadratic {
                 crate::config::merge(&mut extra, parse_set("checks.gdu.verify_quadratic=true")?);
+            }
+            let list = |v: &str| format!("[{}]", v.split(',').map(|x| format!("\"{}\"", x.trim())).collect::<Vec<_>>().join(", "));
+            if let Some(v) = &g.plot_tensors {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.gdu.plot_tensors={}", list(v)))?);
+            }
+            if let Some(v) = &g.plot_series {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.gdu.plot_series={}", list(v)))?);
+            }
+            if let Some(n) = g.plot_elements {
+                crate::config::merge(&mut extra, parse_set(&format!("checks.gdu.n_elem={n}"))?);
             }
             let inst = g.common.instance(extra)?;
             let cfg = &inst.cfg;
@@ -540,14 +588,12 @@ fn run_weights(w: WeightsArgs) -> Result<i32> {
         let (tag, path) = s.split_once('=').ok_or_else(|| Error::Config(format!("weights: expected TAG=PATH, got '{s}'")))?;
         sets.push(weights::load_set(tag, std::path::Path::new(path))?);
     }
-    if !["svg", "png", "both"].contains(&w.figure_format.as_str()) {
-        return Err(Error::Config(format!("--figure-format must be svg, png or both, got '{}'", w.figure_format)));
-    }
+    let fig_opts = crate::report::style::FigureOptions::parse(&w.figure_format, w.figure_size.as_deref().unwrap_or(""))?;
     let rows = weights::compute(&sets);
     let id = sets.iter().map(|s| s.tag.as_str()).collect::<Vec<_>>().join("-");
     let rf = crate::report::RunFolder::new(&w.out, "weights", &format!("{}-{id}", sets[0].cfg.preset))?;
     crate::report::tables::write_both(&mut weights::frame(&rows)?, &rf.dir().join("tables"), "weights")?;
-    let figs = weights::figures(&rf.dir().join("figures"), &sets, &rows, w.plot_biases, &w.figure_format)?;
+    let figs = weights::figures(&rf.dir().join("figures"), &sets, &rows, w.plot_biases, &fig_opts)?;
     let mut md = vec![format!("# epcheck weights — {}", rf.run_id), String::new(), "| model | checkpoint | epoch |".into(), "|---|---|---|".into()];
     for s in &sets {
         md.push(format!("| {} | `{}` | {} |", s.tag, s.path.display(), s.epoch.map(|e| e.to_string()).unwrap_or("?".into())));

@@ -194,9 +194,12 @@ fn default_param_derivative() -> String {
 pub struct ChecksConfig {
     #[serde(default)]
     pub plot_seed: u64,
-    /// `svg` (default), `png`, or `both`.
+    /// `svg` (default), `png`, `pdf`, `both` (svg + png), `all`, or a comma-separated list.
     #[serde(default = "default_figure_format")]
     pub figure_format: String,
+    /// Panel size `WxH` in px (default 420x320; PNG is drawn at twice this).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub figure_size: String,
     #[serde(default)]
     pub converge: ConvergeConfig,
     #[serde(default)]
@@ -318,6 +321,7 @@ impl Default for ChecksConfig {
         ChecksConfig {
             plot_seed: 0,
             figure_format: default_figure_format(),
+            figure_size: String::new(),
             converge: Default::default(),
             gdu: Default::default(),
             bias: Default::default(),
@@ -379,6 +383,12 @@ pub struct GduConfig {
     pub max_iter: i64,
     #[serde(default = "default_n_elem")]
     pub n_elem: usize,
+    /// EP series drawn in the gdu figure: any of `ep_sym` (default), `ep_plus`, `ep_minus`.
+    #[serde(default = "default_plot_series")]
+    pub plot_series: Vec<String>,
+    /// Tensors and neuron layers drawn in the gdu figure (canonical names; empty: all).
+    #[serde(default)]
+    pub plot_tensors: Vec<String>,
     /// Also compute the published O(K²) series and report their difference (tiny instances).
     #[serde(default)]
     pub verify_quadratic: bool,
@@ -404,6 +414,9 @@ fn default_true() -> bool {
 }
 fn default_max_iter() -> i64 {
     10_000
+}
+fn default_plot_series() -> Vec<String> {
+    vec!["ep_sym".into()]
 }
 fn default_n_elem() -> usize {
     3
@@ -825,8 +838,11 @@ impl RunConfig {
                 return bad(format!("checks.converge.tol must be > 0, got {t}"));
             }
         }
-        if !["svg", "png", "both"].contains(&self.checks.figure_format.as_str()) {
-            return bad(format!("checks.figure_format must be svg, png or both, got '{}'", self.checks.figure_format));
+        if let Err(e) = crate::report::style::FigureOptions::parse(&self.checks.figure_format, &self.checks.figure_size) {
+            return Err(e);
+        }
+        if let Some(s) = self.checks.gdu.plot_series.iter().find(|s| !["ep_sym", "ep_plus", "ep_minus"].contains(&s.as_str())) {
+            return bad(format!("checks.gdu.plot_series: '{s}' is not one of ep_sym, ep_plus, ep_minus"));
         }
         for p in &self.checks.converge.phases {
             if !["plus", "minus"].contains(&p.as_str()) {

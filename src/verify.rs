@@ -21,7 +21,8 @@
 //! Checks: `converge`, `local`, `audit`, `gdu`, `bias`, `refs`, `conformance`, run in that order. Every
 //! suite is parsed and validated before anything runs (bad input → exit 2, no report). Prints one line per
 //! check and instance, then `N passed, N failed`; writes a run folder per instance and one JUnit XML file
-//! (one test case per check and instance). Exit code (docs/verdicts.md): 0 when every check passed or only
+//! (one test case per check and instance) and `<out>/index.html` (one row per check, linking each run's
+//! `index.html`). Exit code (docs/verdicts.md): 0 when every check passed or only
 //! reported (info), 1 when one failed or was inconclusive, 2 when one could not run (error).
 use crate::checks::{self, audit, bias, conformance, converge, gdu, local, refs, CheckReport, Verdict};
 use crate::config::{merge, RunConfig};
@@ -37,7 +38,8 @@ pub struct VerifyArgs {
     /// Suite files, or folders whose `*.toml` files are suites.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-    /// Output folder for run folders.
+    /// Output folder: a run folder per instance (each with index.html), junit.xml and index.html (one row per
+    /// check, linking every run).
     #[arg(long, default_value = "reports/runs")]
     pub out: PathBuf,
     /// JUnit XML file (default: <out>/junit.xml).
@@ -392,6 +394,8 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
     let mut verdicts: Vec<Verdict> = vec![];
     let t_all = Instant::now();
     let mut run_dirs = vec![];
+    let mut index_rows: Vec<crate::report::html::IndexRow> = vec![];
+    let mut run_counts: Vec<usize> = vec![];
     let default_threads = tch::get_num_threads();
     for suite in &suites {
         tch::set_num_threads(suite.threads.unwrap_or(default_threads));
@@ -418,6 +422,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
             }
             *counts.entry(tally(&rep.overall)).or_default() += 1;
             verdicts.push(rep.overall.clone());
+            index_rows.push(crate::report::html::IndexRow { suite: suite.name.clone(), check: rep.check.clone(), instance: rep.instance.clone(), verdict: rep.overall.label().into(), digest: rep.digest_line(), run_dir: None });
         };
         // Seeded instances: every check but conformance.
         let seeded: Vec<&SuiteCheck> = suite.checks.iter().filter(|c| c.name != "conformance").collect();
@@ -436,6 +441,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
                     reps.push(rep);
                 }
                 run_dirs.push(crate::report::write_run(&a.out, "verify", &inst, &reps, &args)?);
+                run_counts.push(reps.len());
             }
         }
         for c in suite.checks.iter().filter(|c| c.name == "conformance") {
@@ -459,6 +465,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
             };
             emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts, &case.inst);
             run_dirs.push(crate::report::write_run(&a.out, "verify", &case.inst, &[rep], &args)?);
+            run_counts.push(1);
         }
         ts.set_time(t_suite.elapsed());
         report.add_test_suite(ts);
@@ -472,8 +479,18 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
             line += &format!(", {} {k}", n(k));
         }
     }
+    // The job page: one row per check and instance, linking the run folder's page (reports run in order, and
+    // each run folder holds the next run_counts[i] of them).
+    let mut it = index_rows.iter_mut();
+    for (d, c) in run_dirs.iter().zip(&run_counts) {
+        for r in it.by_ref().take(*c) {
+            r.run_dir = Some(d.clone());
+        }
+    }
+    let index = crate::report::html::write_job_index(&a.out, "epcheck verify", &line, &index_rows)?;
     println!("{line}");
     println!("junit: {} (failures = {}, errors = {})", junit.display(), n("failed"), n("error"));
+    println!("index: {}", index.display());
     for d in &run_dirs {
         println!("report: {}", d.display());
     }

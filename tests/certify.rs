@@ -267,7 +267,9 @@ fn verify_shipped_suite_passes_and_writes_junit() {
     // One test case per check and instance (docs/verdicts.md), the scope rows in its system-out.
     assert!(xml.contains("name=\"p-mlp/audit/p-mlp-") && xml.contains("layer_pair:A3:L1,L2 pass"), "{xml}");
     assert!(xml.contains("tests=\"7\""), "{xml}");
-    assert_eq!(entries(&out), 2, "one run folder per instance (seeded + conformance)");
+    let runs = std::fs::read_dir(&out).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
+    assert_eq!(runs, 2, "one run folder per instance (seeded + conformance)");
+    assert!(out.join("index.html").is_file() && entries(&out) == 3, "the job page beside the run folders");
 }
 
 /// `epcheck verify verify/` exactly as CI certifies: every shipped suite (every preset at tiny size and a custom

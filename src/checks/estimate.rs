@@ -131,7 +131,7 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
         summary.push(format!("\n{name} = {v:.3e}"));
         if name == "pole_margin_min" && *v < crate::estimators::ep_holomorphic::POLE_MARGIN_FLAG {
             summary.push(format!(
-                "\n**flag:** a point's drives come within {v:.3} pole distances of a pole of σ (< {}, estimators §3.11): the point may sit outside the disc where s*(β) is holomorphic.",
+                "\n**flag:** a point's drives come within {v:.3} pole distances of a pole of σ (< {}, docs/checks.md#estimate): the point may sit outside the disc where s*(β) is holomorphic.",
                 crate::estimators::ep_holomorphic::POLE_MARGIN_FLAG
             ));
         }

@@ -1,7 +1,7 @@
 //! `gdu` (checks §3, estimators §5): EP per-step updates vs BPTT per-step gradients. The BPTT series come out
 //! of ONE reverse sweep of K step VJPs (O(K)), the EP series out of one forward sweep per sign.
 use super::metrics::{self as mx, Series};
-use super::{kinks, sample_elements, CheckReport, Rows, Verdict};
+use super::{kinks, largest_elements, CheckReport, Rows, Verdict};
 use crate::adjoint::reverse_sweep;
 use crate::estimators::{ep_centered, ep_one_sided, PhaseLengths};
 use crate::instance::Instance;
@@ -366,24 +366,31 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         let r: Vec<f64> = q.iter().flat_map(|st| concat(st)).collect();
         identity(&mut rows, "Q", "one-sweep = published K+1 re-run", a, r, false);
     }
-    // Plotted elements: series rows for sampled elements (checks §0.6).
+    // Plotted elements: series rows (BPTT, EP⁺, EP⁻, EP_sym) for the n_elem elements with the largest BPTT
+    // signal max_t |BPTT[t, e]| (ties by index), so a figure never shows structural zeros while a signal exists.
     for (i, spec) in m.params.iter().enumerate() {
-        let (r, a) = (&bptt_ref[i], column(&sym_theta, i));
-        let nz: Vec<bool> = (0..r.e).map(|e| (0..k).any(|t| r.at(t, e) != 0.0)).collect();
-        for e in sample_elements(&nz, o.n_elem, o.plot_seed) {
+        let r = &bptt_ref[i];
+        let (pl, mi, a) = (column(&g.plus.theta, i), column(&g.minus.theta, i), column(&sym_theta, i));
+        let score: Vec<f64> = (0..r.e).map(|e| (0..k).map(|t| r.at(t, e).abs()).fold(0.0, f64::max)).collect();
+        for e in largest_elements(&score, o.n_elem) {
             for t in 0..k {
                 rows.series_row("bptt", "param", &spec.name, e as i64, t as i64, r.at(t, e));
+                rows.series_row("ep_plus", "param", &spec.name, e as i64, t as i64, pl.at(t, e));
+                rows.series_row("ep_minus", "param", &spec.name, e as i64, t as i64, mi.at(t, e));
                 rows.series_row("ep_sym", "param", &spec.name, e as i64, t as i64, a.at(t, e));
             }
         }
     }
     for (j, l) in m.layers.iter().enumerate() {
-        let (rj, raw, a) = (&bptt_j_ref[j], &bptt_raw[j], column(&sym_neurons, j));
-        let nz: Vec<bool> = (0..rj.e).map(|e| (0..k).any(|t| rj.at(t, e) != 0.0)).collect();
-        for e in sample_elements(&nz, o.n_elem, o.plot_seed) {
+        let (rj, raw) = (&bptt_j_ref[j], &bptt_raw[j]);
+        let (pl, mi, a) = (column(&g.plus.neurons, j), column(&g.minus.neurons, j), column(&sym_neurons, j));
+        let score: Vec<f64> = (0..rj.e).map(|e| (0..k).map(|t| rj.at(t, e).abs()).fold(0.0, f64::max)).collect();
+        for e in largest_elements(&score, o.n_elem) {
             for t in 0..k {
                 rows.series_row("bptt_j", "neuron", &l.name, e as i64, t as i64, rj.at(t, e));
                 rows.series_row("bptt_raw", "neuron", &l.name, e as i64, t as i64, raw.at(t, e));
+                rows.series_row("ep_plus", "neuron", &l.name, e as i64, t as i64, pl.at(t, e));
+                rows.series_row("ep_minus", "neuron", &l.name, e as i64, t as i64, mi.at(t, e));
                 rows.series_row("ep_sym", "neuron", &l.name, e as i64, t as i64, a.at(t, e));
             }
         }

@@ -373,6 +373,16 @@ pub fn exit_code<'a>(vs: impl IntoIterator<Item = &'a Verdict>) -> i32 {
         .unwrap_or(0)
 }
 
+/// The `n` elements with the largest score (e.g. max_t |BPTT[t, e]|), largest first; ties by index. Elements
+/// whose score is zero or not finite come last, so they are shown only when nothing else is left.
+pub fn largest_elements(score: &[f64], n: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..score.len()).collect();
+    let key = |e: usize| if score[e].is_finite() { score[e] } else { -1.0 };
+    idx.sort_by(|&a, &b| key(b).partial_cmp(&key(a)).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+    idx.truncate(n);
+    idx
+}
+
 /// Seeded sampling of plotted elements (checks §0.6): `n` indices among those whose reference series is not
 /// identically zero, filled up from the rest. A dedicated SplitMix64 stream, so plotting never perturbs the
 /// run's random stream.

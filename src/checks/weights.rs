@@ -5,7 +5,8 @@
 //! of `near_zero_frac@0.1` over main-path weights. Verdict `info`. Figures: `weights_hist` (shared bins when
 //! several models are compared) and `weights_trend`.
 use crate::config::RunConfig;
-use crate::report::figures::{self, Line, Panel, Style};
+use crate::report::figures::{Line, Panel, Style};
+use crate::report::style::{self, Figure, FigureOptions, HLine, LegendEntry, Marker, Scale};
 use crate::{Error, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -278,20 +279,16 @@ fn density(w: &[f64], lo: f64, hi: f64, bins: usize) -> Vec<(f64, f64)> {
     pts
 }
 
-const COLORS: [plotters::style::RGBColor; 4] = [
-    plotters::style::RGBColor(31, 119, 180),
-    plotters::style::RGBColor(255, 127, 14),
-    plotters::style::RGBColor(44, 160, 44),
-    plotters::style::RGBColor(214, 39, 40),
-];
-
-/// `weights_hist` (one panel per weight tensor; shared bins over [−R, R] when several models are compared) and
-/// `weights_trend` (near_zero_frac@0.1 and std_ratio vs depth per model and role).
-pub fn figures(dir: &Path, sets: &[WeightSet], rows: &[StatRow], plot_biases: bool, format: &str) -> Result<Vec<PathBuf>> {
-    let names: Vec<(String, Vec<i64>)> = sets[0].tensors.iter().map(|(n, _, s)| (n.clone(), s.clone())).collect();
+/// `weights_hist` (one panel per weight tensor, ordered by depth then name; shared bins over [−R, R] when
+/// several models are compared) and `weights_trend` (near_zero_frac@0.1 and std_ratio vs depth per model and
+/// role; the grey dashed line is the value at initialisation).
+pub fn figures(dir: &Path, sets: &[WeightSet], rows: &[StatRow], plot_biases: bool, opts: &FigureOptions) -> Result<Vec<PathBuf>> {
+    let mut names: Vec<(String, Vec<i64>)> = sets[0].tensors.iter().map(|(n, _, s)| (n.clone(), s.clone())).collect();
+    let depth_of = |n: &str| rows.iter().find(|r| r.model == sets[0].tag && r.param == n).map(|r| r.depth).unwrap_or(i64::MAX);
+    names.sort_by(|a, b| depth_of(&a.0).cmp(&depth_of(&b.0)).then_with(|| a.0.cmp(&b.0)));
     let mut panels = vec![];
     for (name, shape) in &names {
-        let (role, _, _) = tags(&sets[0], name, shape);
+        let (role, depth, _) = tags(&sets[0], name, shape);
         if role == "bias" && !plot_biases {
             continue;
         }
@@ -307,17 +304,18 @@ pub fn figures(dir: &Path, sets: &[WeightSet], rows: &[StatRow], plot_biases: bo
             } else {
                 (-r, r)
             };
-            lines.push(Line { points: density(w, lo, hi, 100), color: COLORS[k % 4], style: Style::Solid, label: Some(s.tag.clone()) });
+            lines.push(Line::new(density(w, lo, hi, 100), style::color(k), if k == 0 { Style::Solid } else { Style::Dashed }, Some(s.tag.clone())));
         }
-        panels.push(Panel { title: format!("{name} ({role})"), x_label: "weight value".into(), y_label: "density".into(), lines, hlines: vec![] });
+        panels.push(Panel::new(format!("{name} ({role}, depth {depth})"), "weight value", "density").lines(lines));
     }
     panels.retain(|p| p.lines.iter().any(|l| !l.points.is_empty()));
-    let mut out = if panels.is_empty() { vec![] } else { figures::write_panels(dir, "weights_hist", &panels, format)? };
+    let title = format!("weights — {}", sets.iter().map(|s| s.tag.as_str()).collect::<Vec<_>>().join(" vs "));
+    let mut out = if panels.is_empty() { vec![] } else { style::write_figure(dir, &Figure { stem: "weights_hist".into(), title: format!("{title} — histograms by depth"), panels, legend: vec![] }, opts)? };
     let mut trend = vec![];
-    for stat in ["near_zero_frac@0.1", "std_ratio"] {
+    for (stat, init) in [("near_zero_frac@0.1", 0.1), ("std_ratio", 1.0)] {
         let mut lines = vec![];
         for (k, s) in sets.iter().enumerate() {
-            for (role, style) in [("main", Style::Solid), ("skip", Style::Dashed)] {
+            for (role, st, mk) in [("main", Style::Solid, Marker::Circle), ("skip", Style::Dashed, Marker::Square)] {
                 let mut pts: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
                 for r in rows.iter().filter(|r| r.model == s.tag && r.role == role && r.stat == stat) {
                     pts.entry(r.depth).or_default().push(r.value);
@@ -326,15 +324,18 @@ pub fn figures(dir: &Path, sets: &[WeightSet], rows: &[StatRow], plot_biases: bo
                     continue;
                 }
                 let p: Vec<(f64, f64)> = pts.iter().map(|(d, v)| (*d as f64, v.iter().sum::<f64>() / v.len() as f64)).collect();
-                lines.push(Line { points: p, color: COLORS[k % 4], style, label: Some(format!("{} {role}", s.tag)) });
+                lines.push(Line::new(p, style::color(k), st, Some(format!("{} {role}", s.tag))).marker(mk));
             }
         }
-        trend.push(Panel { title: format!("{stat} vs depth"), x_label: "depth".into(), y_label: stat.into(), lines, hlines: if stat == "std_ratio" { vec![(1.0, "init".into())] } else { vec![(0.1, "init".into())] } });
+        let mut p = Panel::new(format!("{stat} vs depth"), "depth", stat).scales(Scale::Integer, Scale::Linear).lines(lines);
+        p.hlines = vec![HLine::new(init, format!("at initialisation (uniform): {stat} = {init}"))];
+        trend.push(p);
     }
     // A panel without data is not drawn, and a figure without panels is not written.
     trend.retain(|p| p.lines.iter().any(|l| !l.points.is_empty()));
     if !trend.is_empty() {
-        out.extend(figures::write_panels(dir, "weights_trend", &trend, format)?);
+        let legend = vec![LegendEntry::text("mean over the tensors of each depth")];
+        out.extend(style::write_figure(dir, &Figure { stem: "weights_trend".into(), title: format!("{title} — trends"), panels: trend, legend }, opts)?);
     }
     Ok(out)
 }

@@ -1,189 +1,12 @@
-//! Figures drawn with plotters from the tables only (checks §0.4): SVG and/or PNG (2× scale), the bundled
-//! DejaVu Sans font (no system fontconfig), panels of 420 × 320 px, min(4, n) columns, the fixed palette.
+//! The figures of the checks, drawn from the tables only (docs/figures.md): the `series` rows for time series,
+//! the `metrics` rows for everything else. The style (axes, ticks, legend, palette, formats) is in
+//! [`super::style`].
+use super::style::{self, color, sequential, Figure, FigureOptions, HLine, LegendEntry, Marker, Scale, GREY, MARKERS};
+pub use super::style::{Line, Panel, Style};
 use crate::checks::{MetricRow, SeriesRow};
-use crate::{Error, Result};
-use plotters::coord::Shift;
-use plotters::prelude::*;
+use crate::Result;
 use std::collections::BTreeMap;
-use std::path::Path;
-
-pub const PALETTE: [RGBColor; 10] = [
-    RGBColor(0x1f, 0x77, 0xb4),
-    RGBColor(0xff, 0x7f, 0x0e),
-    RGBColor(0x2c, 0xa0, 0x2c),
-    RGBColor(0xd6, 0x27, 0x28),
-    RGBColor(0x94, 0x67, 0xbd),
-    RGBColor(0x8c, 0x56, 0x4b),
-    RGBColor(0xe3, 0x77, 0xc2),
-    RGBColor(0x7f, 0x7f, 0x7f),
-    RGBColor(0xbc, 0xbd, 0x22),
-    RGBColor(0x17, 0xbe, 0xcf),
-];
-
-const FONT: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");
-static FONT_ONCE: std::sync::Once = std::sync::Once::new();
-
-fn register_font() {
-    FONT_ONCE.call_once(|| {
-        // Registration of a valid bundled TTF cannot fail; if it did, text would be missing, not a crash.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    });
-}
-
-fn err<E: std::fmt::Debug>(e: E) -> Error {
-    Error::Report(format!("figure: {e:?}"))
-}
-
-/// A line of a panel: points, colour, style.
-pub struct Line {
-    pub points: Vec<(f64, f64)>,
-    pub color: RGBColor,
-    pub style: Style,
-    pub label: Option<String>,
-}
-
-#[derive(Clone, Copy, PartialEq)]
-pub enum Style {
-    Solid,
-    Dashed,
-    /// Dashed with hollow markers (EP series in GDU plots, which often lie exactly on the solid BPTT line).
-    DashedMarked,
-    Dotted,
-    ThinDotted,
-    /// Markers only (scatter).
-    Markers,
-}
-
-pub struct Panel {
-    pub title: String,
-    pub x_label: String,
-    pub y_label: String,
-    pub lines: Vec<Line>,
-    /// Horizontal reference lines (y, label).
-    pub hlines: Vec<(f64, String)>,
-}
-
-/// Writes `<stem>.svg` and/or `<stem>.png` (format: svg, png, both).
-pub fn write_panels(dir: &Path, stem: &str, panels: &[Panel], format: &str) -> Result<Vec<std::path::PathBuf>> {
-    // A figure with no data is not written (an empty panel grid reads as a result).
-    if panels.iter().all(|p| p.lines.iter().all(|l| !l.points.iter().any(|(x, y)| x.is_finite() && y.is_finite()))) {
-        return Ok(vec![]);
-    }
-    register_font();
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let cols = panels.len().clamp(1, 4);
-    let rows = panels.len().div_ceil(cols).max(1);
-    let (w, h) = (420 * cols as u32, 320 * rows as u32);
-    let mut out = vec![];
-    if format == "svg" || format == "both" {
-        let path = dir.join(format!("{stem}.svg"));
-        {
-            let root = SVGBackend::new(&path, (w, h)).into_drawing_area();
-            draw(&root, panels, rows, cols, 1)?;
-            root.present().map_err(err)?;
-        }
-        out.push(path);
-    }
-    if format == "png" || format == "both" {
-        let path = dir.join(format!("{stem}.png"));
-        {
-            let root = BitMapBackend::new(&path, (2 * w, 2 * h)).into_drawing_area();
-            draw(&root, panels, rows, cols, 2)?;
-            root.present().map_err(err)?;
-        }
-        out.push(path);
-    }
-    Ok(out)
-}
-
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, panels: &[Panel], rows: usize, cols: usize, scale: u32) -> Result<()>
-where
-    DB::ErrorType: 'static,
-{
-    root.fill(&WHITE).map_err(err)?;
-    let areas = root.split_evenly((rows, cols));
-    for (area, p) in areas.iter().zip(panels) {
-        let all: Vec<(f64, f64)> = p.lines.iter().flat_map(|l| l.points.iter().copied()).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
-        let (mut x0, mut x1) = all.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, _)| (a.min(*x), b.max(*x)));
-        let ys = all.iter().map(|(_, y)| *y).chain(p.hlines.iter().map(|(y, _)| *y)).filter(|y| y.is_finite());
-        let (mut y0, mut y1) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
-        if !x0.is_finite() {
-            (x0, x1) = (0.0, 1.0);
-        }
-        if !y0.is_finite() {
-            (y0, y1) = (0.0, 1.0);
-        }
-        if x1 <= x0 {
-            x1 = x0 + 1.0;
-        }
-        let pad = if y1 > y0 { 0.05 * (y1 - y0) } else { y0.abs().max(1e-30) * 0.1 };
-        let (y0, y1) = (y0 - pad, y1 + pad);
-        let fs = 13 * scale;
-        let mut chart = ChartBuilder::on(area)
-            .caption(&p.title, ("sans-serif", 14 * scale).into_font())
-            .margin(6 * scale)
-            .x_label_area_size(34 * scale)
-            .y_label_area_size(64 * scale)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc(p.x_label.as_str())
-            .y_desc(p.y_label.as_str())
-            .label_style(("sans-serif", fs))
-            .y_label_formatter(&|v| if v.abs() < 1e-12 * (y1 - y0).abs() { "0".into() } else { format!("{v:.1e}") })
-            .light_line_style(RGBColor(235, 235, 235))
-            .draw()
-            .map_err(err)?;
-        for (y, _label) in &p.hlines {
-            let pts = vec![(x0, *y), (x1, *y)];
-            chart.draw_series(LineSeries::new(pts, RGBColor(150, 150, 150).stroke_width(scale))).map_err(err)?;
-        }
-        for l in &p.lines {
-            let pts: Vec<(f64, f64)> = l.points.iter().copied().filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
-            let c = l.color;
-            match l.style {
-                Style::Solid => {
-                    let s = chart.draw_series(LineSeries::new(pts, c.stroke_width(2 * scale))).map_err(err)?;
-                    if let Some(lb) = &l.label {
-                        s.label(lb.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(2)));
-                    }
-                }
-                Style::Dashed | Style::DashedMarked => {
-                    if l.style == Style::DashedMarked {
-                        chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 3 * scale, c.stroke_width(scale)))).map_err(err)?;
-                    }
-                    let s = chart.draw_series(DashedLineSeries::new(pts, 6 * scale, 4 * scale, c.stroke_width(2 * scale))).map_err(err)?;
-                    if let Some(lb) = &l.label {
-                        s.label(lb.clone()).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(1)));
-                    }
-                }
-                Style::Dotted => {
-                    chart.draw_series(DashedLineSeries::new(pts, 2 * scale, 3 * scale, c.stroke_width(2 * scale))).map_err(err)?;
-                }
-                Style::Markers => {
-                    let s = chart.draw_series(pts.iter().map(|&(x, y)| Circle::new((x, y), 4 * scale, c.filled()))).map_err(err)?;
-                    if let Some(lb) = &l.label {
-                        s.label(lb.clone()).legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
-                    }
-                }
-                Style::ThinDotted => {
-                    chart.draw_series(DashedLineSeries::new(pts, scale, 3 * scale, RGBColor(140, 140, 140).stroke_width(scale))).map_err(err)?;
-                }
-            }
-        }
-        if p.lines.iter().any(|l| l.label.is_some()) {
-            chart
-                .configure_series_labels()
-                .label_font(("sans-serif", 11 * scale))
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
-        }
-    }
-    Ok(())
-}
+use std::path::{Path, PathBuf};
 
 /// Groups series rows by (name) → (series) → (element) → points.
 type Grouped = BTreeMap<String, BTreeMap<String, BTreeMap<i64, Vec<(f64, f64)>>>>;
@@ -196,48 +19,118 @@ fn group(rows: &[SeriesRow], kind: &str) -> Grouped {
     g
 }
 
-/// `gdu` figure (checks §3): one panel per parameter tensor (in `param_order`), then per neuron layer; per
-/// sampled element, BPTT solid and EP (symmetric) dashed in the same colour; neuron panels use J·BPTT_s as the
-/// solid line and show raw BPTT_s thin grey dotted.
-pub fn gdu_figure(dir: &Path, rows: &[SeriesRow], param_order: &[String], layer_order: &[String], format: &str) -> Result<Vec<std::path::PathBuf>> {
+/// Short number for titles and legends: 1e-3, 0.01, 57.
+pub fn short(v: f64) -> String {
+    crate::checks::num(v)
+}
+
+/// What a gdu figure shows: which EP series (`ep_sym`, `ep_plus`, `ep_minus`), which tensors / layers (empty:
+/// all), and the run's context for the title.
+pub struct GduPlot<'a> {
+    pub series: &'a [String],
+    pub tensors: &'a [String],
+    pub instance: &'a str,
+    pub verdict: &'a str,
+}
+
+fn ep_style(series: &str) -> (Style, Marker, &'static str) {
+    match series {
+        "ep_plus" => (Style::Dotted, Marker::Triangle, "EP⁺ (β > 0)"),
+        "ep_minus" => (Style::Dashed, Marker::Square, "EP⁻ (β < 0)"),
+        _ => (Style::DashedMarked, Marker::Circle, "EP_sym (symmetric)"),
+    }
+}
+
+/// `gdu` figure: one panel per parameter tensor (canonical order), then per neuron layer. Per element, in
+/// colour k: BPTT wide and translucent, EP dashed with hollow markers on top (so a matching EP line stays
+/// visible); neuron panels use J·BPTT_s and add raw BPTT_s thin grey dotted (clipped, it does not set the
+/// range). Elements are those with the largest BPTT signal (the series rows); trailing steps where every line
+/// is below 10⁻³ of the panel's maximum are cut and the cut is noted in the panel title.
+pub fn gdu_figure(dir: &Path, rows: &[SeriesRow], metrics: &[MetricRow], param_order: &[String], layer_order: &[String], plot: &GduPlot, opts: &FigureOptions) -> Result<Vec<PathBuf>> {
     let params = group(rows, "param");
     let neurons = group(rows, "neuron");
+    let beta = metrics.iter().find_map(|r| r.beta);
+    let t_run = metrics.iter().find(|r| r.metric == "t_free_run").map(|r| r.value);
+    let k_steps = rows.iter().map(|r| r.t + 1).max().unwrap_or(0);
     let mut panels = vec![];
+    let wanted = |n: &str| plot.tensors.is_empty() || plot.tensors.iter().any(|t| t == n);
     let mut add = |name: &str, g: &BTreeMap<String, BTreeMap<i64, Vec<(f64, f64)>>>, reference: &str, y_label: &str| {
         let mut lines = vec![];
-        if let Some(rf) = g.get(reference) {
-            for (k, (_, pts)) in rf.iter().enumerate() {
-                lines.push(Line { points: pts.clone(), color: PALETTE[k % 10], style: Style::Solid, label: (k == 0).then(|| "BPTT".to_string()) });
+        let elems: Vec<i64> = g.get(reference).map(|m| m.keys().copied().collect()).unwrap_or_default();
+        // Largest signal first: the order of the series rows' elements is by index, so rank them again.
+        let mut ranked: Vec<(i64, f64)> = elems.iter().map(|e| (*e, g[reference][e].iter().map(|p| p.1.abs()).fold(0.0, f64::max))).collect();
+        ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+        let mut peak = 0f64;
+        let mut last_t = 0f64;
+        for (k, (e, _)) in ranked.iter().enumerate() {
+            let c = color(k);
+            if let Some(raw) = g.get("bptt_raw").and_then(|m| m.get(e)) {
+                lines.push(Line::new(raw.clone(), style::LIGHT_GREY, Style::ThinDotted, None));
+            }
+            if let Some(pts) = g.get(reference).and_then(|m| m.get(e)) {
+                lines.push(Line::new(pts.clone(), c, Style::Under, None));
+            }
+            for s in plot.series {
+                if let Some(pts) = g.get(s.as_str()).and_then(|m| m.get(e)) {
+                    let (st, mk, _) = ep_style(s);
+                    lines.push(Line::new(pts.clone(), c, st, None).marker(mk));
+                }
             }
         }
-        if let Some(ep) = g.get("ep_sym") {
-            for (k, (_, pts)) in ep.iter().enumerate() {
-                lines.push(Line { points: pts.clone(), color: PALETTE[k % 10], style: Style::DashedMarked, label: (k == 0).then(|| "EP (symmetric)".to_string()) });
+        for l in lines.iter().filter(|l| l.style != Style::ThinDotted) {
+            peak = l.points.iter().fold(peak, |m, p| m.max(p.1.abs()));
+        }
+        for l in lines.iter().filter(|l| l.style != Style::ThinDotted) {
+            for p in &l.points {
+                if p.1.abs() > 1e-3 * peak {
+                    last_t = last_t.max(p.0);
+                }
             }
         }
-        if let Some(raw) = g.get("bptt_raw") {
-            for pts in raw.values() {
-                lines.push(Line { points: pts.clone(), color: PALETTE[7], style: Style::ThinDotted, label: None });
-            }
+        let shown: Vec<String> = ranked.iter().map(|(e, _)| e.to_string()).collect();
+        let mut p = Panel::new(format!("{name} [{}]", shown.join(", ")), "nudged step t", y_label).scales(Scale::Integer, Scale::Linear).lines(lines);
+        let t_end = (k_steps - 1) as f64;
+        if peak > 0.0 && last_t + 2.0 < 0.7 * t_end {
+            p.x_range = Some((0.0, (last_t + 2.0).min(t_end)));
+            p.note = Some(format!("< 10⁻³·max after t = {}", last_t as i64));
         }
-        panels.push(Panel { title: name.to_string(), x_label: "nudged step t".into(), y_label: y_label.into(), lines, hlines: vec![] });
+        panels.push(p);
     };
-    for name in param_order {
+    for name in param_order.iter().filter(|n| wanted(n)) {
         if let Some(g) = params.get(name) {
-            add(name, g, "bptt", "gradient estimate");
+            add(name, g, "bptt", "∂L/∂θ contribution of step t");
         }
     }
-    for name in layer_order {
+    for name in layer_order.iter().filter(|n| wanted(n)) {
         if let Some(g) = neurons.get(name) {
             add(name, g, "bptt_j", "−∂ℓ/∂s, J-corrected");
         }
     }
-    write_panels(dir, "gdu", &panels, format)
+    let mut legend = vec![LegendEntry::line(GREY, Style::Under, None, "BPTT (J·BPTT_s for neurons)")];
+    for s in plot.series {
+        let (st, mk, txt) = ep_style(s);
+        legend.push(LegendEntry::line(GREY, st, Some(mk), txt));
+    }
+    if panels.iter().any(|p| p.lines.iter().any(|l| l.style == Style::ThinDotted)) {
+        legend.push(LegendEntry::line(style::LIGHT_GREY, Style::ThinDotted, None, "raw BPTT_s (no J; clipped)"));
+    }
+    legend.push(LegendEntry::text("colour k = element k of the panel's [list], largest max_t |BPTT| first (flat row-major index)"));
+    let mut title = format!("gdu — {}", plot.instance);
+    if let Some(b) = beta {
+        title += &format!(" — β = {}", short(b));
+    }
+    title += &format!(", K = {k_steps}");
+    if let Some(t) = t_run {
+        title += &format!(", T = {}", t as i64);
+    }
+    title += &format!(" — {}", plot.verdict);
+    style::write_figure(dir, &Figure { stem: "gdu".into(), title, panels, legend }, opts)
 }
 
-/// `residual` figure (checks §2): per phase, log10 of the residual vs iteration; median solid, max dashed,
-/// min dotted over examples; tol as a grey line.
-pub fn residual_figure(dir: &Path, rows: &[SeriesRow], phases: &[(String, i64, usize)], tol: f64, format: &str) -> Result<Vec<std::path::PathBuf>> {
+/// `residual` figure: per phase, the residual r(t) = max |s(t) − s(t−1)| on a log axis vs iteration; median
+/// (solid, ●), max (dashed, ■) and min (dotted, ▲) over examples; tol as a grey dashed line. Exactly-zero
+/// residuals cannot be drawn on a log axis: they are left out and counted in the panel title.
+pub fn residual_figure(dir: &Path, rows: &[SeriesRow], phases: &[(String, i64, usize)], tol: f64, instance: &str, verdict: &str, opts: &FigureOptions) -> Result<Vec<PathBuf>> {
     let g = group(rows, "residual");
     let mut panels = vec![];
     for (k, (phase, iters, nonconv)) in phases.iter().enumerate() {
@@ -245,28 +138,33 @@ pub fn residual_figure(dir: &Path, rows: &[SeriesRow], phases: &[(String, i64, u
         let Some(by_elem) = by_series.get(phase) else { continue };
         let n = by_elem.values().map(|v| v.len()).max().unwrap_or(0);
         let (mut med, mut mx, mut mn) = (vec![], vec![], vec![]);
+        let mut zeros = None;
         for t in 0..n {
             let vals: Vec<f64> = by_elem.values().filter_map(|v| v.get(t).map(|p| p.1)).collect();
             let x = by_elem.values().next().unwrap()[t].0;
-            let lg = |v: f64| if v.is_finite() { v.max(1e-300).log10() } else { f64::NAN };
-            med.push((x, lg(crate::checks::metrics::median(&vals))));
-            mx.push((x, lg(vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max))));
-            mn.push((x, lg(vals.iter().cloned().fold(f64::INFINITY, f64::min))));
+            let lo = vals.iter().cloned().fold(f64::INFINITY, f64::min);
+            if lo == 0.0 && zeros.is_none() {
+                zeros = Some(x as i64);
+            }
+            med.push((x, crate::checks::metrics::median(&vals)));
+            mx.push((x, vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)));
+            mn.push((x, lo));
         }
-        let c = PALETTE[k % 10];
-        panels.push(Panel {
-            title: format!("{phase}: {iters} iterations, {nonconv} not converged"),
-            x_label: "iteration t".into(),
-            y_label: "log10 residual max|s_t − s_{t−1}|".into(),
-            lines: vec![
-                Line { points: med, color: c, style: Style::Solid, label: Some("median".into()) },
-                Line { points: mx, color: c, style: Style::Dashed, label: Some("max".into()) },
-                Line { points: mn, color: c, style: Style::Dotted, label: None },
-            ],
-            hlines: vec![(tol.log10(), "tol".into())],
-        });
+        let c = color(k);
+        let mut p = Panel::new(format!("{phase}: {iters} iterations, {nonconv} not converged"), "iteration t", "residual max |s(t) − s(t−1)|").scales(Scale::Integer, Scale::Log).lines(vec![
+            Line::new(med, c, Style::Solid, Some("median over examples".into())).marker(Marker::Circle),
+            Line::new(mx, c, Style::Dashed, Some("max over examples".into())).marker(Marker::Square),
+            Line::new(mn, c, Style::Dotted, Some("min over examples".into())).marker(Marker::Triangle),
+        ]);
+        p.hlines = vec![HLine::new(tol, format!("tol = {}", short(tol)))];
+        if let Some(t0) = zeros {
+            p.note = Some(format!("exactly 0 from t = {t0} (not drawn)"));
+        }
+        panels.push(p);
     }
-    write_panels(dir, "residual", &panels, format)
+    let legend = if phases.len() > 1 { vec![LegendEntry::text("colour = phase (panel title)")] } else { vec![] };
+    let title = format!("converge — {instance} — tol = {} — {verdict}", short(tol));
+    style::write_figure(dir, &Figure { stem: "residual".into(), title, panels, legend }, opts)
 }
 
 fn key_of(r: &MetricRow) -> String {
@@ -276,10 +174,10 @@ fn key_of(r: &MetricRow) -> String {
     }
 }
 
-/// `bias_err` (log10 rel_l2 vs log10 β with the fitted lines), `bias_cos` (−log10(1 − cos) vs log10 β) and
-/// `im_leak` (log10 im_leak vs log10 β per N): one panel per scope (total, then layer groups), one line per
-/// estimator / N, drawn from the `metrics` rows.
-pub fn bias_figures(dir: &Path, rows: &[MetricRow], scope_order: &[String], format: &str) -> Result<Vec<std::path::PathBuf>> {
+/// `bias_err` (rel_l2 vs β, log–log, with the fitted power laws dotted), `bias_cos` (−log10(1 − cos) vs β) and
+/// `im_leak` (vs β per N): one panel per scope (total, then layer groups), one line per estimator (Okabe–Ito
+/// colours, one marker each) or holomorphic N (a sequential colour map over N), from the `metrics` rows.
+pub fn bias_figures(dir: &Path, rows: &[MetricRow], scope_order: &[String], instance: &str, verdict: &str, opts: &FigureOptions) -> Result<Vec<PathBuf>> {
     let mut keys: Vec<String> = vec![];
     for r in rows.iter().filter(|r| r.metric == "rel_l2" && r.beta.is_some()) {
         let k = key_of(r);
@@ -287,61 +185,91 @@ pub fn bias_figures(dir: &Path, rows: &[MetricRow], scope_order: &[String], form
             keys.push(k);
         }
     }
-    let lg = |v: f64| if v > 0.0 && v.is_finite() { v.log10() } else { f64::NAN };
-    let style_of = |k: &str| if k == "ep_minus" { Style::Dashed } else { Style::Solid };
-    let panels_for = |metric: &str, transform: &dyn Fn(f64) -> f64, y_label: &str, with_fits: bool| -> Vec<Panel> {
+    let reference = rows.iter().find_map(|r| r.reference.clone()).unwrap_or_else(|| "the reference".into());
+    let ns: Vec<String> = keys.iter().filter(|k| k.starts_with("ep_holomorphic")).cloned().collect();
+    let cats: Vec<String> = keys.iter().filter(|k| !k.starts_with("ep_holomorphic")).cloned().collect();
+    let look = |k: &str| -> (plotters::style::RGBColor, Style, Marker) {
+        if let Some(i) = ns.iter().position(|n| n == k) {
+            // Holomorphic N wide and translucent underneath, so the classic estimators drawn on top stay visible
+            // where they coincide (N = 1 = ep_plus, N = 2 = ep_centered).
+            (sequential(i, ns.len()), Style::Under, MARKERS[i % MARKERS.len()])
+        } else {
+            // Categorical colours that the viridis ramp of N does not use (vermillion, orange, reddish purple, black, sky blue).
+            const CAT: [usize; 5] = [1, 4, 3, 6, 5];
+            let i = cats.iter().position(|n| n == k).unwrap_or(0);
+            (color(CAT[i % CAT.len()]), if k == "ep_minus" { Style::Dotted } else { Style::Dashed }, MARKERS[(i + 1) % MARKERS.len()])
+        }
+    };
+    let panels_for = |metric: &str, y_label: &str, y_scale: Scale, with_fits: bool| -> Vec<Panel> {
         scope_order
             .iter()
             .map(|scope| {
                 let mut lines = vec![];
-                for (ci, k) in keys.iter().enumerate() {
+                for k in ns.iter().chain(cats.iter()) {
                     let pts: Vec<(f64, f64)> = rows
                         .iter()
                         .filter(|r| r.metric == metric && &r.name == scope && r.t.is_none() && key_of(r) == *k && r.beta.is_some() && r.scope != "fit")
-                        .map(|r| (lg(r.beta.unwrap()), transform(r.value)))
+                        .map(|r| (r.beta.unwrap(), r.value))
                         .collect();
-                    if pts.is_empty() {
+                    if pts.iter().all(|p| !(p.1.is_finite() && (y_scale != Scale::Log || p.1 > 0.0))) {
                         continue;
                     }
-                    let color = PALETTE[ci % 10];
+                    let (c, st, mk) = look(k);
                     let mut label = k.clone();
+                    // One label per estimator in every panel: the slope fitted on `total`.
+                    let total_fit = |m: &str| rows.iter().find(|r| r.scope == "fit" && r.name == "total" && r.metric == m && key_of(r) == *k).map(|r| r.value);
+                    if let (true, Some(sl), Some(pe)) = (with_fits, total_fit("slope"), total_fit("slope_expected")) {
+                        label = format!("{k}: slope {sl:.2} (expected {pe})");
+                    }
                     if with_fits {
                         let fit = |m: &str| rows.iter().find(|r| r.scope == "fit" && &r.name == scope && r.metric == m && key_of(r) == *k).map(|r| r.value);
-                        if let (Some(sl), Some(c), Some(lo), Some(hi), Some(pe)) = (fit("slope"), fit("slope_intercept"), fit("beta_min_fit"), fit("beta_max_fit"), fit("slope_expected")) {
-                            label = format!("{k}: slope {sl:.2} (expected {pe})");
-                            let (a, b) = (lo.log10(), hi.log10());
-                            lines.push(Line { points: vec![(a, c + sl * a), (b, c + sl * b)], color, style: Style::ThinDotted, label: None });
+                        if let (Some(sl), Some(ic), Some(lo), Some(hi)) = (fit("slope"), fit("slope_intercept"), fit("beta_min_fit"), fit("beta_max_fit")) {
+                            let line = |b: f64| (b, 10f64.powf(ic + sl * b.log10()));
+                            lines.push(Line::new(vec![line(lo), line(hi)], c, Style::Dotted, None));
                         }
                     }
-                    lines.push(Line { points: pts, color, style: style_of(k), label: Some(label) });
+                    lines.push(Line::new(pts, c, st, Some(label)).marker(mk));
                 }
-                Panel { title: scope.clone(), x_label: "log10 β".into(), y_label: y_label.into(), lines, hlines: vec![] }
+                Panel::new(scope.clone(), "β", y_label).scales(Scale::Log, y_scale).lines(lines)
             })
             .collect()
     };
     let mut out = vec![];
-    out.extend(write_panels(dir, "bias_err", &panels_for("rel_l2", &lg, "log10 rel_l2 vs reference", true), format)?);
-    out.extend(write_panels(dir, "bias_cos", &panels_for("neglog10_one_minus_cos", &|v| v, "−log10(1 − cos)", false), format)?);
-    let leak_panels = panels_for("im_leak", &lg, "log10 im_leak", false);
-    if leak_panels.iter().any(|p| !p.lines.is_empty()) {
-        out.extend(write_panels(dir, "im_leak", &leak_panels[..1], format)?);
+    let title = |what: &str| format!("bias — {instance} — {what} — {verdict}");
+    let mut legend = vec![];
+    if rows.iter().any(|r| r.scope == "fit") {
+        legend.push(LegendEntry::line(GREY, Style::Dotted, None, "fitted power law c·β^slope over the fit window (slope of `total` in the legend)"));
+    }
+    if !ns.is_empty() {
+        legend.push(LegendEntry::text(format!("holomorphic N: dark (N = {}) → light (N = {})", ns[0].trim_start_matches("ep_holomorphic N="), ns[ns.len() - 1].trim_start_matches("ep_holomorphic N="))));
+    }
+    out.extend(style::write_figure(dir, &Figure { stem: "bias_err".into(), title: title(&format!("error vs {reference}")), panels: panels_for("rel_l2", &format!("rel_l2 vs {reference}"), Scale::Log, true), legend: legend.clone() }, opts)?);
+    let cap = vec![LegendEntry::text("−log10(1 − cos) is capped at −log10 u (u: unit round-off, 15.95 in f64, 7.2 in f32) where 1 − cos ≤ u")];
+    out.extend(style::write_figure(dir, &Figure { stem: "bias_cos".into(), title: title(&format!("alignment with {reference}")), panels: panels_for("neglog10_one_minus_cos", "−log10(1 − cos)", Scale::Linear, false), legend: cap }, opts)?);
+    let leak = panels_for("im_leak", "im_leak (imaginary part / real part)", Scale::Log, false);
+    if let Some(first) = leak.into_iter().next() {
+        out.extend(style::write_figure(dir, &Figure { stem: "im_leak".into(), title: title("imaginary leakage"), panels: vec![first], legend: vec![LegendEntry::text("N whose leakage is exactly 0 or not measured are not listed")] }, opts)?);
     }
     Ok(out)
 }
 
-/// `refs` scatter: Richardson FD value (y) against the reference projection ⟨g, v⟩ (x), with y = x.
-pub fn refs_figure(dir: &Path, rows: &[MetricRow], format: &str) -> Result<Vec<std::path::PathBuf>> {
-    let mut pts = vec![];
-    for r in rows.iter().filter(|r| r.metric == "fd_value") {
-        if let Some(x) = rows.iter().find(|q| q.metric == "ref_projection" && q.name == r.name) {
-            pts.push((x.value, r.value));
-        }
+/// `refs` figure: per finite-difference direction, fd_err = |D_R − ⟨g, v⟩| / max(|⟨g, v⟩|, ‖g‖/√n) (●) and the
+/// Richardson error estimate |D(ε) − D(ε/2)| on the same scale (▲), on a log axis against fd_tol.
+pub fn refs_figure(dir: &Path, rows: &[MetricRow], instance: &str, verdict: &str, opts: &FigureOptions) -> Result<Vec<PathBuf>> {
+    let dir_index = |n: &str| n.trim_start_matches("dir").parse::<f64>().ok();
+    let pick = |metric: &str| -> Vec<(f64, f64)> { rows.iter().filter(|r| r.metric == metric && r.scope == "key").filter_map(|r| dir_index(&r.name).map(|d| (d, r.value))).collect() };
+    let reference = rows.iter().find(|r| r.metric == "fd_err").and_then(|r| r.reference.clone()).unwrap_or_else(|| "reference".into());
+    let tol = rows.iter().find(|r| r.metric == "fd_err").and_then(|r| r.threshold);
+    let mut panel = Panel::new(format!("finite differences vs {reference}"), "direction", "relative error").scales(Scale::Integer, Scale::Log).lines(vec![
+        Line::new(pick("fd_err"), color(0), Style::Markers, Some("|D_R − ⟨g, v⟩| / max(|⟨g, v⟩|, ‖g‖/√n)".into())).marker(Marker::Circle),
+        Line::new(pick("fd_richardson"), color(1), Style::Markers, Some("Richardson estimate |D(ε) − D(ε/2)|, same scale".into())).marker(Marker::Triangle),
+    ]);
+    let zeros = pick("fd_err").iter().filter(|p| p.1 == 0.0).count();
+    if zeros > 0 {
+        panel.note = Some(format!("{zeros} direction(s) with error exactly 0 (not drawn)"));
     }
-    let (lo, hi) = pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), (x, y)| (a.min(x.min(*y)), b.max(x.max(*y))));
-    let lines = vec![
-        Line { points: vec![(lo, lo), (hi, hi)], color: PALETTE[7], style: Style::Solid, label: Some("y = x".into()) },
-        Line { points: pts, color: PALETTE[0], style: Style::Markers, label: Some("directions".into()) },
-    ];
-    let panel = Panel { title: "finite differences vs reference".into(), x_label: "⟨g_ref, v⟩".into(), y_label: "D_R (Richardson)".into(), lines, hlines: vec![] };
-    write_panels(dir, "refs", &[panel], format)
+    if let Some(t) = tol {
+        panel.hlines = vec![HLine::new(t, format!("fd_tol = {}", short(t)))];
+    }
+    style::write_figure(dir, &Figure { stem: "refs".into(), title: format!("refs — {instance} — {verdict}"), panels: vec![panel], legend: vec![] }, opts)
 }

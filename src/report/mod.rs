@@ -2,6 +2,9 @@
 //! the figures and a Markdown summary. The folder is assembled under a hidden staging name and renamed into
 //! place only when complete, so a failed run never leaves a half-written report.
 pub mod figures;
+pub mod html;
+mod pdf;
+pub mod style;
 pub mod tables;
 
 use crate::checks::CheckReport;
@@ -87,12 +90,17 @@ pub fn write_run(out: &Path, command: &str, inst: &Instance, reports: &[CheckRep
     tables::write_both(&mut tables::metrics_frame(&rf.run_id, &metrics)?, &tdir, "metrics")?;
     tables::write_both(&mut tables::verdicts_frame(&rf.run_id, &verdicts)?, &tdir, "verdicts")?;
     tables::write_both(&mut tables::series_frame(&rf.run_id, &series)?, &tdir, "series")?;
-    let fmt = inst.cfg.checks.figure_format.as_str();
+    let opts = style::FigureOptions::parse(&inst.cfg.checks.figure_format, &inst.cfg.checks.figure_size)?;
     let mut figs = vec![];
     for r in reports {
         let fdir = rf.dir().join("figures").join(&r.check).join(&inst.id);
+        let verdict = r.overall.label();
         match r.check.as_str() {
-            "gdu" => figs.extend(figures::gdu_figure(&fdir, &r.series, &inst.model.param_names(), &inst.model.layer_names(), fmt)?),
+            "gdu" => {
+                let g = &inst.cfg.checks.gdu;
+                let plot = figures::GduPlot { series: &g.plot_series, tensors: &g.plot_tensors, instance: &inst.id, verdict };
+                figs.extend(figures::gdu_figure(&fdir, &r.series, &r.metrics, &inst.model.param_names(), &inst.model.layer_names(), &plot, &opts)?)
+            }
             "converge" => {
                 let phases: Vec<(String, i64, usize)> = r
                     .verdicts
@@ -103,7 +111,7 @@ pub fn write_run(out: &Path, command: &str, inst: &Instance, reports: &[CheckRep
                         (v.name.clone(), d["iters"].as_i64().unwrap_or(0), d["nonconverged"].as_u64().unwrap_or(0) as usize)
                     })
                     .collect();
-                figs.extend(figures::residual_figure(&fdir, &r.series, &phases, inst.cfg.converge_tol(), fmt)?);
+                figs.extend(figures::residual_figure(&fdir, &r.series, &phases, inst.cfg.converge_tol(), &inst.id, verdict, &opts)?);
             }
             "bias" => {
                 let mut order = vec!["total".to_string()];
@@ -112,9 +120,9 @@ pub fn write_run(out: &Path, command: &str, inst: &Instance, reports: &[CheckRep
                         order.push(spec.group.clone());
                     }
                 }
-                figs.extend(figures::bias_figures(&fdir, &r.metrics, &order, fmt)?);
+                figs.extend(figures::bias_figures(&fdir, &r.metrics, &order, &inst.id, verdict, &opts)?);
             }
-            "refs" => figs.extend(figures::refs_figure(&fdir, &r.metrics, fmt)?),
+            "refs" => figs.extend(figures::refs_figure(&fdir, &r.metrics, &inst.id, verdict, &opts)?),
             _ => {}
         }
     }
@@ -138,6 +146,10 @@ pub fn write_run(out: &Path, command: &str, inst: &Instance, reports: &[CheckRep
             md.push(format!("- `{}`", rel.display()));
         }
     }
-    rf.write("summary.md", &(md.join("\n") + "\n"))?;
+    let summary = md.join("\n") + "\n";
+    rf.write("summary.md", &summary)?;
+    let config = std::fs::read_to_string(rf.dir().join("config.toml")).unwrap_or_default();
+    let manifest = std::fs::read_to_string(rf.dir().join("manifest.json")).unwrap_or_default();
+    html::write_run_index(rf.dir(), &rf.run_id, &format!("epcheck {command} — {}", inst.id), reports, &summary, &figs, &config, &manifest)?;
     rf.commit()
 }

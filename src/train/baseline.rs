@@ -217,7 +217,7 @@ pub fn run(cfg: &RunConfig, device: tch::Device, data: &mut dyn DataSource, dir:
         crate::io::write_tensors(&ckdir.join(format!("bp-epoch{:04}.safetensors", e + 1)), &ts, meta.clone())?;
         crate::io::write_tensors(&ckdir.join("bp-last.safetensors"), &ts, meta)?;
         super::write_epoch_table(dir, &rows)?;
-        super::curve_figure(dir, &rows, &cfg.checks.figure_format)?;
+        super::curve_figure(dir, &rows, &cfg.checks)?;
     }
     crate::progress::finish();
     Ok(TrainOutcome { dir: dir.to_path_buf(), rows })

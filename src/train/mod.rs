@@ -17,7 +17,8 @@ use crate::estimators::{bptt, ep_centered, ep_holomorphic, ep_one_sided, Estimat
 use crate::model::{Batch, Model, State};
 use crate::precision::Precision;
 use crate::relax::{relax, RelaxOptions};
-use crate::report::figures::{self, Line, Panel, Style};
+use crate::report::figures::{Line, Panel, Style};
+use crate::report::style::{self, Figure, LegendEntry, Marker, Scale};
 use crate::{Error, Result};
 use data::DataSource;
 use polars::prelude::*;
@@ -287,33 +288,31 @@ pub fn write_epoch_table(dir: &Path, rows: &[EpochRow]) -> Result<()> {
     Ok(())
 }
 
-/// Curves: loss and error per epoch, train and test.
-pub fn curve_figure(dir: &Path, rows: &[EpochRow], format: &str) -> Result<Vec<PathBuf>> {
+/// Curves: loss and error per epoch, train (solid, ●) and test (dashed, ■); integer epoch ticks, error in %,
+/// loss on a log axis when it spans more than a decade.
+pub fn curve_figure(dir: &Path, rows: &[EpochRow], checks: &crate::config::ChecksConfig) -> Result<Vec<PathBuf>> {
+    let opts = style::FigureOptions::parse(&checks.figure_format, &checks.figure_size)?;
     let pick = |split: &str, metric: &str| -> Vec<(f64, f64)> {
         rows.iter().filter(|r| r.split == split && r.metric == metric && r.scope == "all").map(|r| ((r.epoch + 1) as f64, r.value)).collect()
     };
-    let line = |pts, color, style, label: &str| Line { points: pts, color, style, label: Some(label.into()) };
-    let blue = plotters::style::RGBColor(31, 119, 180);
-    let orange = plotters::style::RGBColor(255, 127, 14);
+    let pair = |metric: &str| {
+        vec![
+            Line::new(pick("train", metric), style::color(0), Style::Solid, Some("train".into())).marker(Marker::Circle),
+            Line::new(pick("test", metric), style::color(1), Style::Dashed, Some("test".into())).marker(Marker::Square),
+        ]
+    };
+    let losses: Vec<f64> = rows.iter().filter(|r| r.metric == "loss" && r.value > 0.0 && r.value.is_finite()).map(|r| r.value).collect();
+    let (lo, hi) = losses.iter().fold((f64::INFINITY, 0f64), |(a, b), v| (a.min(*v), b.max(*v)));
+    let loss_scale = if hi > 10.0 * lo { Scale::Log } else { Scale::Linear };
     let panels = vec![
-        Panel {
-            title: "loss (mean ℓ at the free state)".into(),
-            x_label: "epoch".into(),
-            y_label: "loss".into(),
-            lines: vec![line(pick("train", "loss"), blue, Style::Solid, "train"), line(pick("test", "loss"), orange, Style::Dashed, "test")],
-            hlines: vec![],
-        },
-        Panel {
-            title: "error (%)".into(),
-            x_label: "epoch".into(),
-            y_label: "error %".into(),
-            lines: vec![line(pick("train", "error"), blue, Style::Solid, "train"), line(pick("test", "error"), orange, Style::Dashed, "test")],
-            hlines: vec![],
-        },
+        Panel::new("loss (mean ℓ at the free state)", "epoch", "loss").scales(Scale::Integer, loss_scale).lines(pair("loss")),
+        Panel::new("error", "epoch", "error").scales(Scale::Integer, Scale::Percent).lines(pair("error")),
     ];
+    let n_ep = rows.iter().map(|r| r.epoch + 1).max().unwrap_or(0);
+    let fig = Figure { stem: "curves".into(), title: format!("training curves — {n_ep} epochs"), panels, legend: vec![LegendEntry::text("one run (one seed)")] };
     let fdir = dir.join("figures");
     let stage = dir.join(".figures.partial");
-    let made = figures::write_panels(&stage, "curves", &panels, format)?;
+    let made = style::write_figure(&stage, &fig, &opts)?;
     std::fs::create_dir_all(&fdir).map_err(|e| Error::file(&fdir, e))?;
     let mut out = vec![];
     for f in made {
@@ -448,7 +447,7 @@ pub fn run(cfg: &RunConfig, model: &Model, init_params: Vec<Tensor>, prec: Preci
         save_checkpoint(&ckdir.join(format!("epoch{:04}.safetensors", e + 1)), model, cfg, &trainer.params, None, e + 1, vec![])?;
         save_checkpoint(&last, model, cfg, &trainer.params, Some(&trainer.opt), e + 1, vec![])?;
         write_epoch_table(dir, &rows)?;
-        curve_figure(dir, &rows, &cfg.checks.figure_format)?;
+        curve_figure(dir, &rows, &cfg.checks)?;
     }
     crate::progress::finish();
     Ok(TrainOutcome { dir: dir.to_path_buf(), rows })
