@@ -51,7 +51,7 @@ pub fn open(cfg: &RunConfig, model: &crate::model::Model) -> Result<Box<dyn Data
             let x = Tensor::rand(&shape[..], (Kind::Double, tch::Device::Cpu)) * (hi - lo) + lo;
             (x, Tensor::randint(model.classes(), [n], (Kind::Int64, tch::Device::Cpu)))
         };
-        return Ok(Box::new(super::data::TensorData { name: "synthetic".into(), train: draw(n_train, cfg.seed as i64 + 11), test: draw(n_test, cfg.seed as i64 + 12), classes: model.classes(), seed: cfg.seed }));
+        return Ok(Box::new(super::data::TensorData { name: "synthetic".into(), train: draw(n_train, (cfg.seed as i64).wrapping_add(11)), test: draw(n_test, (cfg.seed as i64).wrapping_add(12)), classes: model.classes(), seed: cfg.seed }));
     }
     let root = t.data_root.as_ref().map(PathBuf::from).unwrap_or_else(|| default_root(&t.dataset));
     let opts = images::ImageOptions { pad: t.pad, ..Default::default() };
