@@ -490,14 +490,24 @@ fn run_train(t: TrainArgs) -> Result<i32> {
         std::fs::create_dir_all(&common.out).map_err(|e| Error::file(&common.out, e))?;
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "").replace('Z', "");
         let kind = if bp { "train-bp" } else { "train" };
-        let dir = common.out.join(format!("{kind}-{}-{stamp}", inst.id));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+        // Created atomically: a second run in the same second gets -2, -3, … rather than the same folder.
+        let mut i = 1;
+        let dir = loop {
+            let dir = common.out.join(if i == 1 { format!("{kind}-{}-{stamp}", inst.id) } else { format!("{kind}-{}-{stamp}-{i}", inst.id) });
+            i += 1;
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 10_000 => continue,
+                Err(e) => return Err(Error::file(&dir, e)),
+            }
+        };
         crate::train::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         let args: Vec<String> = std::env::args().collect();
         let m = crate::report::manifest(&inst, kind, &dir.file_name().unwrap_or_default().to_string_lossy(), &args);
         crate::train::write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&m).expect("json").as_bytes())?;
         dir
     };
+    let _lock = crate::train::FolderLock::acquire(&dir)?;
     let outcome = if bp {
         crate::train::baseline::run(cfg, inst.prec.device, data.as_mut(), &dir)?
     } else {
@@ -606,6 +616,7 @@ fn run_weights(w: WeightsArgs) -> Result<i32> {
 
 /// Entry point of the binary: parses, runs, prints one-line errors, returns the exit code.
 pub fn main() -> i32 {
+    crate::report::cleanup::install();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

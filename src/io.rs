@@ -59,8 +59,10 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMa
         .collect::<Result<_>>()?;
     let bytes = with_sorted_metadata(safetensors::serialize(views, None).map_err(|e| Error::Report(e.to_string()))?, metadata)?;
     let tmp = path.with_extension("safetensors.partial");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    crate::report::cleanup::register(&tmp);
+    let done = std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e)).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e)));
+    crate::report::cleanup::unregister(&tmp);
+    done
 }
 
 /// Inserts `__metadata__` (keys sorted) at the head of a serialised safetensors header. The safetensors crate
