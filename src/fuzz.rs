@@ -357,6 +357,7 @@ fn smooth_model(m: &Model) -> bool {
 }
 
 fn random_state(m: &Model, b: i64, seed: i64) -> State {
+    let _rng = crate::tensor_util::rng_lock();
     tch::manual_seed(seed);
     m.layers
         .iter()

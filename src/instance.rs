@@ -147,6 +147,7 @@ pub fn synthetic_batch(model: &Model, b: i64, seed: u64, prec: Precision) -> Bat
     if let Some(batch) = presets::synthetic_batch(model, b, seed, prec) {
         return batch;
     }
+    let _rng = crate::tensor_util::rng_lock();
     tch::manual_seed((seed as i64).wrapping_add(1));
     let mut shape = vec![b];
     shape.extend(&model.input_shapes[0]);

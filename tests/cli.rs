@@ -90,6 +90,8 @@ fn params_file(dir: &Path, name: &str, tensors: Vec<(&str, Tensor)>) -> PathBuf 
 
 fn good_params() -> Vec<(&'static str, Tensor)> {
     let o = (Kind::Double, tch::Device::Cpu);
+    let _rng = epcheck::tensor_util::rng_lock();
+    tch::manual_seed(1);
     vec![
         ("param.synapses.0.weight", Tensor::randn([5, 6], o) * 0.3),
         ("param.synapses.0.bias", Tensor::zeros([5], o)),
@@ -100,6 +102,7 @@ fn good_params() -> Vec<(&'static str, Tensor)> {
 
 #[test]
 fn bad_input_is_a_one_line_error_with_exit_2_and_no_report() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let d = tmp();
     let out = d.path().join("runs");
     let o = out.to_str().unwrap();
@@ -139,6 +142,7 @@ fn bad_input_is_a_one_line_error_with_exit_2_and_no_report() {
 
 #[test]
 fn params_file_sets_layer_sizes_and_runs() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let d = tmp();
     let out = d.path().join("runs");
     let f = params_file(d.path(), "good.safetensors", good_params());

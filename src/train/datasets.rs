@@ -44,6 +44,7 @@ pub fn open(cfg: &RunConfig, model: &crate::model::Model) -> Result<Box<dyn Data
         let n_train = if t.train_limit > 0 { t.train_limit } else { 64 } as i64;
         let n_test = if t.test_limit > 0 { t.test_limit } else { 32 } as i64;
         let draw = |n: i64, seed: i64| {
+            let _rng = crate::tensor_util::rng_lock();
             tch::manual_seed(seed);
             let mut shape = vec![n];
             shape.extend(&model.input_shapes[0]);
