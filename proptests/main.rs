@@ -59,6 +59,7 @@ proptest! {
     #[test]
     fn p1_local_equals_autograd(cfg in instances(), state_seed in 0i64..1000) {
         let inst = Instance::from_config(cfg).unwrap();
+        let _rng = epcheck::tensor_util::rng_lock();
         tch::manual_seed(state_seed);
         let s: Vec<tch::Tensor> = inst.model.layers.iter().map(|l| tch::Tensor::randn([inst.batch.size(), l.shape[0]], inst.prec.opts())).collect();
         let local = flat(&inst.model.param_derivative(&inst.params, &inst.batch, &s));

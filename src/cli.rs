@@ -91,7 +91,7 @@ pub struct PresetArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub common: Common,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Learning rate (every tensor), or comma-separated: one per tensor in canonical order, or one per synapse (parameter group).
     #[arg(long)]
@@ -155,7 +155,7 @@ pub struct RefsArgs {
     #[command(flatten)]
     pub common: Common,
     /// Number of finite-difference directions.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub n_dir: Option<usize>,
     /// converged (default) or fixed_t.
     #[arg(long)]
@@ -192,25 +192,25 @@ pub struct Common {
     #[arg(long)]
     pub schedule: Option<String>,
     /// Batch size B of the synthetic batch (or of training), default: the preset's.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub batch: Option<i64>,
     /// Seed of the parameters and the synthetic batch (default 0).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
     /// T: free-phase iterations.
-    #[arg(long = "T", visible_alias = "T1")]
+    #[arg(long = "T", visible_alias = "T1", allow_negative_numbers = true)]
     pub t: Option<i64>,
     /// K: iterations of each nudged phase.
-    #[arg(long = "K", visible_alias = "T2")]
+    #[arg(long = "K", visible_alias = "T2", allow_negative_numbers = true)]
     pub k: Option<i64>,
     /// β: nudge magnitude.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub beta: Option<f64>,
     /// ep_plus, ep_minus, ep_centered, ep_holomorphic, bptt, bptt_trunc (aliases: vanilla, symmetric).
     #[arg(long)]
     pub estimator: Option<String>,
     /// Holomorphic EP: number of points N.
-    #[arg(long = "N")]
+    #[arg(long = "N", allow_negative_numbers = true)]
     pub n: Option<i64>,
     /// Holomorphic EP: restart (default, points batched) or carry.
     #[arg(long)]
@@ -225,7 +225,7 @@ pub struct Common {
     #[arg(long)]
     pub device: Option<String>,
     /// Early exit of each phase when r_∞ ≤ tol.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub tol: Option<f64>,
     /// Parameters (safetensors, canonical names); layer sizes follow from their shapes.
     #[arg(long)]
@@ -255,10 +255,10 @@ pub struct GduArgs {
     #[arg(long)]
     pub mode: Option<String>,
     /// Bias constant c of the thresholds c·β^p.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub bias_const: Option<f64>,
     /// Constant of the lab_rmse thresholds.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lab_const: Option<f64>,
     /// Also compute the published O(K²) series and report the difference.
     #[arg(long)]
@@ -308,7 +308,8 @@ impl Common {
             }
         }
         if let Some(s) = self.seed {
-            put("seed", toml::Value::Integer(s as i64));
+            let s = i64::try_from(s).map_err(|_| Error::Config(format!("--seed must be ≤ {} (i64::MAX, libtorch's seed range), got {s}", i64::MAX)))?;
+            put("seed", toml::Value::Integer(s));
         }
         if let Some(b) = self.beta {
             put("beta", toml::Value::Float(b));
@@ -482,7 +483,7 @@ fn run_preset(a: PresetArgs) -> Result<i32> {
         }
         return Ok(0);
     }
-    let n: i64 = model.params.iter().map(|p| p.shape.iter().product::<i64>()).sum();
+    let n: i128 = model.params.iter().map(|p| p.shape.iter().map(|&d| d as i128).product::<i128>()).sum();
     println!("{}: {} layers, {} terms, {} parameter tensors ({n} values), loss {}, schedule {}", model.preset, model.layers.len(), model.terms.len(), model.params.len(), model.loss.key(), model.schedule.key());
     for (k, l) in model.layers.iter().enumerate() {
         println!("  {} {:?} {}", l.name, l.shape, model.update_key(k));
@@ -537,14 +538,24 @@ fn run_train(t: TrainArgs) -> Result<i32> {
         std::fs::create_dir_all(&common.out).map_err(|e| Error::file(&common.out, e))?;
         let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string().replace([':', '-'], "").replace('Z', "");
         let kind = if bp { "train-bp" } else { "train" };
-        let dir = common.out.join(format!("{kind}-{}-{stamp}", inst.id));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
+        // Created atomically: a second run in the same second gets -2, -3, … rather than the same folder.
+        let mut i = 1;
+        let dir = loop {
+            let dir = common.out.join(if i == 1 { format!("{kind}-{}-{stamp}", inst.id) } else { format!("{kind}-{}-{stamp}-{i}", inst.id) });
+            i += 1;
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 10_000 => continue,
+                Err(e) => return Err(Error::file(&dir, e)),
+            }
+        };
         crate::train::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         let args: Vec<String> = std::env::args().collect();
         let m = crate::report::manifest(&inst, kind, &dir.file_name().unwrap_or_default().to_string_lossy(), &args);
         crate::train::write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&m).expect("json").as_bytes())?;
         dir
     };
+    let _lock = crate::train::FolderLock::acquire(&dir)?;
     let outcome = if bp {
         crate::train::baseline::run(cfg, inst.prec.device, data.as_mut(), &dir)?
     } else {
@@ -584,8 +595,21 @@ fn run_train(t: TrainArgs) -> Result<i32> {
 fn run_weights(w: WeightsArgs) -> Result<i32> {
     use crate::checks::weights;
     let mut sets = vec![];
+    let mut tags = std::collections::BTreeSet::new();
     for s in &w.sets {
         let (tag, path) = s.split_once('=').ok_or_else(|| Error::Config(format!("weights: expected TAG=PATH, got '{s}'")))?;
+        if tag.trim().is_empty() {
+            return Err(Error::Config(format!("weights: empty tag in '{s}' (expected TAG=PATH, e.g. ep=run/checkpoints/last.safetensors)")));
+        }
+        if path.trim().is_empty() {
+            return Err(Error::Config(format!("weights: empty path in '{s}' (expected TAG=PATH, e.g. ep=run/checkpoints/last.safetensors)")));
+        }
+        if !tags.insert(tag.to_string()) {
+            return Err(Error::Config(format!("weights: duplicate tag '{tag}' (every TAG=PATH needs its own tag)")));
+        }
+    }
+    for s in &w.sets {
+        let (tag, path) = s.split_once('=').unwrap_or_default();
         sets.push(weights::load_set(tag, std::path::Path::new(path))?);
     }
     let fig_opts = crate::report::style::FigureOptions::parse(&w.figure_format, w.figure_size.as_deref().unwrap_or(""))?;
@@ -639,12 +663,18 @@ fn run_weights(w: WeightsArgs) -> Result<i32> {
 
 /// Entry point of the binary: parses, runs, prints one-line errors, returns the exit code.
 pub fn main() -> i32 {
+    crate::report::cleanup::install();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return code;
+            if !e.use_stderr() {
+                let _ = e.print();
+                return 0;
+            }
+            // Errors are one line on stderr (clap's usage and tips follow on further lines: dropped).
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: bad command line"));
+            return 2;
         }
     };
     match run(cli) {

@@ -114,6 +114,8 @@ pub struct RunConfig {
 pub struct TrainConfig {
     pub epochs: usize,
     /// One rate for every tensor, or one per tensor in canonical order (a list of another length is an error).
+    /// A single number (`lr = 0.01`) is the one-rate list.
+    #[serde(deserialize_with = "one_or_many")]
     pub lr: Vec<f64>,
     /// η_min of the cosine schedule (`none` schedule: constant rates).
     pub lr_min: f64,
@@ -175,6 +177,42 @@ impl Default for TrainConfig {
         }
     }
 }
+
+/// A number or a list of numbers, read as a list (`lr = 0.01` and `lr = [0.01]` are the same).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<f64>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number or a list of numbers")
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> std::result::Result<Vec<f64>, E> {
+            Ok(vec![v])
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> std::result::Result<Vec<f64>, E> {
+            Ok(vec![v as f64])
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> std::result::Result<Vec<f64>, E> {
+            Ok(vec![v as f64])
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Vec<f64>, A::Error> {
+            let mut out = vec![];
+            while let Some(x) = seq.next_element::<f64>()? {
+                out.push(x);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// The longest run of iterations a phase may be asked for (T, K, `checks.gdu.max_iter`): longer is refused
+/// up front rather than run until killed.
+pub const MAX_ITERATIONS: i64 = 1_000_000;
+
+/// The largest value of a size key of the conv and attention presets (`height`, `in_channels`, `widths`,
+/// `classes`, `seq_len`, `embed_dim`): their products (e.g. n · H · H) stay within i64.
+pub const MAX_DIM: i64 = 1 << 20;
 
 fn default_holo_points() -> usize {
     4
@@ -696,8 +734,15 @@ impl RunConfig {
             }
         }
         let has_graph = file_table.contains_key("graph") || overrides.contains_key("graph");
+        for (table, what) in [(&file_table, file.map(|p| p.display().to_string())), (&overrides, None)] {
+            if let Some(v) = table.get("preset").filter(|v| !v.is_str()) {
+                let where_ = what.map(|w| format!("{w}: ")).unwrap_or_default();
+                return Err(Error::Config(format!("{where_}preset must be a string (a preset name such as \"p-mlp\"), got {} {v}", v.type_str())));
+            }
+        }
         let preset = preset_flag
             .map(str::to_string)
+            .or_else(|| overrides.get("preset").and_then(|v| v.as_str()).map(str::to_string))
             .or_else(|| file_table.get("preset").and_then(|v| v.as_str()).map(str::to_string))
             .unwrap_or_else(|| if has_graph { "graph" } else { "p-mlp" }.to_string());
         let defaults = Self::preset_defaults(&preset)?;
@@ -720,7 +765,7 @@ impl RunConfig {
         table.insert("preset".into(), toml::Value::String(preset));
         let cfg: RunConfig = table.try_into().map_err(|e: toml::de::Error| {
             let where_ = file.map(|p| format!("{}: ", p.display())).unwrap_or_default();
-            Error::Config(format!("{where_}{}", first_line(&e.to_string())))
+            Error::Config(format!("{where_}{}", with_suggestion(&first_line(&e.to_string()))))
         })?;
         let mut cfg = cfg;
         cfg.archi_explicit = archi_explicit;
@@ -812,6 +857,51 @@ impl RunConfig {
         }
         if self.t_free < 1 || self.k_nudge < 1 {
             return bad(format!("T and K must be ≥ 1, got T = {}, K = {}", self.t_free, self.k_nudge));
+        }
+        for (k, v) in [("T (t_free)", self.t_free), ("K (k_nudge)", self.k_nudge), ("checks.gdu.max_iter", self.checks.gdu.max_iter)] {
+            if v > MAX_ITERATIONS {
+                return bad(format!("{k} = {v} exceeds the limit of {MAX_ITERATIONS} iterations per phase"));
+            }
+        }
+        if self.checks.gdu.max_iter < 1 {
+            return bad(format!("checks.gdu.max_iter must be ≥ 1, got {}", self.checks.gdu.max_iter));
+        }
+        let mut dims: Vec<(&str, i64)> = [("height", self.height), ("in_channels", self.in_channels), ("classes", self.classes), ("seq_len", self.seq_len), ("embed_dim", self.embed_dim)].into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+        dims.extend(self.widths.iter().flatten().map(|&v| ("widths", v)));
+        for (k, v) in dims {
+            if !(1..=MAX_DIM).contains(&v) {
+                return bad(format!("{k} = {v} is out of range: sizes must be between 1 and {MAX_DIM}"));
+            }
+        }
+        if let Some(&a) = self.archi.iter().find(|&&a| a < 1) {
+            return bad(format!("archi: layer sizes must be ≥ 1, got {a} in {:?}", self.archi));
+        }
+        if self.seed > i64::MAX as u64 {
+            return bad(format!("seed must be ≤ {} (i64::MAX, libtorch's seed range), got {}", i64::MAX, self.seed));
+        }
+        if self.checks.refs.n_dir < 1 {
+            return bad("checks.refs.n_dir (--n-dir) must be ≥ 1, got 0".into());
+        }
+        if self.holo_periods < 1 {
+            return bad("holo_periods must be ≥ 1, got 0".into());
+        }
+        let opt_pos = [
+            ("star_tol", self.star_tol),
+            ("adjoint_tol", self.adjoint_tol),
+            ("checks.bias.slope_tol", self.checks.bias.slope_tol),
+            ("checks.gdu.sign_floor", self.checks.gdu.sign_floor),
+        ];
+        for (k, v) in [("init_scale", self.init_scale), ("attention_scale", self.attention_scale)] {
+            if let Some(v) = v.filter(|v| !v.is_finite()) {
+                return bad(format!("{k} must be a finite number, got {v}"));
+            }
+        }
+        for (k, v) in opt_pos {
+            if let Some(v) = v {
+                if !(v.is_finite() && v > 0.0) {
+                    return bad(format!("{k} must be a finite number > 0, got {v}"));
+                }
+            }
         }
         if self.batch < 1 {
             return bad(format!("batch must be ≥ 1, got {}", self.batch));
@@ -970,6 +1060,42 @@ impl RunConfig {
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(&self.recorded_table()).expect("config serialises")
+    }
+}
+
+/// Levenshtein distance (for "did you mean" suggestions).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The closest of `candidates` to `word`, if it is close enough to be a plausible typo.
+pub fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let w = word.to_lowercase();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(&w, &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.chars().count().max(w.chars().count()) / 3).max(1) || c.to_lowercase().contains(&w) && w.len() >= 3)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Appends "did you mean `x`?" to serde's "unknown field `y`, expected one of `a`, `b`, …" message.
+fn with_suggestion(msg: &str) -> String {
+    let Some(rest) = msg.split("unknown field `").nth(1) else { return msg.to_string() };
+    let Some((field, tail)) = rest.split_once('`') else { return msg.to_string() };
+    let candidates: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+    match closest(field, candidates.iter().copied()) {
+        Some(c) => format!("{msg}; did you mean `{c}`?"),
+        None => msg.to_string(),
     }
 }
 

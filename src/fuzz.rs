@@ -331,6 +331,7 @@ fn flat(ts: &[Tensor]) -> Vec<f64> {
 pub fn instance(c: &Case) -> Result<(Model, Vec<Tensor>, Batch)> {
     let m = crate::graph::parse_str(&c.graph)?;
     let prec = Precision::new(Dtype::F64, tch::Device::Cpu);
+    crate::instance::check_sizes(&m, c.batch, 8)?;
     let p = m.init_params(c.seed, prec);
     let b = crate::instance::synthetic_batch(&m, c.batch, c.seed, prec);
     Ok((m, p, b))
@@ -356,6 +357,7 @@ fn smooth_model(m: &Model) -> bool {
 }
 
 fn random_state(m: &Model, b: i64, seed: i64) -> State {
+    let _rng = crate::tensor_util::rng_lock();
     tch::manual_seed(seed);
     m.layers
         .iter()
@@ -370,7 +372,7 @@ fn random_state(m: &Model, b: i64, seed: i64) -> State {
 fn local(m: &Model, p: &[Tensor], batch: &Batch, seed: u64) -> Outcome {
     let mut worst: f64 = 0.0;
     for k in 0..2 {
-        let s = random_state(m, batch.size(), seed as i64 + 17 * k);
+        let s = random_state(m, batch.size(), (seed as i64).wrapping_add(17 * k));
         let a = flat(&m.param_derivative(p, batch, &s));
         let b = flat(&m.param_derivative_autograd(p, batch, &s));
         worst = worst.max(rel_linf(&a, &b));

@@ -36,6 +36,7 @@ impl Instance {
             crate::io::infer_sizes(&mut cfg, &loaded, path)?;
         }
         let mut model = Self::model_for(&mut cfg)?;
+        check_sizes(&model, if input_file.is_some() { 1 } else { cfg.batch }, dtype.kind().elt_size_in_bytes())?;
         if let Some([lo, hi]) = cfg.input_range {
             if !(lo.is_finite() && hi.is_finite() && lo < hi) {
                 return Err(crate::Error::Config(format!("input_range must be [lo, hi] with lo < hi, got [{lo}, {hi}]")));
@@ -120,13 +121,77 @@ fn record_what_ran(cfg: &mut RunConfig, model: &Model, batch: &Batch, input_file
     Ok(())
 }
 
+/// Memory epcheck may ask for before it gives up (bytes): the available memory (`MemAvailable` of
+/// `/proc/meminfo`), or 1 TiB where that cannot be read.
+pub fn memory_cap() -> u64 {
+    let avail = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb.saturating_mul(1024))
+    });
+    avail.unwrap_or(1 << 40)
+}
+
+fn human_bytes(b: u128) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"];
+    let (mut v, mut u) = (b as f64, 0);
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", units[u])
+}
+
+/// Validates the sizes of a model and batch before anything is allocated: every dimension ≥ 1, every product
+/// computed with checked arithmetic, and the memory the parameters, one batch and one state need at the least
+/// (`elt` bytes per value) within [`memory_cap`]. One line naming the sizes and the bytes otherwise.
+pub fn check_sizes(model: &Model, batch: i64, elt: usize) -> Result<()> {
+    let too_big = |what: String| crate::Error::Config(what);
+    let numel = |what: &str, shape: &[i64]| -> Result<u128> {
+        let mut n: u128 = 1;
+        for &d in shape {
+            if d < 1 {
+                return Err(too_big(format!("{what} has shape {shape:?}: every size must be ≥ 1")));
+            }
+            n = n.checked_mul(d as u128).filter(|&n| n <= i64::MAX as u128).ok_or_else(|| too_big(format!("{what} has shape {shape:?}, whose number of values overflows")))?;
+        }
+        Ok(n)
+    };
+    if batch < 1 {
+        return Err(too_big(format!("batch must be ≥ 1, got {batch}")));
+    }
+    let mut params: u128 = 0;
+    for p in &model.params {
+        params += numel(&format!("parameter '{}'", p.name), &p.shape)?;
+    }
+    let mut per_example: u128 = 0;
+    for (i, s) in model.input_shapes.iter().enumerate() {
+        per_example += numel(&format!("input {i}"), s)?;
+    }
+    for l in &model.layers {
+        per_example += numel(&format!("layer '{}'", l.name), &l.shape)?;
+    }
+    let values = per_example.checked_mul(batch as u128).and_then(|v| v.checked_add(params));
+    let bytes = values.and_then(|v| v.checked_mul(elt as u128));
+    let cap = memory_cap() as u128;
+    match bytes {
+        Some(b) if b <= cap && values.unwrap_or(u128::MAX) <= i64::MAX as u128 => Ok(()),
+        _ => Err(too_big(format!(
+            "sizes too large: batch {batch} × {per_example} input and state values per example + {params} parameter values need at least {} bytes ({}), more than the {} of available memory",
+            bytes.map(|b| b.to_string()).unwrap_or_else(|| "> 2^128".into()),
+            bytes.map(human_bytes).unwrap_or_else(|| "overflow".into()),
+            human_bytes(cap)
+        ))),
+    }
+}
+
 /// The seeded synthetic batch: x ~ U[lo, hi] (the model's input range), y uniform over the classes (drawn after the parameters, from a
 /// generator seeded with seed + 1 so the parameter stream is unchanged).
 pub fn synthetic_batch(model: &Model, b: i64, seed: u64, prec: Precision) -> Batch {
     if let Some(batch) = presets::synthetic_batch(model, b, seed, prec) {
         return batch;
     }
-    tch::manual_seed(seed as i64 + 1);
+    let _rng = crate::tensor_util::rng_lock();
+    tch::manual_seed((seed as i64).wrapping_add(1));
     let mut shape = vec![b];
     shape.extend(&model.input_shapes[0]);
     let (lo, hi) = model.input_range;

@@ -25,7 +25,7 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
             StDtype::BOOL => Kind::Bool,
             d => return Err(Error::file(path, format!("tensor '{name}': unsupported dtype {d:?}"))),
         };
-        let t = Tensor::from_data_size(view.data(), &shape, kind);
+        let t = Tensor::f_from_data_size(view.data(), &shape, kind).map_err(|e| Error::file(path, format!("tensor '{name}': {}", crate::Error::from(e))))?;
         out.insert(name, t);
     }
     Ok(out)
@@ -57,10 +57,32 @@ pub fn write_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMa
         .iter()
         .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| Error::Report(e.to_string()))?)))
         .collect::<Result<_>>()?;
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Report(e.to_string()))?;
+    let bytes = with_sorted_metadata(safetensors::serialize(views, None).map_err(|e| Error::Report(e.to_string()))?, metadata)?;
     let tmp = path.with_extension("safetensors.partial");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    crate::report::cleanup::register(&tmp);
+    let done = std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e)).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e)));
+    crate::report::cleanup::unregister(&tmp);
+    done
+}
+
+/// Inserts `__metadata__` (keys sorted) at the head of a serialised safetensors header. The safetensors crate
+/// writes the metadata map in `HashMap` order, which changes from process to process; sorted keys make the
+/// bytes of a file a function of its tensors and metadata only.
+fn with_sorted_metadata(bytes: Vec<u8>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let bad = || Error::Report("safetensors serialisation: malformed header".into());
+    let n = u64::from_le_bytes(bytes.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?) as usize;
+    let header = std::str::from_utf8(bytes.get(8..8 + n).ok_or_else(bad)?).map_err(|_| bad())?.trim_end();
+    let rest = header.strip_prefix('{').ok_or_else(bad)?;
+    let sorted: BTreeMap<String, String> = metadata.into_iter().collect();
+    let meta = serde_json::to_string(&sorted).map_err(|e| Error::Report(e.to_string()))?;
+    let sep = if rest.trim_start().starts_with('}') { "" } else { "," };
+    let mut h = format!("{{\"__metadata__\":{meta}{sep}{rest}").into_bytes();
+    h.resize(h.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + h.len() + bytes.len() - 8 - n);
+    out.extend((h.len() as u64).to_le_bytes());
+    out.extend(h);
+    out.extend(&bytes[8 + n..]);
+    Ok(out)
 }
 
 /// Looks a key up under its canonical name, then its aliases.
@@ -283,8 +305,16 @@ pub fn load_params(model: &Model, path: &Path, prec: Precision) -> Result<Vec<Te
     let mut out = Vec::new();
     for (i, spec) in model.params.iter().enumerate() {
         let names = param_aliases(&spec.name, i);
-        let (key, t) = lookup(&loaded, &names)
-            .ok_or_else(|| Error::file(path, format!("missing key: param.{}", spec.name)))?;
+        let (key, t) = lookup(&loaded, &names).ok_or_else(|| {
+            // Layer sizes inferred from the file: a group the model has only because the file names one of its
+            // tensors may be the file's extra tensor rather than a missing one.
+            let prefix = format!("{}.", spec.group);
+            let sibling = loaded.keys().find(|k| k.strip_prefix("param.").unwrap_or(k).starts_with(&prefix));
+            match sibling {
+                Some(x) => Error::file(path, format!("missing key: param.{} (or '{x}' is an unexpected tensor for preset {})", spec.name, model.preset)),
+                None => Error::file(path, format!("missing key: param.{}", spec.name)),
+            }
+        })?;
         if t.size() != spec.shape {
             return Err(Error::file(path, format!("shape mismatch: '{key}' has shape {:?}, expected {:?}", t.size(), spec.shape)));
         }
@@ -297,7 +327,7 @@ pub fn load_params(model: &Model, path: &Path, prec: Precision) -> Result<Vec<Te
     }
     let param_keys: Vec<&String> = loaded.keys().filter(|k| k.starts_with("param.") || k.starts_with("synapses.")).collect();
     if let Some(extra) = param_keys.into_iter().find(|k| !used.contains(*k)) {
-        return Err(Error::file(path, format!("extra parameter '{extra}' that the model does not have")));
+        return Err(Error::file(path, format!("unexpected tensor '{extra}' for preset {}: the model's parameters are {}", model.preset, model.param_names().join(", "))));
     }
     Ok(out)
 }
@@ -310,6 +340,9 @@ pub fn load_batch(model: &Model, path: &Path, prec: Precision) -> Result<Batch> 
     let (yk, y) = lookup(&loaded, &["input.y".into(), "y".into()]).ok_or_else(|| Error::file(path, "missing key: input.y"))?;
     let mut want = vec![x.size().first().copied().unwrap_or(0)];
     want.extend(&model.input_shapes[0]);
+    if want[0] == 0 && x.size().len() == want.len() {
+        return Err(Error::file(path, format!("'{xk}' has shape {:?}: an empty batch (at least one example is needed)", x.size())));
+    }
     if x.size() != want {
         return Err(Error::file(path, format!("shape mismatch: '{xk}' has shape {:?}, expected (B, {:?})", x.size(), model.input_shapes[0])));
     }

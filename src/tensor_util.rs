@@ -106,10 +106,42 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Tensor {
 
 /// libtorch's random generator is process-global: two threads that seed it and draw at the same time interleave
 /// their streams, and the instance they build depends on timing. Everything that seeds and draws for a
-/// reproducible result (instance construction, and any caller running beside one) holds this lock while it does.
-pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+/// reproducible result (instance construction, parameter init, the random states and directions of the checks,
+/// and any test running beside them) holds this lock while it does. The lock is re-entrant on one thread (a
+/// holder may call code that takes it again).
+pub fn rng_lock() -> RngGuard {
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    RNG.lock().unwrap_or_else(|e| e.into_inner())
+    thread_local! {
+        static HELD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if HELD.with(|h| h.get()) {
+        return RngGuard { guard: None, held: &HELD };
+    }
+    let g = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    HELD.with(|h| h.set(true));
+    RngGuard { guard: Some(g), held: &HELD }
+}
+
+/// The guard of [`rng_lock`]; dropping the outermost one releases the lock.
+pub struct RngGuard {
+    guard: Option<std::sync::MutexGuard<'static, ()>>,
+    held: &'static std::thread::LocalKey<std::cell::Cell<bool>>,
+}
+
+impl Drop for RngGuard {
+    fn drop(&mut self) {
+        if self.guard.take().is_some() {
+            self.held.with(|h| h.set(false));
+        }
+    }
+}
+
+/// Holds [`rng_lock`], seeds libtorch's generator with `seed` and runs `draw`: a seeded draw that no other
+/// thread can interleave with.
+pub fn seeded<T>(seed: i64, draw: impl FnOnce() -> T) -> T {
+    let _rng = rng_lock();
+    tch::manual_seed(seed);
+    draw()
 }
 
 /// A complex (R, …) tensor in **planar** form: the real (2R, …) tensor of its real parts (rows 0..R) followed by

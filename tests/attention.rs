@@ -37,6 +37,7 @@ fn tiny_seq(preset: &str, f: impl FnOnce(&mut RunConfig)) -> Instance {
 
 /// A random state: attention layers s = G(u) with u ~ N(0, 1), dense layers U[−0.25, 1.25].
 fn random_state(m: &Model, batch: &Batch, seed: i64) -> State {
+    let _rng = epcheck::tensor_util::rng_lock();
     tch::manual_seed(seed);
     let b = batch.size();
     (0..m.layers.len())
@@ -53,6 +54,7 @@ fn random_state(m: &Model, batch: &Batch, seed: i64) -> State {
 
 /// Keys with padding: example 0 full, example 1 with its last 2 rows zero, example 2 all zero (no valid key).
 fn keys_with_padding(b: i64, l: i64, d: i64) -> Tensor {
+    let _rng = epcheck::tensor_util::rng_lock();
     tch::manual_seed(5);
     let x = Tensor::randn([b, l, d], CPU) * 0.8;
     let keep = Tensor::ones([b, l, 1], CPU);
@@ -91,6 +93,7 @@ const MASKS: [AttentionMask; 3] = [AttentionMask::Off, AttentionMask::Keys, Atte
 
 #[test]
 fn attention_update_equals_autograd_of_scaled_logsumexp() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let (b, l, d, c) = (3, 5, 4, 0.7);
     let x = keys_with_padding(b, l, d);
     let batch = batch_of(x.shallow_clone());
@@ -131,6 +134,7 @@ fn autograd_jacobian(a: &Attention, batch: &Batch, u: &Tensor, b: i64) -> Vec<Ve
 
 #[test]
 fn attention_jacobian_equals_autograd_and_is_symmetric_psd() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let (b, l, d, c) = (3, 4, 3, 1.3);
     let x = keys_with_padding(b, l, d);
     let batch = batch_of(x);
@@ -175,6 +179,7 @@ fn attention_jacobian_equals_autograd_and_is_symmetric_psd() {
 
 #[test]
 fn attention_conjugate_potential_satisfies_fenchel_young() {
+    let _rng = epcheck::tensor_util::rng_lock();
     // ψ*(A(u)) + ψ(u) = ⟨A(u), u⟩ at interior points (no padding: the hull of the keys is full-dimensional).
     let (b, l, d, c) = (2, 6, 3, 0.9);
     tch::manual_seed(21);
@@ -194,6 +199,7 @@ fn attention_conjugate_potential_satisfies_fenchel_young() {
 
 #[test]
 fn shapes_counts_and_synthetic_inputs() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for preset in PRESETS {
         let inst = tiny_seq(preset, |_| {});
         let m = &inst.model;
@@ -237,6 +243,7 @@ fn shapes_counts_and_synthetic_inputs() {
 
 #[test]
 fn drives_and_local_gradients_equal_autograd_of_phi() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for preset in PRESETS {
         for mask in ["off", "keys_and_queries"] {
             let inst = tiny_seq(preset, |c| c.attention_mask = Some(mask.into()));
@@ -264,6 +271,7 @@ fn drives_and_local_gradients_equal_autograd_of_phi() {
 
 #[test]
 fn step_vjp_equals_autograd() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for preset in PRESETS {
         for (mask, schedule) in [("off", "sync"), ("keys", "sync"), ("off", "async2")] {
             let inst = tiny_seq(preset, |c| {
@@ -292,6 +300,7 @@ fn loss_fixed_t(m: &Model, p: &[Tensor], batch: &Batch, t: i64) -> f64 {
 
 #[test]
 fn bptt_equals_autograd_graph_and_central_finite_differences() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for preset in PRESETS {
         let inst = tiny_seq(preset, |_| {});
         let (m, p, batch) = (&inst.model, &inst.params, &inst.batch);
@@ -424,6 +433,7 @@ fn holomorphic_preflight_admits_attention_and_refuses_the_clamp_heads() {
 
 #[test]
 fn wrong_embedding_dimension_is_a_clear_error() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let inst = tiny_seq("imdb-hopfield", |_| {});
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.safetensors");
@@ -475,6 +485,7 @@ fn total_energy_is_finite_along_the_free_phase_and_converge_passes() {
 
 #[test]
 fn weighted_param_derivative_on_attention_presets() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for preset in PRESETS {
         check_weighted_derivative(&tiny_seq(preset, |_| {}), false);
     }
@@ -482,6 +493,7 @@ fn weighted_param_derivative_on_attention_presets() {
 
 #[test]
 fn complex_attention_equals_the_native_complex_softmax() {
+    let _rng = epcheck::tensor_util::rng_lock();
     // Holomorphic EP through the attention map (estimators §3.6–3.7): at a complex drive, our weights (real max
     // shift, masks on the exponentials) against libtorch's native complex exp and complex GEMM with no shift.
     let (b, l, d, c) = (3, 5, 4, 0.7);

@@ -91,6 +91,8 @@ fn params_file(dir: &Path, name: &str, tensors: Vec<(&str, Tensor)>) -> PathBuf 
 
 fn good_params() -> Vec<(&'static str, Tensor)> {
     let o = (Kind::Double, tch::Device::Cpu);
+    let _rng = epcheck::tensor_util::rng_lock();
+    tch::manual_seed(1);
     vec![
         ("param.synapses.0.weight", Tensor::randn([5, 6], o) * 0.3),
         ("param.synapses.0.bias", Tensor::zeros([5], o)),
@@ -101,6 +103,7 @@ fn good_params() -> Vec<(&'static str, Tensor)> {
 
 #[test]
 fn bad_input_is_a_one_line_error_with_exit_2_and_no_report() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let d = tmp();
     let out = d.path().join("runs");
     let o = out.to_str().unwrap();
@@ -140,6 +143,7 @@ fn bad_input_is_a_one_line_error_with_exit_2_and_no_report() {
 
 #[test]
 fn params_file_sets_layer_sizes_and_runs() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let d = tmp();
     let out = d.path().join("runs");
     let f = params_file(d.path(), "good.safetensors", good_params());
@@ -244,4 +248,37 @@ fn bias_and_refs_write_reports_and_pass_on_a_smooth_converged_instance() {
     // The fitted slopes are in the metrics table.
     let csv: String = figs.iter().filter(|p| p.ends_with("metrics.csv")).map(|p| std::fs::read_to_string(p).unwrap()).collect();
     assert!(csv.lines().any(|l| l.contains(",fit,total,") && l.contains(",slope,")), "no slope rows");
+}
+
+/// Issue 14 item 8: the bytes of a written safetensors file depend only on its tensors and metadata, not on the
+/// iteration order of the metadata `HashMap` (which changes from map to map and from process to process).
+#[test]
+fn safetensors_bytes_are_reproducible_with_sorted_metadata() {
+    let d = tmp();
+    let o = (Kind::Double, tch::Device::Cpu);
+    let tensors = vec![("param.b".to_string(), Tensor::arange(6, o).reshape([2, 3])), ("input.y".to_string(), Tensor::arange(2, (Kind::Int64, tch::Device::Cpu)))];
+    let keys: Vec<String> = (0..40).map(|i| format!("epcheck.key{i:02}")).collect();
+    let mut bytes = vec![];
+    for (n, order) in [(0, keys.clone()), (1, keys.iter().rev().cloned().collect::<Vec<_>>())] {
+        // A fresh map (a fresh RandomState) per write, filled in another order.
+        let mut m: HashMap<String, String> = HashMap::with_capacity(n * 100);
+        for k in order {
+            m.insert(k.clone(), format!("value of {k}"));
+        }
+        let p = d.path().join(format!("{n}.safetensors"));
+        write_tensors(&p, &tensors, m).unwrap();
+        bytes.push(std::fs::read(&p).unwrap());
+    }
+    assert_eq!(bytes[0], bytes[1], "same tensors and metadata, different bytes");
+    // The header is valid safetensors with the metadata intact, keys in sorted order.
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes[0]).unwrap();
+    let md = meta.metadata().as_ref().unwrap();
+    assert_eq!(md.len(), 40);
+    assert_eq!(md["epcheck.key07"], "value of epcheck.key07");
+    let n = u64::from_le_bytes(bytes[0][..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[0][8..8 + n]).unwrap();
+    let pos: Vec<usize> = keys.iter().map(|k| header.find(&format!("\"{k}\"")).unwrap()).collect();
+    assert!(pos.windows(2).all(|w| w[0] < w[1]), "metadata keys not sorted: {header}");
+    let back = epcheck::io::read_tensors(&d.path().join("0.safetensors")).unwrap();
+    assert!(back["param.b"].equal(&tensors[0].1) && back["input.y"].equal(&tensors[1].1));
 }

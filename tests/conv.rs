@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 const CPU: (Kind, Device) = (Kind::Double, Device::Cpu);
 
 fn random_state(m: &Model, b: i64, seed: i64) -> Vec<Tensor> {
+    let _rng = epcheck::tensor_util::rng_lock();
     tch::manual_seed(seed);
     m.layers
         .iter()
@@ -33,6 +34,7 @@ fn inner(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn conv_adjoint_is_exact_with_output_padding_per_axis() {
+    let _rng = epcheck::tensor_util::rng_lock();
     tch::manual_seed(0);
     // (kernel, stride, pad, H_pre): stride-2 3×3 and 1×1 on even and odd sizes, stride 1.
     for (k, st, p, h) in [(3, 2, 1, 8), (3, 2, 1, 7), (1, 2, 0, 8), (1, 2, 0, 9), (3, 1, 1, 6), (3, 2, 1, 2), (1, 2, 0, 1)] {
@@ -59,6 +61,7 @@ fn conv_adjoint_is_exact_with_output_padding_per_axis() {
 
 #[test]
 fn conv_weight_gradient_equals_im2col_correlation() {
+    let _rng = epcheck::tensor_util::rng_lock();
     tch::manual_seed(1);
     for (k, st, p, h) in [(3, 2, 1, 8), (3, 2, 1, 7), (1, 2, 0, 8), (3, 1, 1, 5)] {
         let g = ConvGeom::new(k, st, p, [h, h]);
@@ -101,6 +104,7 @@ fn max_pool_breaks_ties_at_the_first_position_and_unpool_scatters_there() {
 
 #[test]
 fn drives_and_local_gradients_equal_autograd_of_phi() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let cases: Vec<(&str, Instance)> = vec![
         ("resnet13 H=8", tiny_resnet(8, |_| {})),
         ("resnet13 H=9 (odd, op=0)", tiny_resnet(9, |_| {})),
@@ -144,6 +148,7 @@ fn parameter_counts_at_paper_size() {
 
 #[test]
 fn step_vjp_equals_autograd_async2_sync_and_pool() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for (name, inst) in [("resnet13", tiny_resnet(8, |_| {})), ("vgg5", tiny_vgg(|_| {})), ("resnet13 sync", tiny_resnet(9, |c| c.schedule = Some("sync".into())))] {
         for beta in [0.0, 0.4] {
             let s = random_state(&inst.model, 2, 3);
@@ -163,6 +168,7 @@ fn loss_fixed_t(m: &Model, p: &[Tensor], batch: &Batch, t: i64) -> f64 {
 
 #[test]
 fn bptt_equals_central_finite_differences_away_from_ties() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for (name, inst) in [("resnet13", tiny_resnet(8, |_| {})), ("vgg5", tiny_vgg(|_| {}))] {
         let t = 30;
         let (g, _) = bptt::full(&inst.model, &inst.params, &inst.batch, t);
@@ -225,6 +231,7 @@ fn gdu_check_passes_on_tiny_resnet13_under_sync() {
 
 #[test]
 fn structural_max_pool_ties_are_counted() {
+    let _rng = epcheck::tensor_util::rng_lock();
     // A pre layer that is exactly zero makes every window of its pooled coupling a 4-way tie (the conv has no
     // bias), conv-hopfield.md §11; random states make none.
     let inst = tiny_vgg(|_| {});
@@ -245,6 +252,7 @@ fn structural_max_pool_ties_are_counted() {
 
 #[test]
 fn weighted_param_derivative_on_conv_nets() {
+    let _rng = epcheck::tensor_util::rng_lock();
     // Centered and one-sided EP take f through the weighted path: conv, pooled conv (linear in its post slot,
     // argmax from pre), skips and dense heads.
     check_weighted_derivative(&tiny_resnet(8, |_| {}), false);
@@ -253,6 +261,7 @@ fn weighted_param_derivative_on_conv_nets() {
 
 #[test]
 fn complex_conv_operators_equal_libtorch_native_complex_convolution() {
+    let _rng = epcheck::tensor_util::rng_lock();
     // Holomorphic EP on conv nets: forward, adjoint and weight gradient on complex states (W real) in planar form,
     // against libtorch's native complex conv2d / conv_transpose2d and the autograd weight gradient of
     // Σ conv(pre, W)·post with a complex W leaf (Wirtinger recipe), for stride 1 and 2, even and odd sizes.
@@ -282,6 +291,7 @@ fn complex_conv_operators_equal_libtorch_native_complex_convolution() {
 
 #[test]
 fn holomorphic_ep_on_resnet13_with_holotanh_surrogates_matches_implicit() {
+    let _rng = epcheck::tensor_util::rng_lock();
     // Tiny Hopfield-ResNet13 (stride-2 convs, 1×1 skips) with its clamps replaced by the smooth surrogate
     // holotanh(4) (estimators §3.6: admissible; every reference uses the same surrogate), sync schedule.
     let inst = tiny_resnet(8, |c| {

@@ -9,6 +9,7 @@ use tch::{Kind, Tensor};
 const ACTS: [&str; 7] = ["identity", "tanh", "sigmoid", "logistic4", "my_hard_sig", "hard_sigmoid_2u", "ctrd_hard_sig"];
 
 fn random_state(m: &Model, b: i64, seed: i64) -> Vec<Tensor> {
+    let _rng = epcheck::tensor_util::rng_lock();
     tch::manual_seed(seed);
     m.layers.iter().map(|l| Tensor::rand([b, l.shape[0]], (Kind::Double, tch::Device::Cpu)) * 1.5 - 0.25).collect()
 }
@@ -59,6 +60,7 @@ fn sign_sgd_step_along_minus_estimate_decreases_loss() {
 
 #[test]
 fn drives_equal_autograd_of_phi() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for act in ACTS {
         for loss in ["mse", "ce"] {
             let inst = tiny(act, loss);
@@ -77,6 +79,7 @@ fn drives_equal_autograd_of_phi() {
 
 #[test]
 fn local_param_gradients_equal_autograd_of_phi() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for act in ACTS {
         let inst = tiny(act, "mse");
         let s = random_state(&inst.model, 3, 11);
@@ -91,6 +94,7 @@ fn local_param_gradients_equal_autograd_of_phi() {
 
 #[test]
 fn hand_rolled_step_vjp_equals_autograd_sync_and_async2() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for act in ["tanh", "logistic4", "my_hard_sig"] {
         for schedule in ["sync", "async2"] {
             for beta in [0.0, 0.4] {
@@ -139,6 +143,7 @@ fn loss_fixed_t(m: &Model, p: &[Tensor], batch: &Batch, t: i64) -> f64 {
 
 #[test]
 fn bptt_equals_central_finite_differences() {
+    let _rng = epcheck::tensor_util::rng_lock();
     for act in ["tanh", "logistic4"] {
         let inst = tiny(act, "mse");
         let t = 40;

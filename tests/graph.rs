@@ -10,11 +10,10 @@ use epcheck::model::{Model, State};
 use std::process::Command;
 use tch::{Kind, Tensor};
 
-/// libtorch's generator is global: tests that seed and draw hold this lock (the harness runs tests in threads).
-static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn seeded() -> std::sync::MutexGuard<'static, ()> {
-    SEEDED.lock().unwrap_or_else(|e| e.into_inner())
+/// libtorch's generator is global: tests that seed and draw hold the library's lock on it (the harness runs
+/// tests in threads, and instance construction takes the same lock).
+fn seeded() -> epcheck::tensor_util::RngGuard {
+    epcheck::tensor_util::rng_lock()
 }
 
 fn preset(name: &str, f: impl FnOnce(&mut RunConfig)) -> RunConfig {
@@ -83,6 +82,7 @@ fn cases() -> Vec<(String, RunConfig)> {
 }
 
 fn random_state(m: &Model, b: i64, seed: i64) -> State {
+    let _rng = epcheck::tensor_util::rng_lock();
     tch::manual_seed(seed);
     m.layers
         .iter()

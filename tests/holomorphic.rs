@@ -135,6 +135,7 @@ fn implicit_reports_fixed_point_not_reached() {
 
 #[test]
 fn complex_activations_equal_libtorch_native_kernels() {
+    let _rng = epcheck::tensor_util::rng_lock();
     use epcheck::model::activation::Activation;
     tch::manual_seed(3);
     let o = (Kind::Double, tch::Device::Cpu);
@@ -160,6 +161,7 @@ fn complex_activations_equal_libtorch_native_kernels() {
 
 #[test]
 fn weighted_param_derivative_equals_plain_derivatives_combined() {
+    let _rng = epcheck::tensor_util::rng_lock();
     // The path every EP estimator now takes for f: real (one-sided, centered) and complex (holomorphic).
     for act in ["tanh", "logistic4"] {
         let inst = tiny(act, "mse");
@@ -171,6 +173,7 @@ fn weighted_param_derivative_equals_plain_derivatives_combined() {
 
 #[test]
 fn mixed_real_complex_products_equal_the_complex_gemm() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let o = (Kind::Double, tch::Device::Cpu);
     tch::manual_seed(5);
     let c = |shape: &[i64]| Tensor::complex(&Tensor::randn(shape, o), &Tensor::randn(shape, o));
@@ -196,6 +199,7 @@ fn mixed_real_complex_products_equal_the_complex_gemm() {
 
 #[test]
 fn complex_tanh_forms_agree_and_stay_finite_at_large_real_parts() {
+    let _rng = epcheck::tensor_util::rng_lock();
     use epcheck::model::activation::{complex_tanh_exp, complex_tanh_real};
     let o = (Kind::Double, tch::Device::Cpu);
     tch::manual_seed(9);
@@ -219,6 +223,7 @@ fn complex_tanh_forms_agree_and_stay_finite_at_large_real_parts() {
 
 #[test]
 fn planar_complex_relaxation_equals_the_interleaved_one() {
+    let _rng = epcheck::tensor_util::rng_lock();
     // Complex phases on the CPU run in planar form (real parts then imaginary parts as 2R real rows); the
     // interleaved complex dtype is the independent path. tanh has its own planar form; logistic4 and sigmoid go
     // through the complex rows; MSE and CE nudges.
@@ -255,6 +260,7 @@ fn planar_complex_relaxation_equals_the_interleaved_one() {
 
 #[test]
 fn spec_holomorphic_surrogates_values_derivatives_and_complex_forms() {
+    let _rng = epcheck::tensor_util::rng_lock();
     use epcheck::model::activation::Activation;
     let o = (Kind::Double, tch::Device::Cpu);
     tch::manual_seed(4);

@@ -234,6 +234,7 @@ struct Row {
 
 #[test]
 fn mutation_suite() {
+    let _rng = epcheck::tensor_util::rng_lock();
     let base = f1();
     let mut table: Vec<Row> = vec![];
 

@@ -80,6 +80,7 @@ fn cosine_recursion_equals_closed_form_and_clip_rescales() {
 
 #[test]
 fn weight_statistics_oracles() {
+    let _rng = epcheck::tensor_util::rng_lock();
     // Uniform on (−a, a): near_zero_frac@ε → ε, std_ratio → 1, excess kurtosis → −1.2.
     tch::manual_seed(0);
     let a = 0.3;

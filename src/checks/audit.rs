@@ -201,6 +201,7 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
     let betas = [0.0, o.beta, -o.beta];
     let (mut a1, mut a2, mut a3, mut a4, mut a4b, mut a6, mut a7) = (Worst::default(), Worst::default(), Worst::default(), Worst::default(), Worst::default(), Worst::default(), Worst::default());
     let mut coupled = vec![vec![false; nl]; nl];
+    let rng = crate::tensor_util::rng_lock();
     tch::manual_seed(o.seed as i64 ^ 0x0A0D17);
     for (label, s) in &states {
         for &beta in &betas {
@@ -277,6 +278,7 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
             a7.add("params", mx::rel_linf(&flat(&hp), &flat(&ap)), &at);
         }
     }
+    drop(rng);
     let mut summary = vec![
         format!("Energy audit at {} probe states × β ∈ {{0, ±{}}}, {} probe pairs, threshold {:.1e} (A1–A4, A6)", states.len(), o.beta, o.pairs, o.tol),
         String::new(),
@@ -319,8 +321,7 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
         }
         seen.push(l.activation);
         let act = l.activation;
-        tch::manual_seed(o.seed as i64 ^ 0xA5);
-        let mut pts = to_vec_f64(&(Tensor::randn([1000], (Kind::Double, tch::Device::Cpu)) * 2.0));
+        let mut pts = to_vec_f64(&crate::tensor_util::seeded(o.seed as i64 ^ 0xA5, || Tensor::randn([1000], (Kind::Double, tch::Device::Cpu)) * 2.0));
         if let Some((lo, hi)) = act.kinks() {
             pts.extend([lo - 1e-3, lo + 1e-3, hi - 1e-3, hi + 1e-3]);
         }

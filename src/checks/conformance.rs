@@ -40,7 +40,8 @@ pub fn read_external(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         let _ = f.read(&mut b);
         b
     };
-    if head == *b"PK" {
+    let npz_name = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"));
+    if head == *b"PK" || npz_name {
         super::npz::read_npz(path)
     } else {
         crate::io::read_tensors(path)

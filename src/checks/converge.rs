@@ -303,8 +303,7 @@ fn parity_chain_violations(inst: &Instance, traj: &[State]) -> (usize, f64) {
 /// every iteration; ρ̂ = exp of the mean of the last two log growth factors (robust to ±λ pairs).
 pub fn rho_hat(inst: &Instance, s: &[Tensor], beta: f64, iters: usize, seed: u64) -> Vec<f64> {
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
-    tch::manual_seed(seed as i64);
-    let mut v: State = s.iter().map(|t| t.randn_like()).collect();
+    let mut v: State = crate::tensor_util::seeded(seed as i64, || s.iter().map(|t| t.randn_like()).collect());
     let mut logs: Vec<Vec<f64>> = Vec::new();
     for _ in 0..iters.max(2) {
         let (nv, _) = tch::no_grad(|| m.step_vjp(p, batch, s, &v, beta));

@@ -66,6 +66,7 @@ pub fn probe_batch(inst: &Instance) -> Batch {
 /// (complex). Drawn from libtorch's generator seeded with `seed`.
 pub fn random_states(m: &Model, batch: &Batch, kind: Kind, device: tch::Device, n: usize, seed: u64, complex: bool) -> Vec<State> {
     let b = batch.size();
+    let _rng = crate::tensor_util::rng_lock();
     tch::manual_seed(seed as i64);
     (0..n)
         .map(|_| {

@@ -27,6 +27,7 @@ pub struct FdDirection {
 
 /// Seeded random directions, one block per parameter tensor scaled by its RMS, unit norm overall.
 pub fn directions(p: &[Tensor], n_dir: usize, seed: u64) -> Vec<Vec<Tensor>> {
+    let _rng = crate::tensor_util::rng_lock();
     tch::manual_seed(seed as i64);
     (0..n_dir)
         .map(|_| {

@@ -191,6 +191,7 @@ impl Model {
     /// Initial parameters: float32 CPU tensors filled in canonical order by libtorch's uniform sampler after
     /// seeding its CPU generator (conventions §11.2), then cast to the run dtype and device.
     pub fn init_params(&self, seed: u64, prec: Precision) -> Vec<Tensor> {
+        let _rng = crate::tensor_util::rng_lock();
         tch::manual_seed(seed as i64);
         let draw = || -> Vec<Tensor> {
             self.params

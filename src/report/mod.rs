@@ -25,15 +25,27 @@ impl RunFolder {
         std::fs::create_dir_all(out).map_err(|e| Error::file(out, format!("cannot create output folder: {e}")))?;
         let now = std::time::SystemTime::now();
         let stamp = humantime::format_rfc3339_seconds(now).to_string().replace([':', '-'], "").replace('Z', "");
-        let mut run_id = format!("{command}-{instance_id}-{stamp}");
+        // The staging folder is created atomically (`create_dir`, not `create_dir_all`): two processes that pick
+        // the same name in the same second get -2, -3, … instead of sharing one staging folder.
         let mut i = 1;
-        while out.join(&run_id).exists() {
+        loop {
+            let run_id = if i == 1 { format!("{command}-{instance_id}-{stamp}") } else { format!("{command}-{instance_id}-{stamp}-{i}") };
             i += 1;
-            run_id = format!("{command}-{instance_id}-{stamp}-{i}");
+            if out.join(&run_id).exists() {
+                continue;
+            }
+            let staging = out.join(format!(".{run_id}.partial"));
+            match std::fs::create_dir(&staging) {
+                Ok(()) => {
+                    cleanup::register(&staging);
+                    let rf = RunFolder { final_dir: out.join(&run_id), staging, run_id, committed: false };
+                    std::fs::create_dir_all(rf.staging.join("tables")).map_err(|e| Error::file(&rf.staging, e))?;
+                    return Ok(rf);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 10_000 => continue,
+                Err(e) => return Err(Error::file(&staging, e)),
+            }
         }
-        let staging = out.join(format!(".{run_id}.partial"));
-        std::fs::create_dir_all(staging.join("tables")).map_err(|e| Error::file(&staging, e))?;
-        Ok(RunFolder { final_dir: out.join(&run_id), staging, run_id, committed: false })
     }
     pub fn dir(&self) -> &Path {
         &self.staging
@@ -44,7 +56,11 @@ impl RunFolder {
     }
     /// Renames the staging folder to its final name.
     pub fn commit(mut self) -> Result<PathBuf> {
+        if self.final_dir.exists() {
+            return Err(Error::file(&self.final_dir, "a run folder of this name appeared while the run was written"));
+        }
         std::fs::rename(&self.staging, &self.final_dir).map_err(|e| Error::file(&self.final_dir, e))?;
+        cleanup::unregister(&self.staging);
         self.committed = true;
         Ok(self.final_dir.clone())
     }
@@ -54,7 +70,55 @@ impl Drop for RunFolder {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.staging);
+            cleanup::unregister(&self.staging);
         }
+    }
+}
+
+/// What a SIGINT or SIGTERM must not leave behind: staging folders (removed) and lock files (removed). The
+/// binary installs the handler ([`cleanup::install`]); it removes every registered path, then exits with
+/// 128 + the signal number (130, 143).
+pub mod cleanup {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    fn paths() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+        PATHS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers a staging folder or lock file to remove on SIGINT/SIGTERM.
+    pub fn register(p: &Path) {
+        paths().push(p.to_path_buf());
+    }
+
+    pub fn unregister(p: &Path) {
+        paths().retain(|q| q != p);
+    }
+
+    /// Removes every registered path (folders recursively).
+    pub fn remove_all() {
+        for p in paths().drain(..) {
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+
+    /// Installs the SIGINT/SIGTERM handler (a thread that waits for the signals). Idempotent enough: call once.
+    pub fn install() {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else { return };
+        let _ = std::thread::Builder::new().name("epcheck-signals".into()).spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                remove_all();
+                // _exit: no atexit handlers or C++ static destructors while the main thread may still be in libtorch.
+                signal_hook::low_level::exit(128 + sig);
+            }
+        });
     }
 }
 

@@ -153,8 +153,7 @@ pub fn validate(cfg: &RunConfig) -> Result<()> {
 /// Trains the baseline on `data` for `cfg.train.epochs`, writing the same per-epoch table, curves and
 /// checkpoints as EP training (checkpoints named `bp-epoch<NNNN>.safetensors`, `bp-last.safetensors`).
 pub fn run(cfg: &RunConfig, device: tch::Device, data: &mut dyn DataSource, dir: &Path) -> Result<TrainOutcome> {
-    tch::manual_seed(cfg.seed as i64);
-    let net = BpNet::new(cfg, device)?;
+    let net = crate::tensor_util::seeded(cfg.seed as i64, || BpNet::new(cfg, device))?;
     let kind = if cfg.dtype == "f64" { Kind::Double } else { Kind::Float };
     let mut vs = net.vs;
     if kind == Kind::Double {

@@ -74,8 +74,7 @@ impl DataSource for TensorData {
         self.classes
     }
     fn train_epoch(&mut self, epoch: usize, batch: i64) -> Result<Batches<'_>> {
-        tch::manual_seed((self.seed + epoch as u64) as i64);
-        let order = Tensor::randperm(self.train.0.size()[0], (Kind::Int64, tch::Device::Cpu));
+        let order = crate::tensor_util::seeded((self.seed as i64).wrapping_add(epoch as i64), || Tensor::randperm(self.train.0.size()[0], (Kind::Int64, tch::Device::Cpu)));
         Ok(batches(&self.train.0, &self.train.1, Some(order), batch))
     }
     fn test(&mut self, batch: i64) -> Result<Batches<'_>> {

@@ -44,6 +44,7 @@ pub fn open(cfg: &RunConfig, model: &crate::model::Model) -> Result<Box<dyn Data
         let n_train = if t.train_limit > 0 { t.train_limit } else { 64 } as i64;
         let n_test = if t.test_limit > 0 { t.test_limit } else { 32 } as i64;
         let draw = |n: i64, seed: i64| {
+            let _rng = crate::tensor_util::rng_lock();
             tch::manual_seed(seed);
             let mut shape = vec![n];
             shape.extend(&model.input_shapes[0]);
@@ -51,7 +52,7 @@ pub fn open(cfg: &RunConfig, model: &crate::model::Model) -> Result<Box<dyn Data
             let x = Tensor::rand(&shape[..], (Kind::Double, tch::Device::Cpu)) * (hi - lo) + lo;
             (x, Tensor::randint(model.classes(), [n], (Kind::Int64, tch::Device::Cpu)))
         };
-        return Ok(Box::new(super::data::TensorData { name: "synthetic".into(), train: draw(n_train, cfg.seed as i64 + 11), test: draw(n_test, cfg.seed as i64 + 12), classes: model.classes(), seed: cfg.seed }));
+        return Ok(Box::new(super::data::TensorData { name: "synthetic".into(), train: draw(n_train, (cfg.seed as i64).wrapping_add(11)), test: draw(n_test, (cfg.seed as i64).wrapping_add(12)), classes: model.classes(), seed: cfg.seed }));
     }
     let root = t.data_root.as_ref().map(PathBuf::from).unwrap_or_else(|| default_root(&t.dataset));
     let opts = images::ImageOptions { pad: t.pad, ..Default::default() };

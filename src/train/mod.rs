@@ -254,11 +254,54 @@ pub fn to_batch(m: &Model, x: Tensor, y: Tensor, prec: Precision) -> Batch {
     Batch::new(x.to_kind(prec.dtype.kind()).to_device(prec.device), y.to_kind(Kind::Int64).to_device(prec.device), m.classes())
 }
 
+/// An exclusive lock on a training run folder (`<dir>/.lock`, holding the owner's pid), so that two `train`
+/// processes never write one folder. A lock left by a process that no longer runs (SIGKILL) is taken over; the
+/// lock file is removed when the guard drops and on SIGINT/SIGTERM.
+pub struct FolderLock {
+    path: PathBuf,
+}
+
+impl FolderLock {
+    pub fn acquire(dir: &Path) -> Result<FolderLock> {
+        let path = dir.join(".lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(mut f) => {
+                    use std::io::Write;
+                    let _ = write!(f, "{}", std::process::id());
+                    crate::report::cleanup::register(&path);
+                    return Ok(FolderLock { path });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok());
+                    let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()) || (owner.is_none() && !Path::new("/proc/self").exists());
+                    if alive {
+                        return Err(Error::file(dir, format!("another epcheck train (pid {}) is writing this run folder; wait for it to finish (or remove {} if it no longer runs)", owner.map(|p| p.to_string()).unwrap_or("?".into()), path.display())));
+                    }
+                    // Stale: its owner is gone.
+                    let _ = std::fs::remove_file(&path);
+                }
+                Err(e) => return Err(Error::file(&path, format!("cannot lock the run folder: {e}"))),
+            }
+        }
+        Err(Error::file(&path, "cannot lock the run folder"))
+    }
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        crate::report::cleanup::unregister(&self.path);
+    }
+}
+
 /// Writes `content` to `path` atomically.
 pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
     let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, content).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e))
+    crate::report::cleanup::register(&tmp);
+    let done = std::fs::write(&tmp, content).map_err(|e| Error::file(&tmp, e)).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e)));
+    crate::report::cleanup::unregister(&tmp);
+    done
 }
 
 pub fn rows_frame(rows: &[EpochRow]) -> Result<DataFrame> {
@@ -278,6 +321,7 @@ pub fn write_epoch_table(dir: &Path, rows: &[EpochRow]) -> Result<()> {
     let tdir = dir.join("tables");
     std::fs::create_dir_all(&tdir).map_err(|e| Error::file(&tdir, e))?;
     let stage = dir.join(".tables.partial");
+    crate::report::cleanup::register(&stage);
     std::fs::create_dir_all(&stage).map_err(|e| Error::file(&stage, e))?;
     crate::report::tables::write_both(&mut rows_frame(rows)?, &stage, "epochs")?;
     for ext in ["parquet", "csv"] {
@@ -285,6 +329,7 @@ pub fn write_epoch_table(dir: &Path, rows: &[EpochRow]) -> Result<()> {
         std::fs::rename(&from, &to).map_err(|e| Error::file(&to, e))?;
     }
     let _ = std::fs::remove_dir_all(&stage);
+    crate::report::cleanup::unregister(&stage);
     Ok(())
 }
 
@@ -312,6 +357,7 @@ pub fn curve_figure(dir: &Path, rows: &[EpochRow], checks: &crate::config::Check
     let fig = Figure { stem: "curves".into(), title: format!("training curves — {n_ep} epochs"), panels, legend: vec![LegendEntry::text("one run (one seed)")] };
     let fdir = dir.join("figures");
     let stage = dir.join(".figures.partial");
+    crate::report::cleanup::register(&stage);
     let made = style::write_figure(&stage, &fig, &opts)?;
     std::fs::create_dir_all(&fdir).map_err(|e| Error::file(&fdir, e))?;
     let mut out = vec![];
@@ -321,6 +367,7 @@ pub fn curve_figure(dir: &Path, rows: &[EpochRow], checks: &crate::config::Check
         out.push(to);
     }
     let _ = std::fs::remove_dir_all(&stage);
+    crate::report::cleanup::unregister(&stage);
     Ok(out)
 }
 

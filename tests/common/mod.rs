@@ -71,6 +71,7 @@ pub fn check_weighted_derivative(inst: &Instance, complex: bool) {
     let len = PhaseLengths { t_free: 6, k_nudge: 4, tol: None };
     let s_a = estimators::free_phase(m, p, b, len, false).state;
     let s_b = epcheck::relax::relax(m, p, b, &s_a, 0.3, &epcheck::relax::RelaxOptions::fixed(4)).state;
+    let _rng = epcheck::tensor_util::rng_lock();
     tch::manual_seed(11);
     let s_c: Vec<Tensor> = s_a.iter().map(|t| t + t.randn_like() * 0.1).collect();
     let ck = epcheck::tensor_util::complex_kind(p[0].kind());

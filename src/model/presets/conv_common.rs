@@ -50,7 +50,8 @@ pub fn hidden_activations(cfg: &RunConfig, n: usize, preset: &str) -> Result<Vec
 /// α ~ U[1, 10] per hidden layer from epcheck's own seeded stream (conv-hopfield.md §6.7, quirk 10), stored as
 /// float32 values like the reference.
 pub fn draw_relu_alpha(n: usize, seed: u64) -> Vec<f64> {
-    tch::manual_seed(seed as i64 + 7919);
+    let _rng = crate::tensor_util::rng_lock();
+    tch::manual_seed((seed as i64).wrapping_add(7919));
     let t = tch::Tensor::rand([n as i64], (tch::Kind::Double, tch::Device::Cpu)) * 9.0 + 1.0;
     crate::tensor_util::to_vec_f64(&t).into_iter().map(|a| a as f32 as f64).collect()
 }

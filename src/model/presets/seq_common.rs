@@ -116,7 +116,8 @@ pub fn schedule(cfg: &ModelConfig, n_layers: usize) -> Result<Schedule> {
 /// in [1, L], with example 0 unpadded and example 1 padded (when B ≥ 2 and L ≥ 2); labels uniform. Drawn
 /// after the parameters from a generator seeded with seed + 1.
 pub fn synthetic_sequences(b: i64, l: i64, d: i64, segments: i64, classes: i64, seed: u64, prec: Precision) -> Batch {
-    tch::manual_seed(seed as i64 + 1);
+    let _rng = crate::tensor_util::rng_lock();
+    tch::manual_seed((seed as i64).wrapping_add(1));
     let cpu = (Kind::Double, tch::Device::Cpu);
     let x = Tensor::randn([b, segments * l, d], cpu) * 0.15;
     let lens = Tensor::randint_low(1, l + 1, [b, segments], (Kind::Int64, tch::Device::Cpu));
