@@ -94,7 +94,7 @@ pub struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
     /// Learning rate (every tensor), or comma-separated: one per tensor in canonical order, or one per synapse (parameter group).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<String>,
     /// digits (shipped, default), synthetic (random inputs, for timing), cifar10, cifar100, cifar100-coarse,
     /// fashion-mnist, mnist, imdb, snli.
@@ -137,10 +137,10 @@ pub struct BiasArgs {
     #[command(flatten)]
     pub common: Common,
     /// β grid, comma-separated (default 1-2-5 from 1e-4 to 1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub grid: Option<String>,
     /// Holomorphic N values, comma-separated (default 1,2,3,4,8).
-    #[arg(long = "N-list")]
+    #[arg(long = "N-list", allow_negative_numbers = true)]
     pub n_list: Option<String>,
     /// implicit (default), bptt or bptt_trunc.
     #[arg(long)]
@@ -670,6 +670,12 @@ pub fn main() -> i32 {
             if !e.use_stderr() {
                 let _ = e.print();
                 return 0;
+            }
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                use clap::CommandFactory;
+                let subs: Vec<String> = Cli::command().get_subcommands().map(|c| c.get_name().to_string()).collect();
+                eprintln!("error: a command is required, one of: {} (epcheck --help describes them)", subs.join(", "));
+                return 2;
             }
             // Errors are one line on stderr (clap's usage and tips follow on further lines: dropped).
             let text = e.render().to_string();

@@ -152,7 +152,7 @@ fn cases() -> Vec<Case> {
     // Input and parameter files (every check command loads them the same way; two commands each).
     let y2 = Tensor::from_slice(&[0i64, 2]);
     for c in ["estimate", "converge"] {
-        let t = tiny(&["--archi"]);
+        let t = tiny(&[]);
         v.push(case(format!("{c} {t} --input {{d}}/x.safetensors"), vec![("x.safetensors", input(Tensor::zeros([0, 6], (Kind::Double, tch::Device::Cpu)), Tensor::zeros([0], (Kind::Int64, tch::Device::Cpu))))], 2, "empty batch"));
         v.push(case(format!("{c} {t} --input {{d}}/x.safetensors"), vec![("x.safetensors", safetensors(vec![("input.x", ramp(&[2, 6]))]))], 2, "missing key: input.y"));
         v.push(case(format!("{c} {t} --input {{d}}/x.safetensors"), vec![("x.safetensors", input(ramp(&[2, 7]), y2.shallow_clone()))], 2, "shape mismatch"));
@@ -166,7 +166,9 @@ fn cases() -> Vec<Case> {
         v.push(case(format!("{c} {t} --params {{d}}/p.safetensors"), vec![("p.safetensors", safetensors(extra))], 2, "unexpected tensor"));
         let mut extra_w = params();
         extra_w.push(("param.synapses.2.weight", ramp(&[3, 3])));
-        v.push(case(format!("{c} {t} --params {{d}}/p.safetensors"), vec![("p.safetensors", safetensors(extra_w))], 2, "unexpected tensor"));
+        // With an explicit archi the extra layer contradicts it; without, it is a layer without its bias.
+        v.push(case(format!("{c} {t} --params {{d}}/p.safetensors"), vec![("p.safetensors", safetensors(extra_w.iter().map(|(n, t)| (*n, t.shallow_clone())).collect()))], 2, "contradicts the explicit archi"));
+        v.push(case(format!("{c} {} --params {{d}}/p.safetensors", tiny(&["--archi"])), vec![("p.safetensors", safetensors(extra_w))], 2, "missing key: param.synapses.2.bias"));
         let mut missing = params();
         missing.pop();
         v.push(case(format!("{c} {t} --params {{d}}/p.safetensors"), vec![("p.safetensors", safetensors(missing))], 2, "missing key: param.synapses.1.bias"));
@@ -180,7 +182,7 @@ fn cases() -> Vec<Case> {
             ("preset = 42\n", "preset must be a string"),
             ("t_fre = 3\n", "did you mean `t_free`"),
             ("[train]\nlr = \"fast\"\n", "a number or a list of numbers"),
-            ("batch = \"two\"\n", "invalid type"),
+            ("t_free = \"two\"\n", "invalid type"),
             ("seed = -1\n", "seed"),
             ("archi = [6, 0, 3]\n", "≥ 1"),
             ("[checks.refs]\nn_dir = 0\n", "n_dir"),
@@ -214,7 +216,7 @@ fn cases() -> Vec<Case> {
         (format!("estimate {t} --device tpu"), "device 'tpu'"),
         (format!("estimate {t} --N 0"), "holo_points (N) must be ≥ 1"),
         (format!("estimate {t} --holo-schedule bogus"), "holo_schedule must be restart or carry"),
-        (format!("estimate {t} --figure-format gif"), "checks.figure_format"),
+        (format!("estimate {t} --figure-format gif"), "figure format must be"),
         (format!("estimate {t} --set holo_periods=0"), "holo_periods"),
         (format!("local {t} --set checks.local.tol=-1"), "checks.local.tol"),
         (format!("audit {t} --set checks.audit.pairs=0"), "checks.audit.pairs"),
@@ -251,7 +253,8 @@ fn cases() -> Vec<Case> {
     }
     let mut bad_offset = zip(&[("a.npy", good.clone())], None);
     let n = bad_offset.len();
-    bad_offset[n - 22 - 4..n - 22].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
+    // The central directory entry ends with the local header offset (4 bytes) and the name "a.npy" (5 bytes).
+    bad_offset[n - 22 - 5 - 4..n - 22 - 5].copy_from_slice(&0x7fff_0000u32.to_le_bytes());
     v.push(case(format!("compare {{d}}/ext.npz {t}"), vec![("ext.npz", bad_offset)], 2, "bad local header"));
     v.push(case(format!("compare {{d}}/nope.npz {t}"), vec![], 2, "no such file"));
     v.push(case(format!("compare {{d}}/ext.safetensors {t}"), vec![("ext.safetensors", text("{}"))], 2, "not a safetensors file"));
@@ -314,14 +317,14 @@ fn cases() -> Vec<Case> {
     // fuzz.
     for (args, frag) in [
         ("fuzz --properties bogus --cases 1", "unknown property 'bogus'"),
-        ("fuzz --cases -1", "invalid digit"),
+        ("fuzz --cases -1", "'-1'"),
         ("fuzz --replay {d}/missing.toml", "missing.toml"),
         ("fuzz --replay {d}/case.toml", "missing integer key"),
     ] {
         v.push(case(args, vec![("case.toml", text("property = \"local\"\ngraph = ''\n"))], 2, frag));
     }
     // The command line itself.
-    v.push(case("", vec![], 2, "Usage"));
+    v.push(case("", vec![], 2, "a command is required"));
     v.push(case("bogus-command", vec![], 2, "unrecognized subcommand"));
     v
 }

@@ -94,6 +94,9 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         if usize_ > cap {
             return Err(member(&format!("declares {usize_} bytes uncompressed, more than the {cap} bytes of available memory")));
         }
+        if method == 0 && usize_ != csize {
+            return Err(member(&format!("declares {usize_} bytes uncompressed but stores {csize} (a stored member has one size)")));
+        }
         let data = match method {
             0 => raw.to_vec(),
             8 => {
