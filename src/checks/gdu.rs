@@ -526,8 +526,12 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let mut rmax_j: Vec<Tensor> = (0..nl).map(|_| Tensor::zeros([], (Kind::Double, dev))).collect();
         let mut nz_t: Vec<Tensor> = p.iter().map(|x| Tensor::zeros([x.numel() as i64], (Kind::Bool, dev))).collect();
         let mut nz_j: Vec<Tensor> = s_t.iter().map(|x| Tensor::zeros([x.numel() as i64], (Kind::Bool, dev))).collect();
+        // Work units: K first-sweep steps, K scored steps (each ≈ 2 step costs), the published re-runs (t + 1).
+        let quad_units = if o.verify_quadratic { (k * (k + 1) / 2) as u64 } else { 0 };
+        crate::progress::stage(3 * k as u64 + quad_units, &format!("gdu: first reverse sweep, step 1/{k}"));
         let mut lambda: State = lambda0.iter().map(|x| x.shallow_clone()).collect();
         for t in 0..k {
+            crate::progress::advance(if t == 0 { 0 } else { 1 }, &format!("gdu: first reverse sweep, step {}/{k}", t + 1));
             let (_, bj, th, l) = bptt_step(&lambda, t);
             for i in 0..np {
                 let r = f64flat(&th[i]);
@@ -567,7 +571,8 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let mut dump_j: Vec<Vec<Vec<Tensor>>> = (0..if o.dump { 5 } else { 0 }).map(|_| (0..nl).map(|_| vec![]).collect()).collect();
         let mut lambda: State = lambda0.iter().map(|x| x.shallow_clone()).collect();
         for t in 0..k {
-            crate::progress::message(&format!("gdu: step {}/{k} (reverse sweep, ±β phases, metrics)", t + 1));
+            let prev_units = if t == 0 { 1 } else if o.verify_quadratic { 2 + t as u64 } else { 2 };
+            crate::progress::advance(prev_units, &format!("gdu: step {}/{k}: reverse sweep, ±β phases, metrics{}", t + 1, if o.verify_quadratic { ", published re-run" } else { "" }));
             let (bs, bj, th, l) = bptt_step(&lambda, t);
             lambda = l;
             let mut ep_theta: Vec<Vec<Tensor>> = vec![];
@@ -648,6 +653,7 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
                 }
             }
         }
+        crate::progress::message("gdu: identities (truncated BPTT by autograd, EP estimates)");
         let theta: Vec<Vec<PairStats>> = pair_t.iter().map(|ps| ps.iter().zip(&ref_t).map(|(a, r)| a.stats(r, k)).collect()).collect();
         let neurons: Vec<Vec<PairStats>> = pair_j.iter().map(|ps| ps.iter().zip(&ref_j).map(|(a, r)| a.stats(r, k)).collect()).collect();
         let raw: Vec<Vec<(f64, f64)>> = raw.iter().map(|v| v.iter().map(ScalarPair::rel_cos).collect()).collect();
