@@ -414,7 +414,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             // Theorem mode uses checks.gdu.beta unless --beta was given explicitly; replay uses the preset β.
             let beta = if theorem { g.common.beta.unwrap_or(gc.beta) } else { cfg.beta };
             crate::progress::start("gdu");
-            let o = gdu::GduOptions::from_config(cfg, beta);
+            let o = gdu::GduOptions { dump: g.common.dump.is_some(), ..gdu::GduOptions::from_config(cfg, beta) };
             let rep = gdu::run(&inst, &o);
             finish(&g.common, "gdu", &inst, vec![rep])
         }

@@ -1,10 +1,15 @@
 //! One process-wide progress bar, set by the CLI and ticked by the relaxation loop once per iteration, so
 //! anything that takes more than a second shows progress without threading a handle through every API.
-//! Hidden when stderr is not a terminal.
+//! A check whose work is countable (gdu's K steps, bias's β × N points) turns the spinner into a bar with an
+//! ETA ([`stage`], [`advance`]); relaxation ticks then no longer move it. Hidden when stderr is not a terminal
+//! (indicatif draws to stderr only when it is one).
 use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+/// Whether the bar counts work units (set by [`stage`]) rather than relaxation iterations.
+static COUNTED: AtomicBool = AtomicBool::new(false);
 
 /// Starts a spinner with a message; it shows the iterations run so far and the elapsed time.
 pub fn start(msg: &str) {
@@ -12,7 +17,28 @@ pub fn start(msg: &str) {
     pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}] {pos} iterations").expect("template"));
     pb.set_message(msg.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    COUNTED.store(false, Ordering::Relaxed);
     *BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(pb);
+}
+
+/// Turns the running bar into a bar of `total` work units with an ETA (no-op when no bar was started).
+pub fn stage(total: u64, msg: &str) {
+    if let Some(pb) = BAR.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}] {bar:24} {pos}/{len}, ETA {eta}").expect("template"));
+        pb.set_length(total.max(1));
+        pb.set_position(0);
+        pb.reset_eta();
+        pb.set_message(msg.to_string());
+        COUNTED.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `n` work units of the current stage done; the message names what runs next.
+pub fn advance(n: u64, msg: &str) {
+    if let Some(pb) = BAR.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        pb.inc(n);
+        pb.set_message(msg.to_string());
+    }
 }
 
 pub fn message(msg: &str) {
@@ -22,6 +48,9 @@ pub fn message(msg: &str) {
 }
 
 pub fn tick() {
+    if COUNTED.load(Ordering::Relaxed) {
+        return;
+    }
     if let Ok(g) = BAR.try_lock() {
         if let Some(pb) = g.as_ref() {
             pb.inc(1);
@@ -33,4 +62,5 @@ pub fn finish() {
     if let Some(pb) = BAR.lock().unwrap_or_else(|e| e.into_inner()).take() {
         pb.finish_and_clear();
     }
+    COUNTED.store(false, Ordering::Relaxed);
 }

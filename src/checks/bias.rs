@@ -149,8 +149,12 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
     let mut beta_c_pred = f64::INFINITY;
     let smallest = o.grid.iter().cloned().fold(f64::INFINITY, f64::min);
     let mut drift_cache: std::collections::BTreeMap<i64, f64> = Default::default();
-    for &beta in &o.grid {
-        crate::progress::message(&format!("bias: β = {beta}"));
+    let n_grid = o.grid.len();
+    let holo_n = if admissible.is_ok() { o.n_list.len() } else { 0 };
+    // Work units: per β point, the ±β phases (2) and one per holomorphic N.
+    crate::progress::stage((n_grid * (2 + holo_n)) as u64, &format!("bias: β point 1/{n_grid}, ±β phases"));
+    for (bi, &beta) in o.grid.iter().enumerate() {
+        crate::progress::message(&format!("bias: β point {}/{n_grid} (β = {beta}), ±β phases", bi + 1));
         let (sp, cp, kp, dfp) = nudged(m, p, batch, &s0, beta, o);
         let (sm, cm, _, dfm) = nudged(m, p, batch, &s0, -beta, o);
         let conv = dfp.max(dfm) / (beta * gnorm);
@@ -193,12 +197,14 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
         points.push(mk("ep_plus", plus, cp, kink_p, floor(&[&f0, &fp]), drift / (beta * gnorm)));
         points.push(mk("ep_minus", minus, cm, kink_m, floor(&[&f0, &fm]), drift / (beta * gnorm)));
         points.push(mk("ep_centered", centered, cp && cm, kink_p + kink_m, fl_c, 0.0));
+        crate::progress::advance(2, &format!("bias: β point {}/{n_grid} (β = {beta})", bi + 1));
         if admissible.is_ok() {
             let len = PhaseLengths { t_free: 0, k_nudge: if o.until_tol { o.max_iter } else { o.k_fixed }, tol: o.until_tol.then_some(o.nudge_tol / 10.0) };
             // Sensitivity of f to the state, to turn a point residual into a convergence error.
             let s0max = s0.iter().map(|t| t.abs().max().to_kind(Kind::Double).double_value(&[])).fold(0.0, f64::max).max(1e-300);
             let f_sens = fnorm(&f0) / s0max;
             for &n in &o.n_list {
+                crate::progress::message(&format!("bias: β point {}/{n_grid} (β = {beta}), holomorphic N = {n}", bi + 1));
                 let opts = HoloOptions { n, shortcut: false, ..o.holo.clone() };
                 let opts = if opts.schedule == HoloSchedule::Carry && n < 2 { HoloOptions { schedule: HoloSchedule::Restart, ..opts } } else { opts };
                 let e = holo::estimate(m, p, batch, &s0, beta, len, &opts)?;
@@ -241,6 +247,7 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
                     conv_rel: pr * f_sens / (beta * gnorm),
                     im_leak: leak,
                 });
+                crate::progress::advance(1, &format!("bias: β point {}/{n_grid} (β = {beta}), holomorphic N = {n} done", bi + 1));
             }
         }
         // cos(ĝ₊ − g, ĝ₋ − g): → −1 at small β (opposite leading errors).

@@ -1,0 +1,209 @@
+//! The streaming GDU check (running device reductions, no K×P buffer) against the former host path used as an
+//! oracle: the buffered series of `gdu::compute_series` copied to host float64 and scored by the O(K·E) host
+//! functions of `checks::metrics`, exactly as `gdu::run` computed them before streaming. Every metric row and
+//! every plotted series row must agree to 1e-12 relative (float64 and float32 runs: the metrics are computed
+//! in float64 from the same run-dtype steps in both paths).
+mod common;
+use common::{tiny, tiny_resnet, tiny_with};
+use epcheck::checks::metrics::{self as mx, Series};
+use epcheck::checks::{gdu, sample_elements};
+use epcheck::config::RunConfig;
+use epcheck::instance::Instance;
+use epcheck::tensor_util::to_vec_f64;
+use std::collections::BTreeMap;
+use tch::Tensor;
+
+type Key = (String, String, String, String, String, String, i64);
+
+fn key(scope: &str, name: &str, metric: &str, series: &str, reference: &str, form: &str, t: i64) -> Key {
+    (scope.into(), name.into(), metric.into(), series.into(), reference.into(), form.into(), t)
+}
+
+fn to_series(steps: &[Tensor]) -> Series {
+    let data: Vec<f64> = steps.iter().flat_map(to_vec_f64).collect();
+    let k = steps.len();
+    Series::new(k, data.len() / k.max(1), data)
+}
+
+fn column(steps: &[Vec<Tensor>], i: usize) -> Series {
+    to_series(&steps.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>())
+}
+
+fn avg(a: &[Tensor], b: &[Tensor]) -> Vec<Tensor> {
+    a.iter().zip(b).map(|(x, y)| (x + y) * 0.5).collect()
+}
+
+/// The former host computation of the metric rows (and the plotted series rows) of `gdu::run`.
+fn oracle(inst: &Instance, o: &gdu::GduOptions) -> (BTreeMap<Key, f64>, Vec<(String, String, String, i64, i64, f64)>) {
+    let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
+    let g = gdu::compute_series(m, p, batch, m.zeros_state(batch.size(), inst.prec), o);
+    let k = g.k;
+    let mut out = BTreeMap::new();
+    let sym_theta: Vec<Vec<Tensor>> = (0..k).map(|t| avg(&g.plus.theta[t], &g.minus.theta[t])).collect();
+    let sym_neurons: Vec<Vec<Tensor>> = (0..k).map(|t| avg(&g.plus.neurons[t], &g.minus.neurons[t])).collect();
+    let bptt_ref: Vec<Series> = (0..p.len()).map(|i| column(&g.bptt_theta, i)).collect();
+    let bptt_j_ref: Vec<Series> = (0..m.layers.len()).map(|j| column(&g.bptt_j, j)).collect();
+    let bptt_raw: Vec<Series> = (0..m.layers.len()).map(|j| column(&g.bptt_s, j)).collect();
+    let series = [("ep_plus", &g.plus.theta, &g.plus.neurons, 1.0), ("ep_minus", &g.minus.theta, &g.minus.neurons, 1.0), ("ep_sym", &sym_theta, &sym_neurons, 2.0)];
+    let score = |out: &mut BTreeMap<Key, f64>, scope: &str, name: &str, s: &str, rf: &str, a: &Series, r: &Series, tau: f64| {
+        let (lab, lab_std, guard, both_zero) = mx::lab_rmse(a, r);
+        let (ern_m, ern_s) = mx::ern_rel(a, r);
+        let sig = mx::sign_err_sig(&a.data, &r.data, tau);
+        let mut put = |metric: &str, form: &str, v: f64| {
+            out.insert(key(scope, name, metric, s, rf, form, -1), v);
+        };
+        put("rel_l2", "step", mx::rel_l2(&a.data, &r.data));
+        put("lab_rmse", "step", lab);
+        put("lab_rmse_std", "step", lab_std);
+        put("lab_rmse_guard_frac", "step", guard);
+        put("both_zero_elems", "step", both_zero as f64);
+        put("sign_err", "step", mx::sign_err(&a.data, &r.data));
+        if !sig.is_nan() {
+            put("sign_err_sig", "step", sig);
+        }
+        put("ern_rel_mean", "step", ern_m);
+        put("ern_rel_std", "step", ern_s);
+        put("cos", "step", mx::cos(&a.data, &r.data));
+        if scope == "tensor" {
+            let (em, es) = mx::ern_rel(&a.cumsum(), &r.cumsum());
+            let (same, zero) = mx::sign_agreement(&a.total(), &r.total());
+            put("ern_rel_mean", "cum", em);
+            put("ern_rel_std", "cum", es);
+            put("same_sign_frac", "cum", same);
+            put("both_zero_frac", "cum", zero);
+        }
+        for t in 0..a.k {
+            let v = mx::rel_l2(a.step(t), r.step(t));
+            if v.is_finite() {
+                out.insert(key(scope, name, "rel_l2", s, rf, "step", t as i64), v);
+            }
+        }
+    };
+    for (s, theta, neurons, pw) in series {
+        let tau = o.sign_floor.unwrap_or((1e-3f64).max(10.0 * o.bias_const * o.beta.powf(pw)));
+        for (i, spec) in m.params.iter().enumerate() {
+            let a = column(theta, i);
+            score(&mut out, "tensor", &spec.name, s, "bptt", &a, &bptt_ref[i], tau);
+            if spec.shape.len() >= 2 && s == "ep_sym" {
+                let v = mx::sym_ratio(&column(&g.plus.theta, i).total(), &column(&g.minus.theta, i).total(), &bptt_ref[i].total());
+                out.insert(key("tensor", &spec.name, "sym_ratio", s, "", "cum", -1), v);
+            }
+        }
+        for (j, l) in m.layers.iter().enumerate() {
+            let a = column(neurons, j);
+            score(&mut out, "neuron_layer", &l.name, s, "bptt_j", &a, &bptt_j_ref[j], tau);
+            out.insert(key("neuron_layer", &l.name, "rel_l2", s, "bptt_raw", "step", -1), mx::rel_l2(&a.data, &bptt_raw[j].data));
+            out.insert(key("neuron_layer", &l.name, "cos", s, "bptt_raw", "step", -1), mx::cos(&a.data, &bptt_raw[j].data));
+        }
+    }
+    if o.verify_quadratic {
+        let q = gdu::published_series(m, p, batch, &g.traj);
+        let a: Vec<f64> = g.bptt_theta.iter().flat_map(|st| st.iter().flat_map(to_vec_f64).collect::<Vec<_>>()).collect();
+        let r: Vec<f64> = q.iter().flat_map(|st| st.iter().flat_map(to_vec_f64).collect::<Vec<_>>()).collect();
+        out.insert(key("identity", "Q:one-sweep = published K+1 re-run", "rel_linf", "", "", "", -1), mx::rel_linf(&a, &r));
+    }
+    let mut rows = vec![];
+    for (i, spec) in m.params.iter().enumerate() {
+        let (r, a) = (&bptt_ref[i], column(&sym_theta, i));
+        let nz: Vec<bool> = (0..r.e).map(|e| (0..k).any(|t| r.at(t, e) != 0.0)).collect();
+        for e in sample_elements(&nz, o.n_elem, o.plot_seed) {
+            for t in 0..k {
+                rows.push(("bptt".into(), "param".into(), spec.name.clone(), e as i64, t as i64, r.at(t, e)));
+                rows.push(("ep_sym".into(), "param".into(), spec.name.clone(), e as i64, t as i64, a.at(t, e)));
+            }
+        }
+    }
+    for (j, l) in m.layers.iter().enumerate() {
+        let (rj, raw, a) = (&bptt_j_ref[j], &bptt_raw[j], column(&sym_neurons, j));
+        let nz: Vec<bool> = (0..rj.e).map(|e| (0..k).any(|t| rj.at(t, e) != 0.0)).collect();
+        for e in sample_elements(&nz, o.n_elem, o.plot_seed) {
+            for t in 0..k {
+                rows.push(("bptt_j".into(), "neuron".into(), l.name.clone(), e as i64, t as i64, rj.at(t, e)));
+                rows.push(("bptt_raw".into(), "neuron".into(), l.name.clone(), e as i64, t as i64, raw.at(t, e)));
+                rows.push(("ep_sym".into(), "neuron".into(), l.name.clone(), e as i64, t as i64, a.at(t, e)));
+            }
+        }
+    }
+    (out, rows)
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    if a.is_nan() || b.is_nan() {
+        return a.is_nan() && b.is_nan();
+    }
+    a == b || (a - b).abs() <= rel * a.abs().max(b.abs())
+}
+
+/// Compares the streamed report with the oracle; returns the largest relative difference seen.
+fn compare(what: &str, inst: &Instance, o: &gdu::GduOptions) -> f64 {
+    let (want, want_series) = oracle(inst, o);
+    let rep = gdu::run(inst, o);
+    let mut got: BTreeMap<Key, f64> = BTreeMap::new();
+    for r in &rep.metrics {
+        if matches!(r.metric.as_str(), "floor_rel" | "drift_rel") || r.scope == "check" || (r.scope == "identity" && !r.name.starts_with("Q:")) {
+            continue;
+        }
+        let k = key(&r.scope, &r.name, &r.metric, r.series.as_deref().unwrap_or(""), r.reference.as_deref().unwrap_or(""), r.series_form.as_deref().unwrap_or(""), r.t.unwrap_or(-1));
+        assert!(got.insert(k.clone(), r.value).is_none(), "{what}: duplicate row {k:?}");
+    }
+    assert_eq!(got.len(), want.len(), "{what}: row sets differ: streamed {:?} vs oracle {:?}", got.keys().filter(|k| !want.contains_key(*k)).collect::<Vec<_>>(), want.keys().filter(|k| !got.contains_key(*k)).collect::<Vec<_>>());
+    let mut worst = 0.0f64;
+    for (k, w) in &want {
+        let v = got[k];
+        assert!(close(v, *w, 1e-12), "{what}: {k:?}: streamed {v:e} vs oracle {w:e}");
+        if v != *w && v.is_finite() {
+            worst = worst.max((v - w).abs() / v.abs().max(w.abs()));
+        }
+    }
+    // Identities I1–I4 are round-off measurements (|Σ series − estimator| at 1e-16): their sums were taken in
+    // the run dtype by libtorch's stack-sum, now in float64 running sums; they must pass as before.
+    for v in rep.verdicts.iter().filter(|v| v.scope == "identity") {
+        assert_eq!(v.verdict, "pass", "{what}: identity {} {}", v.name, v.details);
+    }
+    assert_eq!(rep.series.len(), want_series.len(), "{what}: series rows");
+    for (r, w) in rep.series.iter().zip(&want_series) {
+        assert_eq!((&r.series, &r.kind, &r.name, r.element, r.t), (&w.0, &w.1, &w.2, w.3, w.4), "{what}: series row order");
+        assert_eq!(r.value, w.5, "{what}: series value {w:?}");
+    }
+    eprintln!("{what}: {} metric rows, {} series rows, max relative difference {worst:.2e}", want.len(), want_series.len());
+    worst
+}
+
+#[test]
+fn streaming_metrics_equal_the_host_oracle() {
+    tch::set_num_threads(1);
+    let o = |k: i64| gdu::GduOptions { verify_quadratic: true, ..gdu::GduOptions::theorem(40, k, 1e-3) };
+    compare("p-mlp tanh f64 K=20", &tiny("tanh", "mse"), &o(20));
+    compare("p-mlp logistic4 f64 K=7", &tiny("logistic4", "mse"), &o(7));
+    compare("p-mlp hardsigmoid xent f64 K=17 replay", &tiny("hard_sigmoid", "mse"), &gdu::GduOptions::replay(30, 17, 1e-2));
+    compare("p-mlp tanh f32 K=20", &tiny_with("tanh", "mse", |c: &mut RunConfig| c.dtype = "float32".into()), &gdu::GduOptions::replay(40, 20, 1e-2));
+    compare("hopfield-resnet13 tiny K=5", &tiny_resnet(8, |_| {}), &gdu::GduOptions { verify_quadratic: true, ..gdu::GduOptions::replay(20, 5, 1e-3) });
+    let mut cfg = RunConfig::preset_defaults("imdb-hopfield").unwrap();
+    cfg.batch = 3;
+    cfg.seq_len = Some(5);
+    cfg.embed_dim = Some(4);
+    cfg.widths = Some(vec![6, 4, 2]);
+    compare("imdb-hopfield tiny K=6", &Instance::from_config(cfg).unwrap(), &gdu::GduOptions::replay(20, 6, 0.5));
+}
+
+/// `--dump` keeps the series: the streamed run's dump equals the buffered series of `compute_series`.
+#[test]
+fn dump_series_equal_the_buffered_series() {
+    let inst = tiny("tanh", "mse");
+    let o = gdu::GduOptions { dump: true, ..gdu::GduOptions::replay(30, 9, 1e-3) };
+    let g = gdu::compute_series(&inst.model, &inst.params, &inst.batch, inst.model.zeros_state(3, inst.prec), &o);
+    let rep = gdu::run(&inst, &o);
+    let d: BTreeMap<String, Tensor> = rep.dump.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    for (i, spec) in inst.model.params.iter().enumerate() {
+        let want = Tensor::stack(&g.bptt_theta.iter().map(|s| s[i].shallow_clone()).collect::<Vec<_>>(), 0);
+        assert!(d[&format!("gdu.bptt.{}", spec.name)].equal(&want), "{}", spec.name);
+        let want = Tensor::stack(&g.minus.theta.iter().map(|s| s[i].shallow_clone()).collect::<Vec<_>>(), 0);
+        assert!(d[&format!("gdu.ep_minus.{}", spec.name)].equal(&want), "{}", spec.name);
+    }
+    for (j, l) in inst.model.layers.iter().enumerate() {
+        let want = Tensor::stack(&g.bptt_j.iter().map(|s| s[j].shallow_clone()).collect::<Vec<_>>(), 0);
+        assert!(d[&format!("gdu.bptt_j.neurons.{}", l.name)].equal(&want), "{}", l.name);
+    }
+    let none = gdu::run(&inst, &gdu::GduOptions { dump: false, ..o });
+    assert!(none.dump.is_empty(), "no series kept without --dump");
+}
