@@ -312,9 +312,14 @@ pub fn num(v: f64) -> String {
 /// first, at most three groups; then the count of scopes by verdict. Empty when nothing was scored.
 pub fn digest_from_rows(metrics: &[MetricRow], verdicts: &[VerdictRow]) -> String {
     let mut groups: std::collections::BTreeMap<String, (f64, &MetricRow)> = Default::default();
+    // Evidence first: bookkeeping rows (identities) enter the digest only when they fail or nothing else was scored.
+    let evidence = metrics.iter().any(|r| r.threshold.is_some() && matches!(r.verdict.as_deref(), Some("pass" | "fail")) && r.t.is_none() && !is_bookkeeping_scope(&r.scope));
     for r in metrics {
         let (Some(v), Some(thr)) = (r.verdict.as_deref(), r.threshold) else { continue };
         if !["pass", "fail"].contains(&v) || r.t.is_some() || r.scope == "gate" {
+            continue;
+        }
+        if evidence && v == "pass" && is_bookkeeping_scope(&r.scope) {
             continue;
         }
         let key = r.series.clone().or_else(|| r.estimator.clone()).unwrap_or_else(|| r.metric.clone());
