@@ -783,7 +783,7 @@ impl RunConfig {
         if self.graph.is_some() {
             return &["init_scale", "input_range", "activation", "loss", "schedule"];
         }
-        let base = self.preset.strip_suffix("-train-paper").or_else(|| self.preset.strip_suffix("-train")).unwrap_or(&self.preset);
+        let base = self.base_preset();
         match base {
             "p-mlp" => &["archi", "activation", "loss", "schedule", "init_scale", "input_range"],
             "hopfield-resnet13" => &["activation", "loss", "schedule", "init_scale", "input_range", "height", "in_channels", "widths", "classes", "skips", "gains", "relu_alpha"],
@@ -791,6 +791,11 @@ impl RunConfig {
             "imdb-hopfield" | "snli-hopfield" => &["activation", "loss", "schedule", "init_scale", "input_range", "widths", "classes", "seq_len", "embed_dim", "attention_scale", "attention_mask"],
             _ => MODEL_KEYS,
         }
+    }
+
+    /// The model preset without its training variant suffix (`-train`, `-train-paper`).
+    pub fn base_preset(&self) -> &str {
+        self.preset.strip_suffix("-train-paper").or_else(|| self.preset.strip_suffix("-train")).unwrap_or(&self.preset)
     }
 
     /// Refuses a model key given explicitly that the model does not read (it would be recorded but not used).
@@ -1063,8 +1068,8 @@ impl RunConfig {
     }
 }
 
-/// Levenshtein distance (for "did you mean" suggestions).
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance (for "did you mean" suggestions: unknown config keys, compare's unmapped keys).
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {

@@ -150,7 +150,7 @@ pub fn infer_sizes(cfg: &mut RunConfig, loaded: &BTreeMap<String, Tensor>, path:
 pub fn sizes_from_input(cfg: &mut RunConfig, path: &Path) -> Result<()> {
     let t = read_tensors(path)?;
     let Some(x) = lookup(&t, &["input.x".to_string(), "x".to_string()]).map(|(_, x)| x.size()) else { return Ok(()) };
-    let base = cfg.preset.strip_suffix("-train-paper").or_else(|| cfg.preset.strip_suffix("-train")).unwrap_or(&cfg.preset).to_string();
+    let base = cfg.base_preset().to_string();
     let explicit = |k: &str| cfg.explicit.iter().any(|e| e == k);
     if cfg.graph.is_none() && matches!(base.as_str(), "hopfield-resnet13" | "vgg5-dchn" | "vgg5-dchn-rain") && x.len() == 4 && !explicit("height") {
         cfg.height = Some(x[2]);
@@ -172,7 +172,7 @@ fn preset_shapes(cfg: &RunConfig) -> Option<Vec<(String, Vec<i64>)>> {
 /// (the input height of a conv net's dense head, an attention net's sequence length) are found by search. A size
 /// the parameters do not determine is asked for by name; an explicit contradicting size is an error.
 fn infer_preset_sizes(cfg: &mut RunConfig, loaded: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    let base = cfg.preset.strip_suffix("-train-paper").or_else(|| cfg.preset.strip_suffix("-train")).unwrap_or(&cfg.preset).to_string();
+    let base = cfg.base_preset().to_string();
     let conv = matches!(base.as_str(), "hopfield-resnet13" | "vgg5-dchn" | "vgg5-dchn-rain");
     let attn = matches!(base.as_str(), "imdb-hopfield" | "snli-hopfield");
     if !conv && !attn {

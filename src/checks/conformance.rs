@@ -620,23 +620,9 @@ pub fn canonical_names(m: &Model) -> Vec<String> {
     v
 }
 
-/// Edit distance (Levenshtein) between two short strings.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 /// The `n` names closest to `key`.
 pub fn closest(key: &str, names: &[String], n: usize) -> Vec<String> {
-    let mut v: Vec<(usize, &String)> = names.iter().map(|c| (edit_distance(key, c), c)).collect();
+    let mut v: Vec<(usize, &String)> = names.iter().map(|c| (crate::config::edit_distance(key, c), c)).collect();
     v.sort();
     v.into_iter().take(n).map(|(_, c)| format!("'{c}'")).collect()
 }

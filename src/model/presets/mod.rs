@@ -16,7 +16,7 @@ pub const PRESETS: &[&str] = &["p-mlp", "hopfield-resnet13", "vgg5-dchn", "vgg5-
 
 /// Builds the model a configuration names.
 pub fn build(cfg: &ModelConfig) -> Result<Model> {
-    let base = cfg.preset.strip_suffix("-train-paper").or_else(|| cfg.preset.strip_suffix("-train")).unwrap_or(&cfg.preset);
+    let base = cfg.base_preset();
     match base {
         "p-mlp" => p_mlp::build(cfg),
         "hopfield-resnet13" => hopfield_resnet13::build(cfg),
