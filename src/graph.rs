@@ -595,6 +595,9 @@ fn fnum(x: f64) -> String {
 
 /// The graph TOML of a model whose terms and update maps describe themselves.
 pub fn emit(m: &Model) -> Result<String> {
+    if m.readout.is_some() {
+        return Err(Error::Config("the softmax readout (readout = 'softmax') has no graph-file form; use the p-mlp preset with --set readout=softmax".into()));
+    }
     let input_name = |i: usize| if m.input_shapes.len() == 1 { "x".to_string() } else { format!("x{i}") };
     let node_name = |n: Node| match n {
         Node::Input(i) => input_name(i),
