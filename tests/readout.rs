@@ -397,3 +397,45 @@ fn holomorphic_points_are_dumped_with_the_spec_names_and_reassemble_the_estimate
         }
     }
 }
+
+/// The P-CNN fixture (fixtures/graphs/p-cnn-softmax.toml) with a smooth activation (finite differences and the EP
+/// limit need no kink between the phases), its init bounds halved (a contracting sync map: at full scale the
+/// max-pool couplings settle into a period-2 cycle), B = 3, float64.
+fn p_cnn(activation: &str) -> (epcheck::model::Model, Vec<Tensor>, epcheck::model::Batch) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/graphs/p-cnn-softmax.toml")).unwrap();
+    let m = epcheck::graph::parse_str(&text.replace("hard_sigmoid_2u", activation)).unwrap();
+    let prec = epcheck::precision::Precision::new(epcheck::precision::Dtype::F64, tch::Device::Cpu);
+    let p: Vec<Tensor> = m.init_params(3, prec).into_iter().map(|t| t * 0.5).collect();
+    let b = epcheck::instance::synthetic_batch(&m, 3, 3, prec);
+    (m, p, b)
+}
+
+#[test]
+fn p_cnn_softmax_graph_readout_of_a_conv_layer_gradients_agree() {
+    let (m, p, b) = p_cnn("tanh");
+    assert_eq!(m.classes(), 4);
+    assert_eq!(m.param_names().last().unwrap(), "synapses.2.bias");
+    assert_eq!(m.layers[m.output].shape, vec![3, 2, 2], "the readout reads a conv layer, flattened");
+    // Round trip through the graph form keeps the readout.
+    let again = epcheck::graph::parse_str(&epcheck::graph::emit(&m).unwrap()).unwrap();
+    assert_eq!(again.readout, m.readout);
+    assert_eq!(again.param_names(), m.param_names());
+    let s: Vec<Tensor> = epcheck::tensor_util::seeded(4, || m.zeros_state(3, epcheck::precision::Precision::new(epcheck::precision::Dtype::F64, tch::Device::Cpu)).iter().map(|t| t.rand_like()).collect());
+    let auto = m.drives_autograd(&p, &b, &s, 0.4);
+    assert!(rel_linf(&flat(&[m.drive(&p, &b, &s, 1, 0.4)]), &flat(&[auto[1].shallow_clone()])) <= 1e-14, "nudge through the flattened readout");
+    let o = implicit::ImplicitOptions::for_dtype(epcheck::precision::Dtype::F64);
+    let imp = implicit::implicit(&m, &p, &b, &o).unwrap();
+    let g = flat(&imp.grad.tensors);
+    let (bp, _) = bptt::full(&m, &p, &b, 300);
+    assert!(rel_l2(&flat(&bp.tensors), &g) <= 1e-10, "bptt(T = 300) vs implicit");
+    let theta_norm = norm(&flat(&p));
+    for v in fd::directions(&p, 3, 4) {
+        let d = fd::central(&m, &p, &b, &imp.star.state, &v, 1e-5 * theta_norm, fd::FdMode::Converged, o.star_tol).unwrap();
+        assert_eq!(d.kink_changes, 0, "max-pool argmax unchanged");
+        assert!((d.richardson - fd::project(&imp.grad.tensors, &v)).abs() <= 1e-8 * norm(&g), "FD vs implicit");
+    }
+    let len = PhaseLengths { t_free: 300, k_nudge: 300, tol: None };
+    let free = estimators::free_phase(&m, &p, &b, len, false);
+    let errs: Vec<f64> = [0.02, 0.01].iter().map(|&beta| rel_l2(&flat(&ep_centered::estimate(&m, &p, &b, &free, beta, len).0.tensors), &g)).collect();
+    assert!(errs[1] < 1e-3 && (errs[0] / errs[1] - 4.0).abs() < 0.5, "ep_centered → gradient as β² (errors {errs:?})");
+}

@@ -324,7 +324,7 @@ impl Model {
     pub fn nudge_term(&self, p: &[Tensor], onehot: &Tensor, s_out: &Tensor, beta: &Beta) -> Tensor {
         let g = self.scaled_input_grad(&self.loss_input(p, s_out), onehot, |t| beta.scale(t));
         match &self.readout {
-            Some(r) => r.pullback(p, &g),
+            Some(r) => r.pullback(p, &g, s_out),
             None => g,
         }
     }
@@ -332,7 +332,7 @@ impl Model {
     /// ∂²ℓ/∂s_out² · v per example (through the readout when there is one).
     pub fn loss_hvp(&self, p: &[Tensor], s_out: &Tensor, v: &Tensor) -> Tensor {
         match &self.readout {
-            Some(r) => r.pullback(p, &self.loss.hvp(&r.logits(p, s_out), &r.push(p, v))),
+            Some(r) => r.pullback(p, &self.loss.hvp(&r.logits(p, s_out), &r.push(p, v)), s_out),
             None => self.loss.hvp(s_out, v),
         }
     }
@@ -785,7 +785,7 @@ impl Model {
                 }
                 let g = self.scaled_input_grad(&self.loss_input(p, t), &batch.y_onehot, |x| x * inv_b);
                 match &self.readout {
-                    Some(r) => r.pullback(p, &g),
+                    Some(r) => r.pullback(p, &g, t),
                     None => g,
                 }
             })

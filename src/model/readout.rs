@@ -18,24 +18,25 @@ pub struct Readout {
 }
 
 impl Readout {
-    /// z = s_D W_roᵀ + b_ro, shape (B, C).
+    /// z = flat(s_D) W_roᵀ + b_ro, shape (B, C); a multi-axis layer (a conv layer of a P-CNN) is flattened
+    /// row-major, as `view(mbs, -1)` does.
     pub fn logits(&self, p: &[Tensor], s: &Tensor) -> Tensor {
-        matmul(s, &p[self.weight].tr()) + &p[self.bias]
+        matmul(&s.flatten(1, -1), &p[self.weight].tr()) + &p[self.bias]
     }
 
-    /// A cotangent on z, g (B, C), pulled back to s_D: g W_ro, shape (B, n_D).
-    pub fn pullback(&self, p: &[Tensor], g: &Tensor) -> Tensor {
-        matmul(g, &p[self.weight])
+    /// A cotangent on z, g (B, C), pulled back to s_D: g W_ro, in the shape of `s`.
+    pub fn pullback(&self, p: &[Tensor], g: &Tensor, s: &Tensor) -> Tensor {
+        matmul(g, &p[self.weight]).reshape(s.size())
     }
 
-    /// A tangent of s_D, v (B, n_D), pushed to z: v W_roᵀ.
+    /// A tangent of s_D, v (B, layer shape), pushed to z: flat(v) W_roᵀ.
     pub fn push(&self, p: &[Tensor], v: &Tensor) -> Tensor {
-        matmul(v, &p[self.weight].tr())
+        matmul(&v.flatten(1, -1), &p[self.weight].tr())
     }
 
     /// Σ_b of the explicit parameter derivatives for per-example cotangents g_b on z (e.g. p_b − ŷ_b):
-    /// (Σ_b g_b s_D,bᵀ, Σ_b g_b), the weight's and the bias's.
+    /// (Σ_b g_b flat(s_D,b)ᵀ, Σ_b g_b), the weight's and the bias's.
     pub fn param_grad(&self, s: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
-        (matmul(&g.tr(), s), g.sum_dim_intlist(Some(&[0i64][..]), false, None))
+        (matmul(&g.tr(), &s.flatten(1, -1)), g.sum_dim_intlist(Some(&[0i64][..]), false, None))
     }
 }
