@@ -377,7 +377,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let inst = c.instance(toml::Table::new())?;
             let est = Estimator::parse(&inst.cfg.estimator)?;
             crate::progress::start(&format!("estimate {}", est.key()));
-            let rep = checks::estimate::run(&inst, est, inst.cfg.beta, Common::lengths(&inst.cfg))?;
+            let rep = checks::estimate::run_with(&inst, est, inst.cfg.beta, Common::lengths(&inst.cfg), c.dump.is_some())?;
             finish(&c, "estimate", &inst, vec![rep])
         }
         Command::Gdu(g) => {

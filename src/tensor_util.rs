@@ -78,6 +78,16 @@ pub fn holomorphic_grads(output: &Tensor, inputs: &[&Tensor]) -> Vec<Tensor> {
     grads_or_zeros(output, inputs).into_iter().map(|g| g.conj().resolve_conj()).collect()
 }
 
+/// c·t for a real or complex scalar c = (re, im) (a real t times a complex c is complex).
+pub fn times_scalar(t: &Tensor, c: (f64, f64)) -> Tensor {
+    if c.1 == 0.0 {
+        return t * c.0;
+    }
+    let real = real_kind(t.kind());
+    let sc = |v: f64| Tensor::from_slice(&[v]).to_kind(real).to_device(t.device()).reshape([] as [i64; 0]);
+    t * Tensor::complex(&sc(c.0), &sc(c.1))
+}
+
 /// `reps` copies of t stacked along the batch axis.
 pub fn repeat_batch(t: &Tensor, reps: i64) -> Tensor {
     Tensor::cat(&(0..reps).map(|_| t.shallow_clone()).collect::<Vec<_>>(), 0)

@@ -295,7 +295,7 @@ fn step_vjp_equals_autograd() {
 
 fn loss_fixed_t(m: &Model, p: &[Tensor], batch: &Batch, t: i64) -> f64 {
     let f = estimators::free_phase(m, p, batch, PhaseLengths { t_free: t, k_nudge: 1, tol: None }, false);
-    m.mean_loss(batch, &f.state).double_value(&[])
+    m.mean_loss(p, batch, &f.state).double_value(&[])
 }
 
 #[test]

@@ -72,8 +72,9 @@ fn sum_f64(t: &Tensor) -> f64 {
 fn state_stats(acc: &mut Acc, m: &Model, p: &[Tensor], batch: &Batch, s: &State) {
     let b = batch.size() as f64;
     acc.add("energy", "all", sum_f64(&m.energy(p, batch, s)), b);
-    acc.add("loss", "all", sum_f64(&m.loss_per_example(batch, s)), b);
-    let out = &s[m.output];
+    acc.add("loss", "all", sum_f64(&m.loss_per_example(p, batch, s)), b);
+    // The prediction scores: the output state, or the readout's logits (estimators §1.5).
+    let out = &m.loss_input(p, &s[m.output]);
     let pred = out.argmax(-1, false);
     acc.add("error", "all", 100.0 * sum_f64(&pred.ne_tensor(&batch.y)), b);
     let c = m.classes();
