@@ -54,6 +54,13 @@ pub enum Command {
     /// Describe a preset, or write it out as an architecture graph file (--emit-toml).
     #[command(after_help = "Example:\n  epcheck preset p-mlp --emit-toml\n\nThe graph schema: docs/graph.md; the presets: docs/presets.md")]
     Preset(PresetArgs),
+    /// Training curves over several training runs (TAG=FOLDER; one tag per group, repeated for seeds): mean and
+    /// spread per group, EP vs BP on the same axes.
+    #[command(after_help = "Example:\n  epcheck curves ep=reports/runs/train-a ep=reports/runs/train-b bp=reports/runs/train-bp-c --loss-scale log\n\nThe figure: docs/figures.md#training-curves")]
+    Curves(crate::train::curves::CurvesArgs),
+    /// Write <DIR>/index.html: one row per run folder (and job page) in DIR with its verdict and digest.
+    #[command(after_help = "Example:\n  epcheck index reports/runs\n\nscripts/main-job ends with it; the page: docs/reports.md")]
+    Index(IndexArgs),
     /// Fuzz random architecture graphs against the invariants (local, BPTT = FD, EP → BPTT, holomorphic N = 2).
     #[command(after_help = "Example:\n  epcheck fuzz --cases 20 --seed 1\n\nThe invariants: docs/checks.md#fuzz")]
     Fuzz(crate::fuzz::FuzzArgs),
@@ -71,6 +78,15 @@ pub struct CompareArgs {
     pub common: Common,
 }
 
+
+#[derive(Args, Debug, Clone)]
+pub struct IndexArgs {
+    /// Folder of run folders (e.g. reports/runs).
+    pub dir: PathBuf,
+    /// Page title.
+    #[arg(long, default_value = "epcheck runs")]
+    pub title: String,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct PresetArgs {
@@ -460,6 +476,15 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Verify(v) => crate::verify::command(v),
         Command::Preset(a) => run_preset(a),
         Command::Fuzz(a) => crate::fuzz::command(a),
+        Command::Curves(a) => crate::train::curves::command(a),
+        Command::Index(a) => {
+            if !a.dir.is_dir() {
+                return Err(Error::file(&a.dir, "no such folder (expected a folder of run folders)"));
+            }
+            let p = crate::report::html::write_folder_index(&a.dir, &a.title)?;
+            println!("index: {}", p.display());
+            Ok(0)
+        }
     }
 }
 
