@@ -243,7 +243,8 @@ pub fn write_folder_index(out: &Path, title: &str) -> Result<PathBuf> {
             (Some(cmd), Some(html)) => {
                 let v = page_verdicts(&html);
                 if v.is_empty() {
-                    rows.push(IndexRow { suite: cmd.clone(), check: cmd.clone(), instance: instance.clone(), verdict: "info".into(), digest: String::new(), run_dir: Some(d.clone()) });
+                    let first = std::fs::read_to_string(d.join("summary.md")).unwrap_or_default().lines().find(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap_or("").replace('`', "");
+                    rows.push(IndexRow { suite: cmd.clone(), check: cmd.clone(), instance: instance.clone(), verdict: "info".into(), digest: first, run_dir: Some(d.clone()) });
                 }
                 for (label, digest) in v {
                     let check = digest.split_whitespace().next().unwrap_or(&cmd).to_string();

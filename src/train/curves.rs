@@ -1,4 +1,4 @@
-//! `epcheck curves`: training curves over several training run folders (docs/figures.md#curves). Folders are
+//! `epcheck curves`: training curves over several training run folders (docs/figures.md#training-curves). Folders are
 //! given as TAG=FOLDER; folders with the same tag are seeds of one group (e.g. `ep=run-s0 ep=run-s1 bp=run-bp-s0
 //! bp=run-bp-s1`). Per group and epoch: the mean over the group's runs (line with markers) and the spread
 //! (band: min–max, or mean ± one standard deviation), every group on the same axes (EP vs BP overlay).
@@ -220,6 +220,9 @@ pub fn command(a: CurvesArgs) -> Result<i32> {
     }
     let summary = md.join("\n") + "\n";
     rf.write("summary.md", &summary)?;
+    let args: Vec<String> = std::env::args().collect();
+    let manifest = serde_json::json!({ "run_id": rf.run_id, "command": "curves", "args": args, "epcheck_version": env!("CARGO_PKG_VERSION"), "runs": a.runs, "spread": a.spread });
+    rf.write("manifest.json", &serde_json::to_string_pretty(&manifest).expect("json"))?;
     crate::report::html::write_run_index(rf.dir(), &rf.run_id, &format!("epcheck curves — {id}"), &[], &summary, &figs, "", "")?;
     let dir = rf.commit()?;
     println!("curves {id}: info ({} runs)", runs.len());
