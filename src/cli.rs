@@ -46,7 +46,7 @@ pub enum Command {
     Verify(crate::verify::VerifyArgs),
     /// Train with EP (any estimator) or BPTT, or the feed-forward BP baseline: per-epoch table, curves,
     /// checkpoints; resumable.
-    #[command(mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("dump", |a| a.hide(true)), after_help = "Example:\n  epcheck train --preset p-mlp --archi 64-32-10 --dataset digits --epochs 3 --batch 16")]
+    #[command(mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("dump", |a| a.hide(true)), after_help = "Example:\n  epcheck train --preset p-mlp --archi 64-32-10 --dataset synthetic --epochs 3 --batch 16 --lr 0.05")]
     Train(TrainArgs),
     /// Weight-distribution statistics of checkpoints (TAG=PATH …): per-tensor table, EP vs BP, histograms.
     #[command(after_help = "Example:\n  epcheck weights ep=RUN/checkpoints/last.safetensors bp=RUN2/checkpoints/bp-last.safetensors --figure-format png")]
@@ -115,7 +115,7 @@ pub struct TrainArgs {
     /// (parameter group) (default: the preset's train.lr).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<String>,
-    /// Dataset: digits (shipped; default for p-mlp), synthetic (random inputs and labels drawn from --seed, for
+    /// Dataset: digits (shipped; the default), synthetic (random inputs and labels drawn from --seed, for
     /// timing and smoke tests), cifar10, cifar100, cifar100-coarse, fashion-mnist, mnist, imdb, snli.
     #[arg(long)]
     pub dataset: Option<String>,

@@ -195,19 +195,19 @@ pub fn phi_figure(dir: &Path, rows: &[SeriesRow], phases: &[String], instance: &
         }
         let c = color(k);
         let last = med.last().map(|p| p.0 as i64).unwrap_or(0);
-        panels.push(Panel::new(format!("{phase}: Φ_β(t), {} examples", by_elem.len()), "iteration t", "Φ_β(t) (primitive, maximised)").scales(Scale::Integer, Scale::Linear).lines(vec![
+        panels.push(Panel::new(format!("{phase}: Φ(t), {} examples", by_elem.len()), "iteration t", "Φ(t) (primitive, maximised)").scales(Scale::Integer, Scale::Linear).lines(vec![
             Line::new(med, c, Style::Solid, Some("median over examples".into())).marker(Marker::Circle),
             Line::new(mx, c, Style::Dashed, Some("max over examples".into())).marker(Marker::Square),
             Line::new(mn, c, Style::Dotted, Some("min over examples".into())).marker(Marker::Triangle),
         ]));
-        let mut p = Panel::new(format!("{phase}: distance to the last value (t = {last})"), "iteration t", "|Φ_β(t) − Φ_β(last)|").scales(Scale::Integer, Scale::Log).lines(vec![
+        let mut p = Panel::new(format!("{phase}: distance to the last value (t = {last})"), "iteration t", "|Φ(t) − Φ(last)|").scales(Scale::Integer, Scale::Log).lines(vec![
             Line::new(gap_med, c, Style::Solid, Some("median over examples".into())).marker(Marker::Circle),
             Line::new(gap_max, c, Style::Dashed, Some("max over examples".into())).marker(Marker::Square),
         ]);
         p.note = None;
         panels.push(p);
     }
-    let mut legend = vec![LegendEntry::text("Φ is the primitive the dynamics maximise (E = −Φ); t = 0 is the phase's initial state")];
+    let mut legend = vec![LegendEntry::text("Φ: the primitive the dynamics maximise (E = −Φ), nudged by the phase's β (Φ − β·ℓ); t = 0: the phase's initial state")];
     if phases.len() > 1 {
         legend.push(LegendEntry::text("colour = phase (panel title)"));
     }

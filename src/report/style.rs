@@ -128,6 +128,7 @@ impl HLine {
     }
 }
 
+#[derive(Clone)]
 pub struct Panel {
     pub title: String,
     pub x_label: String,
@@ -473,13 +474,32 @@ macro_rules! mark {
 /// Writes the figure in the requested formats; a figure without data is not written (an empty panel grid
 /// reads as a result), and panels without data are left out.
 pub fn write_figure(dir: &Path, fig: &Figure, opts: &FigureOptions) -> Result<Vec<PathBuf>> {
-    let panels: Vec<&Panel> = fig.panels.iter().filter(|p| p.has_data()).collect();
+    // A panel note that does not fit beside the panel title on one line (13 px font: about 7.5 px per
+    // character) goes to the figure legend, prefixed with the panel title, instead of being cut off.
+    let mut moved = vec![];
+    let owned: Vec<Panel> = fig
+        .panels
+        .iter()
+        .filter(|p| p.has_data())
+        .map(|p| {
+            let mut q = p.clone();
+            if let Some(n) = &p.note {
+                if (p.title.chars().count() + n.chars().count() + 3) as f64 * 7.5 + 20.0 > opts.panel.0 as f64 {
+                    moved.push(LegendEntry::text(format!("{}: {n}", p.title)));
+                    q.note = None;
+                }
+            }
+            q
+        })
+        .collect();
+    let panels: Vec<&Panel> = owned.iter().collect();
     if panels.is_empty() {
         return Ok(vec![]);
     }
     register_font();
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let legend = legend_entries(fig, &panels);
+    let mut legend = legend_entries(fig, &panels);
+    legend.extend(moved);
     let cols = panels.len().clamp(1, 4);
     let rows = panels.len().div_ceil(cols);
     let (pw, ph) = opts.panel;
