@@ -195,11 +195,19 @@ pub fn phi_figure(dir: &Path, rows: &[SeriesRow], phases: &[String], instance: &
         }
         let c = color(k);
         let last = med.last().map(|p| p.0 as i64).unwrap_or(0);
-        panels.push(Panel::new(format!("{phase}: Φ(t), {} examples", by_elem.len()), "iteration t", "Φ(t) (primitive, maximised)").scales(Scale::Integer, Scale::Linear).lines(vec![
+        // Where Φ no longer moves (every example's distance to its last value exactly 0), the rest of the panel
+        // would be a flat line: cut it as the gdu figure does, and say so.
+        let moving = gap_max.iter().filter(|p| p.1 > 0.0).map(|p| p.0).fold(0.0, f64::max);
+        let mut phi = Panel::new(format!("{phase}: Φ(t), {} examples", by_elem.len()), "iteration t", "Φ(t) (primitive, maximised)").scales(Scale::Integer, Scale::Linear).lines(vec![
             Line::new(med, c, Style::Solid, Some("median over examples".into())).marker(Marker::Circle),
             Line::new(mx, c, Style::Dashed, Some("max over examples".into())).marker(Marker::Square),
             Line::new(mn, c, Style::Dotted, Some("min over examples".into())).marker(Marker::Triangle),
-        ]));
+        ]);
+        if moving + 2.0 < 0.7 * last as f64 {
+            phi.x_range = Some((0.0, moving + 2.0));
+            phi.note = Some(format!("constant from t = {} to {last}", moving as i64 + 1));
+        }
+        panels.push(phi);
         let mut p = Panel::new(format!("{phase}: distance to the last value (t = {last})"), "iteration t", "|Φ(t) − Φ(last)|").scales(Scale::Integer, Scale::Log).lines(vec![
             Line::new(gap_med, c, Style::Solid, Some("median over examples".into())).marker(Marker::Circle),
             Line::new(gap_max, c, Style::Dashed, Some("max over examples".into())).marker(Marker::Square),
