@@ -199,6 +199,7 @@ fn curves_over_seeds_and_the_folder_page() {
     assert!(rows.iter().any(|r| r.contains("v-pass") && r.contains("<td>converge</td>") && r.contains("converge p-mlp")), "converge row with its digest");
     assert!(rows.iter().any(|r| r.contains("v-pass") && r.contains("<td>verify</td>") && r.contains("href=\"verify/index.html\"")), "verify job row");
     assert_eq!(rows.iter().filter(|r| r.contains("v-info") && r.contains("/summary.md\"")).count(), 2, "training runs linked by summary.md");
+    assert!(rows.iter().any(|r| r.contains("v-info") && r.contains("<td>curves</td>") && r.contains("2 training runs in 1 group(s): ep (2)")), "curves row with its summary line");
     for r in &rows {
         let link = r.split("<a href=\"").nth(1).unwrap().split('"').next().unwrap();
         assert!(out.join(link).is_file(), "link {link} resolves");

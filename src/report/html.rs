@@ -243,7 +243,7 @@ pub fn write_folder_index(out: &Path, title: &str) -> Result<PathBuf> {
             (Some(cmd), Some(html)) => {
                 let v = page_verdicts(&html);
                 if v.is_empty() {
-                    let first = std::fs::read_to_string(d.join("summary.md")).unwrap_or_default().lines().find(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap_or("").replace('`', "");
+                    let first = std::fs::read_to_string(d.join("summary.md")).unwrap_or_default().lines().find(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with('|')).unwrap_or("").replace('`', "");
                     rows.push(IndexRow { suite: cmd.clone(), check: cmd.clone(), instance: instance.clone(), verdict: "info".into(), digest: first, run_dir: Some(d.clone()) });
                 }
                 for (label, digest) in v {
@@ -259,7 +259,7 @@ pub fn write_folder_index(out: &Path, title: &str) -> Result<PathBuf> {
                 rows.push(IndexRow { suite: name.clone(), check: format!("{} checks", v.len()), instance: String::new(), verdict: worst, digest: summary, run_dir: Some(d.clone()) });
             }
             (Some(cmd), None) if d.join("summary.md").is_file() => {
-                let first = std::fs::read_to_string(d.join("summary.md")).unwrap_or_default().lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).map(str::to_string).next().unwrap_or_default();
+                let first = std::fs::read_to_string(d.join("summary.md")).unwrap_or_default().lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with('|')).map(str::to_string).next().unwrap_or_default();
                 rows.push(IndexRow { suite: cmd.clone(), check: cmd, instance, verdict: "info".into(), digest: first.replace('`', ""), run_dir: Some(d.clone()) });
             }
             _ => {}

@@ -199,7 +199,9 @@ pub fn command(a: CurvesArgs) -> Result<i32> {
     let rf = crate::report::RunFolder::new(&a.out, "curves", &id)?;
     crate::report::tables::write_both(&mut frame(&curves, &a.spread)?, &rf.dir().join("tables"), "curves")?;
     let figs = figure(&rf.dir().join("figures"), &curves, &tags, &a.spread, loss_scale, error_scale, &opts)?;
-    let mut md = vec![format!("# epcheck curves — {id}"), String::new(), "| tag | runs |".into(), "|---|---|".into()];
+    let groups: Vec<String> = tags.iter().map(|(t, n)| format!("{t} ({n})")).collect();
+    let spread_text = if a.spread == "std" { "mean ± one sample standard deviation" } else { "min–max over the runs" };
+    let mut md = vec![format!("# epcheck curves — {id}"), String::new(), format!("{} training runs in {} group(s): {}; spread {spread_text}.", runs.len(), tags.len(), groups.join(", ")), String::new(), "| tag | runs |".into(), "|---|---|".into()];
     for (t, _) in &tags {
         let list: Vec<&str> = seeds.iter().filter(|s| &s.0 == t).map(|s| s.1.as_str()).collect();
         md.push(format!("| {t} | {} |", list.join(", ")));
