@@ -18,35 +18,35 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Convergence certificate of the free phase (and optionally the nudged phases).
-    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("n", |a| a.hide(true)), mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("no_shortcut", |a| a.hide(true)), after_help = "Example:\n  epcheck converge --preset p-mlp --T 30 --set 'checks.converge.phases=[\"plus\",\"minus\"]'\n\nMetrics and verdicts: docs/checks.md#converge")]
+    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("n", |a| a.hide(true)), mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("no_shortcut", |a| a.hide(true)), mut_arg("tol", |a| a.hide(true)), after_help = "Example:\n  epcheck converge --preset p-mlp --T 30 --set 'checks.converge.phases=[\"plus\",\"minus\"]'\n\nMetrics and verdicts: docs/checks.md#converge")]
     Converge(Common),
     /// Run one estimator and compare it with BPTT and truncated BPTT.
     #[command(after_help = "Example:\n  epcheck estimate --preset p-mlp --estimator ep_centered --beta 0.01 --T 30 --K 10\n\nEstimators and signs: docs/conventions.md")]
     Estimate(Common),
     /// GDU check: EP per-step updates vs BPTT per-step gradients (one reverse sweep).
-    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("n", |a| a.hide(true)), mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("no_shortcut", |a| a.hide(true)), after_help = "Example:\n  epcheck gdu --preset p-mlp --archi 20-10-5 --K 10 --plot-series ep_sym,ep_plus --figure-format png\n\nMetrics, identities I1–I4 and the figure: docs/checks.md#gdu")]
+    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("n", |a| a.hide(true)), mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("no_shortcut", |a| a.hide(true)), mut_arg("tol", |a| a.hide(true)), after_help = "Example:\n  epcheck gdu --preset p-mlp --archi 20-10-5 --K 10 --plot-series ep_sym,ep_plus --figure-format png\n\nMetrics, identities I1–I4 and the figure: docs/checks.md#gdu")]
     Gdu(GduArgs),
     /// Estimator bias sweep over a β grid × N against an exact reference; slopes, identities, figures.
-    #[command(after_help = "Example:\n  epcheck bias --config fixtures/f2.toml --grid 1e-4,1e-3,1e-2,0.1 --N-list 1,2,4,8\n\nMetrics, slopes and identities B1–B6: docs/checks.md#bias")]
+    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("beta", |a| a.hide(true)), mut_arg("tol", |a| a.hide(true)), after_help = "Example:\n  epcheck bias --config fixtures/f2.toml --grid 1e-4,1e-3,1e-2,0.1 --N-list 1,2,4,8\n\nMetrics, slopes and identities B1–B6: docs/checks.md#bias")]
     Bias(BiasArgs),
     /// Agreement of the exact references (bptt, bptt_trunc, implicit) and finite differences.
-    #[command(after_help = "Example:\n  epcheck refs --config fixtures/f2.toml --T 500 --n-dir 8\n\nMetrics: docs/checks.md#refs")]
+    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("n", |a| a.hide(true)), mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("no_shortcut", |a| a.hide(true)), mut_arg("beta", |a| a.hide(true)), mut_arg("tol", |a| a.hide(true)), after_help = "Example:\n  epcheck refs --config fixtures/f2.toml --T 500 --n-dir 8\n\nMetrics: docs/checks.md#refs")]
     Refs(RefsArgs),
     /// Local-update equivalence: the local (Hebbian) parameter derivatives vs autograd of Φ̄.
-    #[command(after_help = "Example:\n  epcheck local --preset p-mlp --archi 20-10-5\n\nMetrics: docs/checks.md#local")]
+    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("n", |a| a.hide(true)), mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("no_shortcut", |a| a.hide(true)), mut_arg("tol", |a| a.hide(true)), after_help = "Example:\n  epcheck local --preset p-mlp --archi 20-10-5\n\nMetrics: docs/checks.md#local")]
     Local(Common),
     /// Energy audit: drives = ∂Φ_β/∂s, symmetric drive Jacobian, gradient update maps, nudge.
-    #[command(after_help = "Example:\n  epcheck audit --preset p-mlp --archi 20-10-5\n\nProperties A1–A6: docs/checks.md#audit")]
+    #[command(mut_arg("estimator", |a| a.hide(true)), mut_arg("n", |a| a.hide(true)), mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("no_shortcut", |a| a.hide(true)), mut_arg("tol", |a| a.hide(true)), after_help = "Example:\n  epcheck audit --preset p-mlp --archi 20-10-5\n\nProperties A1–A6: docs/checks.md#audit")]
     Audit(Common),
     /// Conformance: recompute another implementation's tensors and compare them.
-    #[command(after_help = "Example:\n  epcheck compare fixtures/conformance/pmlp_reference.safetensors --preset p-mlp\n\nInterchange names and name maps: docs/interchange.md")]
+    #[command(mut_arg("estimator", |a| a.hide(true)), after_help = "Example:\n  epcheck compare fixtures/conformance/pmlp_reference.safetensors --preset p-mlp\n\nInterchange names and name maps: docs/interchange.md")]
     Compare(CompareArgs),
     /// Run certification suites (`verify/*.toml`): every listed check, JUnit XML, one line per check.
     #[command(after_help = "Example:\n  epcheck verify verify/ --out reports/verify\n\nWrites a run folder per instance, junit.xml and <out>/index.html. Exit codes: docs/verdicts.md")]
     Verify(crate::verify::VerifyArgs),
     /// Train with EP (any estimator) or BPTT, or the feed-forward BP baseline: per-epoch table, curves,
     /// checkpoints; resumable.
-    #[command(after_help = "Example:\n  epcheck train --preset p-mlp --archi 64-32-10 --dataset digits --epochs 3 --batch 16")]
+    #[command(mut_arg("holo_schedule", |a| a.hide(true)), mut_arg("dump", |a| a.hide(true)), after_help = "Example:\n  epcheck train --preset p-mlp --archi 64-32-10 --dataset synthetic --epochs 3 --batch 16 --lr 0.05")]
     Train(TrainArgs),
     /// Weight-distribution statistics of checkpoints (TAG=PATH …): per-tensor table, EP vs BP, histograms.
     #[command(after_help = "Example:\n  epcheck weights ep=RUN/checkpoints/last.safetensors bp=RUN2/checkpoints/bp-last.safetensors --figure-format png")]
@@ -54,6 +54,13 @@ pub enum Command {
     /// Describe a preset, or write it out as an architecture graph file (--emit-toml).
     #[command(after_help = "Example:\n  epcheck preset p-mlp --emit-toml\n\nThe graph schema: docs/graph.md; the presets: docs/presets.md")]
     Preset(PresetArgs),
+    /// Training curves over several training runs (TAG=FOLDER; one tag per group, repeated for seeds): mean and
+    /// spread per group, EP vs BP on the same axes.
+    #[command(after_help = "Example:\n  epcheck curves ep=reports/runs/train-a ep=reports/runs/train-b bp=reports/runs/train-bp-c --loss-scale log\n\nThe figure: docs/figures.md#training-curves")]
+    Curves(crate::train::curves::CurvesArgs),
+    /// Write <DIR>/index.html: one row per run folder (and job page) in DIR with its verdict and digest.
+    #[command(after_help = "Example:\n  epcheck index reports/runs\n\nscripts/main-job ends with it; the page: docs/reports.md")]
+    Index(IndexArgs),
     /// Fuzz random architecture graphs against the invariants (local, BPTT = FD, EP → BPTT, holomorphic N = 2).
     #[command(after_help = "Example:\n  epcheck fuzz --cases 20 --seed 1\n\nThe invariants: docs/checks.md#fuzz")]
     Fuzz(crate::fuzz::FuzzArgs),
@@ -73,8 +80,18 @@ pub struct CompareArgs {
 
 
 #[derive(Args, Debug, Clone)]
+pub struct IndexArgs {
+    /// Folder of run folders (e.g. reports/runs).
+    pub dir: PathBuf,
+    /// Page title.
+    #[arg(long, default_value = "epcheck runs")]
+    pub title: String,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct PresetArgs {
-    /// Preset name.
+    /// Preset name: p-mlp, hopfield-resnet13, vgg5-dchn, vgg5-dchn-rain, imdb-hopfield, snli-hopfield, or a
+    /// training variant NAME-train, imdb-hopfield-train-paper, snli-hopfield-train-paper.
     pub name: String,
     /// Override any configuration key (sizes, options), e.g. --set height=8 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -82,7 +99,7 @@ pub struct PresetArgs {
     /// Print the architecture graph TOML of the preset.
     #[arg(long)]
     pub emit_toml: bool,
-    /// Write the graph TOML to this file instead of printing it.
+    /// Write the graph TOML to this file instead of printing it (default: print it).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -91,25 +108,27 @@ pub struct PresetArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Number of epochs (default: the preset's train.epochs; p-mlp 10).
     #[arg(long, allow_negative_numbers = true)]
     pub epochs: Option<usize>,
-    /// Learning rate (every tensor), or comma-separated: one per tensor in canonical order, or one per synapse (parameter group).
+    /// Learning rate (every tensor), or comma-separated: one per tensor in canonical order, or one per synapse
+    /// (parameter group) (default: the preset's train.lr).
     #[arg(long, allow_negative_numbers = true)]
     pub lr: Option<String>,
-    /// digits (shipped, default), synthetic (random inputs, for timing), cifar10, cifar100, cifar100-coarse,
-    /// fashion-mnist, mnist, imdb, snli.
+    /// Dataset: digits (shipped; the default), synthetic (random inputs and labels drawn from --seed, for
+    /// timing and smoke tests), cifar10, cifar100, cifar100-coarse, fashion-mnist, mnist, imdb, snli.
     #[arg(long)]
     pub dataset: Option<String>,
     /// Folder holding the dataset files (default: fixtures/data/digits for digits, data/<name> otherwise).
     #[arg(long)]
     pub data_root: Option<String>,
-    /// none, flip_crop (Rain) or randaugment (BrainSeek).
+    /// none, flip_crop (Rain) or randaugment (BrainSeek) (default: the preset's; none for p-mlp).
     #[arg(long)]
     pub augment: Option<String>,
-    /// Train the feed-forward BP baseline of the preset's graph instead (`bp`).
+    /// Train the feed-forward BP baseline of the preset's graph instead: bp (default: none, train the energy model).
     #[arg(long)]
     pub baseline: Option<String>,
-    /// Resume the training run in this folder from its last checkpoint.
+    /// Resume the training run in this folder from its last checkpoint (default: a new run folder).
     #[arg(long)]
     pub resume: Option<PathBuf>,
 }
@@ -154,7 +173,7 @@ pub struct BiasArgs {
 pub struct RefsArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Number of finite-difference directions.
+    /// Number of finite-difference directions (default 8).
     #[arg(long, allow_negative_numbers = true)]
     pub n_dir: Option<usize>,
     /// converged (default) or fixed_t.
@@ -164,11 +183,12 @@ pub struct RefsArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Preset: p-mlp (default), hopfield-resnet13, vgg5-dchn, vgg5-dchn-rain, imdb-hopfield, snli-hopfield
+    /// Preset: p-mlp (default), hopfield-resnet13, vgg5-dchn, vgg5-dchn-rain, imdb-hopfield, snli-hopfield;
+    /// training variants NAME-train of each, imdb-hopfield-train-paper, snli-hopfield-train-paper
     /// (docs/presets.md; `epcheck preset NAME` describes one).
     #[arg(long)]
     pub preset: Option<String>,
-    /// TOML configuration file; flags override it.
+    /// TOML configuration file; flags override it (default: none, the preset's values).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Architecture graph file (TOML, see `epcheck preset NAME --emit-toml`): the model comes from it.
@@ -177,7 +197,7 @@ pub struct Common {
     /// Override any configuration key, e.g. --set checks.gdu.bias_const=5 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Layer sizes, e.g. 784-512-10.
+    /// Layer sizes of p-mlp, e.g. 784-512-10 (default 784-512-10).
     #[arg(long)]
     pub archi: Option<String>,
     /// Activation of every neuron layer (default: the preset's): identity, tanh, sigmoid, logistic4, hard_sigmoid,
@@ -185,46 +205,48 @@ pub struct Common {
     /// my_cos(a).
     #[arg(long)]
     pub activation: Option<String>,
-    /// mse or ce.
+    /// Loss: mse or ce (default: the preset's; mse for p-mlp).
     #[arg(long)]
     pub loss: Option<String>,
-    /// sync or async2.
+    /// Update schedule: sync or async2 (default: the preset's).
     #[arg(long)]
     pub schedule: Option<String>,
-    /// Batch size B of the synthetic batch (or of training), default: the preset's.
+    /// Batch size B: examples of the synthetic check batch, or of each training mini-batch (default: the
+    /// preset's; p-mlp 20).
     #[arg(long, allow_negative_numbers = true)]
     pub batch: Option<i64>,
-    /// Seed of the parameters and the synthetic batch (default 0).
+    /// Seed of every draw: the parameters, the synthetic batch, the data order in training (default 0).
     #[arg(long, allow_negative_numbers = true)]
     pub seed: Option<u64>,
-    /// T: free-phase iterations.
+    /// T: free-phase iterations (default: the preset's; p-mlp 30).
     #[arg(long = "T", visible_alias = "T1", allow_negative_numbers = true)]
     pub t: Option<i64>,
-    /// K: iterations of each nudged phase.
+    /// K: iterations of each nudged phase (default: the preset's; p-mlp 10).
     #[arg(long = "K", visible_alias = "T2", allow_negative_numbers = true)]
     pub k: Option<i64>,
-    /// β: nudge magnitude.
+    /// β: nudge magnitude (default: the preset's; p-mlp 0.01).
     #[arg(long, allow_negative_numbers = true)]
     pub beta: Option<f64>,
-    /// ep_plus, ep_minus, ep_centered, ep_holomorphic, bptt, bptt_trunc (aliases: vanilla, symmetric).
+    /// Estimator: ep_plus, ep_minus, ep_centered, ep_holomorphic, bptt, bptt_trunc (aliases: vanilla,
+    /// symmetric) (default: the preset's; p-mlp ep_plus).
     #[arg(long)]
     pub estimator: Option<String>,
-    /// Holomorphic EP: number of points N.
+    /// Holomorphic EP: number of points N (default 4).
     #[arg(long = "N", allow_negative_numbers = true)]
     pub n: Option<i64>,
-    /// Holomorphic EP: restart (default, points batched) or carry.
+    /// Holomorphic EP: restart (default; points batched) or carry.
     #[arg(long)]
     pub holo_schedule: Option<String>,
     /// Holomorphic EP: compute all N points (measures the imaginary leakage) instead of the shortcut.
     #[arg(long)]
     pub no_shortcut: bool,
-    /// f64 (default) or f32.
+    /// Floating-point type: f64 (default) or f32.
     #[arg(long)]
     pub dtype: Option<String>,
-    /// cpu, cuda or auto.
+    /// Device: cpu (default), cuda or auto.
     #[arg(long)]
     pub device: Option<String>,
-    /// Early exit of each phase when r_∞ ≤ tol.
+    /// Early exit of each phase when r_∞ ≤ tol (default: unset, every phase runs its T or K iterations).
     #[arg(long, allow_negative_numbers = true)]
     pub tol: Option<f64>,
     /// Parameters (safetensors, canonical names); layer sizes follow from their shapes.
@@ -251,13 +273,13 @@ pub struct Common {
 pub struct GduArgs {
     #[command(flatten)]
     pub common: Common,
-    /// theorem (scored, extended free phase, β = checks.gdu.beta) or replay (preset β, exactly T, info).
+    /// theorem (default: scored, extended free phase, β = checks.gdu.beta) or replay (preset β, exactly T, info).
     #[arg(long)]
     pub mode: Option<String>,
-    /// Bias constant c of the thresholds c·β^p.
+    /// Bias constant c of the thresholds c·β^p (default: checks.gdu.bias_const, docs/checks.md#gdu).
     #[arg(long, allow_negative_numbers = true)]
     pub bias_const: Option<f64>,
-    /// Constant of the lab_rmse thresholds.
+    /// Constant of the lab_rmse thresholds (default: checks.gdu.lab_const, docs/checks.md#gdu).
     #[arg(long, allow_negative_numbers = true)]
     pub lab_const: Option<f64>,
     /// Also compute the published O(K²) series and report the difference.
@@ -460,6 +482,15 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Verify(v) => crate::verify::command(v),
         Command::Preset(a) => run_preset(a),
         Command::Fuzz(a) => crate::fuzz::command(a),
+        Command::Curves(a) => crate::train::curves::command(a),
+        Command::Index(a) => {
+            if !a.dir.is_dir() {
+                return Err(Error::file(&a.dir, "no such folder (expected a folder of run folders)"));
+            }
+            let p = crate::report::html::write_folder_index(&a.dir, &a.title)?;
+            println!("index: {}", p.display());
+            Ok(0)
+        }
     }
 }
 

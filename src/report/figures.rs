@@ -167,6 +167,62 @@ pub fn residual_figure(dir: &Path, rows: &[SeriesRow], phases: &[(String, i64, u
     style::write_figure(dir, &Figure { stem: "residual".into(), title, panels, legend }, opts)
 }
 
+/// `phi` figure (the energy along the phases, as the sequence-learning paper shows it): per phase, Φ_β(t) (the
+/// primitive, maximised; E = −Φ) on a linear axis — median over examples (solid, ●), min and max (dotted ▲,
+/// dashed ■) — and, on a log axis, the distance to the phase's last value |Φ_β(t) − Φ_β(n)| (median, max),
+/// which shows how fast the energy settles. Exactly-zero distances (the last step) are not drawn.
+pub fn phi_figure(dir: &Path, rows: &[SeriesRow], phases: &[String], instance: &str, verdict: &str, opts: &FigureOptions) -> Result<Vec<PathBuf>> {
+    let g = group(rows, "phi");
+    let mut panels = vec![];
+    for (k, phase) in phases.iter().enumerate() {
+        let Some(by_elem) = g.get(phase).and_then(|m| m.get(phase)) else { continue };
+        let n = by_elem.values().map(|v| v.len()).min().unwrap_or(0);
+        if n < 2 {
+            continue;
+        }
+        let (mut med, mut mx, mut mn, mut gap_med, mut gap_max) = (vec![], vec![], vec![], vec![], vec![]);
+        for t in 0..n {
+            let x = by_elem.values().next().unwrap()[t].0;
+            let vals: Vec<f64> = by_elem.values().map(|v| v[t].1).collect();
+            let gaps: Vec<f64> = by_elem.values().map(|v| (v[t].1 - v[n - 1].1).abs()).collect();
+            med.push((x, crate::checks::metrics::median(&vals)));
+            mx.push((x, vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)));
+            mn.push((x, vals.iter().cloned().fold(f64::INFINITY, f64::min)));
+            if t + 1 < n {
+                gap_med.push((x, crate::checks::metrics::median(&gaps)));
+                gap_max.push((x, gaps.iter().cloned().fold(f64::NEG_INFINITY, f64::max)));
+            }
+        }
+        let c = color(k);
+        let last = med.last().map(|p| p.0 as i64).unwrap_or(0);
+        // Where Φ no longer moves (every example's distance to its last value exactly 0), the rest of the panel
+        // would be a flat line: cut it as the gdu figure does, and say so.
+        let moving = gap_max.iter().filter(|p| p.1 > 0.0).map(|p| p.0).fold(0.0, f64::max);
+        let mut phi = Panel::new(format!("{phase}: Φ(t), {} examples", by_elem.len()), "iteration t", "Φ(t) (primitive, maximised)").scales(Scale::Integer, Scale::Linear).lines(vec![
+            Line::new(med, c, Style::Solid, Some("median over examples".into())).marker(Marker::Circle),
+            Line::new(mx, c, Style::Dashed, Some("max over examples".into())).marker(Marker::Square),
+            Line::new(mn, c, Style::Dotted, Some("min over examples".into())).marker(Marker::Triangle),
+        ]);
+        if moving + 2.0 < 0.7 * last as f64 {
+            phi.x_range = Some((0.0, moving + 2.0));
+            phi.note = Some(format!("constant from t = {} to {last}", moving as i64 + 1));
+        }
+        panels.push(phi);
+        let mut p = Panel::new(format!("{phase}: distance to the last value (t = {last})"), "iteration t", "|Φ(t) − Φ(last)|").scales(Scale::Integer, Scale::Log).lines(vec![
+            Line::new(gap_med, c, Style::Solid, Some("median over examples".into())).marker(Marker::Circle),
+            Line::new(gap_max, c, Style::Dashed, Some("max over examples".into())).marker(Marker::Square),
+        ]);
+        p.note = None;
+        panels.push(p);
+    }
+    let mut legend = vec![LegendEntry::text("Φ: the primitive the dynamics maximise (E = −Φ), nudged by the phase's β (Φ − β·ℓ); t = 0: the phase's initial state")];
+    if phases.len() > 1 {
+        legend.push(LegendEntry::text("colour = phase (panel title)"));
+    }
+    let title = format!("converge — {instance} — energy along the phases — {verdict}");
+    style::write_figure(dir, &Figure { stem: "phi".into(), title, panels, legend }, opts)
+}
+
 fn key_of(r: &MetricRow) -> String {
     match r.n_points {
         Some(n) => format!("ep_holomorphic N={n}"),
@@ -246,6 +302,44 @@ pub fn bias_figures(dir: &Path, rows: &[MetricRow], scope_order: &[String], inst
     out.extend(style::write_figure(dir, &Figure { stem: "bias_err".into(), title: title(&format!("error vs {reference}")), panels: panels_for("rel_l2", &format!("rel_l2 vs {reference}"), Scale::Log, true), legend: legend.clone() }, opts)?);
     let cap = vec![LegendEntry::text("−log10(1 − cos) is capped at −log10 u (u: unit round-off, 15.95 in f64, 7.2 in f32) where 1 − cos ≤ u")];
     out.extend(style::write_figure(dir, &Figure { stem: "bias_cos".into(), title: title(&format!("alignment with {reference}")), panels: panels_for("neglog10_one_minus_cos", "−log10(1 − cos)", Scale::Linear, false), legend: cap }, opts)?);
+    // bias_vsN (the holomorphic reference's Fig. 4b): −log10(1 − cos) vs N for the three smallest β of the grid,
+    // one line per β (a sequential colour map over β), one panel per scope.
+    let holo: Vec<i64> = {
+        let mut v: Vec<i64> = rows.iter().filter_map(|r| r.n_points).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    if holo.len() >= 2 {
+        let mut betas: Vec<f64> = rows.iter().filter(|r| r.n_points.is_some() && r.metric == "neglog10_one_minus_cos" && r.scope != "fit").filter_map(|r| r.beta).collect();
+        betas.sort_by(|a, b| a.total_cmp(b));
+        betas.dedup();
+        betas.truncate(3);
+        let panels: Vec<Panel> = scope_order
+            .iter()
+            .map(|scope| {
+                let lines = betas
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let mut pts: Vec<(f64, f64)> = rows
+                            .iter()
+                            .filter(|r| r.metric == "neglog10_one_minus_cos" && &r.name == scope && r.t.is_none() && r.scope != "fit" && r.beta == Some(*b))
+                            .filter_map(|r| r.n_points.map(|n| (n as f64, r.value)))
+                            .collect();
+                        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                        Line::new(pts, sequential(i, betas.len()), Style::Solid, Some(format!("β = {}", short(*b)))).marker(MARKERS[i % MARKERS.len()])
+                    })
+                    .collect();
+                Panel::new(scope.clone(), "number of points N", "−log10(1 − cos)").scales(Scale::Integer, Scale::Linear).lines(lines)
+            })
+            .collect();
+        let legend = vec![
+            LegendEntry::text(format!("holomorphic EP vs {reference} at the three smallest β of the grid: dark (smallest β) → light")),
+            LegendEntry::text("−log10(1 − cos) is capped at −log10 u (u: unit round-off) where 1 − cos ≤ u"),
+        ];
+        out.extend(style::write_figure(dir, &Figure { stem: "bias_vsN".into(), title: title(&format!("alignment with {reference} vs N")), panels, legend }, opts)?);
+    }
     let leak = panels_for("im_leak", "im_leak (imaginary part / real part)", Scale::Log, false);
     if let Some(first) = leak.into_iter().next() {
         out.extend(style::write_figure(dir, &Figure { stem: "im_leak".into(), title: title("imaginary leakage"), panels: vec![first], legend: vec![LegendEntry::text("N whose leakage is exactly 0 or not measured are not listed")] }, opts)?);

@@ -155,8 +155,12 @@ pub fn write_run_index(dir: &Path, run_id: &str, heading: &str, reports: &[Check
         b += &format!("<li><a href=\"tables/{0}\">tables/{0}</a></li>\n", esc(&t));
     }
     b += "<li><a href=\"summary.md\">summary.md</a></li>\n</ul>\n";
-    b += &format!("<h2 id=\"config\">Configuration (<a href=\"config.toml\">config.toml</a>)</h2>\n<pre>{}</pre>\n", esc(config));
-    b += &format!("<h2 id=\"manifest\">Manifest (<a href=\"manifest.json\">manifest.json</a>)</h2>\n<pre>{}</pre>\n", esc(manifest));
+    if !config.is_empty() {
+        b += &format!("<h2 id=\"config\">Configuration (<a href=\"config.toml\">config.toml</a>)</h2>\n<pre>{}</pre>\n", esc(config));
+    }
+    if !manifest.is_empty() {
+        b += &format!("<h2 id=\"manifest\">Manifest (<a href=\"manifest.json\">manifest.json</a>)</h2>\n<pre>{}</pre>\n", esc(manifest));
+    }
     let path = dir.join("index.html");
     std::fs::write(&path, page(&format!("epcheck — {heading}"), &b)).map_err(|e| Error::file(&path, e))
 }
@@ -179,7 +183,9 @@ pub fn write_job_index(out: &Path, title: &str, summary: &str, rows: &[IndexRow]
         let link = match &r.run_dir {
             Some(d) => {
                 let rel = d.strip_prefix(out).unwrap_or(d).to_string_lossy().replace('\\', "/");
-                format!("<a href=\"{}/index.html\">{}</a>", esc(&rel), esc(&rel))
+                // A folder without a page (a training run) is linked by its summary.
+                let page = if out.join(&rel).join("index.html").is_file() || !out.join(&rel).join("summary.md").is_file() { "index.html" } else { "summary.md" };
+                format!("<a href=\"{}/{page}\">{}</a>", esc(&rel), esc(&rel))
             }
             None => "—".into(),
         };
@@ -189,6 +195,85 @@ pub fn write_job_index(out: &Path, title: &str, summary: &str, rows: &[IndexRow]
     let path = out.join("index.html");
     std::fs::write(&path, page(title, &b)).map_err(|e| Error::file(&path, e))?;
     Ok(path)
+}
+
+fn unesc(s: &str) -> String {
+    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&")
+}
+
+/// The (verdict, digest) lines of a page written by [`write_run_index`] or [`write_job_index`].
+fn page_verdicts(html: &str) -> Vec<(String, String)> {
+    let mut v = vec![];
+    for line in html.lines() {
+        let digest = line.strip_prefix("<p class=\"digest\">").and_then(|l| l.strip_suffix("</p>"));
+        let row = line.strip_prefix("<tr><td><span class=\"v v-");
+        if let Some(d) = digest {
+            let label = d.split("class=\"v v-").nth(1).and_then(|x| x.split('"').next()).unwrap_or("info");
+            let text = d.split("</span> ").nth(1).unwrap_or("");
+            v.push((label.to_string(), unesc(text)));
+        } else if let Some(r) = row {
+            let label = r.split('"').next().unwrap_or("info");
+            let text = r.split("<td class=\"digest\">").nth(1).and_then(|x| x.split("</td>").next()).unwrap_or("");
+            v.push((label.to_string(), unesc(text)));
+        }
+    }
+    v
+}
+
+/// Writes `<out>/index.html` for a folder of run folders (the main job's output): one row per check of every
+/// run folder (verdict and digest read from its page), one row per job page in a subfolder (verify's
+/// `index.html`, with its worst verdict) and one row per folder without a page (training runs: info, linked by
+/// `summary.md`). Hidden (staging) folders are skipped.
+pub fn write_folder_index(out: &Path, title: &str) -> Result<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(out)
+        .map_err(|e| Error::file(out, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    dirs.sort();
+    let mut rows = vec![];
+    let rank = |l: &str| ["info", "pass", "inconclusive", "fail", "error"].iter().position(|x| *x == l).unwrap_or(0);
+    for d in dirs {
+        let manifest: serde_json::Value = std::fs::read_to_string(d.join("manifest.json")).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        let command = manifest["command"].as_str().map(str::to_string);
+        let instance = manifest["instance"].as_str().unwrap_or("").to_string();
+        let page = std::fs::read_to_string(d.join("index.html")).ok();
+        let name = d.file_name().unwrap_or_default().to_string_lossy().to_string();
+        match (command, page) {
+            (Some(cmd), Some(html)) => {
+                let v = page_verdicts(&html);
+                if v.is_empty() {
+                    let first = std::fs::read_to_string(d.join("summary.md")).unwrap_or_default().lines().find(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with('|')).unwrap_or("").replace('`', "");
+                    rows.push(IndexRow { suite: cmd.clone(), check: cmd.clone(), instance: instance.clone(), verdict: "info".into(), digest: first, run_dir: Some(d.clone()) });
+                }
+                for (label, digest) in v {
+                    let check = digest.split_whitespace().next().unwrap_or(&cmd).to_string();
+                    rows.push(IndexRow { suite: cmd.clone(), check, instance: instance.clone(), verdict: label, digest, run_dir: Some(d.clone()) });
+                }
+            }
+            (None, Some(html)) => {
+                // A job page (verify): its worst verdict and its summary line.
+                let v = page_verdicts(&html);
+                let worst = v.iter().map(|x| x.0.as_str()).max_by_key(|l| rank(l)).unwrap_or("info").to_string();
+                let summary = html.lines().find_map(|l| l.strip_prefix("<p><strong>").and_then(|x| x.strip_suffix("</strong></p>"))).map(unesc).unwrap_or_default();
+                rows.push(IndexRow { suite: name.clone(), check: format!("{} checks", v.len()), instance: String::new(), verdict: worst, digest: summary, run_dir: Some(d.clone()) });
+            }
+            (Some(cmd), None) if d.join("summary.md").is_file() => {
+                let first = std::fs::read_to_string(d.join("summary.md")).unwrap_or_default().lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#') && !l.starts_with('|')).map(str::to_string).next().unwrap_or_default();
+                rows.push(IndexRow { suite: cmd.clone(), check: cmd, instance, verdict: "info".into(), digest: first.replace('`', ""), run_dir: Some(d.clone()) });
+            }
+            _ => {}
+        }
+    }
+    let mut counts: Vec<(usize, &str)> = vec![];
+    for l in ["pass", "fail", "inconclusive", "error", "info"] {
+        let n = rows.iter().filter(|r| r.verdict == l).count();
+        if n > 0 {
+            counts.push((n, l));
+        }
+    }
+    let summary = format!("{} rows: {}", rows.len(), counts.iter().map(|(n, l)| format!("{n} {l}")).collect::<Vec<_>>().join(", "));
+    write_job_index(out, title, &summary, &rows)
 }
 
 #[cfg(test)]

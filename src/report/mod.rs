@@ -204,6 +204,8 @@ pub fn write_run(out: &Path, command: &str, inst: &Instance, reports: &[CheckRep
                     })
                     .collect();
                 figs.extend(figures::residual_figure(&fdir, &r.series, &phases, inst.cfg.converge_tol(), &inst.id, verdict, &opts)?);
+                let names: Vec<String> = phases.iter().map(|p| p.0.clone()).collect();
+                figs.extend(figures::phi_figure(&fdir, &r.series, &names, &inst.id, verdict, &opts)?);
             }
             "bias" => {
                 let mut order = vec!["total".to_string()];

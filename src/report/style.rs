@@ -75,6 +75,8 @@ pub enum Style {
     ThinDotted,
     /// Markers only (scatter).
     Markers,
+    /// Legend only: the swatch of a shaded [`Band`].
+    Band,
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -126,6 +128,7 @@ impl HLine {
     }
 }
 
+#[derive(Clone)]
 pub struct Panel {
     pub title: String,
     pub x_label: String,
@@ -138,11 +141,21 @@ pub struct Panel {
     pub x_range: Option<(f64, f64)>,
     /// A short note under the panel title (e.g. "zero residual from t = 12 on").
     pub note: Option<String>,
+    /// Shaded spreads drawn under the lines (e.g. min–max over seeds).
+    pub bands: Vec<Band>,
+}
+
+/// A shaded spread: at each x, the interval [lo, hi], filled translucent in `color` under the lines.
+#[derive(Clone)]
+pub struct Band {
+    /// (x, lo, hi), plain values (also on log axes).
+    pub points: Vec<(f64, f64, f64)>,
+    pub color: RGBColor,
 }
 
 impl Panel {
     pub fn new(title: impl Into<String>, x_label: impl Into<String>, y_label: impl Into<String>) -> Self {
-        Panel { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), x_scale: Scale::Linear, y_scale: Scale::Linear, lines: vec![], hlines: vec![], x_range: None, note: None }
+        Panel { title: title.into(), x_label: x_label.into(), y_label: y_label.into(), x_scale: Scale::Linear, y_scale: Scale::Linear, lines: vec![], hlines: vec![], x_range: None, note: None, bands: vec![] }
     }
     pub fn scales(mut self, x: Scale, y: Scale) -> Self {
         self.x_scale = x;
@@ -168,6 +181,10 @@ pub struct LegendEntry {
 impl LegendEntry {
     pub fn line(color: RGBColor, style: Style, marker: Option<Marker>, text: impl Into<String>) -> Self {
         LegendEntry { swatch: Some((color, style, marker)), text: text.into() }
+    }
+    /// A shaded-band swatch (drawn as a translucent box).
+    pub fn band(color: RGBColor, text: impl Into<String>) -> Self {
+        LegendEntry { swatch: Some((color, Style::Band, None)), text: text.into() }
     }
     pub fn text(text: impl Into<String>) -> Self {
         LegendEntry { swatch: None, text: text.into() }
@@ -430,7 +447,7 @@ macro_rules! stroke {
             Style::Dashed | Style::DashedMarked => $area.draw(&DashedPathElement::new(pts, 6 * s, 4 * s, c.stroke_width(2 * s))).map_err(err)?,
             Style::Dotted => $area.draw(&DashedPathElement::new(pts, 2 * s, 3 * s, c.stroke_width(2 * s))).map_err(err)?,
             Style::ThinDotted => $area.draw(&DashedPathElement::new(pts, 2 * s, 3 * s, LIGHT_GREY.stroke_width(s))).map_err(err)?,
-            Style::Markers => {}
+            Style::Markers | Style::Band => {}
         }
     }};
 }
@@ -457,13 +474,32 @@ macro_rules! mark {
 /// Writes the figure in the requested formats; a figure without data is not written (an empty panel grid
 /// reads as a result), and panels without data are left out.
 pub fn write_figure(dir: &Path, fig: &Figure, opts: &FigureOptions) -> Result<Vec<PathBuf>> {
-    let panels: Vec<&Panel> = fig.panels.iter().filter(|p| p.has_data()).collect();
+    // A panel note that does not fit beside the panel title on one line (13 px font: about 7.5 px per
+    // character) goes to the figure legend, prefixed with the panel title, instead of being cut off.
+    let mut moved = vec![];
+    let owned: Vec<Panel> = fig
+        .panels
+        .iter()
+        .filter(|p| p.has_data())
+        .map(|p| {
+            let mut q = p.clone();
+            if let Some(n) = &p.note {
+                if (p.title.chars().count() + n.chars().count() + 3) as f64 * 7.5 + 20.0 > opts.panel.0 as f64 {
+                    moved.push(LegendEntry::text(format!("{}: {n}", p.title)));
+                    q.note = None;
+                }
+            }
+            q
+        })
+        .collect();
+    let panels: Vec<&Panel> = owned.iter().collect();
     if panels.is_empty() {
         return Ok(vec![]);
     }
     register_font();
     std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
-    let legend = legend_entries(fig, &panels);
+    let mut legend = legend_entries(fig, &panels);
+    legend.extend(moved);
     let cols = panels.len().clamp(1, 4);
     let rows = panels.len().div_ceil(cols);
     let (pw, ph) = opts.panel;
@@ -604,7 +640,10 @@ where
                 let e = &legend[i];
                 if let Some((c, st, m)) = e.swatch {
                     let pts = vec![(x, y), (x + (SWATCH * s) as i32, y)];
-                    if st == Style::Markers {
+                    if st == Style::Band {
+                        let h = (5 * s) as i32;
+                        legend_area.draw(&Rectangle::new([(x, y - h), (x + (SWATCH * s) as i32, y + h)], c.mix(0.18).filled())).map_err(err)?;
+                    } else if st == Style::Markers {
                         mark!(legend_area, (x + (SWATCH * s / 2) as i32, y), m.unwrap_or(Marker::Circle), c, s, true);
                     } else {
                         stroke!(legend_area, pts, st, c, s);
@@ -633,6 +672,7 @@ where
         .iter()
         .filter(|l| l.style != Style::ThinDotted)
         .flat_map(|l| l.points.iter().copied())
+        .chain(p.bands.iter().flat_map(|b| b.points.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)])))
         .filter(|&(x, y)| ok(xs, x) && ok(ys, y))
         .map(|(x, y)| (fwd(xs, x), fwd(ys, y)))
         .collect();
@@ -718,6 +758,14 @@ where
         let (a, b) = pa.map_coordinate(&(x, y));
         (a - off.0, b - off.1)
     };
+    for b in &p.bands {
+        let pts: Vec<(f64, f64, f64)> = b.points.iter().copied().filter(|&(x, lo, hi)| ok(xs, x) && ok(ys, lo) && ok(ys, hi) && fwd(xs, x) >= x0 && fwd(xs, x) <= x1).collect();
+        if pts.len() >= 2 {
+            let mut poly: Vec<(i32, i32)> = pts.iter().map(|&(x, lo, _)| to_px(fwd(xs, x), fwd(ys, lo))).collect();
+            poly.extend(pts.iter().rev().map(|&(x, _, hi)| to_px(fwd(xs, x), fwd(ys, hi))));
+            root.draw(&Polygon::new(poly, b.color.mix(0.18).filled())).map_err(err)?;
+        }
+    }
     for l in &p.lines {
         // Segments between points that cannot be drawn (non-finite, ≤ 0 on a log axis, or outside the range
         // for context lines).

@@ -6,6 +6,7 @@
 //! (temporary name, then rename), `checkpoints/last.safetensors` holds parameters, optimiser buffers and the
 //! number of completed epochs, and `summary.md` appears only when the last epoch is done.
 pub mod baseline;
+pub mod curves;
 pub mod datasets;
 pub mod data;
 pub mod lr;
