@@ -467,3 +467,24 @@ fn mutant_m18_readout_term_dropped_from_f_is_caught_by_the_gdu_threshold() {
         }
     }
 }
+
+#[test]
+fn compare_explains_a_float_cast_dump_with_reference_casts() {
+    // A float64 dump whose loss was computed on float32 copies (the SeqLearning/Laborieux `.float()`): compare
+    // without the option fails at the ε₃₂ level (> the 1e-10 grad_exact class), with `reference_casts = on` it
+    // agrees to round-off.
+    let d = tempfile::tempdir().unwrap();
+    let dump = d.path().join("casts.safetensors");
+    let m = ["--archi", "6-5-5-3", "--loss", "mse", "--batch", "4", "--activation", "tanh", "--T", "40", "--K", "40"];
+    let mut a = vec!["estimate", "--estimator", "bptt", "--set", "reference_casts=on", "--dump", dump.to_str().unwrap()];
+    a.extend(m);
+    let o = epcheck(&a, &d.path().join("r0"));
+    assert!(o.status.code().is_some_and(|c| c <= 1), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut c = vec!["compare", dump.to_str().unwrap(), "--preset", "p-mlp"];
+    c.extend(m);
+    let without = epcheck(&c, &d.path().join("r1"));
+    assert_eq!(without.status.code(), Some(1), "the f32 cast is a failing difference without the option: {}", String::from_utf8_lossy(&without.stdout));
+    c.extend(["--set", "reference_casts=on"]);
+    let with = epcheck(&c, &d.path().join("r2"));
+    assert_eq!(with.status.code(), Some(0), "explained by reference_casts: {}", String::from_utf8_lossy(&with.stdout));
+}
