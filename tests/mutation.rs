@@ -9,8 +9,8 @@
 //!   slope fit, `gdu` rel_l2 ≤ c·β^p);
 //! * M16 is a configuration (T = 3, no free-phase extension) run through the real `converge` and `gdu`.
 //!
-//! Not applicable to what exists: M14/M15 (holomorphic internals, no hook outside production code), M18 (no
-//! readout in p-mlp yet); M4/M5 are caught by `bias` here — `audit` A6 would need a hook in `Model::drive`.
+//! Not applicable to what exists: M14/M15 (holomorphic internals, no hook outside production code); M18 (readout
+//! term dropped from f) is in tests/readout.rs on F3; M4/M5 are caught by `bias` here — `audit` A6 would need a hook in `Model::drive`.
 mod common;
 use common::*;
 use epcheck::checks::metrics as mx;

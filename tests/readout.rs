@@ -439,3 +439,52 @@ fn p_cnn_softmax_graph_readout_of_a_conv_layer_gradients_agree() {
     let errs: Vec<f64> = [0.02, 0.01].iter().map(|&beta| rel_l2(&flat(&ep_centered::estimate(&m, &p, &b, &free, beta, len).0.tensors), &g)).collect();
     assert!(errs[1] < 1e-3 && (errs[0] / errs[1] - 4.0).abs() < 0.5, "ep_centered → gradient as β² (errors {errs:?})");
 }
+
+#[test]
+fn mutant_m18_readout_term_dropped_from_f_is_caught_by_the_gdu_threshold() {
+    // checks §11.2 M18 on F3: f without −β ∂L̄/∂θ_ro (the readout tensors get 0). Scored per tensor against
+    // implicit with the gdu check's ep_sym threshold c·β² (c = checks.gdu.bias_const): the correct estimate passes
+    // every tensor, the mutant fails on the readout tensors with rel_l2 = 1.
+    let inst = f3("tanh");
+    let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
+    let imp = implicit::implicit(m, p, b, &implicit::ImplicitOptions::for_dtype(inst.prec.dtype)).unwrap();
+    let len = PhaseLengths { t_free: 400, k_nudge: 400, tol: None };
+    let free = estimators::free_phase(m, p, b, len, false);
+    let beta = 1e-3;
+    let (good, plus, minus) = ep_centered::estimate(m, p, b, &free, beta, len);
+    let mutant = estimators::two_point(&m.param_derivative(p, b, &minus.state), -beta, &m.param_derivative(p, b, &plus.state), beta);
+    let thr = epcheck::config::GduConfig::default().bias_const * beta * beta;
+    let r = m.readout.unwrap();
+    for i in 0..p.len() {
+        let want = flat(&[imp.grad.tensors[i].shallow_clone()]);
+        let g = rel_l2(&flat(&[good.tensors[i].shallow_clone()]), &want);
+        let bad = rel_l2(&flat(&[mutant[i].shallow_clone()]), &want);
+        assert!(g <= thr, "tensor {i}: correct estimate rel_l2 {g} > {thr}");
+        if i == r.weight || i == r.bias {
+            assert!((bad - 1.0).abs() < 1e-12, "M18 caught on tensor {i}: rel_l2 {bad}");
+        } else {
+            assert!(bad <= thr, "tensor {i} unaffected by M18");
+        }
+    }
+}
+
+#[test]
+fn compare_explains_a_float_cast_dump_with_reference_casts() {
+    // A float64 dump whose loss was computed on float32 copies (the SeqLearning/Laborieux `.float()`): compare
+    // without the option fails at the ε₃₂ level (> the 1e-10 grad_exact class), with `reference_casts = on` it
+    // agrees to round-off.
+    let d = tempfile::tempdir().unwrap();
+    let dump = d.path().join("casts.safetensors");
+    let m = ["--archi", "6-5-5-3", "--loss", "mse", "--batch", "4", "--activation", "tanh", "--T", "40", "--K", "40"];
+    let mut a = vec!["estimate", "--estimator", "bptt", "--set", "reference_casts=on", "--dump", dump.to_str().unwrap()];
+    a.extend(m);
+    let o = epcheck(&a, &d.path().join("r0"));
+    assert!(o.status.code().is_some_and(|c| c <= 1), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut c = vec!["compare", dump.to_str().unwrap(), "--preset", "p-mlp"];
+    c.extend(m);
+    let without = epcheck(&c, &d.path().join("r1"));
+    assert_eq!(without.status.code(), Some(1), "the f32 cast is a failing difference without the option: {}", String::from_utf8_lossy(&without.stdout));
+    c.extend(["--set", "reference_casts=on"]);
+    let with = epcheck(&c, &d.path().join("r2"));
+    assert_eq!(with.status.code(), Some(0), "explained by reference_casts: {}", String::from_utf8_lossy(&with.stdout));
+}
