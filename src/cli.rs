@@ -174,6 +174,9 @@ pub struct Common {
     /// Architecture graph file (TOML, see `epcheck preset NAME --emit-toml`): the model comes from it.
     #[arg(long)]
     pub graph: Option<PathBuf>,
+    /// Scripted energy: Φ written in PyTorch, saved as TorchScript (docs/scripted.md): the model comes from it.
+    #[arg(long)]
+    pub energy: Option<PathBuf>,
     /// Override any configuration key, e.g. --set checks.gdu.bias_const=5 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -293,6 +296,9 @@ impl Common {
         if let Some(g) = &self.graph {
             put("graph", toml::Value::String(g.to_string_lossy().to_string()));
         }
+        if let Some(e) = &self.energy {
+            put("energy", toml::Value::String(e.to_string_lossy().to_string()));
+        }
         if let Some(n) = self.n {
             put("holo_points", toml::Value::Integer(n));
         }
@@ -331,7 +337,7 @@ impl Common {
 
     pub fn instance(&self, extra: toml::Table) -> Result<Instance> {
         check_outputs(self)?;
-        for p in [&self.config, &self.graph, &self.params, &self.input].into_iter().flatten() {
+        for p in [&self.config, &self.graph, &self.energy, &self.params, &self.input].into_iter().flatten() {
             if !p.exists() {
                 return Err(Error::file(p, "no such file"));
             }
