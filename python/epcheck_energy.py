@@ -54,6 +54,8 @@ def _norm_spec(spec: dict) -> dict:
     if not params:
         raise ValueError("spec['params'] must list at least one parameter: (name, shape, init bound)")
     out = {"input": list(inp), "layers": layers, "params": params, "loss": spec.get("loss", "mse"), "schedule": spec.get("schedule", "sync")}
+    if spec.get("drives"):
+        out["drives"] = True
     if spec.get("input_range") is not None:
         out["input_range"] = [float(v) for v in spec["input_range"]]
     return out
@@ -128,6 +130,7 @@ def save(module: torch.nn.Module, path: str, spec: dict = None, check_batch: int
     if not _export(cls, "primitive"):
         raise ValueError(f"{cls.__name__} has no method primitive(params, states, x)")
     has_drives = _export(cls, "drives")
+    spec["drives"] = has_drives
     wrapped = (_WrappedDrives if has_drives else _Wrapped)(module, json.dumps(spec))
     scripted = torch.jit.script(wrapped)
     check(scripted, spec, batch=check_batch)
