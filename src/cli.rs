@@ -717,7 +717,7 @@ fn run_compare(a: CompareArgs) -> Result<i32> {
     check_outputs(&a.common)?;
     // The model: --preset/--graph/--config, else the file's own epcheck metadata (a dump epcheck wrote), else
     // p-mlp — said in every error, so a wrong guess is never silent.
-    let named = a.common.preset.is_some() || a.common.graph.is_some() || a.common.config.is_some();
+    let named = a.common.preset.is_some() || a.common.graph.is_some() || a.common.energy.is_some() || a.common.config.is_some();
     let recorded = if named { None } else { crate::io::recorded_config(&a.file) };
     let mut over = recorded.clone().unwrap_or_default();
     crate::config::merge(&mut over, map.run.clone());
@@ -725,9 +725,10 @@ fn run_compare(a: CompareArgs) -> Result<i32> {
     let preset = a.common.preset.clone().or_else(|| recorded.as_ref().and_then(|r| r.get("preset")).and_then(|v| v.as_str()).map(str::to_string));
     let assumed = !named && recorded.is_none();
     let cfg = RunConfig::resolve(preset.as_deref(), a.common.config.as_deref(), over)?;
-    let model_name = match &cfg.graph {
-        Some(g) => format!("graph {g}"),
-        None => format!("preset {}", cfg.preset),
+    let model_name = match (&cfg.graph, &cfg.energy) {
+        (_, Some(e)) => format!("scripted energy {e}"),
+        (Some(g), _) => format!("graph {g}"),
+        _ => format!("preset {}", cfg.preset),
     };
     let case = crate::checks::conformance::load_case(&a.file, &map, cfg, a.common.params.as_deref(), a.common.input.as_deref()).map_err(|e| {
         if assumed {

@@ -367,9 +367,10 @@ pub fn junit_case(suite: &str, rep: &CheckReport, cfg: &RunConfig, device: &str,
         out.push(format!("{}:{} {}{} {}", r.scope, r.name, r.verdict, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default(), r.details));
     }
     tc.set_system_out(out.join("\n"));
-    let model = match &cfg.graph {
-        Some(g) => format!("graph {g}"),
-        None => cfg.preset.clone(),
+    let model = match (&cfg.graph, &cfg.energy) {
+        (_, Some(e)) => format!("energy {e}"),
+        (Some(g), _) => format!("graph {g}"),
+        _ => cfg.preset.clone(),
     };
     for (k, v) in [("verdict", rep.overall.label().to_string()), ("seed", cfg.seed.to_string()), ("model", model), ("dtype", cfg.dtype.clone()), ("device", device.to_string())] {
         tc.add_property(Property::new(k, v));
