@@ -57,6 +57,7 @@ fn rel(a: &[Tensor], r: &[Tensor]) -> f64 {
 /// and parameters) and the native instance's batch.
 fn scripted_twin(native: &Instance, file: &Path) -> Model {
     let mut m = scripted::load_file(file, Device::Cpu).unwrap();
+    assert!(scripted::is_scripted(&m) && m.terms.len() == 1, "the twin is one scripted term, not the native terms");
     assert_eq!(m.layer_names(), native.model.layer_names());
     assert_eq!(m.param_names(), native.model.param_names());
     for (a, b) in m.params.iter().zip(&native.model.params) {
@@ -135,6 +136,25 @@ fn pmlp_as_scripted_energy_matches_the_native_preset() {
     let s = estimators::implicit::implicit(&m, &native.params, &native.batch, &io).unwrap();
     let r = rel(&s.grad.tensors, &a.grad.tensors);
     assert!(r <= 1e-10, "implicit: {r:e}");
+}
+
+/// The comparison is sensitive: a scripted P-MLP whose output bias is scaled by 1 + 1e-6 inside Φ (a planted bug)
+/// moves the states and the gradients far beyond the tolerances above.
+#[test]
+fn a_planted_difference_in_the_scripted_pmlp_is_detected() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let native = common::tiny("tanh", "mse");
+    let file = module(&py, d.path(), "pmlp", &["archi=6-5-5-3", "bias_gain=1.000001"]);
+    let m = scripted_twin(&native, &file);
+    let len = PhaseLengths { t_free: 30, k_nudge: 10, tol: None };
+    let (p, b) = (&native.params[..], &native.batch);
+    let r = rel(&estimators::free_phase(&m, p, b, len, false).state, &estimators::free_phase(&native.model, p, b, len, false).state);
+    assert!(r > 1e-10, "free states: {r:e}");
+    let a = estimators::estimate(Estimator::Bptt, &native.model, p, b, 0.01, len).unwrap();
+    let s = estimators::estimate(Estimator::Bptt, &m, p, b, 0.01, len).unwrap();
+    let r = rel(&s.grad.tensors, &a.grad.tensors);
+    assert!(r > 1e-8, "bptt: {r:e}");
 }
 
 #[test]
