@@ -26,9 +26,6 @@ from torch import Tensor
 
 __all__ = ["save", "check", "dump", "spec_of"]
 
-_ACTIVATIONS_NOTE = "identity, tanh, sigmoid, logistic4, hard_sigmoid, hard_sigmoid_2u, my_hard_sig, ctrd_hard_sig, relu6, relu_alpha(a), silu, ..."
-
-
 def _norm_spec(spec: dict) -> dict:
     """Validates a spec and returns it in the JSON form epcheck reads."""
     if not isinstance(spec, dict):
