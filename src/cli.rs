@@ -194,6 +194,9 @@ pub struct Common {
     /// Architecture graph file (TOML, see `epcheck preset NAME --emit-toml`): the model comes from it.
     #[arg(long)]
     pub graph: Option<PathBuf>,
+    /// Scripted energy: Φ written in PyTorch, saved as TorchScript (docs/scripted.md): the model comes from it.
+    #[arg(long)]
+    pub energy: Option<PathBuf>,
     /// Override any configuration key, e.g. --set checks.gdu.bias_const=5 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -315,6 +318,9 @@ impl Common {
         if let Some(g) = &self.graph {
             put("graph", toml::Value::String(g.to_string_lossy().to_string()));
         }
+        if let Some(e) = &self.energy {
+            put("energy", toml::Value::String(e.to_string_lossy().to_string()));
+        }
         if let Some(n) = self.n {
             put("holo_points", toml::Value::Integer(n));
         }
@@ -353,7 +359,7 @@ impl Common {
 
     pub fn instance(&self, extra: toml::Table) -> Result<Instance> {
         check_outputs(self)?;
-        for p in [&self.config, &self.graph, &self.params, &self.input].into_iter().flatten() {
+        for p in [&self.config, &self.graph, &self.energy, &self.params, &self.input].into_iter().flatten() {
             if !p.exists() {
                 return Err(Error::file(p, "no such file"));
             }
@@ -751,7 +757,7 @@ fn run_compare(a: CompareArgs) -> Result<i32> {
     check_outputs(&a.common)?;
     // The model: --preset/--graph/--config, else the file's own epcheck metadata (a dump epcheck wrote), else
     // p-mlp — said in every error, so a wrong guess is never silent.
-    let named = a.common.preset.is_some() || a.common.graph.is_some() || a.common.config.is_some();
+    let named = a.common.preset.is_some() || a.common.graph.is_some() || a.common.energy.is_some() || a.common.config.is_some();
     let recorded = if named { None } else { crate::io::recorded_config(&a.file) };
     let mut over = recorded.clone().unwrap_or_default();
     crate::config::merge(&mut over, map.run.clone());
@@ -759,9 +765,10 @@ fn run_compare(a: CompareArgs) -> Result<i32> {
     let preset = a.common.preset.clone().or_else(|| recorded.as_ref().and_then(|r| r.get("preset")).and_then(|v| v.as_str()).map(str::to_string));
     let assumed = !named && recorded.is_none();
     let cfg = RunConfig::resolve(preset.as_deref(), a.common.config.as_deref(), over)?;
-    let model_name = match &cfg.graph {
-        Some(g) => format!("graph {g}"),
-        None => format!("preset {}", cfg.preset),
+    let model_name = match (&cfg.graph, &cfg.energy) {
+        (_, Some(e)) => format!("scripted energy {e}"),
+        (Some(g), _) => format!("graph {g}"),
+        _ => format!("preset {}", cfg.preset),
     };
     let case = crate::checks::conformance::load_case(&a.file, &map, cfg, a.common.params.as_deref(), a.common.input.as_deref()).map_err(|e| {
         if assumed {

@@ -117,6 +117,9 @@ pub struct RunConfig {
     /// Architecture graph file (`src/graph.rs`): the model is built from it instead of the preset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub graph: Option<String>,
+    /// Scripted energy (TorchScript file, docs/scripted.md): the model is Φ written in PyTorch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<String>,
     #[serde(default)]
     pub checks: ChecksConfig,
     /// `epcheck train` (the `-train` presets set the reference's procedure).
@@ -672,6 +675,8 @@ impl RunConfig {
             }),
             // A model from an architecture graph file (`graph = "…"`): the run defaults of p-mlp.
             "graph" => Ok(RunConfig { preset: "graph".into(), ..base }),
+            // A scripted energy (`energy = "…"`, docs/scripted.md): the run defaults of p-mlp.
+            "energy" => Ok(RunConfig { preset: "energy".into(), ..base }),
             "hopfield-resnet13" | "vgg5-dchn" => Ok(conv("relu6", 120, 50)),
             "vgg5-dchn-rain" => Ok(conv("hard_sigmoid", 60, 20)),
             // hopfield-attention.md §0 (`widths` = the dense widths fc, last = C).
@@ -743,6 +748,7 @@ impl RunConfig {
                 attention_scale: None,
                 attention_mask: None,
                 graph: None,
+                energy: None,
                 checks: ChecksConfig::default(),
                 train: TrainConfig::default(),
             }
@@ -787,6 +793,12 @@ impl RunConfig {
                 *g = path.parent().unwrap_or(Path::new("")).join(g.as_str()).to_string_lossy().to_string();
             }
         }
+        if let (Some(path), Some(toml::Value::String(g))) = (file, file_table.get_mut("energy")) {
+            if Path::new(g.as_str()).is_relative() {
+                *g = path.parent().unwrap_or(Path::new("")).join(g.as_str()).to_string_lossy().to_string();
+            }
+        }
+        let has_energy = file_table.contains_key("energy") || overrides.contains_key("energy");
         let has_graph = file_table.contains_key("graph") || overrides.contains_key("graph");
         for (table, what) in [(&file_table, file.map(|p| p.display().to_string())), (&overrides, None)] {
             if let Some(v) = table.get("preset").filter(|v| !v.is_str()) {
@@ -798,7 +810,7 @@ impl RunConfig {
             .map(str::to_string)
             .or_else(|| overrides.get("preset").and_then(|v| v.as_str()).map(str::to_string))
             .or_else(|| file_table.get("preset").and_then(|v| v.as_str()).map(str::to_string))
-            .unwrap_or_else(|| if has_graph { "graph" } else { "p-mlp" }.to_string());
+            .unwrap_or_else(|| if has_energy { "energy" } else if has_graph { "graph" } else { "p-mlp" }.to_string());
         let defaults = Self::preset_defaults(&preset)?;
         let mut table = toml::Table::try_from(&defaults).map_err(|e| Error::Config(e.to_string()))?;
         let archi_explicit = file_table.contains_key("archi") || overrides.contains_key("archi");
@@ -834,7 +846,7 @@ impl RunConfig {
     /// `loss` and `schedule` are set in the graph file: given explicitly they must equal the graph's
     /// (checked in `Instance::build`).
     pub fn applicable_model_keys(&self) -> &'static [&'static str] {
-        if self.graph.is_some() {
+        if self.graph.is_some() || self.energy.is_some() {
             return &["init_scale", "input_range", "activation", "loss", "schedule"];
         }
         let base = self.base_preset();
@@ -860,7 +872,7 @@ impl RunConfig {
         let ok = self.applicable_model_keys();
         for k in &self.explicit {
             if MODEL_KEYS.contains(&k.as_str()) && !ok.contains(&k.as_str()) {
-                let what = if self.graph.is_some() { "a graph model (it is set in the graph file)".to_string() } else { format!("preset {}", self.preset) };
+                let what = if self.energy.is_some() { "a scripted energy (it is set in the module's spec)".to_string() } else if self.graph.is_some() { "a graph model (it is set in the graph file)".to_string() } else { format!("preset {}", self.preset) };
                 return Err(Error::Config(format!("{k} does not apply to {what}; the keys that apply: {}", ok.join(", "))));
             }
         }

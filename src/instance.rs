@@ -57,10 +57,12 @@ impl Instance {
             Some(path) => crate::io::load_batch(&model, path, prec)?,
             None => synthetic_batch(&model, cfg.batch, cfg.seed, prec),
         };
+        // A scripted energy is run once on the batch here: a bad module stops before any run folder exists.
+        model.validate_terms(&params, &batch)?;
         record_what_ran(&mut cfg, &model, &batch, input_file)?;
         let mut id = instance_id(&cfg, &params, &batch);
-        if cfg.graph.is_some() {
-            // Graph runs are named after the graph.
+        if cfg.graph.is_some() || cfg.energy.is_some() {
+            // Graph runs are named after the graph (scripted energies: `energy-…`).
             id = format!("{}-{}", model.preset, &id[cfg.preset.len() + 1..]);
         }
         Ok(Instance { cfg, model, params, batch, prec, id })
@@ -69,6 +71,17 @@ impl Instance {
     /// The model a configuration names: its architecture graph file (`graph`), else its preset (drawing the
     /// ReLU-α values from the seed when they are needed and absent, recorded in `cfg`).
     pub fn model_for(cfg: &mut RunConfig) -> Result<Model> {
+        if let Some(e) = &cfg.energy {
+            if cfg.graph.is_some() {
+                return Err(crate::Error::Config("graph and energy both name the model: give one of them".into()));
+            }
+            let device = DeviceChoice::parse(&cfg.device)?.resolve()?;
+            let mut m = crate::model::terms::scripted::load_file(Path::new(e), device)?;
+            if cfg.init_scale.is_some() {
+                m.init_scale = cfg.init_scale;
+            }
+            return Ok(m);
+        }
         if let Some(g) = &cfg.graph {
             let mut m = crate::graph::load_file(Path::new(g))?;
             if cfg.init_scale.is_some() {
@@ -95,15 +108,16 @@ impl Instance {
 /// `--input` file (an explicit different `batch` is refused).
 fn record_what_ran(cfg: &mut RunConfig, model: &Model, batch: &Batch, input_file: Option<&Path>) -> Result<()> {
     let explicit = |k: &str| cfg.explicit.iter().any(|e| e == k);
-    if cfg.graph.is_some() {
+    if cfg.graph.is_some() || cfg.energy.is_some() {
         let acts: Vec<&str> = (0..model.layers.len()).map(|k| model.update_key(k)).collect();
         let uniform = acts.windows(2).all(|w| w[0] == w[1]).then(|| acts.first().copied()).flatten();
         let schedule = model.schedule.key();
         let checks: [(&str, &str, Option<&str>); 3] = [("activation", cfg.activation.as_str(), uniform), ("loss", cfg.loss.as_str(), Some(model.loss.key())), ("schedule", cfg.schedule.as_deref().unwrap_or(""), Some(schedule))];
+        let src = if cfg.energy.is_some() { "scripted module's spec" } else { "graph file" };
         for (key, given, graph_value) in checks {
             if explicit(key) && Some(given) != graph_value && !(graph_value.is_none() && given == "per_layer") {
                 return Err(crate::Error::Config(format!(
-                    "{key} = '{given}' does not apply: the {key} is set in the graph file ({}); edit the graph file instead",
+                    "{key} = '{given}' does not apply: the {key} is set in the {src} ({}); edit the {src} instead",
                     graph_value.map(str::to_string).unwrap_or_else(|| format!("per layer: {}", acts.join(", ")))
                 )));
             }

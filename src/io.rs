@@ -105,8 +105,8 @@ fn check_finite(t: &Tensor, key: &str) -> Result<()> {
 /// Infers P-MLP layer sizes from `synapses.<k>.weight` shapes; contradictions with sizes given explicitly
 /// in the configuration are errors naming the tensor.
 pub fn infer_sizes(cfg: &mut RunConfig, loaded: &BTreeMap<String, Tensor>, path: &Path) -> Result<()> {
-    if cfg.graph.is_some() {
-        // A graph file fixes every shape itself.
+    if cfg.graph.is_some() || cfg.energy.is_some() {
+        // A graph file (or a scripted energy) fixes every shape itself.
         return Ok(());
     }
     if cfg.preset != "p-mlp" && cfg.preset != "p-mlp-holo-toy" {

@@ -138,8 +138,21 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
         (None, None) => None,
         _ => return Err(bad(path, "graph must be a path string")),
     };
+    // A scripted energy (docs/scripted.md), relative to the suite file: loaded here for the same reason.
+    let energy = match (model.remove("energy"), t.remove("energy")) {
+        (Some(_), Some(_)) => return Err(bad(path, "energy is given twice (top level and [model])")),
+        (Some(toml::Value::String(g)), None) | (None, Some(toml::Value::String(g))) => {
+            let p = dir.join(g);
+            crate::model::terms::scripted::load_file(&p, tch::Device::Cpu).map_err(|e| bad(path, e))?;
+            model.insert("energy".into(), toml::Value::String(p.to_string_lossy().to_string()));
+            Some(p)
+        }
+        (None, None) => None,
+        _ => return Err(bad(path, "energy must be a path string")),
+    };
     let preset = match (model.remove("preset"), &graph) {
         (Some(toml::Value::String(s)), _) => s,
+        (None, _) if energy.is_some() => "energy".to_string(),
         (None, Some(_)) => "graph".to_string(),
         (None, None) => return Err(bad(path, "model.preset (or graph = \"file.toml\") is required")),
         (Some(_), _) => return Err(bad(path, "model.preset must be a string")),
@@ -354,9 +367,10 @@ pub fn junit_case(suite: &str, rep: &CheckReport, cfg: &RunConfig, device: &str,
         out.push(format!("{}:{} {}{} {}", r.scope, r.name, r.verdict, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default(), r.details));
     }
     tc.set_system_out(out.join("\n"));
-    let model = match &cfg.graph {
-        Some(g) => format!("graph {g}"),
-        None => cfg.preset.clone(),
+    let model = match (&cfg.graph, &cfg.energy) {
+        (_, Some(e)) => format!("energy {e}"),
+        (Some(g), _) => format!("graph {g}"),
+        _ => cfg.preset.clone(),
     };
     for (k, v) in [("verdict", rep.overall.label().to_string()), ("seed", cfg.seed.to_string()), ("model", model), ("dtype", cfg.dtype.clone()), ("device", device.to_string())] {
         tc.add_property(Property::new(k, v));

@@ -115,6 +115,12 @@ pub fn conjugation_unit() -> (f64, f64) {
 pub fn run(inst: &Instance, o: &LocalOptions) -> CheckReport {
     let (m, p) = (&inst.model, &inst.params[..]);
     let mut rows = Rows::new("local", &inst.id, &m.preset, inst.prec.dtype.name());
+    if crate::model::terms::scripted::is_scripted(m) {
+        // Nothing to compare: the local forms of a scripted energy ARE autograd of its Φ (no term decomposition).
+        let reason = "does not apply: a scripted energy has no term decomposition, so its parameter gradient is autograd of Φ on both sides of the identity (nothing independent to compare); audit and gdu check it instead";
+        rows.verdict("model", "scripted", &Verdict::Info, serde_json::json!({ "reason": reason }));
+        return rows.finish(vec![format!("local {reason}.")], vec![]).with_digest(reason.into());
+    }
     let batch = probe_batch(inst);
     let kinds = coupling_kinds(m);
     let kind = inst.prec.dtype.kind();

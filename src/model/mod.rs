@@ -407,7 +407,18 @@ impl Model {
     /// Whether term `ti`'s drive into its slot `si` is constant during a relaxation: every other slot is a
     /// clamped input (input couplings, biases).
     fn is_constant_drive(&self, ti: usize, si: usize) -> bool {
-        self.terms[ti].slots().iter().enumerate().all(|(j, n)| j == si || matches!(n, Node::Input(_)))
+        !self.terms[ti].nonlinear() && self.terms[ti].slots().iter().enumerate().all(|(j, n)| j == si || matches!(n, Node::Input(_)))
+    }
+
+    /// Runs every term's own check ([`Term::validate`]) on the batch at the zero state (a scripted energy:
+    /// Φ's shape, finiteness, its drives) — before anything is written.
+    pub fn validate_terms(&self, p: &[Tensor], batch: &Batch) -> Result<()> {
+        let prec = Precision { dtype: crate::estimators::dtype_of(p), device: p[0].device() };
+        let s = self.zeros_state(batch.size(), prec);
+        for t in &self.terms {
+            t.validate(p, &self.slot_states(t.as_ref(), batch, &s))?;
+        }
+        Ok(())
     }
 
     /// The state-independent part of every layer's drive (input couplings and biases), computed once per
@@ -591,8 +602,14 @@ impl Model {
         let mut acc: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
         for t in &self.terms {
             let t = t.as_ref();
-            let j = t.linear_slot();
             let slots = self.slot_states(t, batch, s);
+            if let Some(g) = t.param_grad_weighted(p, &slots, w) {
+                for (&pi, gi) in t.params().iter().zip(g) {
+                    accumulate(&mut acc[pi], gi);
+                }
+                continue;
+            }
+            let j = t.linear_slot();
             let lin = slots[j];
             let mut shape = vec![rows];
             shape.extend(std::iter::repeat_n(1, lin.dim() - 1));

@@ -11,6 +11,7 @@ pub mod conv_pool;
 pub mod dense;
 pub mod flatten_dense;
 pub mod projection;
+pub mod scripted;
 
 use tch::Tensor;
 
@@ -68,6 +69,20 @@ pub trait Term: Send + Sync {
     /// None for terms that have no graph form (e.g. test-defined terms).
     fn describe(&self) -> Option<TermSpec> {
         None
+    }
+    /// Whether the term is NOT multilinear in its slots (a scripted Φ): its drive into a slot may read that
+    /// slot, so it is never cached as constant, and [`Term::linear_slot`] does not hold.
+    fn nonlinear(&self) -> bool {
+        false
+    }
+    /// Σ_r w_r ∂Φ_term,r/∂θ for per-row weights `w` (R,), for terms without a linear slot; None = use the
+    /// linear slot ([`crate::model::Model::param_derivative_weighted`]).
+    fn param_grad_weighted(&self, _p: &[Tensor], _s: &[&Tensor], _w: &Tensor) -> Option<Vec<Tensor>> {
+        None
+    }
+    /// Checks the term on a batch at state `s` (zeros) before a run: one line naming what is wrong.
+    fn validate(&self, _p: &[Tensor], _s: &[&Tensor]) -> crate::Result<()> {
+        Ok(())
     }
 }
 

@@ -1,0 +1,330 @@
+//! Scripted energies (docs/scripted.md, issue 17): Φ written in PyTorch, loaded as TorchScript, run through the
+//! engine by autograd. Oracles: the native presets on the same parameters and batch (an independent
+//! implementation of the same Φ: the hand-written terms), planted non-energies, planted bad modules.
+//!
+//! The modules are written by `fixtures/scripted/models.py` with the repository's `.venv` python (torch only);
+//! without it the tests print `skipped` and return.
+mod common;
+
+use epcheck::config::RunConfig;
+use epcheck::estimators::{self, bptt, Estimator, PhaseLengths};
+use epcheck::instance::Instance;
+use epcheck::model::terms::scripted;
+use epcheck::model::Model;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{Device, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python() -> Option<PathBuf> {
+    let py = root().join(".venv/bin/python");
+    let ok = Command::new(&py).args(["-c", "import torch"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if ok {
+        Some(py)
+    } else {
+        println!("skipped: {} cannot import torch", py.display());
+        None
+    }
+}
+
+/// Writes fixture module `kind` (with `key=value` options) into `dir`.
+fn module(py: &Path, dir: &Path, kind: &str, opts: &[&str]) -> PathBuf {
+    let out = dir.join(format!("{kind}.pt"));
+    let o = Command::new(py).args(["-W", "ignore"]).arg(root().join("fixtures/scripted/models.py")).arg(kind).arg(&out).args(opts).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// Writes several fixture modules (default options) with one interpreter start: `dir/<kind>.pt`.
+fn modules(py: &Path, dir: &Path, kinds: &[&str]) {
+    let o = Command::new(py).args(["-W", "ignore"]).arg(root().join("fixtures/scripted/models.py")).arg("many").arg(dir).args(kinds).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn epcheck(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(args).env("OMP_NUM_THREADS", "1").output().expect("binary runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn rel(a: &[Tensor], r: &[Tensor]) -> f64 {
+    common::rel_linf(&common::flat(a), &common::flat(r))
+}
+
+/// The scripted model, with the native model's parameters (after checking the two declare the same layers
+/// and parameters) and the native instance's batch.
+fn scripted_twin(native: &Instance, file: &Path) -> Model {
+    let mut m = scripted::load_file(file, Device::Cpu).unwrap();
+    assert!(scripted::is_scripted(&m) && m.terms.len() == 1, "the twin is one scripted term, not the native terms");
+    assert_eq!(m.layer_names(), native.model.layer_names());
+    assert_eq!(m.param_names(), native.model.param_names());
+    for (a, b) in m.params.iter().zip(&native.model.params) {
+        assert_eq!(a.shape, b.shape, "{}", a.name);
+    }
+    for (a, b) in m.layers.iter().zip(&native.model.layers) {
+        assert_eq!((a.shape.clone(), a.activation.key()), (b.shape.clone(), b.activation.key()), "{}", a.name);
+    }
+    assert_eq!(m.schedule.groups, native.model.schedule.groups);
+    m.init_scale = native.model.init_scale;
+    m.validate_terms(&native.params, &native.batch).unwrap();
+    m
+}
+
+/// States ≤ 1e-12, gradients ≤ 1e-10 (relative ∞-norm, float64): the two paths differ only in the order of
+/// floating-point sums (hand-written drives vs autograd), ~1e-16 per operation, amplified by at most the
+/// contraction of the relaxation over T steps.
+fn assert_same_engine(native: &Instance, m: &Model, len: PhaseLengths, ests: &[Estimator]) {
+    let (p, b) = (&native.params[..], &native.batch);
+    let nf = estimators::free_phase(&native.model, p, b, len, false);
+    let sf = estimators::free_phase(m, p, b, len, false);
+    let r = rel(&sf.state, &nf.state);
+    println!("free state rel_linf {r:.2e}");
+    assert!(r <= 1e-12, "free states differ: {r:e}");
+    for &est in ests {
+        let a = estimators::estimate(est, &native.model, p, b, native.cfg.beta, len).unwrap();
+        let s = estimators::estimate(est, m, p, b, native.cfg.beta, len).unwrap();
+        for ((name, pa), (_, ps)) in a.phases.iter().zip(&s.phases) {
+            let r = rel(&ps.state, &pa.state);
+            assert!(r <= 1e-12, "{est:?} phase {name}: states differ {r:e}");
+        }
+        let r = rel(&s.grad.tensors, &a.grad.tensors);
+        println!("{est:?} rel_linf {r:.2e}");
+        assert!(r <= 1e-10, "{est:?}: gradients differ {r:e}");
+    }
+    // The GDU series (BPTT per step by the hand-rolled step VJP, EP per step), theorem mode.
+    let o = epcheck::checks::gdu::GduOptions::theorem(len.t_free, len.k_nudge, native.cfg.beta);
+    let prec = native.prec;
+    let ns = epcheck::checks::gdu::compute_series(&native.model, p, b, native.model.zeros_state(b.size(), prec), &o);
+    let ss = epcheck::checks::gdu::compute_series(m, p, b, m.zeros_state(b.size(), prec), &o);
+    assert_eq!(ns.t_run, ss.t_run);
+    // Per step, relative to the series' peak over the K steps: late EP increments are differences
+    // (f(s_{t+1}) − f(s_t))/β of nearly equal f, whose rounding floor is ε·‖f‖/β, not ε·‖increment‖.
+    let peak = |series: &[Vec<Tensor>]| series.iter().map(|x| common::flat(x).iter().fold(0.0f64, |m, v| m.max(v.abs()))).fold(0.0, f64::max);
+    let err = |a: &[Tensor], r: &[Tensor]| common::flat(a).iter().zip(common::flat(r)).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
+    let mut worst = 0.0f64;
+    for (name, a, r) in [("bptt_θ", &ss.bptt_theta, &ns.bptt_theta), ("bptt_s", &ss.bptt_s, &ns.bptt_s), ("ep_plus", &ss.plus.theta, &ns.plus.theta), ("ep_minus", &ss.minus.theta, &ns.minus.theta)] {
+        let scale = peak(r);
+        for t in 0..ns.k {
+            let e = err(&a[t], &r[t]) / scale;
+            worst = worst.max(e);
+            assert!(e <= 1e-10, "gdu {name} step {t}: {e:e} of the series peak");
+        }
+        // The summed series (the K-step estimate) as a gradient.
+        let sum = |x: &Vec<Vec<Tensor>>| (0..x[0].len()).map(|i| x.iter().map(|st| st[i].shallow_clone()).reduce(|u, v| u + v).unwrap()).collect::<Vec<_>>();
+        let r_sum = rel(&sum(a), &sum(r));
+        assert!(r_sum <= 1e-10, "gdu {name} summed over K: {r_sum:e}");
+    }
+    println!("gdu series ok over K = {}: worst step error {worst:.2e} of the series peak", ns.k);
+}
+
+#[test]
+fn pmlp_as_scripted_energy_matches_the_native_preset() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let native = common::tiny("tanh", "mse");
+    let file = module(&py, d.path(), "pmlp", &["archi=6-5-5-3"]);
+    let m = scripted_twin(&native, &file);
+    // Same spec → same seeded draws.
+    assert_eq!(rel(&m.init_params(3, native.prec), &native.model.init_params(3, native.prec)), 0.0);
+    let len = PhaseLengths { t_free: 30, k_nudge: 10, tol: None };
+    assert_same_engine(&native, &m, len, &[Estimator::EpPlus, Estimator::EpMinus, Estimator::EpCentered, Estimator::Bptt, Estimator::BpttTrunc]);
+    // Implicit differentiation at the fixed point.
+    let io = estimators::implicit::ImplicitOptions::for_dtype(native.prec.dtype);
+    let a = estimators::implicit::implicit(&native.model, &native.params, &native.batch, &io).unwrap();
+    let s = estimators::implicit::implicit(&m, &native.params, &native.batch, &io).unwrap();
+    let r = rel(&s.grad.tensors, &a.grad.tensors);
+    assert!(r <= 1e-10, "implicit: {r:e}");
+}
+
+/// The comparison is sensitive: a scripted P-MLP whose output bias is scaled by 1 + 1e-6 inside Φ (a planted bug)
+/// moves the states and the gradients far beyond the tolerances above.
+#[test]
+fn a_planted_difference_in_the_scripted_pmlp_is_detected() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let native = common::tiny("tanh", "mse");
+    let file = module(&py, d.path(), "pmlp", &["archi=6-5-5-3", "bias_gain=1.000001"]);
+    let m = scripted_twin(&native, &file);
+    let len = PhaseLengths { t_free: 30, k_nudge: 10, tol: None };
+    let (p, b) = (&native.params[..], &native.batch);
+    let r = rel(&estimators::free_phase(&m, p, b, len, false).state, &estimators::free_phase(&native.model, p, b, len, false).state);
+    assert!(r > 1e-10, "free states: {r:e}");
+    let a = estimators::estimate(Estimator::Bptt, &native.model, p, b, 0.01, len).unwrap();
+    let s = estimators::estimate(Estimator::Bptt, &m, p, b, 0.01, len).unwrap();
+    let r = rel(&s.grad.tensors, &a.grad.tensors);
+    assert!(r > 1e-8, "bptt: {r:e}");
+}
+
+#[test]
+fn pmlp_async2_and_ce_as_scripted_energy_match_the_native_preset() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    // The async2 schedule (Gauss–Seidel between the two groups) with the cross-entropy loss on an identity output.
+    let native = common::tiny_with("tanh", "ce", |c| c.schedule = Some("async2".into()));
+    let file = module(&py, d.path(), "pmlp", &["archi=6-5-5-3", "loss=ce", "schedule=async2"]);
+    let m = scripted_twin(&native, &file);
+    assert_same_engine(&native, &m, PhaseLengths { t_free: 20, k_nudge: 6, tol: None }, &[Estimator::EpPlus, Estimator::EpCentered, Estimator::Bptt]);
+}
+
+#[test]
+fn resnet13_as_scripted_energy_matches_the_native_preset() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = RunConfig::preset_defaults("hopfield-resnet13").unwrap();
+    cfg.height = Some(6);
+    cfg.widths = Some(vec![2, 3, 3, 4]);
+    cfg.in_channels = Some(2);
+    cfg.classes = Some(3);
+    cfg.batch = 2;
+    cfg.dtype = "f64".into();
+    cfg.t_free = 20;
+    cfg.k_nudge = 5;
+    let native = Instance::from_config(cfg).unwrap();
+    let file = module(&py, d.path(), "resnet13", &["c0=2", "height=6", "widths=2-3-3-4", "classes=3"]);
+    let m = scripted_twin(&native, &file);
+    assert_eq!(rel(&m.init_params(0, native.prec), &native.params), 0.0, "same spec → same seeded draws");
+    assert_same_engine(&native, &m, PhaseLengths { t_free: 20, k_nudge: 5, tol: None }, &[Estimator::EpCentered, Estimator::Bptt]);
+    let (a, _) = bptt::truncated(&native.model, &native.params, &native.batch, 20, 5).unwrap();
+    let (s, _) = bptt::truncated(&m, &native.params, &native.batch, 20, 5).unwrap();
+    assert!(rel(&s.tensors, &a.tensors) <= 1e-10);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                v.extend(walk(&p));
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
+
+fn has_figure(dir: &Path, stem: &str) -> bool {
+    walk(dir).iter().any(|p| p.file_stem().map(|s| s.to_string_lossy().starts_with(stem)).unwrap_or(false) && p.extension().map(|e| e == "svg").unwrap_or(false))
+}
+
+#[test]
+fn a_model_no_preset_expresses_runs_every_check() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let file = module(&py, d.path(), "lateral", &[]);
+    let e = file.to_str().unwrap();
+    for (check, figure) in [("gdu", "gdu"), ("audit", ""), ("converge", "residual")] {
+        let out = d.path().join(format!("runs-{check}"));
+        let args = [check, "--energy", e, "--out", out.to_str().unwrap(), "--batch", "4", "--T", "60", "--K", "15"];
+        let (code, stdout, stderr) = epcheck(&args);
+        println!("{check}: {stdout}");
+        assert_eq!(code, 0, "{check}: {stdout}\n{stderr}");
+        assert!(stdout.contains(": pass"), "{check}: {stdout}");
+        if !figure.is_empty() {
+            assert!(has_figure(&out, figure), "{check}: no {figure} figure under {}", out.display());
+        }
+    }
+}
+
+#[test]
+fn a_model_no_preset_expresses_has_the_bias_slopes() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let file = module(&py, d.path(), "lateral", &[]);
+    let e = file.to_str().unwrap();
+    let out = d.path().join("runs-bias");
+    let args = ["bias", "--energy", e, "--out", out.to_str().unwrap(), "--batch", "4", "--T", "60", "--K", "15", "--grid", "0.0002,0.0005,0.001,0.002,0.005,0.01,0.02,0.05"];
+    let (code, stdout, stderr) = epcheck(&args);
+    println!("bias: {stdout}");
+    assert_eq!(code, 0, "bias: {stdout}\n{stderr}");
+    assert!(stdout.contains(": pass"), "bias: {stdout}");
+    assert!(has_figure(&out, "bias_err"), "no bias figure under {}", out.display());
+    // The fitted bias slopes: 1 for one-sided EP, 2 for centered (the digest prints `ep_plus 1.00 (1)`).
+    for (est, expected) in [("ep_plus", 1.0), ("ep_minus", 1.0), ("ep_centered", 2.0)] {
+        let at = stdout.find(&format!("{est} ")).unwrap_or_else(|| panic!("no {est} slope: {stdout}"));
+        let slope: f64 = stdout[at + est.len() + 1..].split_whitespace().next().unwrap().parse().unwrap();
+        assert!((slope - expected).abs() <= 0.1, "{est}: slope {slope}, expected {expected}");
+    }
+}
+
+#[test]
+fn a_module_that_is_not_an_energy_is_caught_with_the_layer_named() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    modules(&py, d.path(), &["asym", "lateral"]);
+    let file = d.path().join("asym.pt");
+    let e = file.to_str().unwrap();
+    let out = d.path().join("runs");
+    let (code, stdout, stderr) = epcheck(&["audit", "--energy", e, "--out", out.to_str().unwrap(), "--batch", "4"]);
+    assert_eq!(code, 1, "audit: {stdout}\n{stderr}");
+    assert!(stdout.contains("fail") && stdout.contains("L1"), "audit must name layer L1: {stdout}");
+    let (code, stdout, stderr) = epcheck(&["gdu", "--energy", e, "--out", out.to_str().unwrap(), "--batch", "4", "--T", "60", "--K", "15"]);
+    assert_eq!(code, 1, "gdu: {stdout}\n{stderr}");
+    assert!(stdout.contains("fail") && stdout.contains("W_in.weight"), "gdu must name the failing tensor: {stdout}");
+    // The same model with the drives left to autograd (the symmetric lateral coupling) passes audit.
+    let file = d.path().join("lateral.pt");
+    let (code, stdout, _) = epcheck(&["audit", "--energy", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--batch", "4"]);
+    assert_eq!(code, 0, "{stdout}");
+}
+
+#[test]
+fn bad_modules_are_refused_with_one_line_and_nothing_written() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("no_spec", "no method spec()"),
+        ("no_primitive", "no method primitive("),
+        ("bad_shape", "expected Φ per example of shape (B,)"),
+        ("per_example", "one scalar per example"),
+        ("nan", "non-finite"),
+    ];
+    modules(&py, d.path(), &cases.iter().map(|c| c.0).collect::<Vec<_>>());
+    for (kind, needle) in cases {
+        let file = d.path().join(format!("{kind}.pt"));
+        let out = d.path().join(format!("runs-{kind}"));
+        let (code, stdout, stderr) = epcheck(&["gdu", "--energy", file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 2, "{kind}: stdout {stdout} stderr {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{kind}: one line expected: {stderr}");
+        assert!(lines[0].contains(needle) && lines[0].contains(&format!("{kind}.pt")), "{kind}: {stderr}");
+        assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0, "{kind}: something was written");
+    }
+    // Not a TorchScript file at all, and a missing file.
+    let junk = d.path().join("junk.pt");
+    std::fs::write(&junk, b"not a module").unwrap();
+    let out = d.path().join("runs-junk");
+    for (f, needle) in [(junk.clone(), "not a TorchScript module"), (d.path().join("missing.pt"), "no such file")] {
+        let (code, _, stderr) = epcheck(&["audit", "--energy", f.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn local_says_why_it_does_not_apply() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let file = module(&py, d.path(), "lateral", &[]);
+    let out = d.path().join("runs");
+    let (code, stdout, stderr) = epcheck(&["local", "--energy", file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("info") && stdout.contains("no term decomposition"), "{stdout}");
+    assert!(!stdout.contains(": pass"), "local must not pass a scripted energy: {stdout}");
+}
+
+#[test]
+fn a_verify_suite_takes_an_energy_file() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    module(&py, d.path(), "lateral", &[]);
+    let suite = d.path().join("suite.toml");
+    std::fs::write(&suite, "name = \"lateral\"\nseeds = [0]\n[model]\nenergy = \"lateral.pt\"\nbatch = 3\n[checks.audit]\n[checks.local]\n").unwrap();
+    let out = d.path().join("verify");
+    let (code, stdout, stderr) = epcheck(&["verify", suite.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("audit") && stdout.contains("local"), "{stdout}");
+}
