@@ -45,10 +45,14 @@ pub struct VerifyArgs {
     /// JUnit XML file (default: <out>/junit.xml).
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// Run only shard i of n (0 ≤ i < n) of the sorted suite files: suites i, i + n, …; default:
+    /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when set. Every suite is still validated.
+    #[arg(long, value_name = "i/n")]
+    pub shard: Option<String>,
 }
 
 /// The checks a suite may list, in the order they run.
-pub const CHECKS: [&str; 7] = ["converge", "local", "audit", "gdu", "bias", "refs", "conformance"];
+pub const CHECKS: [&str; 8] = ["converge", "local", "audit", "gdu", "bias", "refs", "conformance", "fuzz"];
 
 /// Keys of a suite's check table that belong to verify, not to the configuration.
 pub const VERIFY_KEYS: [&str; 3] = ["cos_min", "file", "names"];
@@ -207,6 +211,9 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
         };
         let file = file_of("file")?;
         let names = file_of("names")?;
+        if cname == "fuzz" && !tb.get("property").and_then(|v| v.as_str()).is_some_and(|p| crate::fuzz::PROPERTIES.contains(&p)) {
+            return Err(bad(path, format!("checks.fuzz needs property = one of {}", crate::fuzz::PROPERTIES.join(", "))));
+        }
         if cname == "conformance" && file.is_none() {
             return Err(bad(path, "checks.conformance needs file = \"…\" (external tensors)"));
         }
@@ -260,6 +267,7 @@ pub fn run_check(name: &str, inst: &Instance) -> Result<CheckReport> {
         }
         "bias" => bias::run(inst, &bias::BiasOptions::from_config(cfg))?,
         "refs" => refs::run(inst, &refs::RefsOptions::from_config(cfg))?,
+        "fuzz" => crate::fuzz::check_report(inst, &cfg.checks.fuzz.property)?,
         other => return Err(Error::Config(format!("unknown check '{other}'"))),
     })
 }
@@ -378,6 +386,8 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
     let files = suite_files(&a.paths)?;
     // Every suite, external file and output path is validated before anything runs.
     let suites = files.iter().map(|f| parse_suite(f)).collect::<Result<Vec<_>>>()?;
+    let shard = crate::run::Shard::from_arg_or_env(a.shard.as_deref())?;
+    let suites: Vec<Suite> = suites.into_iter().enumerate().filter(|(i, _)| shard.owns(*i)).map(|(_, s)| s).collect();
     let junit = a.junit.clone().unwrap_or_else(|| a.out.join("junit.xml"));
     crate::run::check_output_dir(&a.out)?;
     if a.junit.is_some() {
