@@ -100,7 +100,7 @@ fn bad_family_and_planted_kind_without_the_switch_are_refused() {
 fn planted_bug_is_found_shrunk_and_reproduced_by_verify() {
     let d = tempfile::tempdir().unwrap();
     let out = d.path().join("runs");
-    let o = run(bin().env("EPCHECK_TEST_PLANT", "1").args(["fuzz", "--family", "fixtures/families/planted.toml", "--cases", "12", "--seed", "1", "--properties", "audit,ep_bptt", "--out"]).arg(&out));
+    let o = run(bin().env("EPCHECK_TEST_PLANT", "1").args(["fuzz", "--family", "fixtures/families/planted.toml", "--cases", "6", "--seed", "1", "--properties", "audit,ep_bptt", "--out"]).arg(&out));
     assert_eq!(o.status.code(), Some(1), "the campaign finds the bug: {}", text(&o));
     let dirs = run_dirs(&out);
     assert_eq!(dirs.len(), 1);
@@ -132,14 +132,14 @@ fn planted_bug_is_found_shrunk_and_reproduced_by_verify() {
     let fam = std::fs::read_to_string("fixtures/families/planted.toml").unwrap().replace("\"test_bad_dense\"", "\"dense\"");
     let f = d.path().join("clean.toml");
     std::fs::write(&f, fam).unwrap();
-    let o = run(bin().args(["fuzz", "--cases", "12", "--seed", "1", "--properties", "audit,ep_bptt", "--family"]).arg(&f).arg("--out").arg(d.path().join("clean")));
+    let o = run(bin().args(["fuzz", "--cases", "6", "--seed", "1", "--properties", "audit,ep_bptt", "--family"]).arg(&f).arg("--out").arg(d.path().join("clean")));
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
 
 #[test]
 fn sharded_campaign_merges_to_the_unsharded_table() {
     let d = tempfile::tempdir().unwrap();
-    let common = ["fuzz", "--cases", "6", "--seed", "5", "--properties", "local,audit,converge,gdu"];
+    let common = ["fuzz", "--cases", "6", "--seed", "5", "--properties", "local,audit,converge"];
     let o = run(bin().args(common).arg("--out").arg(d.path().join("single")));
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
     let shards = d.path().join("shards");
@@ -161,7 +161,7 @@ fn sharded_campaign_merges_to_the_unsharded_table() {
     }
     // Refusals: a shard of another campaign, a missing shard; one line, exit 2, nothing written.
     let other = d.path().join("other");
-    let o = run(bin().args(["fuzz", "--cases", "6", "--seed", "6", "--properties", "local,audit,converge,gdu", "--shard", "2/3", "--out"]).arg(&other));
+    let o = run(bin().args(["fuzz", "--cases", "6", "--seed", "6", "--properties", "local,audit,converge", "--shard", "2/3", "--out"]).arg(&other));
     assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
     let refused = d.path().join("refused");
     let o = run(bin().arg("merge").args(&parts[..2]).args(run_dirs(&other)).arg("--out").arg(&refused));

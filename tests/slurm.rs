@@ -58,9 +58,10 @@ fn slurm_array_campaign_merges_to_the_unsharded_table() {
     let t0 = Instant::now();
     let sub = Command::new("sbatch")
         .env("SLURM_CONF", &conf)
-        .args(["--parsable", "--wait", "--array=0-3", "--time=10"])
+        // The job's variables travel with --export=ALL (inside --export, a comma would split PROPERTIES).
+        .envs([("EPCHECK", env!("CARGO_BIN_EXE_epcheck").to_string()), ("CASES", cases.into()), ("SEED", seed.into()), ("OUT", shards.display().to_string()), ("PROPERTIES", props.into())])
+        .args(["--parsable", "--wait", "--array=0-3", "--time=10", "--export=ALL"])
         .arg(format!("--output={}/slurm-%A_%a.out", d.path().display()))
-        .arg(format!("--export=ALL,EPCHECK={},CASES={cases},SEED={seed},OUT={},PROPERTIES={props}", env!("CARGO_BIN_EXE_epcheck"), shards.display()))
         .arg("scripts/slurm/fuzz-array.sbatch")
         .output()
         .expect("sbatch runs");
