@@ -208,3 +208,23 @@ fn new_properties_pass_on_sound_graphs_and_skip_with_the_reason() {
     let o = verdict(&graph("tanh", "async2", 0.3), "gdu");
     assert!(o.verdict == "skip" && o.detail.contains("schedule async2"), "{o:?}");
 }
+
+#[test]
+fn verify_shard_runs_its_suites_only() {
+    let d = tempfile::tempdir().unwrap();
+    for name in ["a", "b", "c"] {
+        let suite = format!("name = \"{name}\"\nseeds = [0]\ndtype = \"f64\"\nfigure_format = \"svg\"\nthreads = 1\n[model]\npreset = \"p-mlp\"\narchi = [4, 3, 2]\nbatch = 2\n[checks.local]\n");
+        std::fs::write(d.path().join(format!("{name}.toml")), suite).unwrap();
+    }
+    // Sorted suites a, b, c: shard 0/2 runs a and c, shard 1/2 runs b (SLURM_ARRAY_* give the same split).
+    for (shard, want) in [("0/2", vec!["a", "c"]), ("1/2", vec!["b"])] {
+        let o = run(bin().args(["verify", d.path().to_str().unwrap(), "--shard", shard, "--out"]).arg(d.path().join(format!("out{}", &shard[..1]))));
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let ran: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("PASS ")).map(|l| l.split('/').next().unwrap()).collect();
+        assert_eq!(ran, want, "{out}");
+    }
+    let o = run(bin().args(["verify", d.path().to_str().unwrap(), "--out"]).arg(d.path().join("outenv")).env("SLURM_ARRAY_TASK_ID", "1").env("SLURM_ARRAY_TASK_COUNT", "2"));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.lines().filter(|l| l.starts_with("PASS ")).all(|l| l.starts_with("PASS b/")) && out.contains("PASS b/"), "{out}");
+}
