@@ -17,16 +17,16 @@
 //!   regime changes, the centered EP per-step series (K = 10, β = 1e-3) equals BPTT's per-step gradients:
 //!   rel_l2 over all steps and tensors ≤ 100·β² + floor, floor = 1e-10·(1 + max‖f‖)/(β‖BPTT‖).
 //! * `holo_bias`: holomorphic EP with N = 1, 2, 3 points against implicit differentiation follows the bias law
-//!   error ≈ |f_{N+1}| r^N (estimators §6, table of laws): the log-log slope between r = 0.05 and 0.025 is
-//!   N ± 0.3 (the next term is relatively O(r): slope − N ≈ log₂((1 + 0.05a)/(1 + 0.025a)) ≈ 0.036a, within
-//!   0.3 for |a| ≤ 8). Preconditions: holomorphic activations and complex-capable couplings, converged phases
-//!   (r_∞ ≤ 1e-13), errors above the floor 1e-7 at r = 0.025, and the asymptotic regime — the slopes on
-//!   0.1 → 0.05 and 0.05 → 0.025 agree within 0.15 (a vanishing leading coefficient |f_{N+1}| or a floor
-//!   shows as a drifting slope: those draws are skipped, not scored).
+//!   error ≈ |f_{N+1}| r^N (estimators §6, table of laws): the log-log slope between r = 0.02 and 0.01 is
+//!   N ± 0.3. With error = a r^N (1 + c r + …), the slope on r → r/2 is N + c r/(2 ln 2) + O(r²), so the slopes
+//!   on 0.04 → 0.02 and 0.02 → 0.01 differ by δ ≈ (slope − N): an N is scored only when δ ≤ 0.1 (the asymptotic
+//!   regime; a small leading coefficient |f_{N+1}| shows as a drifting slope) and its error at r = 0.01 is above
+//!   the floor 1e-8. Preconditions: holomorphic activations and complex-capable couplings, converged phases
+//!   (r_∞ ≤ 1e-13), at least one N scored (else skip, listing why each N was not).
 use super::{flat, random_state, smooth_model, Outcome, MAX_ITER, STAR_TOL};
 use crate::checks::metrics::{rel_l2, rel_linf};
 use crate::estimators::{ep_holomorphic, implicit, PhaseLengths};
-use crate::model::terms::{Node, TermSpec};
+use crate::model::terms::TermSpec;
 use crate::model::{Batch, Model};
 use crate::precision::{Dtype, Precision};
 use crate::relax::{relax, relax_until_stationary, state_distance, RelaxOptions};
@@ -210,9 +210,9 @@ pub fn holo_bias(m: &Model, p: &[Tensor], batch: &Batch) -> Outcome {
         return Outcome::skip(P, "degenerate gradient");
     }
     let len = PhaseLengths { t_free: 0, k_nudge: MAX_ITER, tol: Some(STAR_TOL) };
-    let radii = [0.1, 0.05, 0.025];
+    let radii = [0.04, 0.02, 0.01];
     let mut worst: f64 = 0.0;
-    let mut parts = vec![];
+    let (mut parts, mut notes) = (vec![], vec![]);
     for n in 1..=3usize {
         let mut e = [0.0; 3];
         for (i, &r) in radii.iter().enumerate() {
@@ -225,21 +225,22 @@ pub fn holo_bias(m: &Model, p: &[Tensor], batch: &Batch) -> Outcome {
             }
             e[i] = rel_l2(&flat(&h.grad.tensors), &g);
         }
-        if !(e[2] > 1e-7) {
-            return Outcome::skip(P, format!("bias below the floor at N = {n} (error {:.1e} ≤ 1e-7 at r = {})", e[2], radii[2]));
+        if !(e[2] > 1e-8) {
+            notes.push(format!("N={n}: error {:.1e} below the floor 1e-8", e[2]));
+            continue;
         }
         let slope = |a: usize| (e[a] / e[a + 1]).ln() / (radii[a] / radii[a + 1]).ln();
         let (s1, s2) = (slope(0), slope(1));
-        if (s1 - s2).abs() > 0.15 {
-            return Outcome::skip(P, format!("not in the asymptotic regime at N = {n} (slopes {s1:.2}, {s2:.2} on r = 0.1 → 0.05 → 0.025)"));
+        if (s1 - s2).abs() > 0.1 {
+            notes.push(format!("N={n}: not asymptotic (slopes {s1:.2}, {s2:.2})"));
+            continue;
         }
         worst = worst.max((s2 - n as f64).abs());
         parts.push(format!("N={n}: {s2:.2}"));
     }
-    Outcome::scored(P, worst, 0.3, format!("|log-log slope − N| of rel_l2(ep_holomorphic, implicit) between r = 0.05 and 0.025 ({})", parts.join(", ")))
-}
-
-/// Whether a coupling joins two free layers (used by the tests).
-pub fn joins_free_layers(slots: &[Node]) -> bool {
-    slots.iter().filter(|n| n.layer().is_some()).count() >= 2
+    if parts.is_empty() {
+        return Outcome::skip(P, format!("no N in the asymptotic regime above the floor ({})", notes.join("; ")));
+    }
+    let skipped = if notes.is_empty() { String::new() } else { format!("; not scored: {}", notes.join("; ")) };
+    Outcome::scored(P, worst, 0.3, format!("|log-log slope − N| of rel_l2(ep_holomorphic, implicit) between r = 0.02 and 0.01 ({}){skipped}", parts.join(", ")))
 }
