@@ -51,6 +51,7 @@ fn recipes(acts: Vec<&'static str>, image_ok: bool) -> impl Strategy<Value = Rec
                 loss: loss.to_string(),
                 batch,
                 seed,
+                planted_output: false,
             })
     })
 }

@@ -64,6 +64,10 @@ pub enum Command {
     /// Fuzz random architecture graphs against the invariants (local, BPTT = FD, EP → BPTT, holomorphic N = 2).
     #[command(after_help = "Example:\n  epcheck fuzz --cases 20 --seed 1\n\nThe invariants: docs/checks.md#fuzz")]
     Fuzz(crate::fuzz::FuzzArgs),
+    /// Join the run folders of a sharded campaign (`fuzz --shard i/n`) into one run folder: one table, summary,
+    /// JUnit file and index.html; refuses shards of different campaigns.
+    #[command(after_help = "Example:\n  epcheck merge reports/runs/fuzz-*-shard*of4-* --out reports/merged\n\nSharding and Slurm arrays: docs/slurm.md")]
+    Merge(crate::merge::MergeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -497,6 +501,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             println!("index: {}", p.display());
             Ok(0)
         }
+        Command::Merge(a) => crate::merge::command(a),
     }
 }
 

@@ -285,6 +285,23 @@ pub struct ChecksConfig {
     pub audit: AuditConfig,
     #[serde(default)]
     pub conformance: ConformanceConfig,
+    /// `checks.fuzz` (verify suites of shrunk fuzz cases, docs/fuzz.md).
+    #[serde(default, skip_serializing_if = "FuzzCheckConfig::is_unset")]
+    pub fuzz: FuzzCheckConfig,
+}
+
+/// `checks.fuzz`: the fuzz property a verify suite runs on its instance (`crate::fuzz::PROPERTIES`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FuzzCheckConfig {
+    #[serde(default)]
+    pub property: String,
+}
+
+impl FuzzCheckConfig {
+    fn is_unset(&self) -> bool {
+        self.property.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -400,6 +417,7 @@ impl Default for ChecksConfig {
             local: Default::default(),
             audit: Default::default(),
             conformance: Default::default(),
+            fuzz: Default::default(),
         }
     }
 }

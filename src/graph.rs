@@ -451,7 +451,12 @@ fn build(g: GraphDecl) -> Result<Model> {
 }
 
 fn coupling(b: &mut Builder, ci: usize, c: &CouplingDecl) -> Result<Box<dyn Term>> {
-    let kind = c.kind.as_str();
+    // The test-only planted-bug kind (src/model/terms/planted.rs): a linear `dense` with a wrong pre drive.
+    let planted = c.kind == crate::model::terms::planted::KIND;
+    if planted && !crate::model::terms::planted::enabled() {
+        return Err(err(format!("coupling {ci}: kind '{}' is a test-only planted bug, available only with {}=1", c.kind, crate::model::terms::planted::ENV)));
+    }
+    let kind = if planted { "dense" } else { c.kind.as_str() };
     if !KINDS.contains(&kind) {
         return Err(err(format!("coupling {ci}: unknown kind '{kind}' (known: {})", KINDS.join(", "))));
     }
@@ -519,9 +524,12 @@ fn coupling(b: &mut Builder, ci: usize, c: &CouplingDecl) -> Result<Box<dyn Term
                                 return Err(err(format!("{what}: the linear layout needs a vector pre layer, {pn} is {} (use layout = \"pre_first\" or flatten_dense)", shape_str(&pre.shape))));
                             }
                             let wi = b.param(&what, "weight", &c.weight, &[post[0], n_pre], &format!("(n_post, n_pre) from {both}"))?;
+                            if planted {
+                                return Ok(Box::new(crate::model::terms::planted::PlantedDense::new(pre.node, Node::Layer(k), wi)));
+                            }
                             Ok(Box::new(Dense::new(pre.node, Node::Layer(k), wi)))
                         }
-                        "pre_first" => {
+                        "pre_first" if !planted => {
                             let mut expect = pre.shape.clone();
                             expect.push(post[0]);
                             let wi = b.param(&what, "weight", &c.weight, &expect, &format!("(pre shape…, n_post) from {both}"))?;

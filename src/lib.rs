@@ -37,6 +37,7 @@ pub mod fuzz;
 pub mod graph;
 pub mod instance;
 pub mod io;
+pub mod merge;
 pub mod model;
 pub mod precision;
 pub mod progress;

@@ -92,3 +92,60 @@ pub fn complete(out: &Path, dump: Option<&Path>, command: &str, inst: &Instance,
     println!("report: {}", dir.display());
     Ok((dir, code))
 }
+
+/// One shard of a campaign (`--shard i/n`, 0 ≤ i < n): the items i, i + n, i + 2n, … of a deterministic
+/// enumeration (fuzz cases, β points, verify suites) — every item belongs to exactly one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// Parses `i/n`.
+    pub fn parse(s: &str) -> Result<Shard> {
+        let bad = || Error::Config(format!("--shard expects i/n with 0 ≤ i < n (e.g. 0/4), got '{s}'"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
+        if n == 0 || i >= n {
+            return Err(bad());
+        }
+        Ok(Shard { index: i, count: n })
+    }
+
+    /// `--shard` when given; else a Slurm array task's (SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN of
+    /// SLURM_ARRAY_TASK_COUNT) when those are set; else the whole campaign.
+    pub fn from_arg_or_env(arg: Option<&str>) -> Result<Shard> {
+        if let Some(s) = arg {
+            return Shard::parse(s);
+        }
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        match (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT")) {
+            (Some(id), Some(n)) => {
+                let num = |k: &str, v: &str| v.parse::<usize>().map_err(|_| Error::Config(format!("{k} must be an integer, got '{v}'")));
+                let (id, n) = (num("SLURM_ARRAY_TASK_ID", &id)?, num("SLURM_ARRAY_TASK_COUNT", &n)?);
+                let min = match var("SLURM_ARRAY_TASK_MIN") {
+                    Some(m) => num("SLURM_ARRAY_TASK_MIN", &m)?,
+                    None => 0,
+                };
+                if n == 0 || id < min || id - min >= n {
+                    return Err(Error::Config(format!("SLURM_ARRAY_TASK_ID {id} is outside the array {min}..{} (submit a contiguous array, e.g. --array=0-{})", min + n, n.max(1) - 1)));
+                }
+                Ok(Shard { index: id - min, count: n })
+            }
+            _ => Ok(Shard::ALL),
+        }
+    }
+
+    /// Whether item `i` belongs to this shard.
+    pub fn owns(&self, i: usize) -> bool {
+        i % self.count == self.index
+    }
+
+    /// The indices of `0..n` this shard owns.
+    pub fn select(&self, n: usize) -> Vec<usize> {
+        (0..n).filter(|&i| self.owns(i)).collect()
+    }
+}

@@ -18,7 +18,8 @@
 //! file = "../fixtures/conformance/pmlp_reference.safetensors"
 //! ```
 //!
-//! Checks: `converge`, `local`, `audit`, `gdu`, `bias`, `refs`, `conformance`, run in that order. Every
+//! Checks: `converge`, `local`, `audit`, `gdu`, `bias`, `refs`, `conformance`, run in that order; `fuzz`
+//! (`property = "…"`: one fuzz property, the suites `epcheck fuzz` writes for shrunk cases, docs/fuzz.md). Every
 //! suite is parsed and validated before anything runs (bad input → exit 2, no report). Prints one line per
 //! check and instance, then `N passed, N failed`; writes a run folder per instance and one JUnit XML file
 //! (one test case per check and instance) and `<out>/index.html` (one row per check, linking each run's
@@ -45,6 +46,10 @@ pub struct VerifyArgs {
     /// JUnit XML file (default: <out>/junit.xml).
     #[arg(long)]
     pub junit: Option<PathBuf>,
+    /// Run only shard i of n (0 ≤ i < n) of the sorted suite files: suites i, i + n, …; default:
+    /// SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT when set. Every suite is still validated.
+    #[arg(long, value_name = "i/n")]
+    pub shard: Option<String>,
 }
 
 /// The checks a suite may list, in the order they run.
@@ -187,8 +192,9 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
         cfg_checks.insert("figure_format".into(), f);
     }
     for (cname, v) in &checks_t {
-        if !CHECKS.contains(&cname.as_str()) {
-            return Err(bad(path, format!("unknown check '{cname}' (known: {})", CHECKS.join(", "))));
+        // `fuzz`: one fuzz property on the suite's instance (the suites `epcheck fuzz` writes for shrunk cases).
+        if !CHECKS.contains(&cname.as_str()) && cname != "fuzz" {
+            return Err(bad(path, format!("unknown check '{cname}' (known: {}, fuzz)", CHECKS.join(", "))));
         }
         let mut tb = match v {
             toml::Value::Table(tb) => tb.clone(),
@@ -220,6 +226,9 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
         };
         let file = file_of("file")?;
         let names = file_of("names")?;
+        if cname == "fuzz" && !tb.get("property").and_then(|v| v.as_str()).is_some_and(|p| crate::fuzz::PROPERTIES.contains(&p)) {
+            return Err(bad(path, format!("checks.fuzz needs property = one of {}", crate::fuzz::PROPERTIES.join(", "))));
+        }
         if cname == "conformance" && file.is_none() {
             return Err(bad(path, "checks.conformance needs file = \"…\" (external tensors)"));
         }
@@ -273,6 +282,7 @@ pub fn run_check(name: &str, inst: &Instance) -> Result<CheckReport> {
         }
         "bias" => bias::run(inst, &bias::BiasOptions::from_config(cfg))?,
         "refs" => refs::run(inst, &refs::RefsOptions::from_config(cfg))?,
+        "fuzz" => crate::fuzz::check_report(inst, &cfg.checks.fuzz.property)?,
         other => return Err(Error::Config(format!("unknown check '{other}'"))),
     })
 }
@@ -392,6 +402,8 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
     let files = suite_files(&a.paths)?;
     // Every suite, external file and output path is validated before anything runs.
     let suites = files.iter().map(|f| parse_suite(f)).collect::<Result<Vec<_>>>()?;
+    let shard = crate::run::Shard::from_arg_or_env(a.shard.as_deref())?;
+    let suites: Vec<Suite> = suites.into_iter().enumerate().filter(|(i, _)| shard.owns(*i)).map(|(_, s)| s).collect();
     let junit = a.junit.clone().unwrap_or_else(|| a.out.join("junit.xml"));
     crate::run::check_output_dir(&a.out)?;
     if a.junit.is_some() {

@@ -36,7 +36,7 @@ fn run(args: &[&str]) -> (i32, String, String) {
 /// Starts `args`, sends `sig` after `delay`, and returns how it ended: its exit code, or 128 + the signal when the
 /// signal arrived before epcheck installed its handler (the default action).
 fn interrupt(args: &[&str], sig: &str, delay: Duration) -> i32 {
-    let mut child = Command::new(bin()).args(args).env("OMP_NUM_THREADS", "1").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let child = Command::new(bin()).args(args).env("OMP_NUM_THREADS", "1").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn");
     std::thread::sleep(delay);
     let _ = Command::new("kill").args(["-s", sig, &child.id().to_string()]).status();
     let out = child.wait_with_output().expect("wait");

@@ -10,6 +10,7 @@ pub mod conv;
 pub mod conv_pool;
 pub mod dense;
 pub mod flatten_dense;
+pub mod planted;
 pub mod projection;
 pub mod scripted;
 

@@ -14,10 +14,20 @@
 //! * `holo_n2`: holomorphic EP with N = 2 equals symmetric EP with the same phases (holomorphic activations,
 //!   dense couplings only; rel_linf ≤ 1e-9).
 //!
+//! * `audit`, `converge`, `gdu`, `holo_bias`: the energy audit, convergence within the T a contraction bound
+//!   predicts, the GDU identity and the holomorphic bias law ([`properties`]).
+//!
 //! A property that does not apply to a graph (or whose preconditions fail, e.g. no convergence) is `skip`.
-//! `epcheck fuzz` runs many cases and writes a run folder (cases table, summary, regression files of failures);
-//! the proptests in `proptests/` shrink failures and write them under `fixtures/regressions/`, which
-//! `tests/graph.rs` replays.
+//! `epcheck fuzz` draws cases from an architecture family ([`family`]; the built-in one is
+//! `fixtures/families/builtin.toml`), shrinks the first failure of every property ([`shrink`]) to a smallest
+//! graph that still fails it, and writes a run folder (cases table, summary, JUnit, index.html, regression files
+//! and the shrunk graph with a verify suite). `--shard i/n` runs the cases i, i + n, … of the campaign
+//! (`epcheck merge` joins the shards). The proptests in `proptests/` shrink failures of the built-in generator
+//! and write them under `fixtures/regressions/`, which `tests/graph.rs` replays.
+pub mod family;
+pub mod properties;
+pub mod shrink;
+
 use crate::checks::kinks;
 use crate::checks::metrics::{rel_l2, rel_linf};
 use crate::estimators::{ep_centered, ep_holomorphic, fd, implicit, PhaseLengths};
@@ -31,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Tensor;
 
-pub const PROPERTIES: [&str; 4] = ["local", "bptt_fd", "ep_bptt", "holo_n2"];
+pub const PROPERTIES: [&str; 8] = ["local", "bptt_fd", "ep_bptt", "holo_n2", "audit", "converge", "gdu", "holo_bias"];
 
 pub const SMOOTH: [&str; 4] = ["logistic4", "sigmoid", "tanh", "identity"];
 pub const CLAMP: [&str; 5] = ["my_hard_sig", "hard_sigmoid_2u", "ctrd_hard_sig", "hard_sigmoid", "relu6"];
@@ -44,6 +54,9 @@ pub enum Hidden {
     Conv { channels: i64, stride: i64 },
     /// 3×3 conv + 2×2 max-pool (needs an even size; else a stride-2 conv).
     ConvPool { channels: i64 },
+    /// A dense layer whose main coupling is the test-only planted kind `test_bad_dense` (a pre-first dense
+    /// after an image layer, which the planted kind does not cover).
+    Planted(i64),
 }
 
 /// Everything that determines a fuzz case's graph.
@@ -66,6 +79,8 @@ pub struct Recipe {
     pub loss: String,
     pub batch: i64,
     pub seed: u64,
+    /// The output layer's main coupling is the test-only planted kind (families only).
+    pub planted_output: bool,
 }
 
 /// SplitMix64: the fuzzer's own seeded stream (independent of libtorch's).
@@ -117,7 +132,7 @@ impl Recipe {
         let biases = r.unit() < 0.7;
         let schedule = if r.unit() < 0.5 { "sync" } else { "async2" }.to_string();
         let batch = r.int(1, 3);
-        Recipe { image, n_in, hidden, classes, skips, activation, gain, biases, schedule, loss, batch, seed: r.next_u64() % 1_000_000 }
+        Recipe { image, n_in, hidden, classes, skips, activation, gain, biases, schedule, loss, batch, seed: r.next_u64() % 1_000_000, planted_output: false }
     }
 
     pub fn smooth(&self) -> bool {
@@ -139,7 +154,8 @@ impl Recipe {
         let mut nodes = vec![input];
         // (layer shape, main coupling text without weight, fan-in, weight shape, summary)
         let mut layers: Vec<(N, String, i64, Vec<i64>, String)> = vec![];
-        let all: Vec<Hidden> = self.hidden.iter().cloned().chain([Hidden::Dense(self.classes)]).collect();
+        let out = if self.planted_output { Hidden::Planted(self.classes) } else { Hidden::Dense(self.classes) };
+        let all: Vec<Hidden> = self.hidden.iter().cloned().chain([out]).collect();
         for (j, h) in all.iter().enumerate() {
             let prev = nodes.last().expect("input").clone();
             let name = if j + 1 == all.len() { "out".to_string() } else { format!("L{}", j + 1) };
@@ -157,9 +173,13 @@ impl Recipe {
                     let o = crate::model::terms::conv::ConvGeom::out_size(3, 2, 1, prev.shape[1]);
                     (vec![*channels, o, o], format!("kind = \"conv\"\npre = \"{}\"\npost = \"{name}\"\nkernel = 3\nstride = 2\npad = 1", prev.name), prev.shape[0] * 9, vec![*channels, prev.shape[0], 3, 3], "conv3/s2".into())
                 }
+                (Hidden::Planted(n), false) => {
+                    let n_pre: i64 = prev.shape.iter().product();
+                    (vec![*n], format!("kind = \"{}\"\npre = \"{}\"\npost = \"{name}\"", crate::model::terms::planted::KIND, prev.name), n_pre, vec![*n, n_pre], "test_bad_dense".into())
+                }
                 (h, _) => {
                     let n = match h {
-                        Hidden::Dense(n) => *n,
+                        Hidden::Dense(n) | Hidden::Planted(n) => *n,
                         Hidden::Conv { channels, .. } | Hidden::ConvPool { channels } => *channels,
                     };
                     let n_pre: i64 = prev.shape.iter().product();
@@ -323,7 +343,7 @@ pub fn read_case(path: &Path) -> Result<Case> {
     Ok(Case { property, seed: i("seed")? as u64, batch: i("batch")?.max(1), graph: s("graph")?, summary: String::new(), expect: t.get("expect").and_then(|v| v.as_str()).map(str::to_string) })
 }
 
-fn flat(ts: &[Tensor]) -> Vec<f64> {
+pub(crate) fn flat(ts: &[Tensor]) -> Vec<f64> {
     ts.iter().flat_map(to_vec_f64).collect()
 }
 
@@ -343,20 +363,57 @@ pub fn check(c: &Case) -> Outcome {
         Ok(x) => x,
         Err(e) => return Outcome::new(&c.property, "error", f64::NAN, f64::NAN, e.to_string()),
     };
-    match c.property.as_str() {
-        "local" => local(&m, &p, &batch, c.seed),
-        "bptt_fd" => bptt_fd(&m, &p, &batch, c.seed),
-        "ep_bptt" => ep_bptt(&m, &p, &batch),
-        "holo_n2" => holo_n2(&m, &p, &batch),
+    check_model(&c.property, &m, &p, &batch, c.seed)
+}
+
+/// Checks one property on a model, its parameters and batch (float64, CPU); `seed` seeds the random states.
+pub fn check_model(property: &str, m: &Model, p: &[Tensor], batch: &Batch, seed: u64) -> Outcome {
+    match property {
+        "local" => local(m, p, batch, seed),
+        "bptt_fd" => bptt_fd(m, p, batch, seed),
+        "ep_bptt" => ep_bptt(m, p, batch),
+        "holo_n2" => holo_n2(m, p, batch),
+        "audit" => properties::audit(m, p, batch, seed),
+        "converge" => properties::converge(m, p, batch),
+        "gdu" => properties::gdu(m, p, batch),
+        "holo_bias" => properties::holo_bias(m, p, batch),
         other => Outcome::new(other, "error", f64::NAN, f64::NAN, format!("unknown property '{other}'")),
     }
 }
 
-fn smooth_model(m: &Model) -> bool {
+/// The `fuzz` check of `epcheck verify` (a shrunk case's suite): one fuzz property on the suite's instance
+/// (`checks.fuzz.property`). pass → pass, fail → fail, error → error, skip → inconclusive (nothing certified).
+pub fn check_report(inst: &crate::instance::Instance, property: &str) -> Result<crate::checks::CheckReport> {
+    use crate::checks::Verdict;
+    if !PROPERTIES.contains(&property) {
+        return Err(Error::Config(format!("checks.fuzz.property: unknown property '{property}' (known: {})", PROPERTIES.join(", "))));
+    }
+    let o = if inst.prec.dtype != Dtype::F64 || inst.prec.device != tch::Device::Cpu {
+        Outcome::new(property, "error", f64::NAN, f64::NAN, "fuzz properties run in float64 on the CPU (dtype = \"f64\", device = \"cpu\")")
+    } else {
+        check_model(property, &inst.model, &inst.params, &inst.batch, inst.cfg.seed)
+    };
+    let mut rows = crate::checks::Rows::new("fuzz", &inst.id, &inst.model.preset, inst.prec.dtype.name());
+    let mut r = rows.row("property", property, "error", o.error);
+    r.threshold = Some(o.threshold);
+    let v = match o.verdict.as_str() {
+        "pass" => Verdict::Pass,
+        "fail" => Verdict::Fail(format!("error {:.3e} > {:.3e}: {}", o.error, o.threshold, o.detail)),
+        "skip" => Verdict::Inconclusive(format!("precondition not met: {}", o.detail)),
+        _ => Verdict::Error(o.detail.clone()),
+    };
+    r.verdict = Some(v.label().into());
+    rows.push(r);
+    rows.verdict("property", property, &v, serde_json::json!({ "error": o.error, "threshold": o.threshold, "detail": o.detail }));
+    let digest = format!("{property} {} — error {:.3e} (threshold {:.3e}): {}", o.verdict, o.error, o.threshold, o.detail);
+    Ok(rows.finish(vec![format!("Fuzz property `{property}`: {} — {}", o.verdict, o.detail)], vec![]).with_digest(digest))
+}
+
+pub(crate) fn smooth_model(m: &Model) -> bool {
     (0..m.layers.len()).all(|k| m.update_map(k).is_none() && m.layers[k].activation.kinks().is_none())
 }
 
-fn random_state(m: &Model, b: i64, seed: i64) -> State {
+pub(crate) fn random_state(m: &Model, b: i64, seed: i64) -> State {
     let _rng = crate::tensor_util::rng_lock();
     tch::manual_seed(seed);
     m.layers
@@ -480,6 +537,17 @@ pub struct FuzzArgs {
     /// Seed of the case stream.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Architecture family file (TOML, docs/fuzz.md); default: the built-in family
+    /// (fixtures/families/builtin.toml).
+    #[arg(long)]
+    pub family: Option<PathBuf>,
+    /// Run only shard i of n (0 ≤ i < n): the cases i, i + n, i + 2n, …; default: SLURM_ARRAY_TASK_ID /
+    /// SLURM_ARRAY_TASK_COUNT when set. `epcheck merge` joins the shards' run folders.
+    #[arg(long, value_name = "i/n")]
+    pub shard: Option<String>,
+    /// Shrinking steps per failing property (0: no shrinking).
+    #[arg(long, default_value_t = 300)]
+    pub shrink_steps: usize,
     /// Output folder for the run folder.
     #[arg(long, default_value = "reports/runs")]
     pub out: PathBuf,
@@ -519,6 +587,7 @@ fn replay(paths: &[PathBuf]) -> Result<i32> {
 }
 
 /// One row of the cases table.
+#[derive(Clone, Debug)]
 pub struct Row {
     pub case: usize,
     pub seed: u64,
@@ -527,7 +596,30 @@ pub struct Row {
     pub millis: f64,
 }
 
-/// Runs `n` random cases from `seed` (every listed property on each graph).
+/// The seed of case `i` of the stream from `seed`: the i-th output of SplitMix64 from `seed`, computed directly
+/// (a case depends on the stream seed and its index only, whichever shard runs it).
+pub fn case_seed(seed: u64, i: usize) -> u64 {
+    Rng::new(seed.wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))).next_u64()
+}
+
+/// Runs the cases `indices` of the campaign (every listed property on each graph).
+pub fn run_family_cases(fam: &family::Family, seed: u64, indices: &[usize], properties: &[&str], mut progress: impl FnMut(usize, &Row)) -> Vec<(Row, Case)> {
+    let mut out = vec![];
+    for &i in indices {
+        let r = fam.tree(case_seed(seed, i)).current();
+        for &prop in properties {
+            let c = r.case(prop);
+            let t0 = Instant::now();
+            let o = check(&c);
+            let row = Row { case: i, seed: r.seed, graph: c.summary.clone(), outcome: o, millis: t0.elapsed().as_secs_f64() * 1e3 };
+            progress(i, &row);
+            out.push((row, c));
+        }
+    }
+    out
+}
+
+/// Runs `n` random cases of the legacy generator ([`Recipe::random`]) from `seed` (every listed property).
 pub fn run_cases(n: usize, seed: u64, properties: &[&str], mut progress: impl FnMut(usize, &Row)) -> Vec<(Row, Case)> {
     let mut stream = Rng::new(seed);
     let mut out = vec![];
@@ -545,36 +637,127 @@ pub fn run_cases(n: usize, seed: u64, properties: &[&str], mut progress: impl Fn
     out
 }
 
+/// What determines a campaign's table (recorded as `campaign.json`; `epcheck merge` joins only shards whose
+/// campaigns are equal).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Campaign {
+    pub family: String,
+    /// SHA-256 of the family file's text.
+    pub family_sha256: String,
+    pub seed: u64,
+    pub cases: usize,
+    pub properties: Vec<String>,
+    pub shrink_steps: usize,
+}
+
+/// `campaign.json` of a run folder: the campaign, the shard that ran and its wall time.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct CampaignRecord {
+    pub command: String,
+    pub campaign: Campaign,
+    pub shard: [usize; 2],
+    pub wall_s: f64,
+}
+
+pub fn parse_properties(arg: Option<&str>) -> Result<Vec<&'static str>> {
+    match arg {
+        None => Ok(PROPERTIES.to_vec()),
+        Some(s) => {
+            let mut v = vec![];
+            for x in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+                match PROPERTIES.iter().find(|p| **p == x) {
+                    Some(p) => v.push(*p),
+                    None => return Err(Error::Config(format!("--properties: unknown property '{x}' (known: {})", PROPERTIES.join(", ")))),
+                }
+            }
+            if v.is_empty() {
+                return Err(Error::Config("--properties: empty list".into()));
+            }
+            Ok(v)
+        }
+    }
+}
+
 pub fn command(a: FuzzArgs) -> Result<i32> {
-    use polars::prelude::*;
+    use sha2::Digest;
     if !a.replay.is_empty() {
         return replay(&a.replay);
     }
-    let props: Vec<&str> = match &a.properties {
-        None => PROPERTIES.to_vec(),
-        Some(s) => {
-            let v: Vec<&str> = s.split(',').map(str::trim).filter(|x| !x.is_empty()).collect();
-            if let Some(bad) = v.iter().find(|p| !PROPERTIES.contains(p)) {
-                return Err(Error::Config(format!("--properties: unknown property '{bad}' (known: {})", PROPERTIES.join(", "))));
-            }
-            v
-        }
-    };
+    let props = parse_properties(a.properties.as_deref())?;
     if a.cases < 1 {
         return Err(Error::Config("--cases must be ≥ 1".into()));
     }
+    let (fam, text) = match &a.family {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).map_err(|e| Error::file(f, e))?;
+            (family::Family::parse(&text, f)?, text)
+        }
+        None => (family::Family::builtin(), family::BUILTIN.to_string()),
+    };
+    let shard = crate::run::Shard::from_arg_or_env(a.shard.as_deref())?;
+    crate::run::check_output_dir(&a.out)?;
+    if let Some(d) = &a.regressions {
+        crate::run::check_output_dir(d)?;
+    }
+    let campaign = Campaign {
+        family: fam.name.clone(),
+        family_sha256: format!("{:x}", sha2::Sha256::digest(text.as_bytes())),
+        seed: a.seed,
+        cases: a.cases,
+        properties: props.iter().map(|p| p.to_string()).collect(),
+        shrink_steps: a.shrink_steps,
+    };
     tch::set_num_threads(1);
     let t0 = Instant::now();
+    let indices = shard.select(a.cases);
     crate::progress::start("fuzz");
-    let rows = run_cases(a.cases, a.seed, &props, |_, _| crate::progress::tick());
+    let rows = run_family_cases(&fam, a.seed, &indices, &props, |_, _| crate::progress::tick());
     crate::progress::finish();
+    // Shrink the first failure of every property to a smallest graph that fails it the same way.
+    let mut shrunk = vec![];
+    if a.shrink_steps > 0 {
+        for p in &props {
+            if let Some((r, _)) = rows.iter().find(|(r, _)| r.outcome.property == *p && (r.outcome.verdict == "fail" || r.outcome.verdict == "error")) {
+                let s = shrink::shrink(&fam, case_seed(a.seed, r.case), p, a.shrink_steps);
+                shrunk.push((r.case, s));
+            }
+        }
+    }
     let wall = t0.elapsed().as_secs_f64();
-    let rf = crate::report::RunFolder::new(&a.out, "fuzz", &format!("seed{}-n{}", a.seed, a.cases))?;
-    let col_s = |name: &str, f: &dyn Fn(&Row) -> String| Column::new(name.into(), rows.iter().map(|(r, _)| f(r)).collect::<Vec<_>>());
-    let col_f = |name: &str, f: &dyn Fn(&Row) -> f64| Column::new(name.into(), rows.iter().map(|(r, _)| f(r)).collect::<Vec<_>>());
-    let mut df = DataFrame::new(rows.len(), vec![
-        Column::new("case".into(), rows.iter().map(|(r, _)| r.case as i64).collect::<Vec<_>>()),
-        Column::new("seed".into(), rows.iter().map(|(r, _)| r.seed as i64).collect::<Vec<_>>()),
+    let tag = if shard.count > 1 { format!("-shard{}of{}", shard.index, shard.count) } else { String::new() };
+    let rf = crate::report::RunFolder::new(&a.out, "fuzz", &format!("{}-seed{}-n{}{tag}", fam.name, a.seed, a.cases))?;
+    let rec = CampaignRecord { command: "fuzz".into(), campaign, shard: [shard.index, shard.count], wall_s: wall };
+    for (case, s) in &shrunk {
+        shrink::write(rf.dir(), *case, s)?;
+        println!("shrunk {} case {case} in {} steps to: {}", s.property, s.steps, s.summary);
+    }
+    let regressions: Vec<(String, Case, String)> = rows
+        .iter()
+        .filter(|(r, _)| r.outcome.verdict == "fail" || r.outcome.verdict == "error")
+        .map(|(r, c)| (format!("{}-case{}-seed{}.toml", c.property, r.case, c.seed), c.clone(), format!("epcheck fuzz --family {} --seed {} case {}", fam.name, a.seed, r.case)))
+        .collect();
+    for (file, c, note) in &regressions {
+        write_case(&rf.dir().join("regressions").join(file), c, note)?;
+        if let Some(d) = &a.regressions {
+            write_case(&d.join(file), c, note)?;
+        }
+    }
+    let rows: Vec<Row> = rows.into_iter().map(|(r, _)| r).collect();
+    let (code, line) = write_campaign(&rf, &rec, &rows, &format!("{} cases{} in {wall:.1} s", indices.len(), if shard.count > 1 { format!(" (shard {}/{} of {})", shard.index, shard.count, a.cases) } else { String::new() }))?;
+    let dir = rf.commit()?;
+    println!("{line}");
+    println!("report: {}", dir.display());
+    Ok(code)
+}
+
+/// The cases table of a campaign's rows.
+pub fn cases_frame(rows: &[Row]) -> Result<polars::prelude::DataFrame> {
+    use polars::prelude::*;
+    let col_s = |name: &str, f: &dyn Fn(&Row) -> String| Column::new(name.into(), rows.iter().map(f).collect::<Vec<_>>());
+    let col_f = |name: &str, f: &dyn Fn(&Row) -> f64| Column::new(name.into(), rows.iter().map(f).collect::<Vec<_>>());
+    Ok(DataFrame::new(rows.len(), vec![
+        Column::new("case".into(), rows.iter().map(|r| r.case as i64).collect::<Vec<_>>()),
+        Column::new("seed".into(), rows.iter().map(|r| r.seed as i64).collect::<Vec<_>>()),
         col_s("graph", &|r| r.graph.clone()),
         col_s("property", &|r| r.outcome.property.clone()),
         col_s("verdict", &|r| r.outcome.verdict.clone()),
@@ -582,46 +765,110 @@ pub fn command(a: FuzzArgs) -> Result<i32> {
         col_f("threshold", &|r| r.outcome.threshold),
         col_s("detail", &|r| r.outcome.detail.clone()),
         col_f("millis", &|r| r.millis),
-    ])?;
+    ])?)
+}
+
+/// Reads a cases table (Parquet) back into rows.
+pub fn read_cases(path: &Path) -> Result<Vec<Row>> {
+    use polars::prelude::*;
+    let f = std::fs::File::open(path).map_err(|e| Error::file(path, e))?;
+    let df = ParquetReader::new(f).finish().map_err(|e| Error::file(path, format!("not a cases table: {e}")))?;
+    let bad = |e: PolarsError| Error::file(path, format!("not a cases table: {e}"));
+    let i64c = |n: &str| -> Result<Vec<i64>> { Ok(df.column(n).map_err(bad)?.i64().map_err(bad)?.into_iter().map(|v| v.unwrap_or(0)).collect()) };
+    let f64c = |n: &str| -> Result<Vec<f64>> { Ok(df.column(n).map_err(bad)?.f64().map_err(bad)?.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect()) };
+    let strc = |n: &str| -> Result<Vec<String>> { Ok(df.column(n).map_err(bad)?.str().map_err(bad)?.into_iter().map(|v| v.unwrap_or("").to_string()).collect()) };
+    let (case, seed, graph, prop, verdict, error, threshold, detail, millis) = (i64c("case")?, i64c("seed")?, strc("graph")?, strc("property")?, strc("verdict")?, f64c("error")?, f64c("threshold")?, strc("detail")?, f64c("millis")?);
+    Ok((0..case.len())
+        .map(|i| Row { case: case[i] as usize, seed: seed[i] as u64, graph: graph[i].clone(), outcome: Outcome::new(&prop[i], &verdict[i], error[i], threshold[i], detail[i].clone()), millis: millis[i] })
+        .collect())
+}
+
+/// Writes a campaign's table, `campaign.json`, summary, JUnit file and index.html into a run folder (shared by
+/// `fuzz` and `merge`); returns the exit code and the one-line digest.
+pub fn write_campaign(rf: &crate::report::RunFolder, rec: &CampaignRecord, rows: &[Row], what: &str) -> Result<(i32, String)> {
+    let props: Vec<&str> = rec.campaign.properties.iter().map(String::as_str).collect();
+    let mut df = cases_frame(rows)?;
     crate::report::tables::write_both(&mut df, &rf.dir().join("tables"), "cases")?;
+    rf.write("campaign.json", &(serde_json::to_string_pretty(rec).map_err(|e| Error::Report(e.to_string()))? + "\n"))?;
+    let c = &rec.campaign;
     let mut md = vec![
         format!("# epcheck fuzz — {}", rf.run_id),
         String::new(),
-        format!("{} random graphs from seed {}, properties {}; wall time {:.1} s.", a.cases, a.seed, props.join(", "), wall),
+        format!("Family `{}` (sha256 {}…), seed {}, {}; properties {}.", c.family, &c.family_sha256[..12], c.seed, what, props.join(", ")),
         String::new(),
         "| property | pass | fail | skip | error | worst error/threshold |".into(),
         "|---|---|---|---|---|---|".into(),
     ];
     let mut failed = 0;
     let (mut unexercised, mut digest) = (vec![], vec![]);
+    let mut junit = quick_junit::Report::new("epcheck fuzz");
+    let mut ts = quick_junit::TestSuite::new(format!("fuzz/{}", c.family));
+    let mut index_rows = vec![];
+    let mut skip_reasons = vec![];
     for p in &props {
-        let of = |v: &str| rows.iter().filter(|(r, _)| r.outcome.property == *p && r.outcome.verdict == v).count();
-        let worst = rows.iter().filter(|(r, _)| r.outcome.property == *p && r.outcome.verdict != "skip" && r.outcome.error.is_finite()).map(|(r, _)| r.outcome.error / r.outcome.threshold).fold(0.0, f64::max);
-        failed += of("fail") + of("error");
-        if of("pass") + of("fail") + of("error") == 0 {
+        let of = |v: &str| rows.iter().filter(|r| r.outcome.property == *p && r.outcome.verdict == v).count();
+        let worst = rows.iter().filter(|r| r.outcome.property == *p && r.outcome.verdict != "skip" && r.outcome.error.is_finite()).map(|r| r.outcome.error / r.outcome.threshold).fold(0.0, f64::max);
+        let bad = of("fail") + of("error");
+        failed += bad;
+        if of("pass") + bad == 0 {
             unexercised.push(format!("{p} ({} skipped)", of("skip")));
         }
-        digest.push(format!("{p} {}/{}/{} pass/fail/skip, worst error/threshold {}", of("pass"), of("fail") + of("error"), of("skip"), crate::checks::num(worst)));
+        let line = format!("{p} {}/{}/{} pass/fail/skip, worst error/threshold {}", of("pass"), bad, of("skip"), crate::checks::num(worst));
         md.push(format!("| {p} | {} | {} | {} | {} | {worst:.3e} |", of("pass"), of("fail"), of("skip"), of("error")));
-    }
-    let bad: Vec<&(Row, Case)> = rows.iter().filter(|(r, _)| r.outcome.verdict == "fail" || r.outcome.verdict == "error").collect();
-    if !bad.is_empty() {
-        md.push(String::new());
-        md.push("## Failures".into());
-        md.push(String::new());
-    }
-    for (r, c) in &bad {
-        let file = format!("{}-case{}-seed{}.toml", c.property, r.case, c.seed);
-        write_case(&rf.dir().join("regressions").join(&file), c, &format!("epcheck fuzz --seed {} case {}", a.seed, r.case))?;
-        if let Some(d) = &a.regressions {
-            write_case(&d.join(&file), c, &format!("epcheck fuzz --seed {} case {}", a.seed, r.case))?;
+        let v = if bad > 0 {
+            crate::checks::Verdict::Fail(format!("{bad} case(s) failed"))
+        } else if of("pass") == 0 {
+            crate::checks::Verdict::Inconclusive("no case exercised it".into())
+        } else {
+            crate::checks::Verdict::Pass
+        };
+        let status = match &v {
+            crate::checks::Verdict::Pass => quick_junit::TestCaseStatus::success(),
+            other => {
+                let mut s = quick_junit::TestCaseStatus::non_success(quick_junit::NonSuccessKind::Failure);
+                s.set_message(format!("{}: {line}", other.label()));
+                s.set_type(other.label());
+                s
+            }
+        };
+        let mut tc = quick_junit::TestCase::new(format!("fuzz/{}/{p}", c.family), status);
+        tc.set_classname("epcheck.fuzz");
+        tc.set_system_out(line.clone());
+        ts.add_test_case(tc);
+        index_rows.push(crate::report::html::IndexRow { suite: c.family.clone(), check: p.to_string(), instance: format!("{} rows", of("pass") + bad + of("skip")), verdict: v.label().into(), digest: line.clone(), run_dir: None });
+        // The most frequent skip reasons (the precondition a draw did not meet).
+        let mut reasons: std::collections::BTreeMap<String, usize> = Default::default();
+        for r in rows.iter().filter(|r| r.outcome.property == *p && r.outcome.verdict == "skip") {
+            let key: String = r.outcome.detail.split(['(', ':']).next().unwrap_or("").trim().to_string();
+            *reasons.entry(key).or_default() += 1;
         }
-        md.push(format!("- case {} `{}` {}: {} — error {:.3e} > {:.3e} ({}); `regressions/{file}`", r.case, c.property, r.outcome.verdict, r.graph, r.outcome.error, r.outcome.threshold, r.outcome.detail));
+        let mut rv: Vec<(String, usize)> = reasons.into_iter().collect();
+        rv.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        if !rv.is_empty() {
+            skip_reasons.push(format!("- `{p}`: {}", rv.iter().take(4).map(|(k, n)| format!("{n}× {k}")).collect::<Vec<_>>().join("; ")));
+        }
+        digest.push(line);
+    }
+    junit.add_test_suite(ts);
+    if !skip_reasons.is_empty() {
+        md.extend([String::new(), "## Skips (precondition not met, most frequent reasons)".into(), String::new()]);
+        md.extend(skip_reasons);
+    }
+    let bad: Vec<&Row> = rows.iter().filter(|r| r.outcome.verdict == "fail" || r.outcome.verdict == "error").collect();
+    if !bad.is_empty() {
+        md.extend([String::new(), "## Failures".into(), String::new()]);
+    }
+    for r in bad.iter().take(50) {
+        md.push(format!("- case {} `{}` {}: {} — error {:.3e} > {:.3e} ({}); `regressions/{}-case{}-seed{}.toml`", r.case, r.outcome.property, r.outcome.verdict, r.graph, r.outcome.error, r.outcome.threshold, r.outcome.detail, r.outcome.property, r.case, r.seed));
+    }
+    if bad.len() > 50 {
+        md.push(format!("- … and {} more (tables/cases.csv)", bad.len() - 50));
     }
     md.push(String::new());
-    md.push("Table: `tables/cases.{parquet,csv}` (one row per case and property). A failing case is written as a regression file (graph TOML + seed) under `regressions/`; copy it to `fixtures/regressions/` to replay it in `cargo test --test graph`.".into());
+    md.push("Table: `tables/cases.{parquet,csv}` (one row per case and property). A failing case is written as a regression file (graph TOML + seed) under `regressions/`; the first failure of every property is shrunk to `shrunk/<property>-case<i>.graph.toml` with a verify suite `shrunk/<property>-case<i>.verify.toml` (`epcheck verify` on it fails the same way). docs/fuzz.md.".into());
     rf.write("summary.md", &(md.join("\n") + "\n"))?;
-    let dir = rf.commit()?;
+    let xml = junit.to_string().map_err(|e| Error::Report(e.to_string()))?;
+    rf.write("junit.xml", &xml)?;
     // The campaign's verdict (docs/verdicts.md): a property that no case exercised (all skipped) certifies nothing.
     let verdict = if failed > 0 {
         crate::checks::Verdict::Fail(format!("{failed} case(s) failed"))
@@ -630,7 +877,7 @@ pub fn command(a: FuzzArgs) -> Result<i32> {
     } else {
         crate::checks::Verdict::Pass
     };
-    println!("fuzz: {} — {} cases × {} properties in {wall:.1} s: {}", verdict.display(), a.cases, props.len(), digest.join("; "));
-    println!("report: {}", dir.display());
-    Ok(crate::checks::exit_code([&verdict]))
+    crate::report::html::write_job_index(rf.dir(), &format!("epcheck fuzz — {}", rf.run_id), &format!("{} — {what}", verdict.display()), &index_rows)?;
+    let line = format!("fuzz: {} — {what} × {} properties: {}", verdict.display(), props.len(), digest.join("; "));
+    Ok((crate::checks::exit_code([&verdict]), line))
 }

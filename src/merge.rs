@@ -1,0 +1,120 @@
+//! `epcheck merge DIR…`: joins the run folders of a sharded campaign (`fuzz --shard i/n`, e.g. the tasks of a
+//! Slurm array, docs/slurm.md) into one run folder — one cases table (rows in the unsharded order), one summary,
+//! one JUnit file and one index.html, the shards' regression files and shrunk graphs. It refuses, before
+//! writing anything, folders that are not shard run folders, shards of different campaigns (the recorded
+//! `campaign.json` must match: family and its hash, seed, cases, properties, shrinking), shards of different
+//! splits, duplicate or missing shards, and tables that do not hold exactly the shard's cases.
+use crate::fuzz::{self, CampaignRecord, Row};
+use crate::{Error, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Debug, Clone)]
+pub struct MergeArgs {
+    /// The shards' run folders (one per shard, every shard of the split).
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Output folder for the merged run folder.
+    #[arg(long, default_value = "reports/runs")]
+    pub out: PathBuf,
+}
+
+fn record(dir: &Path) -> Result<CampaignRecord> {
+    if !dir.is_dir() {
+        return Err(Error::file(dir, "not a run folder (no such folder)"));
+    }
+    let p = dir.join("campaign.json");
+    let text = std::fs::read_to_string(&p).map_err(|_| Error::file(dir, "not a shard run folder of `epcheck fuzz` (no campaign.json)"))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(&p, format!("malformed campaign record: {e}")))
+}
+
+/// The first key where two campaigns differ, as `key: a vs b`.
+fn difference(a: &CampaignRecord, b: &CampaignRecord) -> Option<String> {
+    if a.command != b.command {
+        return Some(format!("command: {} vs {}", a.command, b.command));
+    }
+    let (va, vb) = (serde_json::to_value(&a.campaign).ok()?, serde_json::to_value(&b.campaign).ok()?);
+    let (ma, mb) = (va.as_object()?, vb.as_object()?);
+    ma.iter().find(|(k, v)| mb.get(*k) != Some(*v)).map(|(k, v)| format!("{k}: {} vs {}", mb.get(k).map(|x| x.to_string()).unwrap_or_default(), v))
+}
+
+/// Validates the shards and reads their tables: (the campaign, rows in the unsharded order, wall times).
+pub fn load_shards(dirs: &[PathBuf]) -> Result<(CampaignRecord, Vec<Row>, Vec<f64>)> {
+    let recs = dirs.iter().map(|d| record(d)).collect::<Result<Vec<_>>>()?;
+    let first = &recs[0];
+    for (d, r) in dirs.iter().zip(&recs).skip(1) {
+        if let Some(diff) = difference(first, r) {
+            return Err(Error::file(d, format!("a shard of a different campaign than {} ({diff})", dirs[0].display())));
+        }
+    }
+    let n = first.shard[1];
+    for (d, r) in dirs.iter().zip(&recs) {
+        if r.shard[1] != n {
+            return Err(Error::file(d, format!("shard {}/{} of a different split than {} ({}/{n})", r.shard[0], r.shard[1], dirs[0].display(), first.shard[0])));
+        }
+    }
+    let mut seen = vec![None::<&PathBuf>; n];
+    for (d, r) in dirs.iter().zip(&recs) {
+        if let Some(other) = seen[r.shard[0]] {
+            return Err(Error::file(d, format!("shard {}/{n} is given twice (also {})", r.shard[0], other.display())));
+        }
+        seen[r.shard[0]] = Some(d);
+    }
+    if let Some(i) = seen.iter().position(|s| s.is_none()) {
+        return Err(Error::Config(format!("merge: shard {i}/{n} is missing (give the run folders of all {n} shards)")));
+    }
+    let props = &first.campaign.properties;
+    let mut rows = vec![];
+    for (d, r) in dirs.iter().zip(&recs) {
+        let t = d.join("tables").join("cases.parquet");
+        let mut got = fuzz::read_cases(&t)?;
+        let shard = crate::run::Shard { index: r.shard[0], count: n };
+        let want: Vec<(usize, &str)> = shard.select(first.campaign.cases).into_iter().flat_map(|c| props.iter().map(move |p| (c, p.as_str()))).collect();
+        let have: Vec<(usize, &str)> = got.iter().map(|r| (r.case, r.outcome.property.as_str())).collect();
+        if have != want {
+            return Err(Error::file(&t, format!("holds {} rows, not the {} rows (case × property) of shard {}/{n}", have.len(), want.len(), r.shard[0])));
+        }
+        rows.append(&mut got);
+    }
+    let order = |p: &str| props.iter().position(|q| q == p).unwrap_or(usize::MAX);
+    rows.sort_by(|a, b| a.case.cmp(&b.case).then(order(&a.outcome.property).cmp(&order(&b.outcome.property))));
+    Ok((first.clone(), rows, recs.iter().map(|r| r.wall_s).collect()))
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    if !from.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(to).map_err(|e| Error::file(to, e))?;
+    for e in std::fs::read_dir(from).map_err(|e| Error::file(from, e))?.flatten() {
+        let p = e.path();
+        if p.is_file() {
+            let q = to.join(e.file_name());
+            std::fs::copy(&p, &q).map_err(|e| Error::file(&q, e))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn command(a: MergeArgs) -> Result<i32> {
+    let (rec, rows, walls) = load_shards(&a.dirs)?;
+    crate::run::check_output_dir(&a.out)?;
+    let c = &rec.campaign;
+    let n = walls.len();
+    let rf = crate::report::RunFolder::new(&a.out, "fuzz", &format!("{}-seed{}-n{}-merged{n}", c.family, c.seed, c.cases))?;
+    for d in &a.dirs {
+        copy_dir(&d.join("regressions"), &rf.dir().join("regressions"))?;
+        copy_dir(&d.join("shrunk"), &rf.dir().join("shrunk"))?;
+    }
+    let total: f64 = walls.iter().sum();
+    let max = walls.iter().cloned().fold(0.0, f64::max);
+    let merged = CampaignRecord { command: rec.command.clone(), campaign: c.clone(), shard: [0, 1], wall_s: total };
+    let what = format!("{} cases merged from {n} shards (wall time: longest shard {max:.1} s, sum {total:.1} s)", c.cases);
+    let (code, line) = fuzz::write_campaign(&rf, &merged, &rows, &what)?;
+    let sources = a.dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join("\n");
+    rf.write("shards.txt", &(sources + "\n"))?;
+    let dir = rf.commit()?;
+    println!("{line}");
+    println!("report: {}", dir.display());
+    Ok(code)
+}

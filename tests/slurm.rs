@@ -1,0 +1,85 @@
+//! Issue 18: a fuzz campaign as a 4-task Slurm job array on a real single-node Slurm (Debian's slurm-wlm with
+//! munge, started by `scripts/slurm/start` under a private folder and ports, stopped at the end), merged with
+//! `epcheck merge`: the merged table must equal an unsharded run's row for row (the timing column excepted).
+//! The tasks find their shard from SLURM_ARRAY_TASK_ID/COUNT/MIN (no --shard). Skips — with a message — only
+//! where Slurm cannot be installed (`start` exits 3: no root or no apt).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Daemons(PathBuf);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg("scripts/slurm/stop").env("EPCHECK_SLURM_DIR", &self.0).status();
+    }
+}
+
+fn run_dirs(out: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out).map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn table(dir: &Path) -> Vec<String> {
+    let t = std::fs::read_to_string(dir.join("tables").join("cases.csv")).unwrap();
+    t.lines().map(|l| l.rsplit_once(',').map(|(a, _)| a.to_string()).unwrap_or_default()).collect()
+}
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_epcheck"));
+    for k in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"] {
+        c.env_remove(k);
+    }
+    c.env("OMP_NUM_THREADS", "1");
+    c
+}
+
+#[test]
+fn slurm_array_campaign_merges_to_the_unsharded_table() {
+    let d = tempfile::tempdir().unwrap();
+    let sd = d.path().join("slurm");
+    let start = Command::new("bash")
+        .arg("scripts/slurm/start")
+        .env("EPCHECK_SLURM_DIR", &sd)
+        .env("EPCHECK_SLURMCTLD_PORT", "16817")
+        .env("EPCHECK_SLURMD_PORT", "16818")
+        .output()
+        .expect("bash runs");
+    if start.status.code() == Some(3) {
+        eprintln!("SKIP slurm test: {}", String::from_utf8_lossy(&start.stderr).trim());
+        return;
+    }
+    let _daemons = Daemons(sd.clone());
+    assert_eq!(start.status.code(), Some(0), "scripts/slurm/start: {}", String::from_utf8_lossy(&start.stderr));
+    let conf = sd.join("slurm.conf");
+    let (cases, seed, props) = ("8", "3", "local,audit,converge,ep_bptt");
+    let shards = d.path().join("shards");
+    let t0 = Instant::now();
+    let sub = Command::new("sbatch")
+        .env("SLURM_CONF", &conf)
+        // The job's variables travel with --export=ALL (inside --export, a comma would split PROPERTIES).
+        .envs([("EPCHECK", env!("CARGO_BIN_EXE_epcheck").to_string()), ("CASES", cases.into()), ("SEED", seed.into()), ("OUT", shards.display().to_string()), ("PROPERTIES", props.into())])
+        .args(["--parsable", "--wait", "--array=0-3", "--time=10", "--export=ALL"])
+        .arg(format!("--output={}/slurm-%A_%a.out", d.path().display()))
+        .arg("scripts/slurm/fuzz-array.sbatch")
+        .output()
+        .expect("sbatch runs");
+    let logs: String = std::fs::read_dir(d.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("slurm-")).map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect();
+    assert!(sub.status.success(), "sbatch --wait: {}{}\n{logs}", String::from_utf8_lossy(&sub.stdout), String::from_utf8_lossy(&sub.stderr));
+    assert!(t0.elapsed() < Duration::from_secs(300));
+    let parts = run_dirs(&shards);
+    assert_eq!(parts.len(), 4, "one run folder per array task: {parts:?}\n{logs}");
+    for (i, p) in parts.iter().enumerate() {
+        assert!(p.to_string_lossy().contains(&format!("shard{i}of4")), "{}", p.display());
+    }
+    let merged = d.path().join("merged");
+    let o = bin().arg("merge").args(&parts).arg("--out").arg(&merged).output().unwrap();
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let single = d.path().join("single");
+    let o = bin().args(["fuzz", "--cases", cases, "--seed", seed, "--properties", props, "--out"]).arg(&single).output().unwrap();
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", String::from_utf8_lossy(&o.stderr));
+    let (m, s) = (run_dirs(&merged), run_dirs(&single));
+    assert_eq!(table(&m[0]), table(&s[0]), "the merged array equals the unsharded run, row for row");
+    assert_eq!(table(&m[0]).len(), 1 + 8 * 4);
+}
