@@ -50,14 +50,14 @@ fn readout_drives_and_step_vjp_equal_autograd() {
     // hand-rolled step VJP (readout's θ-dependence at β ≠ 0 included) against autograd of one step.
     let inst = f3("logistic4");
     let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
-    let s: Vec<Tensor> = epcheck::tensor_util::seeded(11, || m.zeros_state(4, inst.prec).iter().map(|t| t.rand_like() * 2.0 - 1.0).collect());
+    let s: Vec<Tensor> = epcheck::tensor_util::seeded(epcheck::tensor_util::test_seed(11), || m.zeros_state(4, inst.prec).iter().map(|t| t.rand_like() * 2.0 - 1.0).collect());
     for beta in [0.0, 0.3, -0.7] {
         let auto = m.drives_autograd(p, b, &s, beta);
         for k in 0..m.layers.len() {
             let d = m.drive(p, b, &s, k, beta);
             assert!(rel_linf(&flat(&[d]), &flat(&[auto[k].shallow_clone()])) <= 1e-14, "drive L{} at β = {beta}", k + 1);
         }
-        let lam: Vec<Tensor> = epcheck::tensor_util::seeded(12, || s.iter().map(|t| t.randn_like()).collect());
+        let lam: Vec<Tensor> = epcheck::tensor_util::seeded(epcheck::tensor_util::test_seed(12), || s.iter().map(|t| t.randn_like()).collect());
         let (hs, hp) = tch::no_grad(|| m.step_vjp(p, b, &s, &lam, beta));
         let (as_, ap) = m.step_vjp_autograd(p, b, &s, &lam, beta);
         assert!(rel_linf(&flat(&hs), &flat(&as_)) <= 1e-13, "step VJP (state) at β = {beta}");
@@ -80,7 +80,7 @@ fn readout_bptt_equals_autograd_and_finite_differences_including_the_readout() {
     let theta_norm = norm(&flat(p));
     let mut dirs = fd::directions(p, 3, 0);
     let mut only_ro: Vec<Tensor> = p.iter().map(|t| t.zeros_like()).collect();
-    only_ro[4] = epcheck::tensor_util::seeded(3, || p[4].randn_like());
+    only_ro[4] = epcheck::tensor_util::seeded(epcheck::tensor_util::test_seed(3), || p[4].randn_like());
     let n = norm(&flat(&only_ro));
     dirs.push(only_ro.into_iter().map(|t| t / n).collect());
     let gn = norm(&flat(&g.tensors));
@@ -285,7 +285,7 @@ fn reference_casts_bptt_is_the_float32_loss_path_and_differs_by_the_float32_floo
         let tol = if loss == "mse" { 1e-15 } else { 1e-6 };
         assert!(rel_linf(&g_on, &auto) <= tol, "{loss}: sweep vs autograd of the cast loss {}", rel_linf(&g_on, &auto));
         // The nudge under casts is float32 arithmetic (β, the loss input and ŷ rounded): equal to autograd of Φ − βℓ₃₂.
-        let s: Vec<Tensor> = epcheck::tensor_util::seeded(5, || m.zeros_state(b.size(), on.prec).iter().map(|t| t.rand_like()).collect());
+        let s: Vec<Tensor> = epcheck::tensor_util::seeded(epcheck::tensor_util::test_seed(5), || m.zeros_state(b.size(), on.prec).iter().map(|t| t.rand_like()).collect());
         let out = m.output;
         let auto_u = m.drives_autograd(p, b, &s, 0.1)[out].shallow_clone();
         let u = m.drive(p, b, &s, out, 0.1);
@@ -420,7 +420,7 @@ fn p_cnn_softmax_graph_readout_of_a_conv_layer_gradients_agree() {
     let again = epcheck::graph::parse_str(&epcheck::graph::emit(&m).unwrap()).unwrap();
     assert_eq!(again.readout, m.readout);
     assert_eq!(again.param_names(), m.param_names());
-    let s: Vec<Tensor> = epcheck::tensor_util::seeded(4, || m.zeros_state(3, epcheck::precision::Precision::new(epcheck::precision::Dtype::F64, tch::Device::Cpu)).iter().map(|t| t.rand_like()).collect());
+    let s: Vec<Tensor> = epcheck::tensor_util::seeded(epcheck::tensor_util::test_seed(4), || m.zeros_state(3, epcheck::precision::Precision::new(epcheck::precision::Dtype::F64, tch::Device::Cpu)).iter().map(|t| t.rand_like()).collect());
     let auto = m.drives_autograd(&p, &b, &s, 0.4);
     assert!(rel_linf(&flat(&[m.drive(&p, &b, &s, 1, 0.4)]), &flat(&[auto[1].shallow_clone()])) <= 1e-14, "nudge through the flattened readout");
     let o = implicit::ImplicitOptions::for_dtype(epcheck::precision::Dtype::F64);
