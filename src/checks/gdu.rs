@@ -1,7 +1,7 @@
 //! `gdu` (checks §3, estimators §5): EP per-step updates vs BPTT per-step gradients. The BPTT series come out
 //! of ONE reverse sweep of K step VJPs (O(K)), the EP series out of one forward sweep per sign.
 use super::metrics as mx;
-use super::{kinks, largest_elements, CheckReport, Rows, Verdict};
+use super::{kinks, CheckReport, Rows, Verdict};
 use crate::adjoint::reverse_sweep;
 use crate::estimators::{ep_centered, ep_one_sided, PhaseLengths};
 use crate::instance::Instance;
@@ -233,33 +233,66 @@ fn dzero(like: &Tensor) -> Tensor {
     Tensor::zeros([], (Kind::Double, like.device()))
 }
 
-/// The sampled elements of one reference (checks §0.6) and their values, gathered step by step.
+/// The `n` elements with the largest score (ties by index, non-finite scores last), as
+/// [`super::largest_elements`] on the host, but selected on the device: `topk` gives the n-th largest key, and only
+/// the elements at or above it come back to the host (no host copy or sort of the whole tensor).
+pub fn largest_elements_dev(score: &Tensor, n: usize) -> Vec<usize> {
+    let numel = score.numel();
+    let n = n.min(numel);
+    if n == 0 {
+        return vec![];
+    }
+    let key = score.detach().reshape([-1]).to_kind(Kind::Double);
+    let key = key.masked_fill(&key.isfinite().logical_not(), -1.0);
+    let (vals, _) = key.topk(n as i64, 0, true, true);
+    let thr = scalar(&vals.get(n as i64 - 1));
+    let idx_of = |mask: Tensor| -> Vec<usize> {
+        let nz = mask.nonzero().reshape([-1]).to_device(tch::Device::Cpu);
+        Vec::<i64>::try_from(&nz).expect("index tensor").into_iter().map(|i| i as usize).collect()
+    };
+    // Strictly above the threshold: fewer than n elements, sorted by (key desc, index asc) on the host.
+    let above = idx_of(key.gt(thr));
+    let above_keys = if above.is_empty() {
+        vec![]
+    } else {
+        let i = Tensor::from_slice(&above.iter().map(|&e| e as i64).collect::<Vec<_>>()).to_device(key.device());
+        crate::tensor_util::to_vec_f64(&key.index_select(0, &i))
+    };
+    let mut out: Vec<(f64, usize)> = above_keys.into_iter().zip(above).collect();
+    out.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+    // Then the ties at the threshold, lowest index first (nonzero() is in index order).
+    let need = n - out.len();
+    out.extend(idx_of(key.eq(thr)).into_iter().take(need).map(|e| (thr, e)));
+    out.into_iter().map(|(_, e)| e).collect()
+}
+
+/// The sampled elements of one reference (checks §0.6) and their values, gathered step by step into one
+/// preallocated (K, n) float64 buffer (no per-step allocation that outlives the step).
 struct Sampled {
-    elems: Vec<usize>,
     idx: Option<Tensor>,
-    steps: Vec<Tensor>,
+    vals: Option<Tensor>,
 }
 
 impl Sampled {
-    /// The `n` elements with the largest max_t |reference| (figures show the signal, not structural zeros).
-    fn new(score: &Tensor, n: usize) -> Self {
-        let elems = largest_elements(&to_vec_f64(score), n);
-        let nz = score;
-        let idx = (!elems.is_empty()).then(|| Tensor::from_slice(&elems.iter().map(|&e| e as i64).collect::<Vec<_>>()).to_device(nz.device()));
-        Sampled { elems, idx, steps: vec![] }
+    fn new(elems: &[usize], k: usize, dev: tch::Device) -> Self {
+        let idx = (!elems.is_empty()).then(|| Tensor::from_slice(&elems.iter().map(|&e| e as i64).collect::<Vec<_>>()).to_device(dev));
+        let vals = idx.as_ref().map(|_| Tensor::zeros([k as i64, elems.len() as i64], (Kind::Double, dev)));
+        Sampled { idx, vals }
     }
-    fn push(&mut self, x: &Tensor) {
-        if let Some(i) = &self.idx {
-            self.steps.push(x.index_select(0, i));
+    fn push(&mut self, t: usize, x: &Tensor) {
+        if let (Some(i), Some(v)) = (&self.idx, &self.vals) {
+            let _ = v.get(t as i64).copy_(&x.index_select(0, i));
         }
     }
     /// Host values, [t][sample].
     fn values(&self) -> Vec<Vec<f64>> {
-        if self.steps.is_empty() {
-            return vec![];
+        match &self.vals {
+            None => vec![],
+            Some(v) => {
+                let n = v.size()[1] as usize;
+                to_vec_f64(v).chunks(n).map(|c| c.to_vec()).collect()
+            }
         }
-        let all = to_vec_f64(&Tensor::stack(&self.steps, 0));
-        all.chunks(self.elems.len()).map(|c| c.to_vec()).collect()
     }
 }
 
@@ -270,21 +303,22 @@ struct RefAcc {
     rmax: f64,
     nz: Tensor,
     sr2: Tensor,
-    step_r2: Vec<Tensor>,
+    /// Σ_e r_t² per step, (K,) float64 on the device.
+    step_r2: Tensor,
     /// (R_t running cumulative sum, Σ_t R_t²) for the cumulative forms.
     cum: Option<(Tensor, Tensor)>,
     abs: Option<Tensor>,
 }
 
 impl RefAcc {
-    fn new(like: &Tensor, rmax: f64, nz: Tensor, cum: bool) -> Self {
+    fn new(like: &Tensor, rmax: f64, nz: Tensor, cum: bool, k: usize) -> Self {
         let z = Tensor::zeros([like.numel() as i64], (Kind::Double, like.device()));
-        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2: vec![], cum: cum.then(|| (z.zeros_like(), z.zeros_like())), abs: None }
+        let step_r2 = Tensor::zeros([k as i64], (Kind::Double, like.device()));
+        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2, cum: cum.then(|| (z.zeros_like(), z)), abs: None }
     }
-    fn update(&mut self, r: &Tensor) {
-        let r2 = r.square();
-        self.step_r2.push(r2.sum(Kind::Double));
-        let _ = self.sr2.g_add_(&r2);
+    fn update(&mut self, r: &Tensor, t: usize) {
+        let _ = self.step_r2.get(t as i64).copy_(&r.dot(r));
+        let _ = self.sr2.addcmul_(r, r);
         if let Some((c, s)) = &mut self.cum {
             let _ = c.g_add_(r);
             let _ = s.addcmul_(c, c);
@@ -300,7 +334,8 @@ struct PairAcc {
     sa2: Tensor,
     sd2: Tensor,
     nz_a: Tensor,
-    step_d2: Vec<Tensor>,
+    /// Σ_e (a_t − r_t)² per step, (K,) float64 on the device.
+    step_d2: Tensor,
     ar: Tensor,
     neg: Tensor,
     sig_n: Tensor,
@@ -310,7 +345,7 @@ struct PairAcc {
 }
 
 impl PairAcc {
-    fn new(rf: &RefAcc, tau: f64, like: &Tensor) -> Self {
+    fn new(rf: &RefAcc, tau: f64, like: &Tensor, k: usize) -> Self {
         let z = Tensor::zeros([rf.e], (Kind::Double, like.device()));
         let zi = Tensor::zeros([], (Kind::Int64, like.device()));
         PairAcc {
@@ -318,7 +353,7 @@ impl PairAcc {
             sa2: z.zeros_like(),
             sd2: z.zeros_like(),
             nz_a: Tensor::zeros([rf.e], (Kind::Bool, like.device())),
-            step_d2: vec![],
+            step_d2: Tensor::zeros([k as i64], (Kind::Double, like.device())),
             ar: dzero(like),
             neg: zi.zeros_like(),
             sig_n: zi.zeros_like(),
@@ -327,23 +362,25 @@ impl PairAcc {
         }
     }
     /// Step t of series `a` against the reference step `r` (both float64, flat); `rf` already holds step t.
-    fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc) {
+    /// One float64 temporary of E elements per call (the difference, reused for a·r and the cumulative
+    /// difference): every other sum is accumulated in place.
+    fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc, t: usize) {
         let d = a - r;
-        let d2 = d.square();
-        self.step_d2.push(d2.sum(Kind::Double));
-        let _ = self.sd2.g_add_(&d2);
+        let _ = self.step_d2.get(t as i64).copy_(&d.dot(&d));
+        let _ = self.sd2.addcmul_(&d, &d);
         let _ = self.sa2.addcmul_(a, a);
         let _ = self.nz_a.logical_or_(&a.ne(0.0));
         let _ = self.ar.g_add_(&r.dot(a));
-        let opposite = (a * r).lt(0.0);
+        let _ = a.mul_out(&d, r);
+        let mut opposite = d.lt(0.0);
         let _ = self.neg.g_add_(&opposite.sum(Kind::Int64));
         let sig = rf.abs.as_ref().expect("reference step").gt(self.sig_thr);
         let _ = self.sig_n.g_add_(&sig.sum(Kind::Int64));
-        let _ = self.sig_bad.g_add_(&opposite.logical_and(&sig).sum(Kind::Int64));
+        let _ = self.sig_bad.g_add_(&opposite.logical_and_(&sig).sum(Kind::Int64));
         if let (Some((c, dc2, c2)), Some((rc, _))) = (&mut self.cum, &rf.cum) {
             let _ = c.g_add_(a);
-            let dc = &*c - rc;
-            let _ = dc2.addcmul_(&dc, &dc);
+            let _ = c.sub_out(&d, rc);
+            let _ = dc2.addcmul_(&d, &d);
             let _ = c2.addcmul_(c, c);
         }
     }
@@ -373,8 +410,8 @@ impl PairAcc {
             }
             _ => None,
         };
-        let d2 = to_vec_f64(&Tensor::stack(&self.step_d2, 0));
-        let r2 = to_vec_f64(&Tensor::stack(&rf.step_r2, 0));
+        let d2 = to_vec_f64(&self.step_d2);
+        let r2 = to_vec_f64(&rf.step_r2);
         let step_rel = d2.iter().zip(&r2).map(|(d, r)| mx::ratio(d.sqrt(), r.sqrt())).collect();
         PairStats { rel, lab, lab_std, guard, both_zero, sign_err, sig, ern_m, ern_s, cos, cum, step_rel, rn: nr2.sqrt() }
     }
@@ -524,11 +561,11 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         // First sweep: max|r| (the significance floor of sign_err_sig needs it before any step is scored) and
         // the nonzero masks (the sampled elements).
         let dev = s_t[0].device();
-        let mut rmax_t: Vec<Tensor> = (0..np).map(|_| Tensor::zeros([], (Kind::Double, dev))).collect();
-        let mut rmax_j: Vec<Tensor> = (0..nl).map(|_| Tensor::zeros([], (Kind::Double, dev))).collect();
-        // Per-element max_t |r| (its nonzero pattern is the mask of checks §0.6; its size picks the plotted elements).
-        let mut amax_t: Vec<Tensor> = p.iter().map(|x| Tensor::zeros([x.numel() as i64], (Kind::Double, dev))).collect();
-        let mut amax_j: Vec<Tensor> = s_t.iter().map(|x| Tensor::zeros([x.numel() as i64], (Kind::Double, dev))).collect();
+        // Per-element max_t |r| in the run dtype (a max is exact in any dtype): its nonzero pattern is the mask of
+        // checks §0.6, its maximum max|r|, its largest entries the plotted elements. Dropped after this block.
+        let flat_abs = |x: &Tensor| x.detach().reshape([-1]).abs();
+        let amax_t: Vec<Tensor> = p.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
+        let amax_j: Vec<Tensor> = s_t.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
         // Work units: K first-sweep steps, K scored steps (each ≈ 2 step costs), the published re-runs (t + 1).
         let quad_units = if o.verify_quadratic { (k * (k + 1) / 2) as u64 } else { 0 };
         crate::progress::stage(3 * k as u64 + quad_units, &format!("gdu: first reverse sweep, step 1/{k}"));
@@ -537,26 +574,25 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             crate::progress::advance(if t == 0 { 0 } else { 1 }, &format!("gdu: first reverse sweep, step {}/{k}", t + 1));
             let (_, bj, th, l) = bptt_step(&lambda, t);
             for i in 0..np {
-                let r = f64flat(&th[i]);
-                rmax_t[i] = rmax_t[i].maximum(&r.abs().max());
-                amax_t[i] = amax_t[i].maximum(&r.abs());
+                let _ = amax_t[i].maximum_out(&amax_t[i], &flat_abs(&th[i]));
             }
             for j in 0..nl {
-                let r = f64flat(&bj[j]);
-                rmax_j[j] = rmax_j[j].maximum(&r.abs().max());
-                amax_j[j] = amax_j[j].maximum(&r.abs());
+                let _ = amax_j[j].maximum_out(&amax_j[j], &flat_abs(&bj[j]));
             }
             lambda = l;
         }
-        let mut ref_t: Vec<RefAcc> = (0..np).map(|i| RefAcc::new(&p[i], scalar(&rmax_t[i]), amax_t[i].ne(0.0), true)).collect();
-        let mut ref_j: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], scalar(&rmax_j[j]), amax_j[j].ne(0.0), false)).collect();
-        let mut pair_t: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..np).map(|i| PairAcc::new(&ref_t[i], tau, &p[i])).collect()).collect();
-        let mut pair_j: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_j[j], tau, &s_t[j])).collect()).collect();
+        let rmax = |a: &Tensor| if a.numel() == 0 { 0.0 } else { scalar(&a.max()) };
+        let elems_t: Vec<Vec<usize>> = amax_t.iter().map(|a| largest_elements_dev(a, o.n_elem)).collect();
+        let elems_j: Vec<Vec<usize>> = amax_j.iter().map(|a| largest_elements_dev(a, o.n_elem)).collect();
+        let mut ref_t: Vec<RefAcc> = (0..np).map(|i| RefAcc::new(&p[i], rmax(&amax_t[i]), amax_t[i].ne(0.0), true, k)).collect();
+        let mut ref_j: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], rmax(&amax_j[j]), amax_j[j].ne(0.0), false, k)).collect();
+        drop((amax_t, amax_j));
+        let mut pair_t: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..np).map(|i| PairAcc::new(&ref_t[i], tau, &p[i], k)).collect()).collect();
+        let mut pair_j: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_j[j], tau, &s_t[j], k)).collect()).collect();
         let mut raw: Vec<Vec<ScalarPair>> = (0..3).map(|_| (0..nl).map(|_| ScalarPair::new(&s_t[0])).collect()).collect();
         // Sampled elements: reference, then ep_sym, ep_plus, ep_minus (neurons: J·BPTT_s, raw BPTT_s, then the same).
-        let mut samp_t: Vec<[Sampled; 4]> = (0..np).map(|i| std::array::from_fn(|_| Sampled::new(&amax_t[i], o.n_elem))).collect();
-        let mut samp_j: Vec<[Sampled; 5]> = (0..nl).map(|j| std::array::from_fn(|_| Sampled::new(&amax_j[j], o.n_elem))).collect();
-        let mut totals: [Vec<Tensor>; 4] = std::array::from_fn(|_| p.iter().map(|x| Tensor::zeros([x.numel() as i64], (Kind::Double, dev))).collect());
+        let mut samp_t: Vec<[Sampled; 4]> = elems_t.iter().map(|e| std::array::from_fn(|_| Sampled::new(e, k, dev))).collect();
+        let mut samp_j: Vec<[Sampled; 5]> = elems_j.iter().map(|e| std::array::from_fn(|_| Sampled::new(e, k, dev))).collect();
         // The ±β phases from s_T (as ep_series).
         let r0 = kinks::regimes(m, p, batch, &s_t, 0.0);
         let betas = [o.beta, -o.beta];
@@ -599,27 +635,25 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             let sym_neur: State = avg(&ep_neur[0], &ep_neur[1]);
             for i in 0..np {
                 let r = f64flat(&th[i]);
-                ref_t[i].update(&r);
-                let _ = totals[0][i].g_add_(&r);
+                ref_t[i].update(&r, t);
                 for (si, a) in [&ep_theta[0][i], &ep_theta[1][i], &sym_theta[i]].into_iter().enumerate() {
                     let a = f64flat(a);
-                    pair_t[si][i].update(&a, &r, &ref_t[i]);
-                    let _ = totals[si + 1][i].g_add_(&a);
-                    samp_t[i][[2, 3, 1][si]].push(&a);
+                    pair_t[si][i].update(&a, &r, &ref_t[i], t);
+                    samp_t[i][[2, 3, 1][si]].push(t, &a);
                 }
-                samp_t[i][0].push(&r);
+                samp_t[i][0].push(t, &r);
             }
             for j in 0..nl {
                 let (r, rw) = (f64flat(&bj[j]), f64flat(&bs[j]));
-                ref_j[j].update(&r);
+                ref_j[j].update(&r, t);
                 for (si, a) in [&ep_neur[0][j], &ep_neur[1][j], &sym_neur[j]].into_iter().enumerate() {
                     let a = f64flat(a);
-                    pair_j[si][j].update(&a, &r, &ref_j[j]);
+                    pair_j[si][j].update(&a, &r, &ref_j[j], t);
                     raw[si][j].update(&a, &rw);
-                    samp_j[j][[3, 4, 2][si]].push(&a);
+                    samp_j[j][[3, 4, 2][si]].push(t, &a);
                 }
-                samp_j[j][0].push(&r);
-                samp_j[j][1].push(&rw);
+                samp_j[j][0].push(t, &r);
+                samp_j[j][1].push(t, &rw);
             }
             if let Some((dmax, rmax, prev)) = &mut quad {
                 // The published definition, step t: backpropagate L through the last t + 1 steps only.
@@ -669,8 +703,17 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let f_norm_max: Vec<f64> = f_max.iter().map(scalar).collect();
         let smax: Vec<f64> = (0..nl).map(|j| scalar(&Tensor::stack(&traj.iter().map(|s| fnorm(&s[j])).collect::<Vec<_>>(), 0).max())).collect();
         let quadratic = quad.map(|(d, r, _)| (scalar(&d), scalar(&r)));
-        let samples_theta = samp_t.into_iter().map(|[r, a, pl, mi]| (r.elems.clone(), r.values(), a.values(), pl.values(), mi.values())).collect();
-        let samples_neurons = samp_j.into_iter().map(|[r, w, a, pl, mi]| (r.elems.clone(), r.values(), w.values(), a.values(), pl.values(), mi.values())).collect();
+        let samples_theta = samp_t.into_iter().zip(elems_t).map(|([r, a, pl, mi], e)| (e, r.values(), a.values(), pl.values(), mi.values())).collect();
+        let samples_neurons = samp_j.into_iter().zip(elems_j).map(|([r, w, a, pl, mi], e)| (e, r.values(), w.values(), a.values(), pl.values(), mi.values())).collect();
+        // Totals Σ_t of bptt, ep_plus, ep_minus, ep_sym: the last cumulative sums (no separate accumulator).
+        let cum_c = |c: &Option<(Tensor, Tensor)>| c.as_ref().expect("parameter cumulative sums").0.shallow_clone();
+        let pair_c = |c: &Option<(Tensor, Tensor, Tensor)>| c.as_ref().expect("parameter cumulative sums").0.shallow_clone();
+        let totals: [Vec<Tensor>; 4] = [
+            ref_t.iter().map(|r| cum_c(&r.cum)).collect(),
+            pair_t[0].iter().map(|a| pair_c(&a.cum)).collect(),
+            pair_t[1].iter().map(|a| pair_c(&a.cum)).collect(),
+            pair_t[2].iter().map(|a| pair_c(&a.cum)).collect(),
+        ];
         let stack = |v: &Vec<Tensor>| Tensor::stack(v, 0);
         let mut dump = vec![];
         if o.dump {
