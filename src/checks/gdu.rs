@@ -31,6 +31,9 @@ pub struct GduOptions {
     pub verify_quadratic: bool,
     /// Keep the K-step series for `--dump` (otherwise no K×P buffer is built).
     pub dump: bool,
+    /// `prefix = exclusive` (conventions §7.6): the cumulative forms and `sym_ratio` use exclusive prefix sums
+    /// (the last step dropped), rows tagged `series_form = cum_excl`. The identities always use full sums.
+    pub prefix_exclusive: bool,
 }
 
 impl GduOptions {
@@ -53,6 +56,7 @@ impl GduOptions {
             plot_seed: 0,
             verify_quadratic: d.verify_quadratic,
             dump: false,
+            prefix_exclusive: false,
         }
     }
 
@@ -81,6 +85,7 @@ impl GduOptions {
             plot_seed: cfg.checks.plot_seed,
             verify_quadratic: g.verify_quadratic,
             dump: false,
+            prefix_exclusive: cfg.prefix == "exclusive",
         }
     }
 }
@@ -307,6 +312,8 @@ struct RefAcc {
     step_r2: Tensor,
     /// (R_t running cumulative sum, Σ_t R_t²) for the cumulative forms.
     cum: Option<(Tensor, Tensor)>,
+    /// Under `prefix = exclusive`: R_{K−2}, the exclusive total (taken before the last step is added).
+    excl: Option<Tensor>,
     abs: Option<Tensor>,
 }
 
@@ -314,14 +321,21 @@ impl RefAcc {
     fn new(like: &Tensor, rmax: f64, nz: Tensor, cum: bool, k: usize) -> Self {
         let z = Tensor::zeros([like.numel() as i64], (Kind::Double, like.device()));
         let step_r2 = Tensor::zeros([k as i64], (Kind::Double, like.device()));
-        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2, cum: cum.then(|| (z.zeros_like(), z)), abs: None }
+        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2, cum: cum.then(|| (z.zeros_like(), z)), excl: None, abs: None }
     }
-    fn update(&mut self, r: &Tensor, t: usize) {
+    /// Step t; `last_excl`: t is the last step under `prefix = exclusive` (it enters the totals, not the
+    /// cumulative forms).
+    fn update(&mut self, r: &Tensor, t: usize, last_excl: bool) {
         let _ = self.step_r2.get(t as i64).copy_(&r.dot(r));
         let _ = self.sr2.addcmul_(r, r);
         if let Some((c, s)) = &mut self.cum {
-            let _ = c.g_add_(r);
-            let _ = s.addcmul_(c, c);
+            if last_excl {
+                self.excl = Some(c.copy());
+                let _ = c.g_add_(r);
+            } else {
+                let _ = c.g_add_(r);
+                let _ = s.addcmul_(c, c);
+            }
         }
         self.abs = Some(r.abs());
     }
@@ -342,6 +356,8 @@ struct PairAcc {
     sig_bad: Tensor,
     /// (A_t running cumulative sum, Σ_t (A_t − R_t)², Σ_t A_t²).
     cum: Option<(Tensor, Tensor, Tensor)>,
+    /// Under `prefix = exclusive`: A_{K−2}.
+    excl: Option<Tensor>,
 }
 
 impl PairAcc {
@@ -359,12 +375,13 @@ impl PairAcc {
             sig_n: zi.zeros_like(),
             sig_bad: zi.zeros_like(),
             cum: rf.cum.as_ref().map(|_| (z.zeros_like(), z.zeros_like(), z.zeros_like())),
+            excl: None,
         }
     }
     /// Step t of series `a` against the reference step `r` (both float64, flat); `rf` already holds step t.
     /// One float64 temporary of E elements per call (the difference, reused for a·r and the cumulative
     /// difference): every other sum is accumulated in place.
-    fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc, t: usize) {
+    fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc, t: usize, last_excl: bool) {
         let d = a - r;
         let _ = self.step_d2.get(t as i64).copy_(&d.dot(&d));
         let _ = self.sd2.addcmul_(&d, &d);
@@ -378,10 +395,15 @@ impl PairAcc {
         let _ = self.sig_n.g_add_(&sig.sum(Kind::Int64));
         let _ = self.sig_bad.g_add_(&opposite.logical_and_(&sig).sum(Kind::Int64));
         if let (Some((c, dc2, c2)), Some((rc, _))) = (&mut self.cum, &rf.cum) {
-            let _ = c.g_add_(a);
-            let _ = c.sub_out(&d, rc);
-            let _ = dc2.addcmul_(&d, &d);
-            let _ = c2.addcmul_(c, c);
+            if last_excl {
+                self.excl = Some(c.copy());
+                let _ = c.g_add_(a);
+            } else {
+                let _ = c.g_add_(a);
+                let _ = c.sub_out(&d, rc);
+                let _ = dc2.addcmul_(&d, &d);
+                let _ = c2.addcmul_(c, c);
+            }
         }
     }
     fn stats(&self, rf: &RefAcc, k: usize) -> PairStats {
@@ -404,6 +426,8 @@ impl PairAcc {
         let cum = match (&self.cum, &rf.cum) {
             (Some((c, dc2, c2)), Some((rc, rc2))) => {
                 let (em, es) = ern_dev(dc2, c2, rc2);
+                // The totals the sign agreement compares: exclusive ones under `prefix = exclusive`.
+                let (c, rc) = (self.excl.as_ref().unwrap_or(c), rf.excl.as_ref().unwrap_or(rc));
                 let same = scalar(&(c * rc).gt(0.0).sum(Kind::Int64)) / e.max(1.0);
                 let zero = scalar(&c.eq(0.0).logical_and(&rc.eq(0.0)).sum(Kind::Int64)) / e.max(1.0);
                 Some((em, es, same, zero))
@@ -414,31 +438,6 @@ impl PairAcc {
         let r2 = to_vec_f64(&rf.step_r2);
         let step_rel = d2.iter().zip(&r2).map(|(d, r)| mx::ratio(d.sqrt(), r.sqrt())).collect();
         PairStats { rel, lab, lab_std, guard, both_zero, sign_err, sig, ern_m, ern_s, cos, cum, step_rel, rn: nr2.sqrt() }
-    }
-}
-
-/// Scalar running sums of a (series, reference) pair scored by rel_l2 and cos only (the raw BPTT_s rows).
-struct ScalarPair {
-    a2: Tensor,
-    r2: Tensor,
-    d2: Tensor,
-    ar: Tensor,
-}
-
-impl ScalarPair {
-    fn new(like: &Tensor) -> Self {
-        ScalarPair { a2: dzero(like), r2: dzero(like), d2: dzero(like), ar: dzero(like) }
-    }
-    fn update(&mut self, a: &Tensor, r: &Tensor) {
-        let d = a - r;
-        let _ = self.a2.g_add_(&a.dot(a));
-        let _ = self.r2.g_add_(&r.dot(r));
-        let _ = self.d2.g_add_(&d.dot(&d));
-        let _ = self.ar.g_add_(&r.dot(a));
-    }
-    fn rel_cos(&self) -> (f64, f64) {
-        let (a2, r2, d2, ar) = (scalar(&self.a2), scalar(&self.r2), scalar(&self.d2), scalar(&self.ar));
-        (mx::ratio(d2.sqrt(), r2.sqrt()), cos_of_sums(a2, r2, ar))
     }
 }
 
@@ -500,7 +499,8 @@ struct Streamed {
     /// [series][param], [series][layer] (series: ep_plus, ep_minus, ep_sym).
     theta: Vec<Vec<PairStats>>,
     neurons: Vec<Vec<PairStats>>,
-    raw: Vec<Vec<(f64, f64)>>,
+    /// Neuron series against raw BPTT_s (info): the Laborieux printout's reference.
+    raw: Vec<Vec<PairStats>>,
     kinks: [i64; 2],
     f_norm_max: Vec<f64>,
     drift_norm: Vec<f64>,
@@ -566,18 +566,20 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let flat_abs = |x: &Tensor| x.detach().reshape([-1]).abs();
         let amax_t: Vec<Tensor> = p.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
         let amax_j: Vec<Tensor> = s_t.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
+        let amax_w: Vec<Tensor> = s_t.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
         // Work units: K first-sweep steps, K scored steps (each ≈ 2 step costs), the published re-runs (t + 1).
         let quad_units = if o.verify_quadratic { (k * (k + 1) / 2) as u64 } else { 0 };
         crate::progress::stage(3 * k as u64 + quad_units, &format!("gdu: first reverse sweep, step 1/{k}"));
         let mut lambda: State = lambda0.iter().map(|x| x.shallow_clone()).collect();
         for t in 0..k {
             crate::progress::advance(if t == 0 { 0 } else { 1 }, &format!("gdu: first reverse sweep, step {}/{k}", t + 1));
-            let (_, bj, th, l) = bptt_step(&lambda, t);
+            let (bs, bj, th, l) = bptt_step(&lambda, t);
             for i in 0..np {
                 let _ = amax_t[i].maximum_out(&amax_t[i], &flat_abs(&th[i]));
             }
             for j in 0..nl {
                 let _ = amax_j[j].maximum_out(&amax_j[j], &flat_abs(&bj[j]));
+                let _ = amax_w[j].maximum_out(&amax_w[j], &flat_abs(&bs[j]));
             }
             lambda = l;
         }
@@ -586,10 +588,11 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let elems_j: Vec<Vec<usize>> = amax_j.iter().map(|a| largest_elements_dev(a, o.n_elem)).collect();
         let mut ref_t: Vec<RefAcc> = (0..np).map(|i| RefAcc::new(&p[i], rmax(&amax_t[i]), amax_t[i].ne(0.0), true, k)).collect();
         let mut ref_j: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], rmax(&amax_j[j]), amax_j[j].ne(0.0), false, k)).collect();
-        drop((amax_t, amax_j));
+        let mut ref_w: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], rmax(&amax_w[j]), amax_w[j].ne(0.0), false, k)).collect();
+        drop((amax_t, amax_j, amax_w));
         let mut pair_t: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..np).map(|i| PairAcc::new(&ref_t[i], tau, &p[i], k)).collect()).collect();
         let mut pair_j: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_j[j], tau, &s_t[j], k)).collect()).collect();
-        let mut raw: Vec<Vec<ScalarPair>> = (0..3).map(|_| (0..nl).map(|_| ScalarPair::new(&s_t[0])).collect()).collect();
+        let mut pair_w: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_w[j], tau, &s_t[j], k)).collect()).collect();
         // Sampled elements: reference, then ep_sym, ep_plus, ep_minus (neurons: J·BPTT_s, raw BPTT_s, then the same).
         let mut samp_t: Vec<[Sampled; 4]> = elems_t.iter().map(|e| std::array::from_fn(|_| Sampled::new(e, k, dev))).collect();
         let mut samp_j: Vec<[Sampled; 5]> = elems_j.iter().map(|e| std::array::from_fn(|_| Sampled::new(e, k, dev))).collect();
@@ -633,23 +636,25 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             }
             let sym_theta: Vec<Tensor> = avg(&ep_theta[0], &ep_theta[1]);
             let sym_neur: State = avg(&ep_neur[0], &ep_neur[1]);
+            let last_excl = o.prefix_exclusive && t + 1 == k;
             for i in 0..np {
                 let r = f64flat(&th[i]);
-                ref_t[i].update(&r, t);
+                ref_t[i].update(&r, t, last_excl);
                 for (si, a) in [&ep_theta[0][i], &ep_theta[1][i], &sym_theta[i]].into_iter().enumerate() {
                     let a = f64flat(a);
-                    pair_t[si][i].update(&a, &r, &ref_t[i], t);
+                    pair_t[si][i].update(&a, &r, &ref_t[i], t, last_excl);
                     samp_t[i][[2, 3, 1][si]].push(t, &a);
                 }
                 samp_t[i][0].push(t, &r);
             }
             for j in 0..nl {
                 let (r, rw) = (f64flat(&bj[j]), f64flat(&bs[j]));
-                ref_j[j].update(&r, t);
+                ref_j[j].update(&r, t, false);
+                ref_w[j].update(&rw, t, false);
                 for (si, a) in [&ep_neur[0][j], &ep_neur[1][j], &sym_neur[j]].into_iter().enumerate() {
                     let a = f64flat(a);
-                    pair_j[si][j].update(&a, &r, &ref_j[j], t);
-                    raw[si][j].update(&a, &rw);
+                    pair_j[si][j].update(&a, &r, &ref_j[j], t, false);
+                    pair_w[si][j].update(&a, &rw, &ref_w[j], t, false);
                     samp_j[j][[3, 4, 2][si]].push(t, &a);
                 }
                 samp_j[j][0].push(t, &r);
@@ -689,10 +694,12 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         crate::progress::message("gdu: identities (truncated BPTT by autograd, EP estimates)");
         let theta: Vec<Vec<PairStats>> = pair_t.iter().map(|ps| ps.iter().zip(&ref_t).map(|(a, r)| a.stats(r, k)).collect()).collect();
         let neurons: Vec<Vec<PairStats>> = pair_j.iter().map(|ps| ps.iter().zip(&ref_j).map(|(a, r)| a.stats(r, k)).collect()).collect();
-        let raw: Vec<Vec<(f64, f64)>> = raw.iter().map(|v| v.iter().map(ScalarPair::rel_cos).collect()).collect();
+        let raw: Vec<Vec<PairStats>> = pair_w.iter().map(|ps| ps.iter().zip(&ref_w).map(|(a, r)| a.stats(r, k)).collect()).collect();
+        // sym_ratio's totals: exclusive prefix sums under `prefix = exclusive`.
+        let total = |excl: &Option<Tensor>, c: &Tensor| excl.as_ref().unwrap_or(c).shallow_clone();
         let sym_totals = (0..np)
             .map(|i| match (&pair_t[0][i].cum, &pair_t[1][i].cum, &ref_t[i].cum) {
-                (Some(a), Some(c), Some(r)) => Some([a.0.shallow_clone(), c.0.shallow_clone(), r.0.shallow_clone()]),
+                (Some(a), Some(c), Some(r)) => Some([total(&pair_t[0][i].excl, &a.0), total(&pair_t[1][i].excl, &c.0), total(&ref_t[i].excl, &r.0)]),
                 _ => None,
             })
             .collect();
@@ -818,7 +825,7 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
                 let v = g.sym_totals[i].as_ref().map(|[e1, e2, eb]| sym_ratio_dev(e1, e2, eb)).unwrap_or(f64::NAN);
                 let mut row = rows.row("tensor", &spec.name, "sym_ratio", v);
                 row.series = Some(sname.into());
-                row.series_form = Some("cum".into());
+                row.series_form = Some(cum_form(o).into());
                 rows.push(row);
             }
         }
@@ -827,15 +834,7 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
             let st = &g.neurons[si][j];
             let floor_rel = mx::ratio(eps * g.smax[j], o.beta * st.rn);
             score(&mut rows, "neuron_layer", &l.name, sname, "bptt_j", st, o, thr, thr_lab, tau, floor_rel, f64::NAN, precondition(floor_rel), &mut summary);
-            let (rel, cos) = g.raw[si][j];
-            for (metric, value) in [("rel_l2", rel), ("cos", cos)] {
-                let mut row = rows.row("neuron_layer", &l.name, metric, value);
-                row.series = Some(sname.into());
-                row.reference = Some("bptt_raw".into());
-                row.series_form = Some("step".into());
-                row.verdict = Some("info".into());
-                rows.push(row);
-            }
+            info_rows(&mut rows, &l.name, sname, &g.raw[si][j], o);
         }
     }
     // Identities I1–I3 (always scored).
@@ -979,6 +978,53 @@ fn sym_ratio_dev(e1: &Tensor, e2: &Tensor, eb: &Tensor) -> f64 {
     mean_std_dev(&rho).0
 }
 
+/// `series_form` of the cumulative rows: `cum` (inclusive prefix sums) or `cum_excl` (`prefix = exclusive`).
+fn cum_form(o: &GduOptions) -> &'static str {
+    if o.prefix_exclusive {
+        "cum_excl"
+    } else {
+        "cum"
+    }
+}
+
+/// The step-form metrics of a neuron series against raw BPTT_s (reference `bptt_raw`, info; checks §3 step 4):
+/// the numbers the Laborieux `check_gdu`/`RMSE` printout reports for `neurons_<i>` (`lab_rmse` = its "RMSE",
+/// `sign_err` = its "SIGN err"), and the other step-form metrics. No verdict, no summary line.
+fn info_rows(rows: &mut Rows, name: &str, sname: &str, st: &PairStats, o: &GduOptions) {
+    let mut push = |metric: &str, value: f64, t: Option<i64>, info: bool| {
+        let mut row = rows.row("neuron_layer", name, metric, value);
+        row.series = Some(sname.into());
+        row.reference = Some("bptt_raw".into());
+        row.series_form = Some("step".into());
+        row.t = t;
+        if t.is_none() {
+            row.beta = Some(o.beta);
+            row.estimator = Some(if sname == "ep_sym" { "ep_centered".into() } else { sname.into() });
+        }
+        if info {
+            row.verdict = Some("info".into());
+        }
+        rows.push(row);
+    };
+    push("rel_l2", st.rel, None, true);
+    push("lab_rmse", st.lab, None, false);
+    push("lab_rmse_std", st.lab_std, None, false);
+    push("lab_rmse_guard_frac", st.guard, None, false);
+    push("both_zero_elems", st.both_zero as f64, None, false);
+    push("sign_err", st.sign_err, None, false);
+    if !st.sig.is_nan() {
+        push("sign_err_sig", st.sig, None, false);
+    }
+    push("ern_rel_mean", st.ern_m, None, false);
+    push("ern_rel_std", st.ern_s, None, false);
+    push("cos", st.cos, None, true);
+    for (t, &v) in st.step_rel.iter().enumerate() {
+        if v.is_finite() {
+            push("rel_l2", v, Some(t as i64), false);
+        }
+    }
+}
+
 /// Metrics of one (series, scope) pair and its verdict.
 #[allow(clippy::too_many_arguments)]
 fn score(
@@ -1050,10 +1096,11 @@ fn score(
         push("drift_rel", drift_rel, "step", None, false);
     }
     if let (true, Some((em, es, same, zero))) = (scope == "tensor", st.cum) {
-        push("ern_rel_mean", em, "cum", None, false);
-        push("ern_rel_std", es, "cum", None, false);
-        push("same_sign_frac", same, "cum", None, false);
-        push("both_zero_frac", zero, "cum", None, false);
+        let form = cum_form(o);
+        push("ern_rel_mean", em, form, None, false);
+        push("ern_rel_std", es, form, None, false);
+        push("same_sign_frac", same, form, None, false);
+        push("both_zero_frac", zero, form, None, false);
     }
     for (t, &v) in st.step_rel.iter().enumerate() {
         if v.is_finite() {
