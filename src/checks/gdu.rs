@@ -301,6 +301,38 @@ impl Sampled {
     }
 }
 
+/// Work buffers reused by every step and tensor (views of their first E elements): the per-step metric updates
+/// allocate nothing E-sized. A fresh large buffer costs a page fault per 4 KiB page and its zeroing by the kernel
+/// (a third of the samples of a profile at the IMDB-style size, where E = 30 M).
+struct Work {
+    r: Tensor,
+    a: Tensor,
+    d: Tensor,
+    b1: Tensor,
+    b2: Tensor,
+}
+
+impl Work {
+    fn new(n: i64, dev: tch::Device) -> Self {
+        let f = || Tensor::empty([n], (Kind::Double, dev));
+        let b = || Tensor::empty([n], (Kind::Bool, dev));
+        Work { r: f(), a: f(), d: f(), b1: b(), b2: b() }
+    }
+    /// `x` flattened to float64: a view of `x` itself when it is float64, else converted into `buf`.
+    fn flat(buf: &Tensor, x: &Tensor) -> Tensor {
+        let x = x.detach().reshape([-1]);
+        if x.kind() == Kind::Double {
+            return x;
+        }
+        let mut v = buf.narrow(0, 0, x.numel() as i64);
+        let _ = v.copy_(&x);
+        v
+    }
+    fn view(buf: &Tensor, n: i64) -> Tensor {
+        buf.narrow(0, 0, n)
+    }
+}
+
 /// Running sums of one reference series (BPTT per parameter, or J·BPTT_s per layer), float64.
 struct RefAcc {
     e: i64,
@@ -321,7 +353,8 @@ impl RefAcc {
     fn new(like: &Tensor, rmax: f64, nz: Tensor, cum: bool, k: usize) -> Self {
         let z = Tensor::zeros([like.numel() as i64], (Kind::Double, like.device()));
         let step_r2 = Tensor::zeros([k as i64], (Kind::Double, like.device()));
-        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2, cum: cum.then(|| (z.zeros_like(), z)), excl: None, abs: None }
+        let abs = Some(z.zeros_like());
+        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2, cum: cum.then(|| (z.zeros_like(), z)), excl: None, abs }
     }
     /// Step t; `last_excl`: t is the last step under `prefix = exclusive` (it enters the totals, not the
     /// cumulative forms).
@@ -337,7 +370,7 @@ impl RefAcc {
                 let _ = s.addcmul_(c, c);
             }
         }
-        self.abs = Some(r.abs());
+        let _ = r.abs_out(self.abs.as_ref().expect("|r| buffer"));
     }
 }
 
@@ -381,19 +414,24 @@ impl PairAcc {
     /// Step t of series `a` against the reference step `r` (both float64, flat); `rf` already holds step t.
     /// One float64 temporary of E elements per call (the difference, reused for a·r and the cumulative
     /// difference): every other sum is accumulated in place.
-    fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc, t: usize, last_excl: bool) {
-        let d = a - r;
+    fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc, t: usize, last_excl: bool, w: &Work) {
+        let n = rf.e;
+        let d = Work::view(&w.d, n);
+        let _ = a.sub_out(&d, r);
         let _ = self.step_d2.get(t as i64).copy_(&d.dot(&d));
         let _ = self.sd2.addcmul_(&d, &d);
         let _ = self.sa2.addcmul_(a, a);
-        let _ = self.nz_a.logical_or_(&a.ne(0.0));
+        let mut b1 = Work::view(&w.b1, n);
+        let b2 = Work::view(&w.b2, n);
+        let _ = a.ne_scalar_out(&b1, 0.0);
+        let _ = self.nz_a.logical_or_(&b1);
         let _ = self.ar.g_add_(&r.dot(a));
         let _ = a.mul_out(&d, r);
-        let mut opposite = d.lt(0.0);
-        let _ = self.neg.g_add_(&opposite.sum(Kind::Int64));
-        let sig = rf.abs.as_ref().expect("reference step").gt(self.sig_thr);
-        let _ = self.sig_n.g_add_(&sig.sum(Kind::Int64));
-        let _ = self.sig_bad.g_add_(&opposite.logical_and_(&sig).sum(Kind::Int64));
+        let _ = d.lt_scalar_out(&b1, 0.0);
+        let _ = self.neg.g_add_(&b1.sum(Kind::Int64));
+        let _ = rf.abs.as_ref().expect("reference step").gt_scalar_out(&b2, self.sig_thr);
+        let _ = self.sig_n.g_add_(&b2.sum(Kind::Int64));
+        let _ = self.sig_bad.g_add_(&b1.logical_and_(&b2).sum(Kind::Int64));
         if let (Some((c, dc2, c2)), Some((rc, _))) = (&mut self.cum, &rf.cum) {
             if last_excl {
                 self.excl = Some(c.copy());
@@ -592,6 +630,7 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         drop((amax_t, amax_j, amax_w));
         let mut pair_t: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..np).map(|i| PairAcc::new(&ref_t[i], tau, &p[i], k)).collect()).collect();
         let mut pair_j: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_j[j], tau, &s_t[j], k)).collect()).collect();
+        let work = Work::new(p.iter().chain(s_t.iter()).map(|x| x.numel() as i64).max().unwrap_or(0), dev);
         let mut pair_w: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_w[j], tau, &s_t[j], k)).collect()).collect();
         // Sampled elements: reference, then ep_sym, ep_plus, ep_minus (neurons: J·BPTT_s, raw BPTT_s, then the same).
         let mut samp_t: Vec<[Sampled; 4]> = elems_t.iter().map(|e| std::array::from_fn(|_| Sampled::new(e, k, dev))).collect();
@@ -638,11 +677,11 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             let sym_neur: State = avg(&ep_neur[0], &ep_neur[1]);
             let last_excl = o.prefix_exclusive && t + 1 == k;
             for i in 0..np {
-                let r = f64flat(&th[i]);
+                let r = Work::flat(&work.r, &th[i]);
                 ref_t[i].update(&r, t, last_excl);
                 for (si, a) in [&ep_theta[0][i], &ep_theta[1][i], &sym_theta[i]].into_iter().enumerate() {
-                    let a = f64flat(a);
-                    pair_t[si][i].update(&a, &r, &ref_t[i], t, last_excl);
+                    let a = Work::flat(&work.a, a);
+                    pair_t[si][i].update(&a, &r, &ref_t[i], t, last_excl, &work);
                     samp_t[i][[2, 3, 1][si]].push(t, &a);
                 }
                 samp_t[i][0].push(t, &r);
@@ -653,8 +692,8 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
                 ref_w[j].update(&rw, t, false);
                 for (si, a) in [&ep_neur[0][j], &ep_neur[1][j], &sym_neur[j]].into_iter().enumerate() {
                     let a = f64flat(a);
-                    pair_j[si][j].update(&a, &r, &ref_j[j], t, false);
-                    pair_w[si][j].update(&a, &rw, &ref_w[j], t, false);
+                    pair_j[si][j].update(&a, &r, &ref_j[j], t, false, &work);
+                    pair_w[si][j].update(&a, &rw, &ref_w[j], t, false, &work);
                     samp_j[j][[3, 4, 2][si]].push(t, &a);
                 }
                 samp_j[j][0].push(t, &r);
