@@ -53,7 +53,8 @@ pub struct RunConfig {
     pub holo_periods: usize,
     /// Cumulative series and their totals (conventions §7.6): `inclusive` (default) or `exclusive` (the
     /// SeqLearning/Laborieux plots and `bars` statistic: the last increment is dropped; never used for pass/fail).
-    #[serde(default = "default_prefix")]
+    /// Recorded only when not the default, so that instance ids of default runs do not change.
+    #[serde(default = "default_prefix", skip_serializing_if = "is_default_prefix")]
     pub prefix: String,
     /// `local` (default) or `autograd`: how f and f_k are obtained.
     #[serde(default = "default_param_derivative")]
@@ -223,6 +224,9 @@ fn default_holo_points() -> usize {
 }
 fn default_prefix() -> String {
     "inclusive".into()
+}
+fn is_default_prefix(p: &str) -> bool {
+    p == "inclusive"
 }
 fn default_holo_schedule() -> String {
     "restart".into()

@@ -731,6 +731,12 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             }
         }
         crate::progress::message("gdu: identities (truncated BPTT by autograd, EP estimates)");
+        // The work buffers and |r| of the last step are not needed by the statistics: free them before those
+        // allocate their own E-sized temporaries (else they add to the peak).
+        drop(work);
+        for rf in ref_t.iter_mut().chain(ref_j.iter_mut()).chain(ref_w.iter_mut()) {
+            rf.abs = None;
+        }
         let theta: Vec<Vec<PairStats>> = pair_t.iter().map(|ps| ps.iter().zip(&ref_t).map(|(a, r)| a.stats(r, k)).collect()).collect();
         let neurons: Vec<Vec<PairStats>> = pair_j.iter().map(|ps| ps.iter().zip(&ref_j).map(|(a, r)| a.stats(r, k)).collect()).collect();
         let raw: Vec<Vec<PairStats>> = pair_w.iter().map(|ps| ps.iter().zip(&ref_w).map(|(a, r)| a.stats(r, k)).collect()).collect();
