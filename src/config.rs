@@ -52,6 +52,11 @@ pub struct RunConfig {
     pub holo_conj_shortcut: bool,
     #[serde(default = "default_one")]
     pub holo_periods: usize,
+    /// Cumulative series and their totals (conventions §7.6): `inclusive` (default) or `exclusive` (the
+    /// SeqLearning/Laborieux plots and `bars` statistic: the last increment is dropped; never used for pass/fail).
+    /// Recorded only when not the default, so that instance ids of default runs do not change.
+    #[serde(default = "default_prefix", skip_serializing_if = "is_default_prefix")]
+    pub prefix: String,
     /// `local` (default) or `autograd`: how f and f_k are obtained.
     #[serde(default = "default_param_derivative")]
     pub param_derivative: String,
@@ -249,6 +254,12 @@ pub const MAX_DIM: i64 = 1 << 20;
 
 fn default_holo_points() -> usize {
     4
+}
+fn default_prefix() -> String {
+    "inclusive".into()
+}
+fn is_default_prefix(p: &str) -> bool {
+    p == "inclusive"
 }
 fn default_holo_schedule() -> String {
     "restart".into()
@@ -744,6 +755,7 @@ impl RunConfig {
                 holo_schedule: default_holo_schedule(),
                 holo_conj_shortcut: true,
                 holo_periods: 1,
+                prefix: default_prefix(),
                 param_derivative: default_param_derivative(),
                 star_tol: None,
                 adjoint_tol: None,
@@ -973,6 +985,9 @@ impl RunConfig {
         }
         if self.checks.refs.n_dir < 1 {
             return bad("checks.refs.n_dir (--n-dir) must be ≥ 1, got 0".into());
+        }
+        if !["inclusive", "exclusive"].contains(&self.prefix.as_str()) {
+            return bad(format!("prefix must be inclusive or exclusive, got '{}'", self.prefix));
         }
         if self.holo_periods < 1 {
             return bad("holo_periods must be ≥ 1, got 0".into());

@@ -54,8 +54,10 @@ pub fn all_finite(t: &Tensor) -> bool {
 
 /// ‖t‖₂ over all entries, in f64.
 pub fn norm2(t: &Tensor) -> f64 {
-    let v = to_vec_f64(t);
-    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+    // Reduced where the tensor lives, in float64: one scalar comes back, not a host copy of the tensor (the
+    // checks call this inside their loops).
+    let d = t.detach().to_kind(Kind::Double).reshape([-1]);
+    d.dot(&d).to_device(tch::Device::Cpu).double_value(&[]).sqrt()
 }
 
 /// Gradients of a scalar with respect to leaves; leaves the scalar does not depend on get zeros (libtorch

@@ -29,6 +29,23 @@ fn column(steps: &[Vec<Tensor>], i: usize) -> Series {
     to_series(&steps.iter().map(|st| st[i].shallow_clone()).collect::<Vec<_>>())
 }
 
+/// Exclusive prefix sums over t (conventions §7.6): cum_excl[0] = 0, cum_excl[k] = Σ_{t<k} a[t].
+fn cumsum_excl(a: &Series) -> Series {
+    let c = a.cumsum();
+    let mut data = vec![0.0; a.e];
+    data.extend_from_slice(&c.data[..(a.k.saturating_sub(1)) * a.e]);
+    Series::new(a.k, a.e, data)
+}
+
+/// The cumulative form the run uses: inclusive, or exclusive under `prefix = exclusive`.
+fn cum_of(a: &Series, excl: bool) -> Series {
+    if excl {
+        cumsum_excl(a)
+    } else {
+        a.cumsum()
+    }
+}
+
 fn avg(a: &[Tensor], b: &[Tensor]) -> Vec<Tensor> {
     a.iter().zip(b).map(|(x, y)| (x + y) * 0.5).collect()
 }
@@ -65,12 +82,15 @@ fn oracle(inst: &Instance, o: &gdu::GduOptions) -> (BTreeMap<Key, f64>, Vec<(Str
         put("ern_rel_std", "step", ern_s);
         put("cos", "step", mx::cos(&a.data, &r.data));
         if scope == "tensor" {
-            let (em, es) = mx::ern_rel(&a.cumsum(), &r.cumsum());
-            let (same, zero) = mx::sign_agreement(&a.total(), &r.total());
-            put("ern_rel_mean", "cum", em);
-            put("ern_rel_std", "cum", es);
-            put("same_sign_frac", "cum", same);
-            put("both_zero_frac", "cum", zero);
+            let excl = o.prefix_exclusive;
+            let form = if excl { "cum_excl" } else { "cum" };
+            let (ca, cr) = (cum_of(a, excl), cum_of(r, excl));
+            let (em, es) = mx::ern_rel(&ca, &cr);
+            let (same, zero) = mx::sign_agreement(ca.step(a.k - 1), cr.step(a.k - 1));
+            put("ern_rel_mean", form, em);
+            put("ern_rel_std", form, es);
+            put("same_sign_frac", form, same);
+            put("both_zero_frac", form, zero);
         }
         for t in 0..a.k {
             let v = mx::rel_l2(a.step(t), r.step(t));
@@ -85,15 +105,17 @@ fn oracle(inst: &Instance, o: &gdu::GduOptions) -> (BTreeMap<Key, f64>, Vec<(Str
             let a = column(theta, i);
             score(&mut out, "tensor", &spec.name, s, "bptt", &a, &bptt_ref[i], tau);
             if spec.shape.len() >= 2 && s == "ep_sym" {
-                let v = mx::sym_ratio(&column(&g.plus.theta, i).total(), &column(&g.minus.theta, i).total(), &bptt_ref[i].total());
-                out.insert(key("tensor", &spec.name, "sym_ratio", s, "", "cum", -1), v);
+                let excl = o.prefix_exclusive;
+                let last = |x: &Series| cum_of(x, excl).step(k - 1).to_vec();
+                let v = mx::sym_ratio(&last(&column(&g.plus.theta, i)), &last(&column(&g.minus.theta, i)), &last(&bptt_ref[i]));
+                out.insert(key("tensor", &spec.name, "sym_ratio", s, "", if excl { "cum_excl" } else { "cum" }, -1), v);
             }
         }
         for (j, l) in m.layers.iter().enumerate() {
             let a = column(neurons, j);
             score(&mut out, "neuron_layer", &l.name, s, "bptt_j", &a, &bptt_j_ref[j], tau);
-            out.insert(key("neuron_layer", &l.name, "rel_l2", s, "bptt_raw", "step", -1), mx::rel_l2(&a.data, &bptt_raw[j].data));
-            out.insert(key("neuron_layer", &l.name, "cos", s, "bptt_raw", "step", -1), mx::cos(&a.data, &bptt_raw[j].data));
+            // Against raw BPTT_s (info): every step-form metric, as the Laborieux printout's neurons.
+            score(&mut out, "neuron_layer", &l.name, s, "bptt_raw", &a, &bptt_raw[j], tau);
         }
     }
     if o.verify_quadratic {
@@ -189,6 +211,73 @@ fn streaming_metrics_equal_the_host_oracle() {
     cfg.embed_dim = Some(4);
     cfg.widths = Some(vec![6, 4, 2]);
     compare("imdb-hopfield tiny K=6", &Instance::from_config(cfg).unwrap(), &gdu::GduOptions::replay(20, 6, 0.5));
+    // prefix = exclusive: the cumulative forms and sym_ratio on exclusive prefix sums (rows `cum_excl`).
+    let excl = |o: gdu::GduOptions| gdu::GduOptions { prefix_exclusive: true, ..o };
+    compare("p-mlp tanh f64 K=20 prefix=exclusive", &tiny("tanh", "mse"), &excl(o(20)));
+    compare("p-mlp tanh f32 K=9 prefix=exclusive", &tiny_with("tanh", "mse", |c: &mut RunConfig| c.dtype = "float32".into()), &excl(gdu::GduOptions::replay(40, 9, 1e-2)));
+}
+
+fn row_value(rep: &epcheck::checks::CheckReport, name: &str, metric: &str, series: &str, reference: &str, form: &str) -> f64 {
+    let hits: Vec<f64> = rep
+        .metrics
+        .iter()
+        .filter(|r| r.name == name && r.metric == metric && r.t.is_none())
+        .filter(|r| r.series.as_deref() == Some(series) && r.reference.as_deref().unwrap_or("") == reference && r.series_form.as_deref() == Some(form))
+        .map(|r| r.value)
+        .collect();
+    assert_eq!(hits.len(), 1, "one row {name} {metric} {series} {reference} {form}: {hits:?}");
+    hits[0]
+}
+
+/// The two numbers of the Laborieux printout (`model_utils.RMSE`) for `neurons_<i>` and its `bars` statistic under
+/// `prefix = exclusive`, computed here from the buffered series with tensor operations written as the reference
+/// writes them (stack over t, reduce over dim 0), against the streamed rows.
+#[test]
+fn laborieux_rmse_of_neurons_and_exclusive_bars() {
+    tch::set_num_threads(1);
+    let inst = tiny("tanh", "mse");
+    let o = gdu::GduOptions { prefix_exclusive: true, ..gdu::GduOptions::replay(30, 8, 1e-2) };
+    let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
+    let g = gdu::compute_series(m, p, batch, m.zeros_state(batch.size(), inst.prec), &o);
+    let rep = gdu::run(&inst, &o);
+    let stack = |steps: &[Vec<Tensor>], i: usize| Tensor::stack(&steps.iter().map(|s| s[i].to_kind(tch::Kind::Double)).collect::<Vec<_>>(), 0);
+    let k = o.k as f64;
+    let close = |a: f64, b: f64, what: &str| assert!((a - b).abs() <= 1e-12 * a.abs().max(b.abs()), "{what}: streamed {a:e} vs reference formula {b:e}");
+    let mut checked = 0;
+    for (j, l) in m.layers.iter().enumerate() {
+        // BPTT['neurons_j'] = −B·∂L/∂s (raw, not J-corrected); EP['neurons_j'] = (s_{t+1} − s_t)/β.
+        let bptt = stack(&g.bptt_s, j);
+        for (sname, series) in [("ep_plus", &g.plus.neurons), ("ep_minus", &g.minus.neurons)] {
+            let ep = stack(series, j);
+            let f_g = (&ep - &bptt).pow_tensor_scalar(2).sum_dim_intlist(&[0i64][..], false, None::<tch::Kind>).divide_scalar(k).pow_tensor_scalar(0.5);
+            let f = ep.pow_tensor_scalar(2).sum_dim_intlist(&[0i64][..], false, None::<tch::Kind>).divide_scalar(k).pow_tensor_scalar(0.5);
+            let gg = bptt.pow_tensor_scalar(2).sum_dim_intlist(&[0i64][..], false, None::<tch::Kind>).divide_scalar(k).pow_tensor_scalar(0.5);
+            let comp = f_g / (f.maximum(&gg) + 1e-10);
+            let rmse = comp.mean(None::<tch::Kind>).double_value(&[]);
+            let sign = (&ep * &bptt).lt(0.0).to_kind(tch::Kind::Double).mean(None::<tch::Kind>).double_value(&[]);
+            close(row_value(&rep, &l.name, "lab_rmse", sname, "bptt_raw", "step"), rmse, &format!("{} {sname} RMSE", l.name));
+            close(row_value(&rep, &l.name, "sign_err", sname, "bptt_raw", "step"), sign, &format!("{} {sname} SIGN err", l.name));
+            assert!(rmse > 0.0 && rmse.is_finite(), "a non-trivial RMSE ({rmse})");
+            checked += 1;
+        }
+    }
+    // bars: e₁, e₂, e_B = exclusive prefix sums at the last index (the last increment omitted).
+    for (i, spec) in m.params.iter().enumerate().filter(|(_, s)| s.shape.len() >= 2) {
+        let kk = o.k;
+        let excl_last = |steps: &[Vec<Tensor>]| stack(steps, i).narrow(0, 0, kk - 1).sum_dim_intlist(&[0i64][..], false, None::<tch::Kind>);
+        let (e1, e2, eb) = (excl_last(&g.plus.theta), excl_last(&g.minus.theta), excl_last(&g.bptt_theta));
+        let e3 = (&e1 + &e2) / 2.0;
+        let den = (&e1 - &eb).abs() + (&e2 - &eb).abs();
+        let r = ((&e3 - &eb).abs() * 2.0 / &den).masked_fill(&den.eq(0.0), 1.0);
+        let bars = r.mean(None::<tch::Kind>).double_value(&[]);
+        close(row_value(&rep, &spec.name, "sym_ratio", "ep_sym", "", "cum_excl"), bars, &format!("{} bars", spec.name));
+        // The inclusive statistic differs (the last increment counts): the option changes the number.
+        let incl = gdu::run(&inst, &gdu::GduOptions { prefix_exclusive: false, ..o.clone() });
+        let v = row_value(&incl, &spec.name, "sym_ratio", "ep_sym", "", "cum");
+        assert!((v - bars).abs() > 1e-9, "{}: inclusive {v} vs exclusive {bars}", spec.name);
+        checked += 1;
+    }
+    assert!(checked >= 6, "checked {checked} numbers");
 }
 
 /// `--dump` keeps the series: the streamed run's dump equals the buffered series of `compute_series`.

@@ -1,7 +1,7 @@
 //! `gdu` (checks §3, estimators §5): EP per-step updates vs BPTT per-step gradients. The BPTT series come out
 //! of ONE reverse sweep of K step VJPs (O(K)), the EP series out of one forward sweep per sign.
 use super::metrics as mx;
-use super::{kinks, largest_elements, CheckReport, Rows, Verdict};
+use super::{kinks, CheckReport, Rows, Verdict};
 use crate::adjoint::reverse_sweep;
 use crate::estimators::{ep_centered, ep_one_sided, PhaseLengths};
 use crate::instance::Instance;
@@ -31,6 +31,9 @@ pub struct GduOptions {
     pub verify_quadratic: bool,
     /// Keep the K-step series for `--dump` (otherwise no K×P buffer is built).
     pub dump: bool,
+    /// `prefix = exclusive` (conventions §7.6): the cumulative forms and `sym_ratio` use exclusive prefix sums
+    /// (the last step dropped), rows tagged `series_form = cum_excl`. The identities always use full sums.
+    pub prefix_exclusive: bool,
 }
 
 impl GduOptions {
@@ -53,6 +56,7 @@ impl GduOptions {
             plot_seed: 0,
             verify_quadratic: d.verify_quadratic,
             dump: false,
+            prefix_exclusive: false,
         }
     }
 
@@ -81,6 +85,7 @@ impl GduOptions {
             plot_seed: cfg.checks.plot_seed,
             verify_quadratic: g.verify_quadratic,
             dump: false,
+            prefix_exclusive: cfg.prefix == "exclusive",
         }
     }
 }
@@ -237,33 +242,98 @@ fn dzero(like: &Tensor) -> Tensor {
     Tensor::zeros([], (Kind::Double, like.device()))
 }
 
-/// The sampled elements of one reference (checks §0.6) and their values, gathered step by step.
+/// The `n` elements with the largest score (ties by index, non-finite scores last), as
+/// [`super::largest_elements`] on the host, but selected on the device: `topk` gives the n-th largest key, and only
+/// the elements at or above it come back to the host (no host copy or sort of the whole tensor).
+pub fn largest_elements_dev(score: &Tensor, n: usize) -> Vec<usize> {
+    let numel = score.numel();
+    let n = n.min(numel);
+    if n == 0 {
+        return vec![];
+    }
+    let key = score.detach().reshape([-1]).to_kind(Kind::Double);
+    let key = key.masked_fill(&key.isfinite().logical_not(), -1.0);
+    let (vals, _) = key.topk(n as i64, 0, true, true);
+    let thr = scalar(&vals.get(n as i64 - 1));
+    let idx_of = |mask: Tensor| -> Vec<usize> {
+        let nz = mask.nonzero().reshape([-1]).to_device(tch::Device::Cpu);
+        Vec::<i64>::try_from(&nz).expect("index tensor").into_iter().map(|i| i as usize).collect()
+    };
+    // Strictly above the threshold: fewer than n elements, sorted by (key desc, index asc) on the host.
+    let above = idx_of(key.gt(thr));
+    let above_keys = if above.is_empty() {
+        vec![]
+    } else {
+        let i = Tensor::from_slice(&above.iter().map(|&e| e as i64).collect::<Vec<_>>()).to_device(key.device());
+        crate::tensor_util::to_vec_f64(&key.index_select(0, &i))
+    };
+    let mut out: Vec<(f64, usize)> = above_keys.into_iter().zip(above).collect();
+    out.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.cmp(&b.1)));
+    // Then the ties at the threshold, lowest index first (nonzero() is in index order).
+    let need = n - out.len();
+    out.extend(idx_of(key.eq(thr)).into_iter().take(need).map(|e| (thr, e)));
+    out.into_iter().map(|(_, e)| e).collect()
+}
+
+/// The sampled elements of one reference (checks §0.6) and their values, gathered step by step into one
+/// preallocated (K, n) float64 buffer (no per-step allocation that outlives the step).
 struct Sampled {
-    elems: Vec<usize>,
     idx: Option<Tensor>,
-    steps: Vec<Tensor>,
+    vals: Option<Tensor>,
 }
 
 impl Sampled {
-    /// The `n` elements with the largest max_t |reference| (figures show the signal, not structural zeros).
-    fn new(score: &Tensor, n: usize) -> Self {
-        let elems = largest_elements(&to_vec_f64(score), n);
-        let nz = score;
-        let idx = (!elems.is_empty()).then(|| Tensor::from_slice(&elems.iter().map(|&e| e as i64).collect::<Vec<_>>()).to_device(nz.device()));
-        Sampled { elems, idx, steps: vec![] }
+    fn new(elems: &[usize], k: usize, dev: tch::Device) -> Self {
+        let idx = (!elems.is_empty()).then(|| Tensor::from_slice(&elems.iter().map(|&e| e as i64).collect::<Vec<_>>()).to_device(dev));
+        let vals = idx.as_ref().map(|_| Tensor::zeros([k as i64, elems.len() as i64], (Kind::Double, dev)));
+        Sampled { idx, vals }
     }
-    fn push(&mut self, x: &Tensor) {
-        if let Some(i) = &self.idx {
-            self.steps.push(x.index_select(0, i));
+    fn push(&mut self, t: usize, x: &Tensor) {
+        if let (Some(i), Some(v)) = (&self.idx, &self.vals) {
+            let _ = v.get(t as i64).copy_(&x.index_select(0, i));
         }
     }
     /// Host values, [t][sample].
     fn values(&self) -> Vec<Vec<f64>> {
-        if self.steps.is_empty() {
-            return vec![];
+        match &self.vals {
+            None => vec![],
+            Some(v) => {
+                let n = v.size()[1] as usize;
+                to_vec_f64(v).chunks(n).map(|c| c.to_vec()).collect()
+            }
         }
-        let all = to_vec_f64(&Tensor::stack(&self.steps, 0));
-        all.chunks(self.elems.len()).map(|c| c.to_vec()).collect()
+    }
+}
+
+/// Work buffers reused by every step and tensor (views of their first E elements): the per-step metric updates
+/// allocate nothing E-sized. A fresh large buffer costs a page fault per 4 KiB page and its zeroing by the kernel
+/// (a third of the samples of a profile at the IMDB-style size, where E = 30 M).
+struct Work {
+    r: Tensor,
+    a: Tensor,
+    d: Tensor,
+    b1: Tensor,
+    b2: Tensor,
+}
+
+impl Work {
+    fn new(n: i64, dev: tch::Device) -> Self {
+        let f = || Tensor::empty([n], (Kind::Double, dev));
+        let b = || Tensor::empty([n], (Kind::Bool, dev));
+        Work { r: f(), a: f(), d: f(), b1: b(), b2: b() }
+    }
+    /// `x` flattened to float64: a view of `x` itself when it is float64, else converted into `buf`.
+    fn flat(buf: &Tensor, x: &Tensor) -> Tensor {
+        let x = x.detach().reshape([-1]);
+        if x.kind() == Kind::Double {
+            return x;
+        }
+        let mut v = buf.narrow(0, 0, x.numel() as i64);
+        let _ = v.copy_(&x);
+        v
+    }
+    fn view(buf: &Tensor, n: i64) -> Tensor {
+        buf.narrow(0, 0, n)
     }
 }
 
@@ -274,26 +344,37 @@ struct RefAcc {
     rmax: f64,
     nz: Tensor,
     sr2: Tensor,
-    step_r2: Vec<Tensor>,
+    /// Σ_e r_t² per step, (K,) float64 on the device.
+    step_r2: Tensor,
     /// (R_t running cumulative sum, Σ_t R_t²) for the cumulative forms.
     cum: Option<(Tensor, Tensor)>,
+    /// Under `prefix = exclusive`: R_{K−2}, the exclusive total (taken before the last step is added).
+    excl: Option<Tensor>,
     abs: Option<Tensor>,
 }
 
 impl RefAcc {
-    fn new(like: &Tensor, rmax: f64, nz: Tensor, cum: bool) -> Self {
+    fn new(like: &Tensor, rmax: f64, nz: Tensor, cum: bool, k: usize) -> Self {
         let z = Tensor::zeros([like.numel() as i64], (Kind::Double, like.device()));
-        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2: vec![], cum: cum.then(|| (z.zeros_like(), z.zeros_like())), abs: None }
+        let step_r2 = Tensor::zeros([k as i64], (Kind::Double, like.device()));
+        let abs = Some(z.zeros_like());
+        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2, cum: cum.then(|| (z.zeros_like(), z)), excl: None, abs }
     }
-    fn update(&mut self, r: &Tensor) {
-        let r2 = r.square();
-        self.step_r2.push(r2.sum(Kind::Double));
-        let _ = self.sr2.g_add_(&r2);
+    /// Step t; `last_excl`: t is the last step under `prefix = exclusive` (it enters the totals, not the
+    /// cumulative forms).
+    fn update(&mut self, r: &Tensor, t: usize, last_excl: bool) {
+        let _ = self.step_r2.get(t as i64).copy_(&r.dot(r));
+        let _ = self.sr2.addcmul_(r, r);
         if let Some((c, s)) = &mut self.cum {
-            let _ = c.g_add_(r);
-            let _ = s.addcmul_(c, c);
+            if last_excl {
+                self.excl = Some(c.copy());
+                let _ = c.g_add_(r);
+            } else {
+                let _ = c.g_add_(r);
+                let _ = s.addcmul_(c, c);
+            }
         }
-        self.abs = Some(r.abs());
+        let _ = r.abs_out(self.abs.as_ref().expect("|r| buffer"));
     }
 }
 
@@ -304,17 +385,20 @@ struct PairAcc {
     sa2: Tensor,
     sd2: Tensor,
     nz_a: Tensor,
-    step_d2: Vec<Tensor>,
+    /// Σ_e (a_t − r_t)² per step, (K,) float64 on the device.
+    step_d2: Tensor,
     ar: Tensor,
     neg: Tensor,
     sig_n: Tensor,
     sig_bad: Tensor,
     /// (A_t running cumulative sum, Σ_t (A_t − R_t)², Σ_t A_t²).
     cum: Option<(Tensor, Tensor, Tensor)>,
+    /// Under `prefix = exclusive`: A_{K−2}.
+    excl: Option<Tensor>,
 }
 
 impl PairAcc {
-    fn new(rf: &RefAcc, tau: f64, like: &Tensor) -> Self {
+    fn new(rf: &RefAcc, tau: f64, like: &Tensor, k: usize) -> Self {
         let z = Tensor::zeros([rf.e], (Kind::Double, like.device()));
         let zi = Tensor::zeros([], (Kind::Int64, like.device()));
         PairAcc {
@@ -322,33 +406,46 @@ impl PairAcc {
             sa2: z.zeros_like(),
             sd2: z.zeros_like(),
             nz_a: Tensor::zeros([rf.e], (Kind::Bool, like.device())),
-            step_d2: vec![],
+            step_d2: Tensor::zeros([k as i64], (Kind::Double, like.device())),
             ar: dzero(like),
             neg: zi.zeros_like(),
             sig_n: zi.zeros_like(),
             sig_bad: zi.zeros_like(),
             cum: rf.cum.as_ref().map(|_| (z.zeros_like(), z.zeros_like(), z.zeros_like())),
+            excl: None,
         }
     }
     /// Step t of series `a` against the reference step `r` (both float64, flat); `rf` already holds step t.
-    fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc) {
-        let d = a - r;
-        let d2 = d.square();
-        self.step_d2.push(d2.sum(Kind::Double));
-        let _ = self.sd2.g_add_(&d2);
+    /// One float64 temporary of E elements per call (the difference, reused for a·r and the cumulative
+    /// difference): every other sum is accumulated in place.
+    fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc, t: usize, last_excl: bool, w: &Work) {
+        let n = rf.e;
+        let d = Work::view(&w.d, n);
+        let _ = a.sub_out(&d, r);
+        let _ = self.step_d2.get(t as i64).copy_(&d.dot(&d));
+        let _ = self.sd2.addcmul_(&d, &d);
         let _ = self.sa2.addcmul_(a, a);
-        let _ = self.nz_a.logical_or_(&a.ne(0.0));
+        let mut b1 = Work::view(&w.b1, n);
+        let b2 = Work::view(&w.b2, n);
+        let _ = a.ne_scalar_out(&b1, 0.0);
+        let _ = self.nz_a.logical_or_(&b1);
         let _ = self.ar.g_add_(&r.dot(a));
-        let opposite = (a * r).lt(0.0);
-        let _ = self.neg.g_add_(&opposite.sum(Kind::Int64));
-        let sig = rf.abs.as_ref().expect("reference step").gt(self.sig_thr);
-        let _ = self.sig_n.g_add_(&sig.sum(Kind::Int64));
-        let _ = self.sig_bad.g_add_(&opposite.logical_and(&sig).sum(Kind::Int64));
+        let _ = a.mul_out(&d, r);
+        let _ = d.lt_scalar_out(&b1, 0.0);
+        let _ = self.neg.g_add_(&b1.sum(Kind::Int64));
+        let _ = rf.abs.as_ref().expect("reference step").gt_scalar_out(&b2, self.sig_thr);
+        let _ = self.sig_n.g_add_(&b2.sum(Kind::Int64));
+        let _ = self.sig_bad.g_add_(&b1.logical_and_(&b2).sum(Kind::Int64));
         if let (Some((c, dc2, c2)), Some((rc, _))) = (&mut self.cum, &rf.cum) {
-            let _ = c.g_add_(a);
-            let dc = &*c - rc;
-            let _ = dc2.addcmul_(&dc, &dc);
-            let _ = c2.addcmul_(c, c);
+            if last_excl {
+                self.excl = Some(c.copy());
+                let _ = c.g_add_(a);
+            } else {
+                let _ = c.g_add_(a);
+                let _ = c.sub_out(&d, rc);
+                let _ = dc2.addcmul_(&d, &d);
+                let _ = c2.addcmul_(c, c);
+            }
         }
     }
     fn stats(&self, rf: &RefAcc, k: usize) -> PairStats {
@@ -371,41 +468,18 @@ impl PairAcc {
         let cum = match (&self.cum, &rf.cum) {
             (Some((c, dc2, c2)), Some((rc, rc2))) => {
                 let (em, es) = ern_dev(dc2, c2, rc2);
+                // The totals the sign agreement compares: exclusive ones under `prefix = exclusive`.
+                let (c, rc) = (self.excl.as_ref().unwrap_or(c), rf.excl.as_ref().unwrap_or(rc));
                 let same = scalar(&(c * rc).gt(0.0).sum(Kind::Int64)) / e.max(1.0);
                 let zero = scalar(&c.eq(0.0).logical_and(&rc.eq(0.0)).sum(Kind::Int64)) / e.max(1.0);
                 Some((em, es, same, zero))
             }
             _ => None,
         };
-        let d2 = to_vec_f64(&Tensor::stack(&self.step_d2, 0));
-        let r2 = to_vec_f64(&Tensor::stack(&rf.step_r2, 0));
+        let d2 = to_vec_f64(&self.step_d2);
+        let r2 = to_vec_f64(&rf.step_r2);
         let step_rel = d2.iter().zip(&r2).map(|(d, r)| mx::ratio(d.sqrt(), r.sqrt())).collect();
         PairStats { rel, lab, lab_std, guard, both_zero, sign_err, sig, ern_m, ern_s, cos, cum, step_rel, rn: nr2.sqrt() }
-    }
-}
-
-/// Scalar running sums of a (series, reference) pair scored by rel_l2 and cos only (the raw BPTT_s rows).
-struct ScalarPair {
-    a2: Tensor,
-    r2: Tensor,
-    d2: Tensor,
-    ar: Tensor,
-}
-
-impl ScalarPair {
-    fn new(like: &Tensor) -> Self {
-        ScalarPair { a2: dzero(like), r2: dzero(like), d2: dzero(like), ar: dzero(like) }
-    }
-    fn update(&mut self, a: &Tensor, r: &Tensor) {
-        let d = a - r;
-        let _ = self.a2.g_add_(&a.dot(a));
-        let _ = self.r2.g_add_(&r.dot(r));
-        let _ = self.d2.g_add_(&d.dot(&d));
-        let _ = self.ar.g_add_(&r.dot(a));
-    }
-    fn rel_cos(&self) -> (f64, f64) {
-        let (a2, r2, d2, ar) = (scalar(&self.a2), scalar(&self.r2), scalar(&self.d2), scalar(&self.ar));
-        (mx::ratio(d2.sqrt(), r2.sqrt()), cos_of_sums(a2, r2, ar))
     }
 }
 
@@ -467,7 +541,8 @@ struct Streamed {
     /// [series][param], [series][layer] (series: ep_plus, ep_minus, ep_sym).
     theta: Vec<Vec<PairStats>>,
     neurons: Vec<Vec<PairStats>>,
-    raw: Vec<Vec<(f64, f64)>>,
+    /// Neuron series against raw BPTT_s (info): the Laborieux printout's reference.
+    raw: Vec<Vec<PairStats>>,
     kinks: [i64; 2],
     f_norm_max: Vec<f64>,
     drift_norm: Vec<f64>,
@@ -533,39 +608,42 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         // First sweep: max|r| (the significance floor of sign_err_sig needs it before any step is scored) and
         // the nonzero masks (the sampled elements).
         let dev = s_t[0].device();
-        let mut rmax_t: Vec<Tensor> = (0..np).map(|_| Tensor::zeros([], (Kind::Double, dev))).collect();
-        let mut rmax_j: Vec<Tensor> = (0..nl).map(|_| Tensor::zeros([], (Kind::Double, dev))).collect();
-        // Per-element max_t |r| (its nonzero pattern is the mask of checks §0.6; its size picks the plotted elements).
-        let mut amax_t: Vec<Tensor> = p.iter().map(|x| Tensor::zeros([x.numel() as i64], (Kind::Double, dev))).collect();
-        let mut amax_j: Vec<Tensor> = s_t.iter().map(|x| Tensor::zeros([x.numel() as i64], (Kind::Double, dev))).collect();
+        // Per-element max_t |r| in the run dtype (a max is exact in any dtype): its nonzero pattern is the mask of
+        // checks §0.6, its maximum max|r|, its largest entries the plotted elements. Dropped after this block.
+        let flat_abs = |x: &Tensor| x.detach().reshape([-1]).abs();
+        let amax_t: Vec<Tensor> = p.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
+        let amax_j: Vec<Tensor> = s_t.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
+        let amax_w: Vec<Tensor> = s_t.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
         // Work units: K first-sweep steps, K scored steps (each ≈ 2 step costs), the published re-runs (t + 1).
         let quad_units = if o.verify_quadratic { (k * (k + 1) / 2) as u64 } else { 0 };
         crate::progress::stage(3 * k as u64 + quad_units, &format!("gdu: first reverse sweep, step 1/{k}"));
         let mut lambda: State = lambda0.iter().map(|x| x.shallow_clone()).collect();
         for t in 0..k {
             crate::progress::advance(if t == 0 { 0 } else { 1 }, &format!("gdu: first reverse sweep, step {}/{k}", t + 1));
-            let (_, bj, th, l) = bptt_step(&lambda, t);
+            let (bs, bj, th, l) = bptt_step(&lambda, t);
             for i in 0..np {
-                let r = f64flat(&th[i]);
-                rmax_t[i] = rmax_t[i].maximum(&r.abs().max());
-                amax_t[i] = amax_t[i].maximum(&r.abs());
+                let _ = amax_t[i].maximum_out(&amax_t[i], &flat_abs(&th[i]));
             }
             for j in 0..nl {
-                let r = f64flat(&bj[j]);
-                rmax_j[j] = rmax_j[j].maximum(&r.abs().max());
-                amax_j[j] = amax_j[j].maximum(&r.abs());
+                let _ = amax_j[j].maximum_out(&amax_j[j], &flat_abs(&bj[j]));
+                let _ = amax_w[j].maximum_out(&amax_w[j], &flat_abs(&bs[j]));
             }
             lambda = l;
         }
-        let mut ref_t: Vec<RefAcc> = (0..np).map(|i| RefAcc::new(&p[i], scalar(&rmax_t[i]), amax_t[i].ne(0.0), true)).collect();
-        let mut ref_j: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], scalar(&rmax_j[j]), amax_j[j].ne(0.0), false)).collect();
-        let mut pair_t: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..np).map(|i| PairAcc::new(&ref_t[i], tau, &p[i])).collect()).collect();
-        let mut pair_j: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_j[j], tau, &s_t[j])).collect()).collect();
-        let mut raw: Vec<Vec<ScalarPair>> = (0..3).map(|_| (0..nl).map(|_| ScalarPair::new(&s_t[0])).collect()).collect();
+        let rmax = |a: &Tensor| if a.numel() == 0 { 0.0 } else { scalar(&a.max()) };
+        let elems_t: Vec<Vec<usize>> = amax_t.iter().map(|a| largest_elements_dev(a, o.n_elem)).collect();
+        let elems_j: Vec<Vec<usize>> = amax_j.iter().map(|a| largest_elements_dev(a, o.n_elem)).collect();
+        let mut ref_t: Vec<RefAcc> = (0..np).map(|i| RefAcc::new(&p[i], rmax(&amax_t[i]), amax_t[i].ne(0.0), true, k)).collect();
+        let mut ref_j: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], rmax(&amax_j[j]), amax_j[j].ne(0.0), false, k)).collect();
+        let mut ref_w: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], rmax(&amax_w[j]), amax_w[j].ne(0.0), false, k)).collect();
+        drop((amax_t, amax_j, amax_w));
+        let mut pair_t: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..np).map(|i| PairAcc::new(&ref_t[i], tau, &p[i], k)).collect()).collect();
+        let mut pair_j: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_j[j], tau, &s_t[j], k)).collect()).collect();
+        let work = Work::new(p.iter().chain(s_t.iter()).map(|x| x.numel() as i64).max().unwrap_or(0), dev);
+        let mut pair_w: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_w[j], tau, &s_t[j], k)).collect()).collect();
         // Sampled elements: reference, then ep_sym, ep_plus, ep_minus (neurons: J·BPTT_s, raw BPTT_s, then the same).
-        let mut samp_t: Vec<[Sampled; 4]> = (0..np).map(|i| std::array::from_fn(|_| Sampled::new(&amax_t[i], o.n_elem))).collect();
-        let mut samp_j: Vec<[Sampled; 5]> = (0..nl).map(|j| std::array::from_fn(|_| Sampled::new(&amax_j[j], o.n_elem))).collect();
-        let mut totals: [Vec<Tensor>; 4] = std::array::from_fn(|_| p.iter().map(|x| Tensor::zeros([x.numel() as i64], (Kind::Double, dev))).collect());
+        let mut samp_t: Vec<[Sampled; 4]> = elems_t.iter().map(|e| std::array::from_fn(|_| Sampled::new(e, k, dev))).collect();
+        let mut samp_j: Vec<[Sampled; 5]> = elems_j.iter().map(|e| std::array::from_fn(|_| Sampled::new(e, k, dev))).collect();
         // The ±β phases from s_T (as ep_series).
         let r0 = kinks::regimes(m, p, batch, &s_t, 0.0);
         let betas = [o.beta, -o.beta];
@@ -606,29 +684,29 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             }
             let sym_theta: Vec<Tensor> = avg(&ep_theta[0], &ep_theta[1]);
             let sym_neur: State = avg(&ep_neur[0], &ep_neur[1]);
+            let last_excl = o.prefix_exclusive && t + 1 == k;
             for i in 0..np {
-                let r = f64flat(&th[i]);
-                ref_t[i].update(&r);
-                let _ = totals[0][i].g_add_(&r);
+                let r = Work::flat(&work.r, &th[i]);
+                ref_t[i].update(&r, t, last_excl);
                 for (si, a) in [&ep_theta[0][i], &ep_theta[1][i], &sym_theta[i]].into_iter().enumerate() {
-                    let a = f64flat(a);
-                    pair_t[si][i].update(&a, &r, &ref_t[i]);
-                    let _ = totals[si + 1][i].g_add_(&a);
-                    samp_t[i][[2, 3, 1][si]].push(&a);
+                    let a = Work::flat(&work.a, a);
+                    pair_t[si][i].update(&a, &r, &ref_t[i], t, last_excl, &work);
+                    samp_t[i][[2, 3, 1][si]].push(t, &a);
                 }
-                samp_t[i][0].push(&r);
+                samp_t[i][0].push(t, &r);
             }
             for j in 0..nl {
                 let (r, rw) = (f64flat(&bj[j]), f64flat(&bs[j]));
-                ref_j[j].update(&r);
+                ref_j[j].update(&r, t, false);
+                ref_w[j].update(&rw, t, false);
                 for (si, a) in [&ep_neur[0][j], &ep_neur[1][j], &sym_neur[j]].into_iter().enumerate() {
                     let a = f64flat(a);
-                    pair_j[si][j].update(&a, &r, &ref_j[j]);
-                    raw[si][j].update(&a, &rw);
-                    samp_j[j][[3, 4, 2][si]].push(&a);
+                    pair_j[si][j].update(&a, &r, &ref_j[j], t, false, &work);
+                    pair_w[si][j].update(&a, &rw, &ref_w[j], t, false, &work);
+                    samp_j[j][[3, 4, 2][si]].push(t, &a);
                 }
-                samp_j[j][0].push(&r);
-                samp_j[j][1].push(&rw);
+                samp_j[j][0].push(t, &r);
+                samp_j[j][1].push(t, &rw);
             }
             if let Some((dmax, rmax, prev)) = &mut quad {
                 // The published definition, step t: backpropagate L through the last t + 1 steps only.
@@ -662,12 +740,20 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             }
         }
         crate::progress::message("gdu: identities (truncated BPTT by autograd, EP estimates)");
+        // The work buffers and |r| of the last step are not needed by the statistics: free them before those
+        // allocate their own E-sized temporaries (else they add to the peak).
+        drop(work);
+        for rf in ref_t.iter_mut().chain(ref_j.iter_mut()).chain(ref_w.iter_mut()) {
+            rf.abs = None;
+        }
         let theta: Vec<Vec<PairStats>> = pair_t.iter().map(|ps| ps.iter().zip(&ref_t).map(|(a, r)| a.stats(r, k)).collect()).collect();
         let neurons: Vec<Vec<PairStats>> = pair_j.iter().map(|ps| ps.iter().zip(&ref_j).map(|(a, r)| a.stats(r, k)).collect()).collect();
-        let raw: Vec<Vec<(f64, f64)>> = raw.iter().map(|v| v.iter().map(ScalarPair::rel_cos).collect()).collect();
+        let raw: Vec<Vec<PairStats>> = pair_w.iter().map(|ps| ps.iter().zip(&ref_w).map(|(a, r)| a.stats(r, k)).collect()).collect();
+        // sym_ratio's totals: exclusive prefix sums under `prefix = exclusive`.
+        let total = |excl: &Option<Tensor>, c: &Tensor| excl.as_ref().unwrap_or(c).shallow_clone();
         let sym_totals = (0..np)
             .map(|i| match (&pair_t[0][i].cum, &pair_t[1][i].cum, &ref_t[i].cum) {
-                (Some(a), Some(c), Some(r)) => Some([a.0.shallow_clone(), c.0.shallow_clone(), r.0.shallow_clone()]),
+                (Some(a), Some(c), Some(r)) => Some([total(&pair_t[0][i].excl, &a.0), total(&pair_t[1][i].excl, &c.0), total(&ref_t[i].excl, &r.0)]),
                 _ => None,
             })
             .collect();
@@ -678,8 +764,17 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let f_norm_max: Vec<f64> = f_max.iter().map(scalar).collect();
         let smax: Vec<f64> = (0..nl).map(|j| scalar(&Tensor::stack(&traj.iter().map(|s| fnorm(&s[j])).collect::<Vec<_>>(), 0).max())).collect();
         let quadratic = quad.map(|(d, r, _)| (scalar(&d), scalar(&r)));
-        let samples_theta = samp_t.into_iter().map(|[r, a, pl, mi]| (r.elems.clone(), r.values(), a.values(), pl.values(), mi.values())).collect();
-        let samples_neurons = samp_j.into_iter().map(|[r, w, a, pl, mi]| (r.elems.clone(), r.values(), w.values(), a.values(), pl.values(), mi.values())).collect();
+        let samples_theta = samp_t.into_iter().zip(elems_t).map(|([r, a, pl, mi], e)| (e, r.values(), a.values(), pl.values(), mi.values())).collect();
+        let samples_neurons = samp_j.into_iter().zip(elems_j).map(|([r, w, a, pl, mi], e)| (e, r.values(), w.values(), a.values(), pl.values(), mi.values())).collect();
+        // Totals Σ_t of bptt, ep_plus, ep_minus, ep_sym: the last cumulative sums (no separate accumulator).
+        let cum_c = |c: &Option<(Tensor, Tensor)>| c.as_ref().expect("parameter cumulative sums").0.shallow_clone();
+        let pair_c = |c: &Option<(Tensor, Tensor, Tensor)>| c.as_ref().expect("parameter cumulative sums").0.shallow_clone();
+        let totals: [Vec<Tensor>; 4] = [
+            ref_t.iter().map(|r| cum_c(&r.cum)).collect(),
+            pair_t[0].iter().map(|a| pair_c(&a.cum)).collect(),
+            pair_t[1].iter().map(|a| pair_c(&a.cum)).collect(),
+            pair_t[2].iter().map(|a| pair_c(&a.cum)).collect(),
+        ];
         let stack = |v: &Vec<Tensor>| Tensor::stack(v, 0);
         let mut dump = vec![];
         if o.dump {
@@ -784,7 +879,7 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
                 let v = g.sym_totals[i].as_ref().map(|[e1, e2, eb]| sym_ratio_dev(e1, e2, eb)).unwrap_or(f64::NAN);
                 let mut row = rows.row("tensor", &spec.name, "sym_ratio", v);
                 row.series = Some(sname.into());
-                row.series_form = Some("cum".into());
+                row.series_form = Some(cum_form(o).into());
                 rows.push(row);
             }
         }
@@ -793,15 +888,7 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
             let st = &g.neurons[si][j];
             let floor_rel = mx::ratio(eps * g.smax[j], o.beta * st.rn);
             score(&mut rows, "neuron_layer", &l.name, sname, "bptt_j", st, o, thr, thr_lab, tau, floor_rel, f64::NAN, precondition(floor_rel), &mut summary);
-            let (rel, cos) = g.raw[si][j];
-            for (metric, value) in [("rel_l2", rel), ("cos", cos)] {
-                let mut row = rows.row("neuron_layer", &l.name, metric, value);
-                row.series = Some(sname.into());
-                row.reference = Some("bptt_raw".into());
-                row.series_form = Some("step".into());
-                row.verdict = Some("info".into());
-                rows.push(row);
-            }
+            info_rows(&mut rows, &l.name, sname, &g.raw[si][j], o);
         }
     }
     // Identities I1–I3 (always scored).
@@ -945,6 +1032,53 @@ fn sym_ratio_dev(e1: &Tensor, e2: &Tensor, eb: &Tensor) -> f64 {
     mean_std_dev(&rho).0
 }
 
+/// `series_form` of the cumulative rows: `cum` (inclusive prefix sums) or `cum_excl` (`prefix = exclusive`).
+fn cum_form(o: &GduOptions) -> &'static str {
+    if o.prefix_exclusive {
+        "cum_excl"
+    } else {
+        "cum"
+    }
+}
+
+/// The step-form metrics of a neuron series against raw BPTT_s (reference `bptt_raw`, info; checks §3 step 4):
+/// the numbers the Laborieux `check_gdu`/`RMSE` printout reports for `neurons_<i>` (`lab_rmse` = its "RMSE",
+/// `sign_err` = its "SIGN err"), and the other step-form metrics. No verdict, no summary line.
+fn info_rows(rows: &mut Rows, name: &str, sname: &str, st: &PairStats, o: &GduOptions) {
+    let mut push = |metric: &str, value: f64, t: Option<i64>, info: bool| {
+        let mut row = rows.row("neuron_layer", name, metric, value);
+        row.series = Some(sname.into());
+        row.reference = Some("bptt_raw".into());
+        row.series_form = Some("step".into());
+        row.t = t;
+        if t.is_none() {
+            row.beta = Some(o.beta);
+            row.estimator = Some(if sname == "ep_sym" { "ep_centered".into() } else { sname.into() });
+        }
+        if info {
+            row.verdict = Some("info".into());
+        }
+        rows.push(row);
+    };
+    push("rel_l2", st.rel, None, true);
+    push("lab_rmse", st.lab, None, false);
+    push("lab_rmse_std", st.lab_std, None, false);
+    push("lab_rmse_guard_frac", st.guard, None, false);
+    push("both_zero_elems", st.both_zero as f64, None, false);
+    push("sign_err", st.sign_err, None, false);
+    if !st.sig.is_nan() {
+        push("sign_err_sig", st.sig, None, false);
+    }
+    push("ern_rel_mean", st.ern_m, None, false);
+    push("ern_rel_std", st.ern_s, None, false);
+    push("cos", st.cos, None, true);
+    for (t, &v) in st.step_rel.iter().enumerate() {
+        if v.is_finite() {
+            push("rel_l2", v, Some(t as i64), false);
+        }
+    }
+}
+
 /// Metrics of one (series, scope) pair and its verdict.
 #[allow(clippy::too_many_arguments)]
 fn score(
@@ -1016,10 +1150,11 @@ fn score(
         push("drift_rel", drift_rel, "step", None, false);
     }
     if let (true, Some((em, es, same, zero))) = (scope == "tensor", st.cum) {
-        push("ern_rel_mean", em, "cum", None, false);
-        push("ern_rel_std", es, "cum", None, false);
-        push("same_sign_frac", same, "cum", None, false);
-        push("both_zero_frac", zero, "cum", None, false);
+        let form = cum_form(o);
+        push("ern_rel_mean", em, form, None, false);
+        push("ern_rel_std", es, form, None, false);
+        push("same_sign_frac", same, form, None, false);
+        push("both_zero_frac", zero, form, None, false);
     }
     for (t, &v) in st.step_rel.iter().enumerate() {
         if v.is_finite() {
