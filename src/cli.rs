@@ -64,7 +64,8 @@ pub struct CompareArgs {
     /// External tensors (safetensors, or npz).
     pub file: PathBuf,
     /// Name map (TOML): `[names] theirs = "ours"` (or a table with `key` and `transforms`), `[run]` options; or a
-    /// built-in map: laborieux_state_dict, laborieux_check_gdu.
+    /// built-in map: laborieux_state_dict, laborieux_check_gdu, seqlearning_check_gdu, holomorphic_xp_mlp,
+    /// brainseek_hopfield_resnet13, ernoult_gdu (docs/interop.md).
     #[arg(long)]
     pub names: Option<PathBuf>,
     #[command(flatten)]

@@ -63,10 +63,87 @@ pub struct NameMap {
     /// Prefix rules of a built-in map (`BPTT.` → `gdu.bptt.`), applied to keys without an exact entry, before the
     /// aliases of conventions §12.1.
     pub prefixes: Vec<(String, String)>,
+    /// Name rule of a built-in map (a reference's own object names, e.g. Haiku's `xphi/~/fc_1/w`): external key →
+    /// (canonical key, transforms), applied to keys without an exact entry, before the prefixes.
+    pub resolver: Option<fn(&str) -> Option<(String, Vec<String>)>>,
+    /// A metrics-only map (checks §10, `ernoult_gdu`): the file pairs BPTT and EP series that epcheck does not
+    /// recompute (the reference's models are not implemented); `compare` scores the pairs against each other.
+    pub metrics_only: bool,
 }
 
 /// The built-in name maps (docs/interop.md gives the Python lines that make a matching dump).
-pub const BUILTIN_MAPS: [&str; 2] = ["laborieux_state_dict", "laborieux_check_gdu"];
+pub const BUILTIN_MAPS: [&str; 6] = ["laborieux_state_dict", "laborieux_check_gdu", "seqlearning_check_gdu", "holomorphic_xp_mlp", "brainseek_hopfield_resnet13", "ernoult_gdu"];
+
+/// Replaces the last dot-separated component of `key` by `f(last)`; a bare key gets `bare_prefix`.
+fn rename_last(key: &str, bare_prefix: &str, f: impl Fn(&str) -> Option<String>) -> Option<String> {
+    match key.rsplit_once('.') {
+        Some((head, last)) => f(last).map(|n| format!("{head}.{n}")),
+        None => f(key).map(|n| format!("{bare_prefix}{n}")),
+    }
+}
+
+/// `holomorphic_xp_mlp`: Haiku `xphi/~/fc_<i>/w` (in, out) ↔ `synapses.<i−1>.weight` with `transpose(0, 1)`
+/// (`transpose(1, 2)` in a per-step series), `xphi/~/fc_<i>/b` ↔ `synapses.<i−1>.bias`; under any prefix
+/// (`grad.ep_plus.xphi/~/fc_1/w`).
+fn resolve_haiku_xp_mlp(key: &str) -> Option<(String, Vec<String>)> {
+    let at = key.find("xphi/~/fc_")?;
+    let (head, tail) = key.split_at(at);
+    let rest = &tail["xphi/~/fc_".len()..];
+    let (i, what) = rest.split_once('/')?;
+    let i: usize = i.parse().ok().filter(|&i| i >= 1)?;
+    let series = head.starts_with("gdu.");
+    let (name, tr) = match what {
+        "w" => (format!("synapses.{}.weight", i - 1), vec![if series { "transpose(1, 2)" } else { "transpose(0, 1)" }.to_string()]),
+        "b" => (format!("synapses.{}.bias", i - 1), vec![]),
+        _ => return None,
+    };
+    let head = if head.is_empty() { "param." } else { head };
+    Some((format!("{head}{name}"), tr))
+}
+
+/// `brainseek_hopfield_resnet13`: the Scaling-EP code's object names. `Bias_<k>` ↔ `b.L<k+1>`, `ConvWeight_<j>` ↔
+/// the j-th convolutional edge, `DenseWeight_0` ↔ `W.8_9` (its creation order is epcheck's canonical order),
+/// `Layer_<k>` ↔ `L<k>` (`Layer_0`, the input, ↔ `input.x`); bare names are parameters, `<group>.<name>` keeps the
+/// group (`grad.ep_centered.Bias_0` → `grad.ep_centered.b.L1`, `state.free.Layer_3` → `state.free.L3`).
+fn resolve_brainseek_resnet13(key: &str) -> Option<(String, Vec<String>)> {
+    const EDGES: [&str; 12] = ["W.0_1", "W.1_2", "W.0_2", "W.2_3", "W.2_4", "W.3_4", "W.4_5", "W.4_6", "W.5_6", "W.6_7", "W.6_8", "W.7_8"];
+    if key == "Layer_0" {
+        return Some(("input.x".into(), vec![]));
+    }
+    let name = |last: &str| -> Option<String> {
+        let num = |p: &str| last.strip_prefix(p).and_then(|n| n.parse::<usize>().ok());
+        if let Some(k) = num("Bias_").filter(|&k| k < 9) {
+            Some(format!("b.L{}", k + 1))
+        } else if let Some(j) = num("ConvWeight_") {
+            EDGES.get(j).map(|e| e.to_string())
+        } else if num("DenseWeight_") == Some(0) {
+            Some("W.8_9".into())
+        } else {
+            num("Layer_").filter(|&k| k >= 1).map(|k| format!("L{k}"))
+        }
+    };
+    rename_last(key, "param.", name).map(|c| (c, vec![]))
+}
+
+/// `ernoult_gdu` (metrics only): the Ernoult code's series `NT.<w>`, `DT.<w>` (cumulative, weights) and `nS.<i>`,
+/// `dS.<i>` (per step, batch-summed neurons, layer i counted from the output) are paired with each other.
+pub fn ernoult_pairs(keys: &[String]) -> Vec<(String, String, &'static str)> {
+    let mut v = vec![];
+    for k in keys {
+        if let Some(rest) = k.strip_prefix("NT.") {
+            let d = format!("DT.{rest}");
+            if keys.contains(&d) {
+                v.push((k.clone(), d, "cum"));
+            }
+        } else if let Some(rest) = k.strip_prefix("nS.") {
+            let d = format!("dS.{rest}");
+            if keys.contains(&d) {
+                v.push((k.clone(), d, "step"));
+            }
+        }
+    }
+    v
+}
 
 /// A built-in name map by name.
 pub fn builtin_map(name: &str) -> Option<NameMap> {
@@ -77,9 +154,21 @@ pub fn builtin_map(name: &str) -> Option<NameMap> {
         "laborieux_state_dict" => {}
         // Its `check_gdu` dictionaries BPTT, EP (the +β series) and EP_2 (the −β series), saved as
         // `BPTT.<name>`, `EP.<name>`, `EP_2.<name>`; `neurons_<i>` is layer L<i+1> (an alias).
-        "laborieux_check_gdu" => {
+        // The sequence-learning code's `check_gdu` is Laborieux's: the same dictionaries, `neurons_0` the attention
+        // layer.
+        "laborieux_check_gdu" | "seqlearning_check_gdu" => {
             m.prefixes = vec![("BPTT.".into(), "gdu.bptt.".into()), ("EP_2.".into(), "gdu.ep_minus.".into()), ("EP.".into(), "gdu.ep_plus.".into())];
         }
+        // The holomorphic-EP JAX code's `xp_mlp`: Haiku names, softmax readout with cross-entropy; its BPTT loss
+        // reads out s_{T−1} (estimators §4.1, quirk H2).
+        "holomorphic_xp_mlp" => {
+            m.resolver = Some(resolve_haiku_xp_mlp);
+            for (k, v) in [("loss", "ce"), ("readout", "softmax"), ("bptt_loss_state", "previous")] {
+                m.run.insert(k.into(), toml::Value::String(v.into()));
+            }
+        }
+        "brainseek_hopfield_resnet13" => m.resolver = Some(resolve_brainseek_resnet13),
+        "ernoult_gdu" => m.metrics_only = true,
         _ => return None,
     }
     Some(m)
@@ -385,6 +474,25 @@ pub fn parse_transform(s: &str) -> std::result::Result<Transform, String> {
     })
 }
 
+/// The external tensor brought back to epcheck's layout when every transform is a transpose or a permutation.
+fn invert_layout(ext: &Tensor, trs: &[Transform]) -> Option<Tensor> {
+    let mut t = ext.shallow_clone();
+    for tr in trs.iter().rev() {
+        t = match tr {
+            Transform::Transpose(i, j) if (*i as usize) < t.dim() && (*j as usize) < t.dim() => t.transpose(*i, *j).contiguous(),
+            Transform::Permute(d) if d.len() == t.dim() => {
+                let mut inv = vec![0i64; d.len()];
+                for (k, &p) in d.iter().enumerate() {
+                    *inv.get_mut(usize::try_from(p).ok()?)? = k as i64;
+                }
+                t.permute(&inv[..]).contiguous()
+            }
+            _ => return None,
+        };
+    }
+    Some(t)
+}
+
 fn apply_transform(t: &Tensor, tr: &Transform, b: i64) -> Tensor {
     match tr {
         Transform::Transpose(i, j) => t.transpose(*i, *j).contiguous(),
@@ -471,9 +579,23 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
         match map.names.get(k) {
             Some(None) => skipped.push(k.clone()),
             Some(Some(e)) => resolved.push((k.clone(), e.key.clone(), e.transforms.iter().map(|t| parse_transform(t).expect("validated")).collect())),
-            None => {
-                let ruled = map.prefixes.iter().find_map(|(from, to)| k.strip_prefix(from.as_str()).map(|rest| format!("{to}{rest}")));
-                resolved.push((k.clone(), canonical_alias(ruled.as_deref().unwrap_or(k)), vec![]))
+            None => match map.resolver.and_then(|f| f(k)) {
+                Some((c, tr)) => resolved.push((k.clone(), canonical_alias(&c), tr.iter().map(|t| parse_transform(t).expect("built-in transforms parse")).collect())),
+                None => {
+                    let ruled = map.prefixes.iter().find_map(|(from, to)| k.strip_prefix(from.as_str()).map(|rest| format!("{to}{rest}")));
+                    resolved.push((k.clone(), canonical_alias(ruled.as_deref().unwrap_or(k)), vec![]))
+                }
+            },
+        }
+    }
+    // A parameter mapped through layout transforms only (Haiku's (in, out) weights) is read back through their
+    // inverse, so that it can define the instance.
+    let mut ext = ext;
+    for (e, c, tr) in resolved.iter_mut() {
+        if (c.starts_with("param.") || c.starts_with("synapses.")) && !tr.is_empty() {
+            if let Some(inv) = invert_layout(&ext[e.as_str()], tr) {
+                ext.insert(e.clone(), inv);
+                tr.clear();
             }
         }
     }
