@@ -948,6 +948,8 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
         "| external key | canonical | class | rel_linf | rel_l2 | max_abs | threshold | verdict |".into(),
         "|---|---|---|---|---|---|---|---|".into(),
     ];
+    // Worst rel_linf per group of keys (states, each estimator and β, each GDU series and β).
+    let mut groups: BTreeMap<String, (usize, f64, &str)> = BTreeMap::new();
     // Keys first (trajectories are grouped by phase below).
     let mut traj_phases: BTreeMap<String, Vec<&Item>> = BTreeMap::new();
     for it in &case.items {
@@ -1024,6 +1026,11 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
         let scope = if matches!(class, "param" | "input") { "loaded" } else { "key" };
         rows.verdict(scope, &it.ext_key, &verdict, json!({ "canonical": it.canon, "class": class, "metric": metric, "value": value, "rel_linf": rl, "threshold": thr }));
         summary.push(format!("| {} | {} | {class} | {rl:.3e} | {r2:.3e} | {ma:.3e} | {thr:.1e} | {} |", it.ext_key, it.canon, verdict.display()));
+        if let Some(g) = group_of(&it.target) {
+            let e = groups.entry(g).or_insert((0, 0.0f64, class));
+            e.0 += 1;
+            e.1 = if rl.is_nan() { f64::NAN } else { e.1.max(rl) };
+        }
         // GDU series: per step, and the first step and element where they diverge.
         if matches!(it.target, Target::GduParam(..) | Target::GduNeurons(..)) && it.transforms.is_empty() && finite {
             let k = ours.size()[0];
@@ -1158,9 +1165,105 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
             summary.push(format!("|  | {note} | | | | | | |"));
         }
     }
+    if !groups.is_empty() {
+        summary.push(String::new());
+        summary.push("| group | keys | class | worst rel_linf |".into());
+        summary.push("|---|---|---|---|".into());
+        for (g, (n, w, class)) in &groups {
+            summary.push(format!("| {g} | {n} | {class} | {w:.3e} |"));
+        }
+    }
     if !case.skipped.is_empty() {
         summary.push(String::new());
         summary.push(format!("Not compared (name map): {}", case.skipped.join(", ")));
     }
     Ok(rows.finish(summary, vec![]))
+}
+
+/// The group of a canonical key for the per-group summary: states, one group per estimator and β, one per GDU
+/// series and β; parameters and inputs are not evidence (None).
+fn group_of(t: &Target) -> Option<String> {
+    let b = |beta: &Option<f64>| beta.map(|b| format!("@{b}")).unwrap_or_default();
+    match t {
+        Target::Param(_) | Target::InputX | Target::InputY | Target::InputOnehot => None,
+        Target::Grad(e, beta, _) => Some(format!("grad.{e}{}", b(beta))),
+        Target::GduParam(s, beta, _) => Some(format!("gdu.{s}{} (parameters)", b(beta))),
+        Target::GduNeurons(s, beta, _) => Some(format!("gdu.{s}{} (neurons)", b(beta))),
+        Target::DPhi(..) => Some("dPhidtheta".into()),
+        _ => Some("states".into()),
+    }
+}
+
+/// The figures of checks §10: `conformance.svg` (log10 `rel_linf` per key as bars, one panel per tolerance class,
+/// the class threshold as a line and each key's own threshold as a grey cross) and `divergence_<phase>.svg`
+/// (`rel_t` solid and `e1_t` dotted against t, log y, the tolerance as a line, t* as a vertical grey line).
+pub fn figures(dir: &Path, rep: &super::CheckReport, instance: &str, opts: &crate::report::style::FigureOptions) -> Result<Vec<std::path::PathBuf>> {
+    use crate::report::style::{self, Figure, HLine, LegendEntry, Line, Marker, Panel, Scale, Style};
+    let verdict = rep.overall.label();
+    let mut out = vec![];
+    // conformance.svg
+    let mut by_class: BTreeMap<String, Vec<(String, f64, f64)>> = BTreeMap::new();
+    for v in rep.verdicts.iter().filter(|v| v.scope == "key") {
+        let d: serde_json::Value = serde_json::from_str(&v.details).unwrap_or_default();
+        let (Some(class), Some(rl), Some(thr)) = (d["class"].as_str(), d["rel_linf"].as_f64(), d["threshold"].as_f64()) else { continue };
+        by_class.entry(class.to_string()).or_default().push((v.name.clone(), rl, thr));
+    }
+    let order = ["state", "grad_exact", "grad_ep"];
+    let mut classes: Vec<&String> = by_class.keys().collect();
+    classes.sort_by_key(|c| order.iter().position(|o| o == c).unwrap_or(order.len()));
+    let mut panels = vec![];
+    for (ci, class) in classes.iter().enumerate() {
+        let keys = &by_class[*class];
+        let positive: Vec<f64> = keys.iter().map(|k| k.1).filter(|v| *v > 0.0 && v.is_finite()).collect();
+        let base = positive.iter().cloned().fold(f64::INFINITY, f64::min).min(1e-17) / 2.0;
+        let mut lines: Vec<Line> = keys.iter().enumerate().filter(|(_, k)| k.1 > 0.0 && k.1.is_finite()).map(|(i, k)| Line::new(vec![(i as f64, base), (i as f64, k.1)], style::color(ci), Style::Solid, None)).collect();
+        lines.push(Line::new(keys.iter().enumerate().map(|(i, k)| (i as f64, k.2)).collect(), style::GREY, Style::Markers, Some("threshold of the key".into())).marker(Marker::Cross));
+        let mut p = Panel::new(format!("class {class}: {} keys", keys.len()), "key (in the order of the summary table)", "rel_linf").scales(Scale::Integer, Scale::Log).lines(lines);
+        let class_thr = keys.iter().map(|k| k.2).fold(f64::INFINITY, f64::min);
+        p.hlines = vec![HLine::new(class_thr, format!("class threshold {class_thr:.1e}"))];
+        p.x_range = Some((-0.5, keys.len() as f64 - 0.5));
+        let zeros = keys.len() - positive.len();
+        if zeros > 0 {
+            p.note = Some(format!("{zeros} key(s) exactly equal (rel_linf = 0, not drawn)"));
+        }
+        panels.push(p);
+    }
+    if !panels.is_empty() {
+        let legend = vec![LegendEntry::text("bar = rel_linf of one external key; colour = tolerance class (panel title)")];
+        out.extend(style::write_figure(dir, &Figure { stem: "conformance".into(), title: format!("conformance — {instance} — {verdict}"), panels, legend }, opts)?);
+    }
+    // divergence_<phase>.svg
+    let mut phases: BTreeMap<String, (Vec<(f64, f64)>, Vec<(f64, f64)>)> = BTreeMap::new();
+    for s in rep.series.iter().filter(|s| s.kind == "divergence") {
+        let e = phases.entry(s.name.clone()).or_default();
+        match s.series.as_str() {
+            "rel_t" => e.0.push((s.t as f64, s.value)),
+            "e1_t" if s.t > 0 => e.1.push((s.t as f64, s.value)),
+            _ => {}
+        }
+    }
+    for (ph, (rel, e1)) in phases {
+        let v = rep.verdicts.iter().find(|v| v.scope == "trajectory" && v.name == ph);
+        let d: serde_json::Value = v.map(|v| serde_json::from_str(&v.details).unwrap_or_default()).unwrap_or_default();
+        let tol = d["tol"].as_f64().unwrap_or(f64::NAN);
+        let mut lines = vec![Line::new(rel.clone(), style::color(0), Style::Solid, Some("rel_t (replay from the external s(0))".into())).marker(Marker::Circle), Line::new(e1.clone(), style::color(1), Style::Dotted, Some("e1_t (one step from the external s(t−1))".into())).marker(Marker::Square)];
+        if let Some(ts) = d["t_star"].as_f64() {
+            let pos: Vec<f64> = rel.iter().chain(e1.iter()).map(|p| p.1).filter(|v| *v > 0.0).collect();
+            let (lo, hi) = (pos.iter().cloned().fold(tol, f64::min), pos.iter().cloned().fold(tol, f64::max));
+            lines.push(Line::new(vec![(ts, lo), (ts, hi)], style::GREY, Style::Solid, Some(format!("first divergence t* = {ts}"))));
+        }
+        // Bitwise agreement at every t has nothing to draw on a log axis: a linear axis then shows the zeros.
+        let any_pos = rel.iter().chain(e1.iter()).any(|p| p.1 > 0.0);
+        let mut p = Panel::new(format!("phase {ph}"), "iteration t", "relative error (max over layers)").scales(Scale::Integer, if any_pos { Scale::Log } else { Scale::Linear }).lines(lines);
+        p.hlines = vec![HLine::new(tol, format!("tol(state) = {tol:.1e}"))];
+        let zeros = rel.iter().chain(e1.iter()).filter(|p| p.1 == 0.0).count();
+        if !any_pos {
+            p.note = Some("exactly equal at every t (linear axis)".into());
+        } else if zeros > 0 {
+            p.note = Some(format!("{zeros} point(s) exactly 0 (not drawn)"));
+        }
+        let title = format!("conformance — {instance} — trajectory {ph} — {}", v.map(|v| v.verdict.as_str()).unwrap_or(verdict));
+        out.extend(style::write_figure(dir, &Figure { stem: format!("divergence_{ph}"), title, panels: vec![p], legend: vec![] }, opts)?);
+    }
+    Ok(out)
 }
