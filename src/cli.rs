@@ -710,6 +710,13 @@ fn run_compare(a: CompareArgs) -> Result<i32> {
         None => crate::checks::conformance::NameMap::default(),
     };
     check_outputs(&a.common)?;
+    if map.metrics_only {
+        // `ernoult_gdu`: the file's series are scored against each other; the instance only carries the run folder.
+        let inst = a.common.instance(toml::Table::new())?;
+        let id = format!("external-{}", a.file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default());
+        let rep = crate::checks::conformance::run_metrics_only(&a.file, &id)?;
+        return finish(&a.common, "compare", &inst, vec![rep]);
+    }
     // The model: --preset/--graph/--config, else the file's own epcheck metadata (a dump epcheck wrote), else
     // p-mlp — said in every error, so a wrong guess is never silent.
     let named = a.common.preset.is_some() || a.common.graph.is_some() || a.common.config.is_some();

@@ -1267,3 +1267,67 @@ pub fn figures(dir: &Path, rep: &super::CheckReport, instance: &str, opts: &crat
     }
     Ok(out)
 }
+
+/// `compare` with a metrics-only map (`ernoult_gdu`): the file's BPTT and EP series are paired with each other and
+/// scored by the GDU metrics of checks §1 (nothing is recomputed: verdicts are `info`). Cumulative weight series
+/// (`NT`/`DT`) give `ern_rel` on the cumulative form (the reference's quirk E1) and `lab_rmse`, `sign_err`, `rel_l2`
+/// on the per-step form (`diff`); per-step neuron series (`nS`/`dS`) give all of them on the per-step form.
+pub fn run_metrics_only(file: &Path, instance: &str) -> Result<CheckReport> {
+    let ext = read_external(file)?;
+    let keys: Vec<String> = ext.keys().cloned().collect();
+    let pairs = ernoult_pairs(&keys);
+    if pairs.is_empty() {
+        return Err(Error::file(file, format!("ernoult_gdu: no NT.<w>/DT.<w> or nS.<i>/dS.<i> pairs among the {} keys ({})", keys.len(), keys.iter().take(8).cloned().collect::<Vec<_>>().join(", "))));
+    }
+    for (n, d, _) in &pairs {
+        if ext[n].size() != ext[d].size() || ext[n].dim() < 1 {
+            return Err(Error::file(file, format!("shape mismatch: '{n}' has shape {:?}, '{d}' has {:?} (expected equal, time first)", ext[n].size(), ext[d].size())));
+        }
+        if !all_finite(&ext[n]) || !all_finite(&ext[d]) {
+            return Err(Error::file(file, format!("non-finite value in '{n}' or '{d}'")));
+        }
+    }
+    let mut rows = Rows::new("conformance", instance, "external (metrics only)", "f64");
+    let mut summary = vec![
+        format!("Metrics only (`ernoult_gdu`): {} BPTT/EP series pairs of the file scored against each other; nothing is recomputed (the reference's models are not epcheck models).", pairs.len()),
+        String::new(),
+        "| BPTT series | EP series | form | ern_rel_mean | ern_rel_std | lab_rmse | sign_err | rel_l2 |".into(),
+        "|---|---|---|---|---|---|---|---|".into(),
+    ];
+    let series = |t: &Tensor| -> mx::Series {
+        let k = t.size()[0];
+        let e = (t.numel() as i64 / k.max(1)) as usize;
+        mx::Series::new(k as usize, e, to_vec_f64(&t.reshape([k, -1])))
+    };
+    for (n, d, form) in &pairs {
+        let (r, a) = (series(&ext[n]), series(&ext[d]));
+        let (ern_m, ern_s) = mx::ern_rel(&a, &r);
+        let diff = |s: &mx::Series| -> mx::Series {
+            let mut v = s.data.clone();
+            for t in (1..s.k).rev() {
+                for e in 0..s.e {
+                    v[t * s.e + e] -= s.data[(t - 1) * s.e + e];
+                }
+            }
+            mx::Series::new(s.k, s.e, v)
+        };
+        let (rs, as_) = if *form == "cum" { (diff(&r), diff(&a)) } else { (r.clone(), a.clone()) };
+        let (lab, _, _, _) = mx::lab_rmse(&as_, &rs);
+        let (sg, r2) = (mx::sign_err(&as_.data, &rs.data), mx::rel_l2(&as_.data, &rs.data));
+        let name = format!("{n} vs {d}");
+        for (m, v) in [("ern_rel_mean", ern_m), ("ern_rel_std", ern_s), ("lab_rmse", lab), ("sign_err", sg), ("rel_l2", r2)] {
+            let mut row = rows.row("pair", &name, m, v);
+            row.series_form = Some(if m.starts_with("ern_rel") { form.to_string() } else { "step".into() });
+            rows.push(row);
+        }
+        rows.verdict("pair", &name, &Verdict::Info, json!({ "bptt": n, "ep": d, "form": form, "ern_rel_mean": ern_m, "ern_rel_std": ern_s, "lab_rmse": lab }));
+        summary.push(format!("| {n} | {d} | {form} | {ern_m:.4e} | {ern_s:.4e} | {lab:.4e} | {sg:.4} | {r2:.4e} |"));
+    }
+    let used: Vec<&String> = pairs.iter().flat_map(|(n, d, _)| [n, d]).collect();
+    let unused: Vec<&String> = keys.iter().filter(|k| !used.contains(k)).collect();
+    if !unused.is_empty() {
+        summary.push(String::new());
+        summary.push(format!("Not used: {}", unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+    }
+    Ok(rows.finish(summary, vec![]))
+}
