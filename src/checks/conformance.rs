@@ -560,6 +560,8 @@ pub struct Case {
     pub inst: Instance,
     items: Vec<Item>,
     pub skipped: Vec<String>,
+    /// The file is a `bias --dump`: `grad.<estimator>@<β>` keys are recomputed as the bias sweep computes them.
+    pub bias_phases: bool,
 }
 
 /// Loads external tensors and a name map, resolves every key and builds the instance from the external
@@ -608,6 +610,13 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
         }
         cfg.t_free = t.int64_value(&[]);
         skipped.push(format!("{e} (read as t_free = {})", cfg.t_free));
+    }
+    // `bias --dump` marks its β points as the sweep's phases (free state s*, nudged per checks.bias.nudge).
+    let mut bias_phases = false;
+    if let Some(pos) = resolved.iter().position(|(_, c, _)| c == "bias.phases") {
+        let (e, _, _) = resolved.remove(pos);
+        bias_phases = true;
+        skipped.push(format!("{e} (β points recomputed with the bias sweep's phases)"));
     }
     // Parameters under canonical names (`param.<name>`), for size inference and loading.
     let canon_map: BTreeMap<String, Tensor> = resolved.iter().filter(|(_, c, tr)| tr.is_empty() && (c.starts_with("param.") || c.starts_with("synapses."))).map(|(e, c, _)| (c.clone(), ext[e].shallow_clone())).collect();
@@ -696,7 +705,7 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
     let id = instance_id(&cfg, &params, &batch);
     let inst = Instance { cfg, model, params, batch, prec, id };
     // Shapes are checked before anything is recomputed (cheap: epcheck's shapes are known).
-    let case = Case { inst, items, skipped };
+    let case = Case { inst, items, skipped, bias_phases };
     for it in &case.items {
         if matches!(it.target, Target::Traj(..) | Target::PhiTraj(_)) {
             continue;
@@ -783,6 +792,8 @@ struct Recompute<'a> {
     /// GDU series per β: canonical `gdu.<series>.<p>` / `gdu.<series>.neurons.<l>` → (K, …).
     gdu: BTreeMap<u64, BTreeMap<String, Tensor>>,
     f_norm: f64,
+    /// With a `bias --dump`: the sweep's options and its free state s*.
+    bias: Option<(super::bias::BiasOptions, State)>,
 }
 
 impl<'a> Recompute<'a> {
@@ -807,6 +818,18 @@ impl<'a> Recompute<'a> {
     }
 
     fn grad(&mut self, est: &str, beta: Option<f64>) -> Result<Vec<Tensor>> {
+        if let (Some(b), Some((bo, s0)), true) = (beta, &self.bias, est.starts_with("ep_")) {
+            let key = (format!("bias:{est}"), b.to_bits());
+            if let Some(g) = self.grads.get(&key) {
+                return Ok(g.iter().map(|t| t.shallow_clone()).collect());
+            }
+            let (m, p, batch) = (&self.inst.model, &self.inst.params[..], &self.inst.batch);
+            let f = m.param_derivative(p, batch, s0);
+            self.f_norm = self.f_norm.max(f.iter().map(norm2).fold(0.0, f64::max));
+            let g = super::bias::point_estimate(m, p, batch, s0, est, b, bo)?;
+            self.grads.insert(key, g.iter().map(|t| t.shallow_clone()).collect());
+            return Ok(g);
+        }
         let beta = beta.unwrap_or(self.o.beta);
         let key = (est.to_string(), beta.to_bits());
         if let Some(g) = self.grads.get(&key) {
@@ -940,7 +963,11 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
     let inst = &case.inst;
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
     let mut rows = Rows::new("conformance", &inst.id, &m.preset, inst.prec.dtype.name());
-    let mut rc = Recompute { inst, o, phases: BTreeMap::new(), grads: BTreeMap::new(), gdu: BTreeMap::new(), f_norm: 0.0 };
+    let bias = match case.bias_phases {
+        true => Some((super::bias::BiasOptions::from_config(&inst.cfg), implicit::star(m, p, batch, None, &inst.cfg.implicit_options())?.state)),
+        false => None,
+    };
+    let mut rc = Recompute { inst, o, phases: BTreeMap::new(), grads: BTreeMap::new(), gdu: BTreeMap::new(), f_norm: 0.0, bias };
     let b = batch.size();
     let mut summary = vec![
         format!("Conformance: {} external keys compared ({} skipped by the name map); T = {}, K = {}, β = {}", case.items.len(), case.skipped.len(), o.lengths.t_free, o.lengths.k_nudge, o.beta),
