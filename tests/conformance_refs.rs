@@ -234,6 +234,12 @@ fn ernoult_series_metrics_reproduce_its_own_compute_hist() {
         }
     }
     assert_eq!(n, 4);
+    // A file without those pairs: one line naming the map and what it expected, exit 2, no run folder.
+    let o2 = d.path().join("c2");
+    let lab = fixture("laborieux_pmlp_f64.safetensors");
+    let (code, _, stderr) = epcheck(&["compare", &lab, "--names", "ernoult_gdu", "--out", s(&o2)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("ernoult_gdu: no NT.<w>/DT.<w> or nS.<i>/dS.<i> pairs") && !o2.exists(), "{stderr}");
 }
 
 #[test]
@@ -257,7 +263,7 @@ fn holomorphic_xp_mlp_dump_agrees_through_its_builtin_map() {
     let d = tempfile::tempdir().unwrap();
     let o = d.path().join("c");
     let f = fixture("holomorphic_xp_mlp.safetensors");
-    let (code, stdout, stderr) = epcheck(&["compare", &f, "--names", "holomorphic_xp_mlp", "--preset", "p-mlp", "--activation", "logistic4", "--T", "80", "--K", "40", "--beta", "0.1", "--out", s(&o)]);
+    let (code, stdout, stderr) = epcheck(&["compare", &f, "--names", "holomorphic_xp_mlp", "--preset", "p-mlp", "--archi", "4-5-4-3", "--activation", "logistic4", "--T", "80", "--K", "40", "--beta", "0.1", "--out", s(&o)]);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let v = verdicts(&one_run(&o));
     for key in ["xphi/~/fc_1/w", "state.free.L2", "grad.bptt.xphi/~/fc_3/w", "grad.ep_plus.xphi/~/fc_2/b", "grad.ep_centered.xphi/~/fc_1/w", "grad.ep_holomorphic4.xphi/~/fc_3/w"] {
