@@ -318,3 +318,47 @@ fn float_cast_dumps_agree_to_float64_classes_under_reference_casts() {
         assert_eq!(code, 0, "{f}: {stdout}\n{stderr}");
     }
 }
+
+#[test]
+fn seqlearning_small_beta_series_read_their_beta_from_the_metadata() {
+    // The SeqLearning layout's `gdu_small.ep.<p>` / `gdu_small.ep_neg.<p>` (conventions §12.1): the reference's own
+    // +β and −β series (β = 0.05), renamed, with β in the metadata; the run's β differs (0.1), so only the
+    // metadata can make them agree.
+    let f = fixture("seqlearning_imdb_f64.safetensors");
+    let t = epcheck::io::read_tensors(Path::new(&f)).unwrap();
+    let mut out: Vec<(String, Tensor)> = vec![];
+    for (k, v) in &t {
+        let k = if let Some(r) = k.strip_prefix("EP_2.") {
+            format!("gdu_small.ep_neg.{r}")
+        } else if let Some(r) = k.strip_prefix("EP.") {
+            format!("gdu_small.ep.{r}")
+        } else if k.starts_with("BPTT.") || k.starts_with("ep.") || k.contains(".traj.") {
+            continue;
+        } else {
+            k.clone()
+        };
+        out.push((k, v.shallow_clone()));
+    }
+    let d = tempfile::tempdir().unwrap();
+    let with = d.path().join("small.safetensors");
+    epcheck::io::write_tensors(&with, &out, [("gdu_small.beta".to_string(), "0.05".to_string())].into_iter().collect()).unwrap();
+    let args = |file: &Path, o: &Path| -> Vec<String> {
+        ["compare", s(file), "--preset", "imdb-hopfield", "--activation", "tanh", "--T", "30", "--K", "10", "--beta", "0.1", "--out", s(o)].iter().map(|x| x.to_string()).collect()
+    };
+    let o = d.path().join("c");
+    let (code, stdout, stderr) = epcheck(&args(&with, &o).iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let v = verdicts(&one_run(&o));
+    for key in ["gdu_small.ep.synapses.0.weight", "gdu_small.ep_neg.neurons_0", "gdu_small.ep.synapses.2.bias"] {
+        assert!(passes(&v, key), "{key}:\n{v}");
+    }
+    let sm = std::fs::read_to_string(one_run(&o).join("summary.md")).unwrap();
+    assert!(sm.contains("| gdu_small.ep_neg.neurons_0 | gdu.ep_minus@0.05.neurons.L1 |"), "{sm}");
+    // Without the metadata entry: one line naming it, exit 2, nothing written.
+    let without = d.path().join("nometa.safetensors");
+    epcheck::io::write_tensors(&without, &out, Default::default()).unwrap();
+    let o2 = d.path().join("c2");
+    let (code, _, stderr) = epcheck(&args(&without, &o2).iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("gdu_small.beta") && !o2.exists(), "{stderr}");
+}

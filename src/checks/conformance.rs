@@ -474,6 +474,14 @@ pub fn parse_transform(s: &str) -> std::result::Result<Transform, String> {
     })
 }
 
+/// The small β of `gdu_small.*` keys: the safetensors metadata entry `gdu_small.beta`.
+fn small_beta(file: &Path) -> Result<f64> {
+    let bytes = std::fs::read(file).map_err(|e| Error::file(file, e))?;
+    let meta = safetensors::SafeTensors::read_metadata(&bytes).ok().and_then(|(_, m)| m.metadata().clone()).unwrap_or_default();
+    let v = meta.get("gdu_small.beta").ok_or_else(|| Error::file(file, "gdu_small.* keys need their β: metadata entry 'gdu_small.beta' (a number) is missing"))?;
+    v.trim().parse::<f64>().ok().filter(|b| b.is_finite() && *b != 0.0).ok_or_else(|| Error::file(file, format!("metadata 'gdu_small.beta' = '{v}': expected a non-zero number")))
+}
+
 /// The external tensor brought back to epcheck's layout when every transform is a transpose or a permutation.
 fn invert_layout(ext: &Tensor, trs: &[Transform]) -> Option<Tensor> {
     let mut t = ext.shallow_clone();
@@ -588,6 +596,26 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
                     resolved.push((k.clone(), canonical_alias(ruled.as_deref().unwrap_or(k)), vec![]))
                 }
             },
+        }
+    }
+    // SeqLearning-style small-β series `gdu_small.ep.<p>`, `gdu_small.ep_neg.<p>` (conventions §12.1): β from the
+    // file's metadata (`gdu_small.beta`).
+    if resolved.iter().any(|(_, c, _)| c.starts_with("gdu_small.")) {
+        let beta = small_beta(file)?;
+        for (e, c, _) in resolved.iter_mut() {
+            if let Some(rest) = c.strip_prefix("gdu_small.") {
+                let (series, tail) = rest.split_once('.').ok_or_else(|| Error::file(file, format!("'{e}': expected gdu_small.<ep|ep_neg>.<name>")))?;
+                let series = match series {
+                    "ep" => "ep_plus",
+                    "ep_neg" => "ep_minus",
+                    s => s,
+                };
+                let tail = match tail.strip_prefix("neurons_").and_then(|j| j.parse::<usize>().ok()) {
+                    Some(j) => format!("neurons.L{}", j + 1),
+                    None => tail.to_string(),
+                };
+                *c = format!("gdu.{series}@{beta}.{tail}");
+            }
         }
     }
     // A parameter mapped through layout transforms only (Haiku's (in, out) weights) is read back through their
