@@ -191,9 +191,29 @@ fn brainseek_resnet13_dump_agrees_including_its_clipped_estimate() {
     for key in ["Layer_0", "Bias_8", "ConvWeight_2", "DenseWeight_0", "state.free.Layer_1", "state.free.Layer_9", "grad.ep_centered.ConvWeight_0", "grad.ep_centered.DenseWeight_0", "grad.ep_centered_clipped.Bias_4"] {
         assert!(passes(&v, key), "{key}:\n{v}");
     }
+    // Its own trajectory (`compute_trajectory`): full states replayed step by step, the async2 half states (after
+    // its first group, Layer_1, Layer_3, …) and the conv-reference slices `t<n>` / `half<n>`.
+    for key in ["traj.free.half.Layer_7", "traj.free.half.Layer_8", "traj.free.half20.Layer_9", "traj.free.t15.Layer_6"] {
+        assert!(passes(&v, key), "{key}:\n{v}");
+    }
+    assert!(v.lines().any(|l| l.contains(",trajectory,free,pass")), "{v}");
     // Its object names map onto the canonical order: ConvWeight_2 is the block-1 skip W.0_2.
     let sm = std::fs::read_to_string(run.join("summary.md")).unwrap();
     assert!(sm.contains("| ConvWeight_2 | param.W.0_2 |") && sm.contains("| state.free.Layer_8 | state.free.L8 |"), "{sm}");
+    // Planted: one element of one half state of the reference, relative change 1e-9 (above the 1e-12 class).
+    let mut tt: Vec<(String, Tensor)> = t.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
+    let (_, h) = tt.iter_mut().find(|(k, _)| k == "traj.free.half.Layer_8").unwrap();
+    let _ = h.get(20).get(1).get(0).get(1).get(1).g_mul_scalar_(1.0 + 1e-9);
+    let planted = d.path().join("planted.safetensors");
+    epcheck::io::write_tensors(&planted, &tt, Default::default()).unwrap();
+    let op = d.path().join("cp");
+    let mut a = vec!["compare", s(&planted)];
+    a.extend_from_slice(BS);
+    a.extend(["--set", "grad_clip_norm=1", "--out", s(&op)]);
+    let (code, stdout, stderr) = epcheck(&a);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let vp = verdicts(&one_run(&op));
+    assert!(vp.lines().any(|l| l.contains(",key,traj.free.half.Layer_8,fail")) && passes(&vp, "traj.free.half.Layer_7"), "{vp}");
     // Without the clip norm the clipped keys cannot be recomputed: the option is named, nothing is written.
     let o2 = d.path().join("c2");
     let (code, _, stderr) = run_with(&[], &o2);

@@ -305,6 +305,10 @@ pub enum Target {
     TrajSlice(String, usize, i64),
     /// The last K + 1 free states s_{T−K} … s_T (`traj_window.free.<l>`, written by `gdu --dump`).
     TrajWindow(usize),
+    /// `async2` half states (`traj.<phase>.half.<l>`, (n, B, …)): after the group-A update of iteration t + 1.
+    TrajHalf(String, usize),
+    /// One half state (`traj.<phase>.half<n>.<l>`, the conv-reference layout): slice n − 1 of the above.
+    TrajHalfSlice(String, usize, i64),
 }
 
 impl Target {
@@ -349,9 +353,16 @@ pub fn parse_target(m: &Model, key: &str) -> Option<Target> {
             if !PHASES.contains(&phase) {
                 return None;
             }
-            // `traj.<phase>.t<n>.<l>`: slice n of the trajectory.
+            // `traj.<phase>.t<n>.<l>`: slice n of the trajectory; `traj.<phase>.half.<l>` and
+            // `traj.<phase>.half<n>.<l>`: the async2 half states.
             if head == "traj" {
                 if let Some((tn, l)) = name.split_once('.') {
+                    if tn == "half" {
+                        return lidx(l).map(|k| Target::TrajHalf(phase.into(), k));
+                    }
+                    if let Some(n) = tn.strip_prefix("half").and_then(|n| n.parse::<i64>().ok()).filter(|&n| n >= 1) {
+                        return lidx(l).map(|k| Target::TrajHalfSlice(phase.into(), k, n));
+                    }
                     if let Some(n) = tn.strip_prefix('t').and_then(|n| n.parse::<i64>().ok()) {
                         return lidx(l).map(|k| Target::TrajSlice(phase.into(), k, n));
                     }
@@ -805,6 +816,8 @@ impl Case {
             Target::GduNeurons(_, _, k) => [self.inst.cfg.k_nudge, b].into_iter().chain(m.layers[*k].shape.iter().copied()).collect(),
             Target::TrajSlice(_, k, _) => std::iter::once(b).chain(m.layers[*k].shape.iter().copied()).collect(),
             Target::TrajWindow(k) => [self.inst.cfg.k_nudge + 1, b].into_iter().chain(m.layers[*k].shape.iter().copied()).collect(),
+            Target::TrajHalf(_, k) => [it.ext.size().first().copied().unwrap_or(0), b].into_iter().chain(m.layers[*k].shape.iter().copied()).collect(),
+            Target::TrajHalfSlice(_, k, _) => std::iter::once(b).chain(m.layers[*k].shape.iter().copied()).collect(),
         };
         let z = Tensor::zeros(&base[..], (Kind::Double, tch::Device::Cpu));
         it.transforms.iter().fold(z, |t, tr| apply_transform(&t, tr, b)).size()
@@ -822,6 +835,8 @@ struct Recompute<'a> {
     f_norm: f64,
     /// With a `bias --dump`: the sweep's options and its free state s*.
     bias: Option<(super::bias::BiasOptions, State)>,
+    /// Length n of the `traj.<phase>.half.*` tensor being recomputed.
+    half_len: i64,
 }
 
 impl<'a> Recompute<'a> {
@@ -924,6 +939,36 @@ impl<'a> Recompute<'a> {
         Ok(&self.gdu[&beta.to_bits()])
     }
 
+    /// The `async2` half states of a phase, iterations 1…n: from s_{t−1}, the group-A layers updated (their drives all
+    /// from s_{t−1}), group B left as in s_{t−1}. The phase starts as `traj.<phase>.*` does (free: zeros; ±β: the
+    /// free state).
+    fn half_states(&mut self, ph: &str, n: i64) -> Result<Vec<State>> {
+        let (m, p, batch) = (&self.inst.model, &self.inst.params[..], &self.inst.batch);
+        if m.schedule.kind != crate::model::schedule::ScheduleKind::Async2 {
+            return Err(Error::Config(format!("traj.{ph}.half* keys are async2 half states; this model's schedule is {}", m.schedule.key())));
+        }
+        let (init, beta) = match ph {
+            "plus" | "minus" => (self.phase("free")?.0, if ph == "plus" { self.o.beta } else { -self.o.beta }),
+            _ => (m.zeros_state(batch.size(), self.inst.prec), 0.0),
+        };
+        let full = relax(m, p, batch, &init, beta, &RelaxOptions { iters: n - 1, record: true, ..Default::default() }).traj.expect("recorded");
+        let group_a = &m.schedule.groups[0];
+        Ok(full
+            .iter()
+            .take(n as usize)
+            .map(|s| {
+                tch::no_grad(|| {
+                    let us: Vec<Tensor> = group_a.iter().map(|&k| m.drive(p, batch, s, k, beta)).collect();
+                    let mut h: State = s.iter().map(|t| t.shallow_clone()).collect();
+                    for (&k, u) in group_a.iter().zip(us) {
+                        h[k] = m.activate(k, batch, &u);
+                    }
+                    h
+                })
+            })
+            .collect())
+    }
+
     /// epcheck's value of a (non-trajectory) target, in the run dtype.
     fn value(&mut self, t: &Target) -> Result<Tensor> {
         let (m, p, batch) = (&self.inst.model, &self.inst.params[..], &self.inst.batch);
@@ -971,6 +1016,11 @@ impl<'a> Recompute<'a> {
                 let w = relax(m, p, batch, &skip.state, 0.0, &RelaxOptions { iters: kk, record: true, ..Default::default() });
                 Tensor::stack(&w.traj.expect("recorded").iter().map(|s| s[*k].shallow_clone()).collect::<Vec<_>>(), 0)
             }
+            Target::TrajHalf(ph, k) => {
+                let n = self.half_len.max(1);
+                Tensor::stack(&self.half_states(ph, n)?.iter().map(|s| s[*k].shallow_clone()).collect::<Vec<_>>(), 0)
+            }
+            Target::TrajHalfSlice(ph, k, n) => self.half_states(ph, *n)?.pop().expect("n ≥ 1")[*k].shallow_clone(),
             Target::PhiTraj(_) | Target::Traj(..) => unreachable!("trajectories are replayed"),
         })
     }
@@ -995,7 +1045,7 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
         true => Some((super::bias::BiasOptions::from_config(&inst.cfg), implicit::star(m, p, batch, None, &inst.cfg.implicit_options())?.state)),
         false => None,
     };
-    let mut rc = Recompute { inst, o, phases: BTreeMap::new(), grads: BTreeMap::new(), gdu: BTreeMap::new(), f_norm: 0.0, bias };
+    let mut rc = Recompute { inst, o, phases: BTreeMap::new(), grads: BTreeMap::new(), gdu: BTreeMap::new(), f_norm: 0.0, bias, half_len: 0 };
     let b = batch.size();
     let mut summary = vec![
         format!("Conformance: {} external keys compared ({} skipped by the name map); T = {}, K = {}, β = {}", case.items.len(), case.skipped.len(), o.lengths.t_free, o.lengths.k_nudge, o.beta),
@@ -1025,6 +1075,9 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
             let n = it.ext.size()[0] - 1;
             relax(m, p, batch, &init, beta, &RelaxOptions { iters: n, trace_phi: true, ..Default::default() }).phi.expect("traced")
         } else {
+            if let Target::TrajHalf(..) = it.target {
+                rc.half_len = it.ext.size()[0];
+            }
             rc.value(&it.target)?
         };
         let ours = it.transforms.iter().fold(ours, |t, tr| apply_transform(&t, tr, b));
