@@ -382,3 +382,42 @@ fn seqlearning_small_beta_series_read_their_beta_from_the_metadata() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("gdu_small.beta") && !o2.exists(), "{stderr}");
 }
+
+#[test]
+fn hwc_from_chw_reads_a_channels_last_dense_head_and_names_a_wrong_size() {
+    // The Scaling-EP dense head W.8_9 is stored (C, H, W, classes); a channels-last producer stores it flattened
+    // (H·W·C, classes). Oracle: the permutation made here with tch, independently of the transform's code.
+    let f = fixture("brainseek_resnet13.safetensors");
+    let t = epcheck::io::read_tensors(Path::new(&f)).unwrap();
+    let w = &t["DenseWeight_0"]; // (2, 2, 2, 10)
+    let hwc = w.permute([1, 2, 0, 3]).contiguous().reshape([8, 10]).transpose(0, 1).contiguous(); // (10, H·W·C)
+    // Canonical names for the rest (through the built-in map's own rule), so that the test's map only adds head_hwc.
+    let rule = epcheck::checks::conformance::builtin_map("brainseek_hopfield_resnet13").unwrap().resolver.unwrap();
+    let mut out: Vec<(String, Tensor)> =
+        t.iter().filter(|(k, _)| !k.contains("grad.") && !k.contains("traj.")).map(|(k, v)| (rule(k).map(|r| r.0).unwrap_or_else(|| k.clone()), v.shallow_clone())).collect();
+    out.push(("head_hwc".into(), hwc));
+    let d = tempfile::tempdir().unwrap();
+    let file = d.path().join("hwc.safetensors");
+    epcheck::io::write_tensors(&file, &out, Default::default()).unwrap();
+    let map = d.path().join("map.toml");
+    let write_map = |tr: &str| std::fs::write(&map, format!("[names]\nhead_hwc = {{ key = \"param.W.8_9\", transforms = [\"reshape(8, 10)\", \"transpose(0, 1)\", \"{tr}\"] }}\n")).unwrap();
+    // epcheck's (C·H·W, 10) → (10, C·H·W) → channels-last order.
+    write_map("hwc_from_chw(2, 2, 2)");
+    let o = d.path().join("c");
+    let mut a = vec!["compare", s(&file), "--names", s(&map)];
+    a.extend_from_slice(&BS[2..]);
+    a.extend(["--out", s(&o)]);
+    let (code, stdout, stderr) = epcheck(&a);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(passes(&verdicts(&one_run(&o)), "head_hwc"));
+    // Planted: the wrong axis sizes leave the layout unchanged, and the key fails by value.
+    write_map("hwc_from_chw(4, 2, 1)");
+    let o2 = d.path().join("c2");
+    let mut a = vec!["compare", s(&file), "--names", s(&map)];
+    a.extend_from_slice(&BS[2..]);
+    a.extend(["--out", s(&o2)]);
+    let (code, stdout, stderr) = epcheck(&a);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let v2 = verdicts(&one_run(&o2));
+    assert!(v2.lines().any(|l| l.contains(",loaded,head_hwc,fail")), "{v2}");
+}

@@ -438,6 +438,10 @@ pub enum Transform {
     Reverse(i64),
     Slice(i64, i64, i64),
     Select(i64, i64),
+    /// Permute a flattened (C, H, W) last axis into (H, W, C) order.
+    HwcFromChw(i64, i64, i64),
+    Real,
+    Imag,
 }
 
 pub fn parse_transform(s: &str) -> std::result::Result<Transform, String> {
@@ -481,6 +485,15 @@ pub fn parse_transform(s: &str) -> std::result::Result<Transform, String> {
             let v = n_args(2)?;
             Transform::Select(v[0], v[1])
         }
+        "hwc_from_chw" => {
+            let v = n_args(3)?;
+            if v.iter().any(|&d| d < 1) {
+                return Err(format!("transform '{s}': C, H, W must be ≥ 1"));
+            }
+            Transform::HwcFromChw(v[0], v[1], v[2])
+        }
+        "real" => Transform::Real,
+        "imag" => Transform::Imag,
         other => return Err(format!("unknown transform '{other}'")),
     })
 }
@@ -537,6 +550,18 @@ fn apply_transform(t: &Tensor, tr: &Transform, b: i64) -> Tensor {
         Transform::Reverse(a) => t.flip([*a]),
         Transform::Slice(a, s, e) => t.narrow(*a, *s, e - s),
         Transform::Select(a, i) => t.select(*a, *i),
+        // A last axis of another size is left as it is: the shape check then names the key (never a panic).
+        Transform::HwcFromChw(c, h, w) if t.dim() == 0 || t.size()[t.dim() - 1] != c * h * w => t.shallow_clone(),
+        Transform::HwcFromChw(c, h, w) => {
+            let lead: Vec<i64> = t.size()[..t.dim() - 1].to_vec();
+            let nd = lead.len() as i64;
+            let perm: Vec<i64> = (0..nd).chain([nd + 1, nd + 2, nd]).collect();
+            let shape: Vec<i64> = lead.iter().copied().chain([*c, *h, *w]).collect();
+            let flat: Vec<i64> = lead.iter().copied().chain([c * h * w]).collect();
+            t.reshape(&shape[..]).permute(&perm[..]).contiguous().reshape(&flat[..])
+        }
+        Transform::Real => if t.is_complex() { t.real().contiguous() } else { t.shallow_clone() },
+        Transform::Imag => if t.is_complex() { t.imag().contiguous() } else { t.zeros_like() },
     }
 }
 
