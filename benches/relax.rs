@@ -26,7 +26,7 @@ fn bench(c: &mut Criterion) {
     let o = gdu::GduOptions::replay(30, 10, 0.01);
     g.bench_function("gdu K=10/series (hand-rolled VJP)", |bch| bch.iter(|| gdu::compute_series(m, p, b, m.zeros_state(128, inst.prec), &o)));
     let (traj, _) = gdu::free_phase(m, p, b, m.zeros_state(128, inst.prec), &o);
-    let lam = m.loss_state_grad(b, &traj[10]);
+    let lam = m.loss_state_grad(p, b, &traj[10]);
     g.bench_function("gdu K=10/BPTT sweep (hand-rolled VJP)", |bch| {
         bch.iter(|| reverse_sweep(m, p, b, &traj, lam.iter().map(|t| t.shallow_clone()).collect(), 10, true, false))
     });
@@ -47,7 +47,7 @@ fn bench_k(c: &mut Criterion) {
     for k in [10i64, 30, 100] {
         let o = gdu::GduOptions::replay(300, k, 1e-3);
         let (traj, _) = gdu::free_phase(m, p, b, m.zeros_state(20, inst.prec), &o);
-        let lam = m.loss_state_grad(b, &traj[k as usize]);
+        let lam = m.loss_state_grad(p, b, &traj[k as usize]);
         g.bench_function(format!("one sweep K={k}"), |bch| {
             bch.iter(|| reverse_sweep(m, p, b, &traj, lam.iter().map(|t| t.shallow_clone()).collect(), k as usize, true, false))
         });

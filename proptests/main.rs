@@ -75,7 +75,7 @@ proptest! {
         let o = gdu::GduOptions::replay(12, k, 1e-3);
         let g = gdu::compute_series(&inst.model, &inst.params, &inst.batch, inst.model.zeros_state(inst.batch.size(), inst.prec), &o);
         let q = gdu::published_series(&inst.model, &inst.params, &inst.batch, &g.traj);
-        let lam = inst.model.loss_state_grad(&inst.batch, &g.traj[k as usize]);
+        let lam = inst.model.loss_state_grad(&inst.params, &inst.batch, &g.traj[k as usize]);
         let auto = epcheck::adjoint::reverse_sweep(&inst.model, &inst.params, &inst.batch, &g.traj, lam, k as usize, true, true);
         let a: Vec<f64> = g.bptt_theta.iter().flat_map(|s| flat(s)).collect();
         let b: Vec<f64> = q.iter().flat_map(|s| flat(s)).collect();

@@ -378,7 +378,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             let inst = c.instance(toml::Table::new())?;
             let est = Estimator::parse(&inst.cfg.estimator)?;
             crate::progress::start(&format!("estimate {}", est.key()));
-            let rep = checks::estimate::run(&inst, est, inst.cfg.beta, Common::lengths(&inst.cfg))?;
+            let rep = checks::estimate::run_with(&inst, est, inst.cfg.beta, Common::lengths(&inst.cfg), c.dump.is_some())?;
             finish(&c, "estimate", &inst, vec![rep])
         }
         Command::Gdu(g) => {
@@ -545,15 +545,24 @@ fn run_train(t: TrainArgs) -> Result<i32> {
             let dir = common.out.join(if i == 1 { format!("{kind}-{}-{stamp}", inst.id) } else { format!("{kind}-{}-{stamp}-{i}", inst.id) });
             i += 1;
             match std::fs::create_dir(&dir) {
-                Ok(()) => break dir,
+                Ok(()) => {
+                    // Removed on SIGINT/SIGTERM until config.toml and manifest.json make it resumable.
+                    crate::report::cleanup::register(&dir);
+                    break dir;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && i < 10_000 => continue,
                 Err(e) => return Err(Error::file(&dir, e)),
             }
         };
-        crate::train::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())?;
         let args: Vec<String> = std::env::args().collect();
         let m = crate::report::manifest(&inst, kind, &dir.file_name().unwrap_or_default().to_string_lossy(), &args);
-        crate::train::write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&m).expect("json").as_bytes())?;
+        let made = crate::train::write_atomic(&dir.join("config.toml"), cfg.to_toml().as_bytes())
+            .and_then(|()| crate::train::write_atomic(&dir.join("manifest.json"), serde_json::to_string_pretty(&m).expect("json").as_bytes()));
+        crate::report::cleanup::unregister(&dir);
+        if let Err(e) = made {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
         dir
     };
     let _lock = crate::train::FolderLock::acquire(&dir)?;

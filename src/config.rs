@@ -9,6 +9,7 @@ use std::path::Path;
 /// ([`RunConfig::applicable_model_keys`]).
 pub const MODEL_KEYS: &[&str] = &[
     "archi", "activation", "loss", "schedule", "init_scale", "input_range", "height", "in_channels", "widths", "classes", "skips", "gains", "relu_alpha", "seq_len", "embed_dim", "attention_scale", "attention_mask",
+    "readout", "init", "init_std",
 ];
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,6 +86,21 @@ pub struct RunConfig {
     /// normalised range U(−0.81, 0.92) for the conv presets, conv-hopfield.md §7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_range: Option<[f64; 2]>,
+    /// P-MLP readout (estimators §1.1): `none` (default) or `softmax` (needs `loss = ce`, ≥ 3 sizes in `archi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readout: Option<String>,
+    /// P-MLP initialisation (estimators §1.2): `pytorch_linear` (default) or `trunc_normal` with `init_std`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_std: Option<f64>,
+    /// `final` (default) or `previous`: where `bptt`/`bptt_trunc` put the loss (estimators §4.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bptt_loss_state: Option<String>,
+    /// `off` (default) or `on` (true/false accepted): the references' float32 casts of the loss in float64 runs
+    /// (conventions §11.3, estimators §7 L1).
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "on_off")]
+    pub reference_casts: Option<String>,
     // -- attention options (hopfield-attention.md) go below this line --
     /// Sequence length L (per sentence for SNLI).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,6 +192,20 @@ impl Default for TrainConfig {
             pad: None,
         }
     }
+}
+
+/// An on/off option: `on`/`off` or a boolean (kept as `on`/`off`; other strings are refused by `validate`).
+fn on_off<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        B(bool),
+        S(String),
+    }
+    Ok(Some(match V::deserialize(d)? {
+        V::B(b) => if b { "on" } else { "off" }.to_string(),
+        V::S(s) => s,
+    }))
 }
 
 /// A number or a list of numbers, read as a list (`lr = 0.01` and `lr = [0.01]` are the same).
@@ -621,6 +651,25 @@ impl RunConfig {
         }
         match preset {
             "p-mlp" => Ok(base),
+            // estimators §1.8: the holomorphic reference's Fig. 2a/2c toy.
+            "p-mlp-holo-toy" => Ok(RunConfig {
+                preset: preset.into(),
+                archi: vec![6, 4, 4],
+                activation: "logistic4".into(),
+                loss: "ce".into(),
+                readout: Some("softmax".into()),
+                init: Some("trunc_normal".into()),
+                init_std: Some(0.5),
+                batch: 1,
+                t_free: 100,
+                k_nudge: 100,
+                beta: 0.1,
+                estimator: "ep_holomorphic".into(),
+                holo_points: 24,
+                holo_schedule: "carry".into(),
+                holo_conj_shortcut: false,
+                ..base
+            }),
             // A model from an architecture graph file (`graph = "…"`): the run defaults of p-mlp.
             "graph" => Ok(RunConfig { preset: "graph".into(), ..base }),
             "hopfield-resnet13" | "vgg5-dchn" => Ok(conv("relu6", 120, 50)),
@@ -684,6 +733,11 @@ impl RunConfig {
                 relu_alpha: None,
                 phase_order: None,
                 input_range: None,
+                readout: None,
+                init: None,
+                init_std: None,
+                bptt_loss_state: None,
+                reference_casts: None,
                 seq_len: None,
                 embed_dim: None,
                 attention_scale: None,
@@ -785,7 +839,7 @@ impl RunConfig {
         }
         let base = self.base_preset();
         match base {
-            "p-mlp" => &["archi", "activation", "loss", "schedule", "init_scale", "input_range"],
+            "p-mlp" => &["archi", "activation", "loss", "schedule", "init_scale", "input_range", "readout", "init", "init_std"],
             "hopfield-resnet13" => &["activation", "loss", "schedule", "init_scale", "input_range", "height", "in_channels", "widths", "classes", "skips", "gains", "relu_alpha"],
             "vgg5-dchn" | "vgg5-dchn-rain" => &["activation", "loss", "schedule", "init_scale", "input_range", "height", "in_channels", "widths", "classes", "gains", "relu_alpha"],
             "imdb-hopfield" | "snli-hopfield" => &["activation", "loss", "schedule", "init_scale", "input_range", "widths", "classes", "seq_len", "embed_dim", "attention_scale", "attention_mask"],
@@ -795,6 +849,9 @@ impl RunConfig {
 
     /// The model preset without its training variant suffix (`-train`, `-train-paper`).
     pub fn base_preset(&self) -> &str {
+        if self.preset == "p-mlp-holo-toy" {
+            return "p-mlp";
+        }
         self.preset.strip_suffix("-train-paper").or_else(|| self.preset.strip_suffix("-train")).unwrap_or(&self.preset)
     }
 
@@ -981,9 +1038,44 @@ impl RunConfig {
             return bad(format!("checks.refs.fd_mode must be converged or fixed_t, got '{}'", self.checks.refs.fd_mode));
         }
         self.validate_certification()?;
+        self.validate_readout_options()?;
         crate::precision::Dtype::parse(&self.dtype)?;
         crate::precision::DeviceChoice::parse(&self.device)?;
         Ok(())
+    }
+
+    /// `readout`, `init`, `init_std`, `bptt_loss_state`, `reference_casts`: one of their values, with a
+    /// did-you-mean suggestion for a typo.
+    fn validate_readout_options(&self) -> Result<()> {
+        let keyed: [(&str, Option<&String>, &[&str]); 4] = [
+            ("readout", self.readout.as_ref(), &["none", "softmax"]),
+            ("init", self.init.as_ref(), &["pytorch_linear", "trunc_normal"]),
+            ("bptt_loss_state", self.bptt_loss_state.as_ref(), &["final", "previous"]),
+            ("reference_casts", self.reference_casts.as_ref(), &["off", "on"]),
+        ];
+        for (k, v, ok) in keyed {
+            let Some(v) = v else { continue };
+            if !ok.contains(&v.as_str()) {
+                let hint = closest(v, ok.iter().copied()).map(|c| format!("; did you mean '{c}'?")).unwrap_or_default();
+                return Err(Error::Config(format!("{k} = '{v}' is not one of {}{hint}", ok.join(", "))));
+            }
+        }
+        if let Some(s) = self.init_std {
+            if !(s.is_finite() && s > 0.0) {
+                return Err(Error::Config(format!("init_std must be a finite number > 0, got {s}")));
+            }
+        }
+        match (self.init.as_deref(), self.init_std) {
+            (Some("trunc_normal"), None) => return Err(Error::Config("init = 'trunc_normal' needs init_std (σ₀ of the truncated normal)".into())),
+            (Some("pytorch_linear") | None, Some(_)) => return Err(Error::Config("init_std applies only with init = 'trunc_normal'".into())),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Whether `reference_casts` is on.
+    pub fn reference_casts_on(&self) -> bool {
+        self.reference_casts.as_deref() == Some("on")
     }
 
     /// Ranges of the `local`, `audit` and `conformance` keys.
@@ -1060,6 +1152,7 @@ impl RunConfig {
             carry_from_zeros: false,
             carry_last_only: false,
             autograd: self.param_derivative == "autograd",
+            keep_points: false,
         }
     }
 

@@ -9,7 +9,7 @@
 //! name = "tiny-graph"            # the model's name in reports (default "graph")
 //! loss = "mse"                   # mse | ce
 //! schedule = "sync"              # sync | async2 | [["L1", "L3"], ["L2"]] (explicit groups of layer names)
-//! output = "L3"                  # the loss-bearing layer, rank 1 (default: the last layer)
+//! output = "L3"                  # the loss-bearing layer, rank 1 unless it has a [readout] (default: the last layer)
 //! init_scale = 0.5               # optional: every tensor drawn again and scaled (conventions §11.2)
 //! input_range = [0.0, 1.0]       # optional: range of the seeded synthetic inputs
 //!
@@ -153,6 +153,16 @@ struct CouplingDecl {
     bias: Option<ParamRef>,
 }
 
+/// `[readout]`: the softmax readout of the output layer (estimators §1.1): logits z = W flat(s_out) + b, not a
+/// state; `loss = "ce"` reads them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadoutDecl {
+    kind: String,
+    weight: ParamRef,
+    bias: ParamRef,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GraphDecl {
@@ -176,6 +186,8 @@ struct GraphDecl {
     layers: Vec<LayerDecl>,
     #[serde(default)]
     couplings: Vec<CouplingDecl>,
+    #[serde(default)]
+    readout: Option<ReadoutDecl>,
 }
 
 fn err(m: impl std::fmt::Display) -> Error {
@@ -390,11 +402,36 @@ fn build(g: GraphDecl) -> Result<Model> {
         None => n - 1,
         Some(o) => layer_index("output", o)?,
     };
-    if layers[output].shape.len() != 1 {
+    let readout = match &g.readout {
+        None => None,
+        Some(r) => {
+            let what = format!("readout of '{}'", layers[output].name);
+            if r.kind != "softmax" {
+                let hint = crate::config::closest(&r.kind, ["softmax"]).map(|c| format!("; did you mean '{c}'?")).unwrap_or_default();
+                return Err(err(format!("{what}: kind '{}' is not one of softmax{hint}", r.kind)));
+            }
+            if loss != Loss::Ce {
+                return Err(err(format!("{what}: the softmax readout needs loss = \"ce\", got \"{}\"", loss.key())));
+            }
+            // C from the weight's declared (or named) shape; the weight is (C, numel of the layer), flattened row-major.
+            let c = match &r.weight {
+                ParamRef::Decl(d) => d.shape.as_ref().and_then(|s| s.first().copied()),
+                ParamRef::Name(n) => b.param_idx.get(n).and_then(|&i| b.params[i].shape.first().copied()),
+            };
+            let numel: i64 = layers[output].shape.iter().product();
+            let c = c.filter(|&c| c >= 1).ok_or_else(|| err(format!("{what}: the weight needs a shape [C, {numel}]")))?;
+            let why = format!("the readout maps the {numel} units of '{}' to C = {c} logits", layers[output].name);
+            let w = b.param(&what, "weight", &Some(r.weight.clone()), &[c, numel], &why)?;
+            let bi = b.param(&what, "bias", &Some(r.bias.clone()), &[c], &why)?;
+            Some(crate::model::readout::Readout { weight: w, bias: bi })
+        }
+    };
+    if readout.is_none() && layers[output].shape.len() != 1 {
         return Err(err(format!("output layer '{}' has shape {}; the loss needs a vector layer [C]", layers[output].name, shape_str(&layers[output].shape))));
     }
     let mut m = Model::new(&name, input_shapes, layers, b.params, terms, loss, schedule)?;
     m.output = output;
+    m.readout = readout;
     if let Some(s) = g.init_scale {
         if !(s.is_finite() && s > 0.0) {
             return Err(err(format!("init_scale must be a finite number > 0, got {s}")));
@@ -627,6 +664,10 @@ pub fn emit(m: &Model) -> Result<String> {
             }
         }
     }
+    if let Some(r) = &m.readout {
+        // The readout's tensors come after every term's (they enter only the loss).
+        first.extend([r.weight, r.bias]);
+    }
     let inline = first == (0..m.params.len()).collect::<Vec<_>>();
     let decl = |pi: usize| -> String {
         let p = &m.params[pi];
@@ -737,6 +778,13 @@ pub fn emit(m: &Model) -> Result<String> {
                 o.push(format!("weight = {}", pref(ps[0])));
             }
         }
+    }
+    if let Some(r) = &m.readout {
+        o.push(String::new());
+        o.push("[readout]".into());
+        o.push("kind = \"softmax\"".into());
+        o.push(format!("weight = {}", pref(r.weight)));
+        o.push(format!("bias = {}", pref(r.bias)));
     }
     Ok(o.join("\n") + "\n")
 }

@@ -74,6 +74,7 @@ impl Instance {
             if cfg.init_scale.is_some() {
                 m.init_scale = cfg.init_scale;
             }
+            m.apply_run_options(cfg);
             return Ok(m);
         }
         if cfg.activation == "relu_alpha" && cfg.relu_alpha.is_none() && cfg.preset != "p-mlp" {

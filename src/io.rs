@@ -109,7 +109,7 @@ pub fn infer_sizes(cfg: &mut RunConfig, loaded: &BTreeMap<String, Tensor>, path:
         // A graph file fixes every shape itself.
         return Ok(());
     }
-    if cfg.preset != "p-mlp" {
+    if cfg.preset != "p-mlp" && cfg.preset != "p-mlp-holo-toy" {
         return infer_preset_sizes(cfg, loaded, path);
     }
     let mut archi = Vec::new();

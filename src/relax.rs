@@ -108,7 +108,7 @@ fn narrow_state(s: &[Tensor], start: i64, len: i64) -> State {
 fn phi_rows(model: &Model, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: &Beta) -> Option<Tensor> {
     match beta {
         Beta::Real(b) => Some(model.nudged_primitive(p, batch, s, *b)),
-        Beta::Rows(r) if !crate::tensor_util::is_complex(r.kind()) => Some(model.primitive(p, batch, s) - model.loss_per_example(batch, s) * r.reshape([-1])),
+        Beta::Rows(r) if !crate::tensor_util::is_complex(r.kind()) => Some(model.primitive(p, batch, s) - model.loss_per_example(p, batch, s) * r.reshape([-1])),
         Beta::Rows(_) | Beta::Planar(_) => None,
     }
 }

@@ -403,3 +403,157 @@ fn bad_input_corpus_exits_2_with_one_line_and_writes_nothing() {
     f.sort();
     assert!(f.is_empty(), "{} of {} cases failed:\n{}", f.len(), cases.len(), f.join("\n"));
 }
+
+/// Fuzzed command lines (issue 14 class 1): every command with one to three options drawn from a pool of
+/// hostile values (empty, negative, zero, NaN, ∞, huge, overflowing, non-numeric, unknown names, unreadable or
+/// garbage files, unwritable outputs), on top of the tiny sizes. Whatever the draw: never exit 101 or a panic
+/// message, never a backtrace; an exit 2 is one line on stderr and leaves nothing in `--out`. The draws are
+/// seeded (`EPCHECK_TEST_SEED` moves them); each case is stopped after 60 s (a valid draw that runs long is not
+/// a failure of this test, but is reported by name if it exceeds that).
+#[test]
+fn fuzzed_command_lines_never_panic_and_fail_cleanly() {
+    const CASES: usize = 120;
+    let commands = ["converge", "estimate", "gdu", "bias", "refs", "local", "audit", "compare", "verify", "train", "weights", "preset", "fuzz"];
+    let garbage = ["{d}/garbage.bin", "{d}/empty.toml", "/proc/nope/x.safetensors", "{d}", "", "/dev/null"];
+    let values: &[&str] = &[
+        "", "-1", "0", "-0.0", "nan", "inf", "-inf", "1e400", "1e-400", "9223372036854775807", "18446744073709551616", "-9223372036854775808",
+        "abc", "1,2", "[", "ü", "0x10", "1.5", "2", "3",
+    ];
+    let flags: &[(&str, &[&str])] = &[
+        ("--archi", &["6-5-3", "6--3", "6-0-3", "6-5-99999999999", "-6-5-3", "6", "a-b", ""]),
+        ("--batch", &[]),
+        ("--T", &[]),
+        ("--K", &[]),
+        ("--beta", &[]),
+        ("--seed", &[]),
+        ("--N", &[]),
+        ("--tol", &[]),
+        ("--activation", &["tanh", "bogus", "relu", "", "hard_sigmoid"]),
+        ("--loss", &["mse", "ce", "bogus", ""]),
+        ("--schedule", &["sync", "async2", "bogus"]),
+        ("--estimator", &["ep_centered", "ep_holomorphic", "bptt", "bogus"]),
+        ("--dtype", &["f64", "f32", "f16", "bogus"]),
+        ("--device", &["cpu", "cuda:7", "bogus"]),
+        ("--preset", &["p-mlp", "hopfield-resnet13", "bogus", ""]),
+        ("--config", &garbage),
+        ("--params", &garbage),
+        ("--input", &garbage),
+        ("--dump", &["/proc/nope/d.safetensors", "{d}", "{d}/x.txt"]),
+        ("--set", &["beta=nan", "init_scale=inf", "bogus=1", "t_free=-3", "checks.gdu.bias_const=1e400", "star_tol=0", "archi=[]", "=", "train.lr=[]", "seed=-1"]),
+        ("--figure-format", &["png", "pdf", "bogus", ""]),
+        ("--figure-size", &["0x0", "axb", "100000x100000", "800x600"]),
+    ];
+    let seed = epcheck::tensor_util::test_seed(1401) as u64;
+    let mut state = seed;
+    let mut next = move |n: usize| -> usize {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) % n as u64) as usize
+    };
+    let mut cases: Vec<Vec<String>> = vec![];
+    for i in 0..CASES {
+        let cmd = commands[i % commands.len()];
+        let mut chosen: Vec<(&str, String)> = vec![];
+        for _ in 0..1 + next(3) {
+            let (flag, own) = flags[next(flags.len())];
+            let pool: Vec<&str> = own.iter().chain(values.iter()).copied().collect();
+            let v = pool[next(pool.len())].to_string();
+            if !chosen.iter().any(|(f, _)| *f == flag) {
+                chosen.push((flag, v));
+            }
+        }
+        let mut args = vec![cmd.to_string()];
+        match cmd {
+            "compare" => args.push("{d}/garbage.bin".into()),
+            "verify" => args.push("{d}/empty.toml".into()),
+            "weights" => args.push("a={d}/garbage.bin".into()),
+            "preset" => args.push("p-mlp".into()),
+            _ => {}
+        }
+        for (k, v) in [("--archi", "6-5-3"), ("--batch", "2"), ("--T", "5"), ("--K", "2")] {
+            if !chosen.iter().any(|(f, _)| *f == k) && !matches!(cmd, "preset" | "weights" | "fuzz" | "verify") {
+                args.push(k.into());
+                args.push(v.into());
+            }
+        }
+        for (f, v) in chosen {
+            args.push(f.into());
+            args.push(v);
+        }
+        cases.push(args);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let next_case = AtomicUsize::new(0);
+    let failures = Mutex::new(vec![]);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next_case.fetch_add(1, Ordering::SeqCst);
+                let Some(args) = cases.get(i) else { break };
+                let root = tmp.path().join(format!("fuzz{i:03}"));
+                let (d, out) = (root.join("in"), root.join("out"));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::create_dir_all(&out).unwrap();
+                std::fs::write(d.join("garbage.bin"), b"\x93NUMPY\xff\xff garbage \x00\x01").unwrap();
+                std::fs::write(d.join("empty.toml"), b"").unwrap();
+                let mut a: Vec<String> = args.iter().map(|x| x.replace("{d}", d.to_str().unwrap())).collect();
+                a.push("--out".into());
+                a.push(out.to_str().unwrap().into());
+                let mut child = Command::new(env!("CARGO_BIN_EXE_epcheck"))
+                    .args(&a)
+                    .env("RUST_BACKTRACE", "1")
+                    .env("OMP_NUM_THREADS", "1")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let t0 = std::time::Instant::now();
+                let status = loop {
+                    if let Some(s) = child.try_wait().unwrap() {
+                        break Some(s);
+                    }
+                    if t0.elapsed() > std::time::Duration::from_secs(60) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break None;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                };
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                let line = format!("[{i}] epcheck {}", args.join(" "));
+                let Some(status) = status else {
+                    failures.lock().unwrap().push(format!("{line}\n    still running after 60 s"));
+                    continue;
+                };
+                let code = status.code().unwrap_or(-1);
+                let mut why = vec![];
+                if code == 101 || stderr.contains("panicked") || stderr.contains("stack backtrace") {
+                    why.push(format!("PANIC (exit {code})"));
+                }
+                if !matches!(code, 0 | 1 | 2) {
+                    why.push(format!("exit {code}"));
+                }
+                if code == 2 {
+                    let lines = stderr.lines().filter(|l| !l.trim().is_empty()).count();
+                    if lines != 1 {
+                        why.push(format!("{lines} lines on stderr"));
+                    }
+                    let left: Vec<String> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+                    if !left.is_empty() {
+                        why.push(format!("exit 2 but left {left:?} in --out"));
+                    }
+                }
+                if !why.is_empty() {
+                    failures.lock().unwrap().push(format!("{line}\n    {}\n    stderr: {}", why.join("; "), stderr.trim().lines().take(4).collect::<Vec<_>>().join(" | ")));
+                }
+            });
+        }
+    });
+    let mut f = failures.into_inner().unwrap();
+    f.sort();
+    assert!(f.is_empty(), "{} of {CASES} fuzzed command lines failed (seed {seed}):\n{}", f.len(), f.join("\n"));
+}

@@ -92,11 +92,17 @@ fn params_file(dir: &Path, name: &str, tensors: Vec<(&str, Tensor)>) -> PathBuf 
 fn good_params() -> Vec<(&'static str, Tensor)> {
     let o = (Kind::Double, tch::Device::Cpu);
     let _rng = epcheck::tensor_util::rng_lock();
-    tch::manual_seed(1);
+    tch::manual_seed(epcheck::tensor_util::test_seed(1));
+    // Each weight scaled to spectral norm 0.4: with tanh (slope ≤ 1) every layer's update is a contraction of
+    // factor ≤ 0.8 whatever the draw, so T = 100 reaches r_∞ ≈ 0.8¹⁰⁰ ≪ tol under every EPCHECK_TEST_SEED.
+    let spectral = |w: Tensor| {
+        let n = w.linalg_norm(2.0, [-2i64, -1].as_slice(), false, Kind::Double);
+        &w * 0.4 / n
+    };
     vec![
-        ("param.synapses.0.weight", Tensor::randn([5, 6], o) * 0.3),
+        ("param.synapses.0.weight", spectral(Tensor::randn([5, 6], o))),
         ("param.synapses.0.bias", Tensor::zeros([5], o)),
-        ("param.synapses.1.weight", Tensor::randn([3, 5], o) * 0.3),
+        ("param.synapses.1.weight", spectral(Tensor::randn([3, 5], o))),
         ("param.synapses.1.bias", Tensor::zeros([3], o)),
     ]
 }

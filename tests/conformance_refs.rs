@@ -278,7 +278,6 @@ fn holomorphic_map_reads_haiku_names_and_transposed_weights() {
 }
 
 #[test]
-#[ignore = "needs the softmax readout and bptt_loss_state = previous (readout = softmax; issue 13 part A, branch h13a), not yet on main"]
 fn holomorphic_xp_mlp_dump_agrees_through_its_builtin_map() {
     let d = tempfile::tempdir().unwrap();
     let o = d.path().join("c");
@@ -326,7 +325,6 @@ fn compare_reads_back_a_bias_dump_and_names_a_planted_beta_point() {
 }
 
 #[test]
-#[ignore = "needs reference_casts (estimators §11 L1; issue 13 part A, branch h13a), not yet on main"]
 fn float_cast_dumps_agree_to_float64_classes_under_reference_casts() {
     // The as-published dumps (float32 copies of the nudge and GDU losses) agree at the f64 classes once epcheck
     // makes the same casts: the ~1e-7 differences of `laborieux_float_cast_dump_…` are those casts and nothing else.

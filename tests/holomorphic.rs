@@ -137,7 +137,7 @@ fn implicit_reports_fixed_point_not_reached() {
 fn complex_activations_equal_libtorch_native_kernels() {
     let _rng = epcheck::tensor_util::rng_lock();
     use epcheck::model::activation::Activation;
-    tch::manual_seed(3);
+    tch::manual_seed(epcheck::tensor_util::test_seed(3));
     let o = (Kind::Double, tch::Device::Cpu);
     // Moderate drives (where the native kernels are accurate), plus large real parts for the clamp/select.
     let re = Tensor::cat(&[Tensor::randn([200], o) * 3.0, Tensor::from_slice(&[40.0, -40.0, 300.0, -300.0])], 0);
@@ -175,7 +175,7 @@ fn weighted_param_derivative_equals_plain_derivatives_combined() {
 fn mixed_real_complex_products_equal_the_complex_gemm() {
     let _rng = epcheck::tensor_util::rng_lock();
     let o = (Kind::Double, tch::Device::Cpu);
-    tch::manual_seed(5);
+    tch::manual_seed(epcheck::tensor_util::test_seed(5));
     let c = |shape: &[i64]| Tensor::complex(&Tensor::randn(shape, o), &Tensor::randn(shape, o));
     let cplx = |t: &Tensor| t.to_kind(Kind::ComplexDouble);
     let cases: Vec<(Tensor, Tensor)> = vec![
@@ -202,7 +202,7 @@ fn complex_tanh_forms_agree_and_stay_finite_at_large_real_parts() {
     let _rng = epcheck::tensor_util::rng_lock();
     use epcheck::model::activation::{complex_tanh_exp, complex_tanh_real};
     let o = (Kind::Double, tch::Device::Cpu);
-    tch::manual_seed(9);
+    tch::manual_seed(epcheck::tensor_util::test_seed(9));
     let re = Tensor::cat(&[Tensor::randn([500], o) * 3.0, Tensor::from_slice(&[0.0, 1e-12, -1e-9, 25.0, -25.0, 400.0, -400.0, 1e300, -1e300])], 0);
     let im = Tensor::cat(&[Tensor::randn([500], o) * 1.5, Tensor::from_slice(&[0.3, -0.2, 1.0, 1.5, -3.0, 2.0, -7.0, 0.5, 100.0])], 0);
     let z = Tensor::complex(&re, &im);
@@ -234,7 +234,7 @@ fn planar_complex_relaxation_equals_the_interleaved_one() {
         let (m, p, b) = (&inst.model, &inst.params, &inst.batch);
         let len = PhaseLengths { t_free: 40, k_nudge: 0, tol: None };
         let free = estimators::free_phase(m, p, b, len, false);
-        tch::manual_seed(2);
+        tch::manual_seed(epcheck::tensor_util::test_seed(2));
         let init: Vec<Tensor> = free.state.iter().map(|t| Tensor::complex(t, &(t.randn_like() * 0.05))).collect();
         let n = b.size();
         let re = Tensor::from_slice(&(0..n).map(|i| 0.3 * (i as f64 + 1.0) / n as f64).collect::<Vec<_>>()).reshape([n, 1]);
@@ -263,7 +263,7 @@ fn spec_holomorphic_surrogates_values_derivatives_and_complex_forms() {
     let _rng = epcheck::tensor_util::rng_lock();
     use epcheck::model::activation::Activation;
     let o = (Kind::Double, tch::Device::Cpu);
-    tch::manual_seed(4);
+    tch::manual_seed(epcheck::tensor_util::test_seed(4));
     let pi = std::f64::consts::PI;
     // Parsing, aliases and bad parameters.
     assert_eq!(Activation::parse("holotanh(4)").unwrap(), Activation::Holotanh(4.0));

@@ -255,7 +255,7 @@ fn mutation_suite() {
     assert!(ok_g, "control gdu harness: {wp:.2e} {wn:.2e}");
 
     // ---- model mutants through the real checks.
-    tch::manual_seed(7);
+    tch::manual_seed(epcheck::tensor_util::test_seed(7));
     let r = Tensor::randn([5, 5], (Kind::Double, tch::Device::Cpu)) / 5f64.sqrt();
     for (id, what, mode) in [
         ("M6", "transposed coupling: top-down drive uses W instead of Wᵀ (synapses.1, 5×5)", Mode::Transposed),

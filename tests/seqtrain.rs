@@ -144,7 +144,7 @@ fn tiny_imdb(estimator: &str) -> Instance {
 fn free_loss(inst: &Instance, p: &[Tensor]) -> f64 {
     let init = inst.model.zeros_state(inst.batch.size(), inst.prec);
     let free = relax(&inst.model, p, &inst.batch, &init, 0.0, &RelaxOptions { iters: inst.cfg.t_free, no_trace: true, ..Default::default() });
-    inst.model.loss_per_example(&inst.batch, &free.state).mean(Kind::Double).double_value(&[])
+    inst.model.loss_per_example(&inst.params, &inst.batch, &free.state).mean(Kind::Double).double_value(&[])
 }
 
 #[test]

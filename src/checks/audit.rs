@@ -265,7 +265,7 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
                 let nudge = &prod[m.output] - u0;
                 let leaf = s[m.output].detach().set_requires_grad(true);
                 let st: State = s.iter().enumerate().map(|(k, t)| if k == m.output { leaf.shallow_clone() } else { t.detach() }).collect();
-                let l = m.loss_per_example(&batch, &st).sum(Kind::Double);
+                let l = m.loss_per_example(p, &batch, &st).sum(Kind::Double);
                 let want = grads_or_zeros(&l, &[&leaf]).remove(0) * (-beta);
                 a6.add("nudge", rel_linf_t(&nudge, &want), &at);
             }

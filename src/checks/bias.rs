@@ -104,7 +104,7 @@ fn nudged(m: &Model, p: &[Tensor], b: &Batch, s0: &State, beta: f64, o: &BiasOpt
     };
     let next = tch::no_grad(|| m.step(p, b, &s, beta));
     let r = crate::relax::state_distance(&next, &s).max().to_kind(Kind::Double).double_value(&[]);
-    let df = fnorm(&m.param_derivative(p, b, &next).iter().zip(m.param_derivative(p, b, &s)).map(|(a, c)| a - c).collect::<Vec<_>>());
+    let df = fnorm(&m.param_derivative_nudged(p, b, &next, (beta, 0.0)).iter().zip(m.param_derivative_nudged(p, b, &s, (beta, 0.0))).map(|(a, c)| a - c).collect::<Vec<_>>());
     (s, r <= o.tol, n, df)
 }
 
@@ -178,7 +178,8 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
         let (sp, cp, kp, dfp) = nudged(m, p, batch, &s0, beta, o);
         let (sm, cm, _, dfm) = nudged(m, p, batch, &s0, -beta, o);
         let conv = dfp.max(dfm) / (beta * gnorm);
-        let (fp, fm) = (m.param_derivative(p, batch, &sp), m.param_derivative(p, batch, &sm));
+        // f(±β) = ∂Φ̄_{±β}/∂θ at the nudged states (a θ-dependent loss adds ∓β ∂L̄/∂θ|explicit, estimators §2.1).
+        let (fp, fm) = (m.param_derivative_nudged(p, batch, &sp, (beta, 0.0)), m.param_derivative_nudged(p, batch, &sm, (-beta, 0.0)));
         let kink_p: i64 = kinks::changes(&r0, &kinks::regimes(m, p, batch, &sp, beta)).iter().sum();
         let kink_m: i64 = kinks::changes(&r0, &kinks::regimes(m, p, batch, &sm, -beta)).iter().sum();
         if kink_p + kink_m > 0 {
@@ -233,7 +234,7 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
                 let fl = eps * fnorm(&f0).max(fnorm(&fp)) / (beta * gnorm);
                 // B2/B3 compare with real estimates from phases of exactly the same length (same phases).
                 if n <= 2 && opts.schedule == HoloSchedule::Restart {
-                    let fixed = |b: f64| m.param_derivative(p, batch, &relax(m, p, batch, &s0, b, &RelaxOptions::fixed(e.iters)).state);
+                    let fixed = |b: f64| m.param_derivative_nudged(p, batch, &relax(m, p, batch, &s0, b, &RelaxOptions::fixed(e.iters)).state, (b, 0.0));
                     let fpx = fixed(beta);
                     if n == 1 {
                         let same: Vec<f64> = two_point(&f0, 0.0, &fpx, beta).iter().flat_map(to_vec_f64).collect();

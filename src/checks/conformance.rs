@@ -1017,7 +1017,7 @@ impl<'a> Recompute<'a> {
                 tch::no_grad(|| match what.as_str() {
                     "phi" => m.primitive(p, batch, &s),
                     "energy" => m.energy(p, batch, &s),
-                    _ => m.loss_per_example(batch, &s),
+                    _ => m.loss_per_example(p, batch, &s),
                 })
             }
             Target::GduParam(series, beta, i) => {

@@ -11,9 +11,16 @@ use serde_json::json;
 use tch::Tensor;
 
 pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> crate::Result<CheckReport> {
+    run_with(inst, est, beta, len, false)
+}
+
+/// `points`: keep the holomorphic points' states and f_k for the dump (`state.holo<N>_<k>.<lname>.re/.im`,
+/// `dPhidtheta.holo<N>_<k>.<pname>.re/.im`, estimators §8).
+pub fn run_with(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths, points: bool) -> crate::Result<CheckReport> {
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
     let mut rows = Rows::new("estimate", &inst.id, &m.preset, inst.prec.dtype.name());
-    let run = estimators::estimate_with(est, m, p, batch, beta, len, &inst.cfg.holo_options(inst.cfg.holo_points))?;
+    let holo = estimators::ep_holomorphic::HoloOptions { keep_points: points, ..inst.cfg.holo_options(inst.cfg.holo_points) };
+    let run = estimators::estimate_with(est, m, p, batch, beta, len, &holo)?;
     let mut summary = vec![];
     // Convergence of every phase the estimator ran (docs/verdicts.md): r_∞ per example after the phase against
     // the estimate's tolerance (tol if given, else max(converge tol, 1e-4·|β|): a state error r moves an EP
@@ -227,7 +234,25 @@ pub fn run(inst: &Instance, est: Estimator, beta: f64, len: PhaseLengths) -> cra
         }
         dump.push((format!("phi.{phase}"), m.primitive(p, batch, &ph.state)));
         dump.push((format!("energy.{phase}"), m.energy(p, batch, &ph.state)));
-        dump.push((format!("loss.{phase}"), m.loss_per_example(batch, &ph.state)));
+        dump.push((format!("loss.{phase}"), m.loss_per_example(p, batch, &ph.state)));
+    }
+    // Holomorphic points: complex tensors as two float tensors, `.re` and `.im` (estimators §3.7, §8).
+    let n = inst.cfg.holo_points;
+    let planes = |t: &Tensor| -> (Tensor, Tensor) {
+        if crate::tensor_util::is_complex(t.kind()) {
+            (t.real().contiguous(), t.imag().contiguous())
+        } else {
+            (t.shallow_clone(), t.zeros_like())
+        }
+    };
+    for pt in &run.points {
+        let named = m.layers.iter().map(|l| format!("state.holo{n}_{}.{}", pt.k, l.name)).zip(&pt.state);
+        let named = named.chain(m.params.iter().map(|s| format!("dPhidtheta.holo{n}_{}.{}", pt.k, s.name)).zip(&pt.f));
+        for (name, t) in named {
+            let (re, im) = planes(t);
+            dump.push((format!("{name}.re"), re));
+            dump.push((format!("{name}.im"), im));
+        }
     }
     // Digest: the estimate against its first reference, and the worst phase residual.
     let (rname, total) = (refs[0].0, scopes.last().map(|(_, _, a, rs)| (mx::rel_l2(a, &rs[0]), mx::cos(a, &rs[0]))).unwrap_or((f64::NAN, f64::NAN)));

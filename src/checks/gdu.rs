@@ -142,7 +142,7 @@ pub fn ep_series(m: &Model, p: &[Tensor], batch: &Batch, s_t: &State, beta_signe
         let (mut theta, mut neurons, mut kink_changes) = (Vec::new(), Vec::new(), 0);
         for _ in 0..k {
             let next = m.step(p, batch, &s, beta_signed);
-            let f = m.param_derivative(p, batch, &next);
+            let f = m.param_derivative_nudged(p, batch, &next, (beta_signed, 0.0));
             theta.push(f.iter().zip(&f_prev).map(|(a, b)| (a - b) / (-beta_signed)).collect());
             neurons.push(next.iter().zip(&s).map(|(a, b)| (a - b) / beta_signed).collect());
             let r = kinks::regimes(m, p, batch, &next, beta_signed);
@@ -164,8 +164,12 @@ pub fn compute_series(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &G
     let s_t = traj[k].iter().map(|t| t.shallow_clone()).collect::<State>();
     let residual_tk = state_distance(&traj[1], &traj[0]).max().to_kind(Kind::Double).double_value(&[]);
     // One reverse sweep: λ ← ∂L/∂s_T; BPTT_s[t] = −B·λ_{T−t}; BPTT_θ[t] = the VJP of transition T−t−1 → T−t.
-    let lambda = m.loss_state_grad(batch, &s_t);
-    let sw = reverse_sweep(m, p, batch, &traj, lambda, k, true, false);
+    let lambda = m.loss_state_grad(p, batch, &s_t);
+    let mut sw = reverse_sweep(m, p, batch, &traj, lambda, k, true, false);
+    // A θ-dependent loss (readout): its explicit term is BPTT_θ[0]'s (estimators §5.1).
+    if let (Some(e), Some(first)) = (m.loss_param_grad(p, batch, &s_t), sw.per_step_theta.first_mut()) {
+        *first = first.iter().zip(e).map(|(a, e)| a + e).collect();
+    }
     let b = batch.size() as f64;
     let bptt_s: Vec<State> = sw.per_step_lambda.iter().map(|l| l.iter().map(|x| x * (-b)).collect()).collect();
     let bptt_j: Vec<State> = tch::no_grad(|| {
@@ -194,7 +198,7 @@ pub fn published_series(m: &Model, p: &[Tensor], batch: &Batch, traj: &[State]) 
         for _ in 0..kp {
             s = m.step(&pl, batch, &s, 0.0);
         }
-        let loss = m.mean_loss(batch, &s);
+        let loss = m.mean_loss(&pl, batch, &s);
         let refs: Vec<&Tensor> = pl.iter().collect();
         partial.push(crate::tensor_util::grads_or_zeros(&loss, &refs));
     }
@@ -209,7 +213,7 @@ fn bptt_trunc_autograd(m: &Model, p: &[Tensor], batch: &Batch, traj: &[State]) -
         s = m.step(&pl, batch, &s, 0.0);
     }
     let refs: Vec<&Tensor> = pl.iter().collect();
-    crate::tensor_util::grads_or_zeros(&m.mean_loss(batch, &s), &refs)
+    crate::tensor_util::grads_or_zeros(&m.mean_loss(&pl, batch, &s), &refs)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -511,14 +515,19 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
     let (np, nl) = (p.len(), m.layers.len());
     let s_t: State = traj[k].iter().map(|t| t.shallow_clone()).collect();
     let b = batch.size() as f64;
-    let lambda0 = m.loss_state_grad(batch, &s_t);
+    let lambda0 = m.loss_state_grad(p, batch, &s_t);
+    let explicit = m.loss_param_grad(p, batch, &s_t);
     let res = tch::no_grad(|| {
         let drives: Vec<Tensor> = (0..nl).map(|j| m.drive(p, batch, &s_t, j, 0.0)).collect();
         // One step of the reverse sweep: (BPTT_s[t], J·BPTT_s[t], BPTT_θ[t], λ_{T−t−1}).
         let bptt_step = |lambda: &State, t: usize| -> (State, State, Vec<Tensor>, State) {
             let bs: State = lambda.iter().map(|x| x * (-b)).collect();
             let bj: State = bs.iter().enumerate().map(|(j, x)| m.jacobian_apply(j, batch, &drives[j], x)).collect();
-            let (a_s, a_theta) = m.step_vjp(p, batch, &traj[k - t - 1], lambda, 0.0);
+            let (a_s, mut a_theta) = m.step_vjp(p, batch, &traj[k - t - 1], lambda, 0.0);
+            if let (0, Some(e)) = (t, &explicit) {
+                // A θ-dependent loss (readout): its explicit term is BPTT_θ[0]'s (estimators §5.1).
+                a_theta = a_theta.iter().zip(e).map(|(a, e)| a + e).collect();
+            }
             (bs, bj, a_theta, a_s)
         };
         // First sweep: max|r| (the significance floor of sign_err_sig needs it before any step is scored) and
@@ -583,7 +592,7 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             for sgn in 0..2 {
                 let beta = betas[sgn];
                 let next = m.step(p, batch, &s_ep[sgn], beta);
-                let f = m.param_derivative(p, batch, &next);
+                let f = m.param_derivative_nudged(p, batch, &next, (beta, 0.0));
                 ep_theta.push(f.iter().zip(&f_prev[sgn]).map(|(a, c)| (a - c) / (-beta)).collect());
                 ep_neur.push(next.iter().zip(&s_ep[sgn]).map(|(a, c)| (a - c) / beta).collect());
                 let r = kinks::regimes(m, p, batch, &next, beta);
@@ -630,7 +639,7 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
                         s = m.step(&pl, batch, &s, 0.0);
                     }
                     let refs: Vec<&Tensor> = pl.iter().collect();
-                    crate::tensor_util::grads_or_zeros(&m.mean_loss(batch, &s), &refs)
+                    crate::tensor_util::grads_or_zeros(&m.mean_loss(&pl, batch, &s), &refs)
                 });
                 for i in 0..np {
                     let q = f64flat(&(&part[i] - &prev[i]));

@@ -30,11 +30,13 @@ pub struct HoloOptions {
     pub carry_last_only: bool,
     /// Obtain f_k by autograd (with the Wirtinger conjugation) instead of the local forms.
     pub autograd: bool,
+    /// Keep every point's final state and f_k ([`HoloEstimate::point_data`], for `--dump`; estimators §8).
+    pub keep_points: bool,
 }
 
 impl HoloOptions {
     pub fn restart(n: usize, shortcut: bool) -> Self {
-        HoloOptions { n, schedule: HoloSchedule::Restart, shortcut, periods: 1, carry_from_zeros: false, carry_last_only: false, autograd: false }
+        HoloOptions { n, schedule: HoloSchedule::Restart, shortcut, periods: 1, carry_from_zeros: false, carry_last_only: false, autograd: false, keep_points: false }
     }
 }
 
@@ -50,6 +52,17 @@ pub struct HoloEstimate {
     pub points: Vec<(f64, f64)>,
     /// Iterations run per point phase.
     pub iters: i64,
+    /// With [`HoloOptions::keep_points`]: every point k = 0…N−1 (the last period under `carry`), its final state and
+    /// f_k = ∂Φ̄_{β_k}/∂θ there; under the shortcut the points k > N/2 are the conjugates of their partners (§3.5).
+    pub point_data: Vec<HoloPoint>,
+}
+
+/// One holomorphic point's final state and parameter derivative (complex, or real on the real axis).
+pub struct HoloPoint {
+    pub k: usize,
+    pub beta: (f64, f64),
+    pub state: State,
+    pub f: Vec<Tensor>,
 }
 
 /// Pole margins below this are flagged (estimators §3.11).
@@ -152,14 +165,11 @@ fn stacked_batch(batch: &Batch, reps: i64) -> Batch {
     Batch { x: batch.x.iter().map(cat).collect(), y: cat(&batch.y), y_onehot: cat(&batch.y_onehot) }
 }
 
-/// f_k = ∂Φ̄/∂θ at a complex state (θ-independent loss): the local forms with plain products, or autograd
-/// with the conjugation recipe of §3.8.
-fn f_complex(model: &Model, pc: &[Tensor], batch: &Batch, s: &[Tensor], autograd: bool) -> Vec<Tensor> {
-    if autograd {
-        model.param_derivative_autograd(pc, batch, s)
-    } else {
-        model.param_derivative(pc, batch, s)
-    }
+/// f_k = ∂Φ̄_{β_k}/∂θ at a complex state: ∂Φ̄/∂θ by the local forms with plain products, or by autograd with the
+/// conjugation recipe of §3.8, then − β_k ∂L̄/∂θ|explicit for a θ-dependent loss (the readout, §3.2).
+fn f_complex(model: &Model, pc: &[Tensor], batch: &Batch, s: &[Tensor], beta: (f64, f64), autograd: bool) -> Vec<Tensor> {
+    let f = if autograd { model.param_derivative_autograd(pc, batch, s) } else { model.param_derivative(pc, batch, s) };
+    model.add_loss_param_grad(f, pc, batch, s, (-beta.0, -beta.1))
 }
 
 /// Runs holomorphic EP from the free state `s0` (real). `r` = |β|.
@@ -191,6 +201,7 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
     let mut pole_margins = vec![];
     let mut iters = 0;
     let mut measured_leak = true;
+    let mut point_data: Vec<HoloPoint> = vec![];
     match o.schedule {
         HoloSchedule::Restart => {
             let ks: Vec<usize> = if o.shortcut { (0..=o.n / 2).collect() } else { (0..o.n).collect() };
@@ -235,27 +246,43 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
             }
             point_residuals.sort_by_key(|x| x.0);
             pole_margins.sort_by_key(|x| x.0);
+            if o.keep_points {
+                finals.sort_by_key(|x| x.0);
+                for (k, st) in &finals {
+                    let f = tch::no_grad(|| f_complex(model, &pc, batch, st, pts[*k], o.autograd));
+                    if o.shortcut && 2 * k != o.n && *k != 0 {
+                        // The partner N − k by conjugate symmetry (§3.5).
+                        let conj = |t: &Tensor| t.conj().resolve_conj();
+                        point_data.push(HoloPoint { k: o.n - k, beta: pts[o.n - k], state: st.iter().map(conj).collect(), f: f.iter().map(conj).collect() });
+                    }
+                    point_data.push(HoloPoint { k: *k, beta: pts[*k], state: st.iter().map(|t| t.shallow_clone()).collect(), f });
+                }
+                point_data.sort_by_key(|x| x.k);
+            }
             // Λ = Σ_k w_k τ_k, τ_k = −(f_k − f(0))/β_k, as ONE weighted parameter derivative over the points'
             // final states (the estimate is linear in the per-example terms, §3.3): coefficient −w_k/β_k =
             // −w_k·conj(β_k)/r² on point k. For N ≥ 2, Σ_k w_k/β_k = 0 and the f(0) term is omitted (§3.3);
             // for N = 1 it is the state s⁰ with coefficient +1/β_0. With the shortcut only Re Λ is formed.
             let mut states: Vec<&[Tensor]> = vec![];
             let mut coeffs: Vec<(f64, f64)> = vec![];
+            let mut betas: Vec<(f64, f64)> = vec![];
             for (k, st) in &finals {
                 let w = if !o.shortcut || *k == 0 || 2 * k == o.n { 1.0 / nf } else { 2.0 / nf };
                 states.push(st);
                 coeffs.push((-w * pts[*k].0 / (r * r), w * pts[*k].1 / (r * r)));
+                betas.push(pts[*k]);
             }
             if o.n == 1 {
                 states.push(s0);
                 coeffs.push((1.0 / pts[0].0, 0.0));
+                betas.push((0.0, 0.0));
             }
             let lam = if o.autograd {
                 // The independent path: f_k of each point by autograd (with the Wirtinger conjugation), then
                 // the same combination.
                 let mut acc: Vec<Option<Tensor>> = (0..p.len()).map(|_| None).collect();
-                for (st, &(cr, ci)) in states.iter().zip(&coeffs) {
-                    let fk = f_complex(model, &pc, batch, st, true);
+                for ((st, &(cr, ci)), &bk) in states.iter().zip(&coeffs).zip(&betas) {
+                    let fk = f_complex(model, &pc, batch, st, bk, true);
                     let c = complex_scalar(cr, ci, real, dev);
                     for (a, f) in acc.iter_mut().zip(fk) {
                         crate::model::terms::accumulate(a, f.to_kind(ck) * &c);
@@ -263,7 +290,7 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
                 }
                 acc.into_iter().map(|t| t.expect("at least one point")).collect()
             } else {
-                super::combine_f(model, &pc, batch, &states, &coeffs, o.shortcut)
+                super::combine_f(model, &pc, batch, &states, &coeffs, &betas, o.shortcut)
             };
             for (acc, t) in lambda.iter_mut().zip(lam) {
                 // All points real (N ≤ 2): Λ is real and its imaginary part exactly 0.
@@ -296,9 +323,12 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
                         pole_margins.push((k, margins[0]));
                     }
                     if !o.carry_last_only || per + 1 == periods {
-                        let fk = f_complex(model, &pc, &cb, &ph.state, o.autograd);
+                        let fk = f_complex(model, &pc, &cb, &ph.state, (re, im), o.autograd);
                         let inv = complex_scalar(re / (r * r), -im / (r * r), real, dev);
                         add(fk.iter().map(|f| -f * &inv).collect(), w);
+                        if o.keep_points && per + 1 == periods {
+                            point_data.push(HoloPoint { k, beta: (re, im), state: ph.state.iter().map(|t| t.shallow_clone()).collect(), f: fk });
+                        }
                     }
                     state = ph.state;
                 }
@@ -320,5 +350,6 @@ pub fn estimate(model: &Model, p: &[Tensor], batch: &Batch, s0: &State, r: f64, 
         pole_margins,
         points: pts,
         iters,
+        point_data,
     })
 }

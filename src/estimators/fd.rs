@@ -55,7 +55,7 @@ fn loss(model: &Model, p: &[Tensor], batch: &Batch, mode: FdMode, warm: &State, 
             s
         }
     };
-    Ok((model.mean_loss(batch, &s).to_kind(Kind::Double).double_value(&[]), s))
+    Ok((model.mean_loss(p, batch, &s).to_kind(Kind::Double).double_value(&[]), s))
 }
 
 /// D(ε), D(ε/2) and the Richardson value along v, from the state s*(θ) (`star`).

@@ -65,7 +65,7 @@ fn max_abs(s: &[Tensor]) -> f64 {
 
 /// The adjoint solve and gradient at a given converged state.
 pub fn at_star(model: &Model, p: &[Tensor], batch: &Batch, star: Star, o: &ImplicitOptions) -> Result<Implicit> {
-    let g_l = model.loss_state_grad(batch, &star.state);
+    let g_l = model.loss_state_grad(p, batch, &star.state);
     let mut lam: State = g_l.iter().map(|t| t.shallow_clone()).collect();
     let mut rel = f64::INFINITY;
     let mut n = 0;
@@ -87,6 +87,11 @@ pub fn at_star(model: &Model, p: &[Tensor], batch: &Batch, star: Star, o: &Impli
         return Err(Error::FixedPoint(format!("adjoint not converged: relative change {rel:.3e} after {n} iterations")));
     }
     let (_, g) = tch::no_grad(|| model.step_vjp_sync(p, batch, &star.state, &lam));
+    // + ∂L/∂θ|explicit(s*) (the readout's tensors, estimators §4.4).
+    let g = match model.loss_param_grad(p, batch, &star.state) {
+        Some(e) => g.iter().zip(e).map(|(a, b)| a + b).collect(),
+        None => g,
+    };
     Ok(Implicit { grad: Gradient { key: "implicit".into(), beta: None, tensors: g }, star, adjoint_iters: n, adjoint_rel_change: rel })
 }
 

@@ -74,6 +74,8 @@ pub struct EstimateRun {
     pub grad: Gradient,
     pub phases: Vec<(String, Phase)>,
     pub diagnostics: Vec<(String, f64)>,
+    /// Holomorphic EP with `keep_points`: each point's state and f_k.
+    pub points: Vec<ep_holomorphic::HoloPoint>,
 }
 
 /// The generic two-point form ĝ(β₁, β₂) = −[f(β₂) − f(β₁)] / (β₂ − β₁) (conventions §8.1).
@@ -81,11 +83,34 @@ pub fn two_point(f1: &[Tensor], beta1: f64, f2: &[Tensor], beta2: f64) -> Vec<Te
     f1.iter().zip(f2).map(|(a, b)| (b - a) * (-1.0 / (beta2 - beta1))).collect()
 }
 
-/// Σ_i c_i f(s_i) for states s_i of the same batch, c_i = (re, im): ONE weighted parameter derivative over the
-/// states stacked along the batch axis ([`Model::param_derivative_weighted`]) instead of one derivative per
-/// state. The states may mix real and complex dtypes (real ones are cast). `real_only` returns the real part.
-pub fn combine_f(model: &Model, p: &[Tensor], batch: &Batch, states: &[&[Tensor]], coeffs: &[(f64, f64)], real_only: bool) -> Vec<Tensor> {
+/// Σ_i c_i f(β_i; s_i) for states s_i of the same batch reached at nudges β_i, c_i and β_i = (re, im): ONE weighted
+/// parameter derivative over the states stacked along the batch axis ([`Model::param_derivative_weighted`])
+/// instead of one derivative per state, plus, for a θ-dependent loss (readout), Σ_i c_i (−β_i) ∂L̄/∂θ|explicit(s_i)
+/// (estimators §2.1). The states may mix real and complex dtypes (real ones are cast). `real_only` returns the
+/// real part.
+pub fn combine_f(model: &Model, p: &[Tensor], batch: &Batch, states: &[&[Tensor]], coeffs: &[(f64, f64)], betas: &[(f64, f64)], real_only: bool) -> Vec<Tensor> {
     assert_eq!(states.len(), coeffs.len());
+    assert_eq!(states.len(), betas.len());
+    let f = combine_phi_f(model, p, batch, states, coeffs, real_only);
+    if model.readout.is_none() {
+        return f;
+    }
+    let mut f = f;
+    for ((s, &(cr, ci)), &(br, bi)) in states.iter().zip(coeffs).zip(betas) {
+        // c·(−β) as a complex product.
+        let c = (-(cr * br - ci * bi), -(cr * bi + ci * br));
+        if c != (0.0, 0.0) {
+            f = model.add_loss_param_grad(f, p, batch, s, c);
+        }
+    }
+    if real_only {
+        f = f.into_iter().map(|t| if crate::tensor_util::is_complex(t.kind()) { t.real().contiguous() } else { t }).collect();
+    }
+    f
+}
+
+/// Σ_i c_i ∂Φ̄/∂θ(s_i) (the θ-independent part of [`combine_f`]).
+fn combine_phi_f(model: &Model, p: &[Tensor], batch: &Batch, states: &[&[Tensor]], coeffs: &[(f64, f64)], real_only: bool) -> Vec<Tensor> {
     let n = states.len() as i64;
     let b = batch.size();
     let complex = coeffs.iter().any(|c| c.1 != 0.0) || states.iter().any(|s| crate::tensor_util::is_complex(s[0].kind()));
@@ -106,7 +131,7 @@ pub fn combine_f(model: &Model, p: &[Tensor], batch: &Batch, states: &[&[Tensor]
 /// ([`combine_f`]): −[f(s₂) − f(s₁)] / (β₂ − β₁).
 pub fn two_point_states(model: &Model, p: &[Tensor], batch: &Batch, s1: &[Tensor], beta1: f64, s2: &[Tensor], beta2: f64) -> Vec<Tensor> {
     let c = 1.0 / (beta2 - beta1);
-    combine_f(model, p, batch, &[s1, s2], &[(c, 0.0), (-c, 0.0)], false)
+    combine_f(model, p, batch, &[s1, s2], &[(c, 0.0), (-c, 0.0)], &[(beta1, 0.0), (beta2, 0.0)], false)
 }
 
 /// Lengths of the phases of an estimate.
@@ -144,7 +169,7 @@ pub fn estimate(est: Estimator, model: &Model, p: &[Tensor], batch: &Batch, beta
 }
 
 pub fn estimate_with(est: Estimator, model: &Model, p: &[Tensor], batch: &Batch, beta: f64, len: PhaseLengths, holo: &ep_holomorphic::HoloOptions) -> Result<EstimateRun> {
-    let run = |grad, phases| Ok(EstimateRun { grad, phases, diagnostics: vec![] });
+    let run = |grad, phases| Ok(EstimateRun { grad, phases, diagnostics: vec![], points: vec![] });
     match est {
         Estimator::EpHolomorphic => {
             ep_holomorphic::preflight(model)?;
@@ -156,7 +181,7 @@ pub fn estimate_with(est: Estimator, model: &Model, p: &[Tensor], batch: &Batch,
             }
             diagnostics.push(("point_iterations".into(), e.iters as f64));
             diagnostics.push(("pole_margin_min".into(), e.pole_margins.iter().map(|x| x.1).fold(f64::INFINITY, f64::min)));
-            Ok(EstimateRun { grad: e.grad, phases: vec![("free".into(), free)], diagnostics })
+            Ok(EstimateRun { grad: e.grad, phases: vec![("free".into(), free)], diagnostics, points: e.point_data })
         }
         Estimator::EpPlus | Estimator::EpMinus => {
             let free = free_phase(model, p, batch, len, false);

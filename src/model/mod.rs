@@ -5,6 +5,7 @@ pub mod activation;
 pub mod attention;
 pub mod loss;
 pub mod presets;
+pub mod readout;
 pub mod schedule;
 pub mod terms;
 pub mod update_map;
@@ -14,6 +15,7 @@ use crate::tensor_util::{from_planar, to_planar};
 use crate::{Error, Result};
 use activation::Activation;
 use loss::Loss;
+use readout::Readout;
 use schedule::Schedule;
 use tch::{Kind, Tensor};
 use std::sync::Arc;
@@ -85,6 +87,8 @@ impl Beta {
             Beta::Rows(r) | Beta::Planar(r) => {
                 let mut shape = vec![r.size()[0]];
                 shape.resize(t.dim(), 1);
+                // Real rows scale a real t in t's dtype (float32 under `reference_casts`).
+                let r = if !crate::tensor_util::is_complex(r.kind()) && !crate::tensor_util::is_complex(t.kind()) && r.kind() != t.kind() { r.to_kind(t.kind()) } else { r.shallow_clone() };
                 t * r.reshape(&shape[..])
             }
         }
@@ -122,6 +126,16 @@ pub struct Model {
     pub init_scale: Option<f64>,
     /// Range (lo, hi) of the seeded synthetic inputs.
     pub input_range: (f64, f64),
+    /// The softmax readout (estimators §1.1): the loss reads logits z = W_ro s_out + b_ro, and depends on θ.
+    pub readout: Option<Readout>,
+    /// Option `reference_casts` (conventions §11.3, estimators §7 L1): in float64 runs the nudge and the loss
+    /// (ℓ, its gradient, the BPTT loss) are computed on float32 copies of the loss input and ŷ.
+    pub reference_casts: bool,
+    /// Option `bptt_loss_state = previous` (estimators §4.1): `bptt`/`bptt_trunc` put the loss at s_{T−1}.
+    pub bptt_loss_previous: bool,
+    /// Option `init = trunc_normal` with `init_std` = σ₀ (estimators §1.2): weights N(0, σ₀²) truncated at ±2σ₀,
+    /// biases 0, drawn from the seeded generator.
+    pub init_trunc_std: Option<f64>,
     /// Per free layer: the (term, slot) pairs that touch it.
     incidence: Vec<Vec<(usize, usize)>>,
     /// Per free layer: a vector-valued update map replacing the elementwise activation (None = σ).
@@ -156,7 +170,7 @@ impl Model {
         schedule.validate(layers.len())?;
         let output = layers.len() - 1;
         let update_maps = vec![None; layers.len()];
-        Ok(Model { preset: preset.to_string(), input_shapes, layers, params, terms, loss, output, schedule, init_scale: None, input_range: (0.0, 1.0), incidence, update_maps })
+        Ok(Model { preset: preset.to_string(), input_shapes, layers, params, terms, loss, output, schedule, init_scale: None, input_range: (0.0, 1.0), readout: None, reference_casts: false, bptt_loss_previous: false, init_trunc_std: None, incidence, update_maps })
     }
 
     /// Replaces the elementwise activation of layer `k` by a vector-valued update map (e.g. attention).
@@ -179,6 +193,10 @@ impl Model {
     }
 
     pub fn classes(&self) -> i64 {
+        if let Some(r) = &self.readout {
+            // The readout's rows (W_ro is (C, n_D)).
+            return self.params[r.weight].shape[0];
+        }
         self.layers[self.output].shape.iter().product()
     }
     pub fn param_names(&self) -> Vec<String> {
@@ -205,10 +223,36 @@ impl Model {
                 .collect()
         };
         let mut ts = draw();
+        if let Some(std) = self.init_trunc_std {
+            ts = self.draw_trunc_normal(std);
+        }
         if let Some(g) = self.init_scale {
             ts = draw().into_iter().map(|t| t * g).collect();
         }
         ts.into_iter().map(|t| t.to_kind(prec.dtype.kind()).to_device(prec.device)).collect()
+    }
+
+    /// `init = trunc_normal` (estimators §1.2): every weight (a tensor of ≥ 2 axes) N(0, σ₀²) truncated at ±2σ₀ by
+    /// redrawing the values outside, in canonical order from the seeded generator; biases (1 axis) 0.
+    fn draw_trunc_normal(&self, std: f64) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .map(|spec| {
+                let mut t = Tensor::zeros(&spec.shape[..], (Kind::Float, tch::Device::Cpu));
+                if spec.shape.len() >= 2 {
+                    let _ = t.normal_(0.0, std);
+                    loop {
+                        let out = t.abs().gt(2.0 * std);
+                        if out.sum(Kind::Int64).int64_value(&[]) == 0 {
+                            break;
+                        }
+                        let fresh = t.empty_like().normal_(0.0, std);
+                        t = t.where_self(&out.logical_not(), &fresh);
+                    }
+                }
+                t
+            })
+            .collect()
     }
 
     /// Zero state for a batch of B examples.
@@ -252,19 +296,90 @@ impl Model {
         -self.primitive(p, batch, s)
     }
 
-    /// ℓ per example at state s.
-    pub fn loss_per_example(&self, batch: &Batch, s: &[Tensor]) -> Tensor {
-        self.loss.value(&s[self.output], &batch.y_onehot)
+    /// What the loss reads at output state `s_out`: the logits z of the readout, else the output state itself.
+    /// Also the prediction scores (argmax, estimators §1.5).
+    pub fn loss_input(&self, p: &[Tensor], s_out: &Tensor) -> Tensor {
+        match &self.readout {
+            Some(r) => r.logits(p, s_out),
+            None => s_out.shallow_clone(),
+        }
+    }
+
+    /// Whether `reference_casts` applies to a tensor of this dtype (real float64 only).
+    fn casts(&self, t: &Tensor) -> bool {
+        self.reference_casts && t.kind() == Kind::Double
+    }
+
+    /// scale(∂ℓ/∂z) per example for the loss input z; `scale` multiplies by β, by per-row β or by 1/B. Under
+    /// `reference_casts` the gradient and the product are float32 arithmetic on float32 copies, cast back.
+    fn scaled_input_grad(&self, z: &Tensor, onehot: &Tensor, scale: impl Fn(Tensor) -> Tensor) -> Tensor {
+        if self.casts(z) {
+            scale(self.loss.grad(&z.to_kind(Kind::Float), &onehot.to_kind(Kind::Float))).to_kind(z.kind())
+        } else {
+            scale(self.loss.grad(z, onehot))
+        }
+    }
+
+    /// The nudge term β·∂ℓ/∂s_out at the output state (estimators §1.5: W_roᵀ β (softmax(z) − ŷ) with the readout).
+    pub fn nudge_term(&self, p: &[Tensor], onehot: &Tensor, s_out: &Tensor, beta: &Beta) -> Tensor {
+        let g = self.scaled_input_grad(&self.loss_input(p, s_out), onehot, |t| beta.scale(t));
+        match &self.readout {
+            Some(r) => r.pullback(p, &g, s_out),
+            None => g,
+        }
+    }
+
+    /// ∂²ℓ/∂s_out² · v per example (through the readout when there is one).
+    pub fn loss_hvp(&self, p: &[Tensor], s_out: &Tensor, v: &Tensor) -> Tensor {
+        match &self.readout {
+            Some(r) => r.pullback(p, &self.loss.hvp(&r.logits(p, s_out), &r.push(p, v)), s_out),
+            None => self.loss.hvp(s_out, v),
+        }
+    }
+
+    /// ℓ per example at state s (on float32 copies of the loss input and ŷ under `reference_casts`).
+    pub fn loss_per_example(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Tensor {
+        let z = self.loss_input(p, &s[self.output]);
+        if self.casts(&z) {
+            self.loss.value(&z.to_kind(Kind::Float), &batch.y_onehot.to_kind(Kind::Float)).to_kind(z.kind())
+        } else {
+            self.loss.value(&z, &batch.y_onehot)
+        }
     }
 
     /// L = (1/B) Σ_b ℓ_b.
-    pub fn mean_loss(&self, batch: &Batch, s: &[Tensor]) -> Tensor {
-        self.loss_per_example(batch, s).mean(None::<Kind>)
+    pub fn mean_loss(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Tensor {
+        self.loss_per_example(p, batch, s).mean(None::<Kind>)
+    }
+
+    /// ∂L̄/∂θ|explicit at state s: (1/B) Σ_b ∂ℓ_b/∂θ at fixed state, in canonical order (zero except for the
+    /// readout's tensors: ((1/B) Σ_b (p_b − ŷ_b) s_out,bᵀ, (1/B) Σ_b (p_b − ŷ_b)), estimators §1.6). None when the
+    /// loss does not depend on θ.
+    pub fn loss_param_grad(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> Option<Vec<Tensor>> {
+        let r = self.readout?;
+        let s_out = &s[self.output];
+        let inv_b = 1.0 / batch.size() as f64;
+        let g = self.scaled_input_grad(&r.logits(p, s_out), &batch.y_onehot, |t| t * inv_b);
+        let (gw, gb) = r.param_grad(s_out, &g);
+        Some(p.iter().enumerate().map(|(i, t)| if i == r.weight { gw.shallow_clone() } else if i == r.bias { gb.shallow_clone() } else { t.zeros_like() }).collect())
+    }
+
+    /// acc + c·∂L̄/∂θ|explicit(s), c = (re, im) a real or complex scalar; `acc` unchanged without a θ-dependent loss.
+    pub fn add_loss_param_grad(&self, acc: Vec<Tensor>, p: &[Tensor], batch: &Batch, s: &[Tensor], c: (f64, f64)) -> Vec<Tensor> {
+        let Some(e) = self.loss_param_grad(p, batch, s) else { return acc };
+        acc.into_iter().zip(e).map(|(a, e)| a + crate::tensor_util::times_scalar(&e, c)).collect()
+    }
+
+    /// f(β) = ∂Φ̄_β/∂θ(s) = ∂Φ̄/∂θ(s) − β·∂L̄/∂θ|explicit(s) (estimators §2.1, §3.2; β = (re, im) may be complex).
+    /// Equals [`Model::param_derivative`] when the loss does not depend on θ.
+    pub fn param_derivative_nudged(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: (f64, f64)) -> Vec<Tensor> {
+        let f = self.param_derivative(p, batch, s);
+        self.add_loss_param_grad(f, p, batch, s, (-beta.0, -beta.1))
     }
 
     /// Φ_β = Φ − βℓ per example.
     pub fn nudged_primitive(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], beta: f64) -> Tensor {
-        self.primitive(p, batch, s) - self.loss_per_example(batch, s) * beta
+        self.primitive(p, batch, s) - self.loss_per_example(p, batch, s) * beta
     }
 
     /// Total energy 𝓕_β = Σ_k ψ*_k(s_k) + E_β(s) per example (conventions §7.2).
@@ -347,14 +462,14 @@ impl Model {
         if k == self.output && beta.is_planar() {
             // The loss gradient is not linear: evaluated on the complex rows, scaled by β_r, back to planar.
             let r = s[k].size()[0] / 2;
-            let g = self.loss.grad(&from_planar(&s[k]), &batch.y_onehot.narrow(0, 0, r));
-            return (u - to_planar(&beta.scale(g)), true);
+            let g = self.nudge_term(p, &batch.y_onehot.narrow(0, 0, r), &from_planar(&s[k]), beta);
+            return (u - to_planar(&g), true);
         }
         if k == self.output && !beta.is_zero() {
             // Out of place on purpose: `u -= …` would write into u, which may be a bias view or the shared cache.
             #[allow(clippy::assign_op_pattern)]
             {
-                u = u - beta.scale(self.loss.grad(&s[k], &batch.y_onehot));
+                u = u - self.nudge_term(p, &batch.y_onehot, &s[k], beta);
             }
             owned = true;
         }
@@ -577,6 +692,7 @@ impl Model {
             }
             self.add_hvp(p, batch, st, &mu, beta, &mut lam);
             self.add_param_vjp(p, batch, st, &mu, &mut gtheta);
+            self.add_readout_nudge_vjp(p, batch, st, &mu, beta, &mut gtheta);
         }
         let lam = lam.into_iter().zip(s).map(|(l, t)| l.unwrap_or_else(|| t.zeros_like())).collect();
         let g = gtheta.into_iter().zip(p).map(|(g, t)| g.unwrap_or_else(|| t.zeros_like())).collect();
@@ -602,9 +718,25 @@ impl Model {
         }
         if beta != 0.0 {
             if let Some(m) = &mu[self.output] {
-                accumulate(&mut lam[self.output], self.loss.hvp(&s[self.output], m) * (-beta));
+                accumulate(&mut lam[self.output], self.loss_hvp(p, &s[self.output], m) * (-beta));
             }
         }
+    }
+
+    /// At β ≠ 0 the readout's nudge term −β W_roᵀ(softmax(z) − ŷ), z = W_ro s_out + b_ro, depends on θ_ro: its
+    /// VJP with cotangent μ_out is −β Σ_b [(p − ŷ) μᵀ + (H_z W_ro μ) s_outᵀ] for W_ro and −β Σ_b H_z W_ro μ for b_ro.
+    fn add_readout_nudge_vjp(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], mu: &[Option<Tensor>], beta: f64, g: &mut [Option<Tensor>]) {
+        let (Some(r), Some(m)) = (self.readout, mu[self.output].as_ref()) else { return };
+        if beta == 0.0 {
+            return;
+        }
+        let s_out = &s[self.output];
+        let z = r.logits(p, s_out);
+        let dz = self.loss.hvp(&z, &r.push(p, m));
+        let (gw1, _) = r.param_grad(m, &self.loss.grad(&z, &batch.y_onehot));
+        let (gw2, gb) = r.param_grad(s_out, &dz);
+        accumulate(&mut g[r.weight], (gw1 + gw2) * (-beta));
+        accumulate(&mut g[r.bias], gb * (-beta));
     }
 
     fn add_param_vjp(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], mu: &[Option<Tensor>], g: &mut [Option<Tensor>]) {
@@ -640,12 +772,29 @@ impl Model {
         (grads, gp)
     }
 
-    /// ∂L/∂s at state s: (∇ℓ_b)/B on the loss-bearing layer, 0 elsewhere.
-    pub fn loss_state_grad(&self, batch: &Batch, s: &[Tensor]) -> State {
-        let b = batch.size() as f64;
+    /// ∂L/∂s at state s: (∇ℓ_b)/B on the loss-bearing layer, 0 elsewhere (through the readout: W_roᵀ(p − ŷ)/B;
+    /// under `reference_casts` the loss gradient and the 1/B factor are float32 arithmetic, as the references'
+    /// float32 BPTT loss).
+    pub fn loss_state_grad(&self, p: &[Tensor], batch: &Batch, s: &[Tensor]) -> State {
+        let inv_b = 1.0 / batch.size() as f64;
         s.iter()
             .enumerate()
-            .map(|(k, t)| if k == self.output { self.loss.grad(t, &batch.y_onehot) / b } else { t.zeros_like() })
+            .map(|(k, t)| {
+                if k != self.output {
+                    return t.zeros_like();
+                }
+                let g = self.scaled_input_grad(&self.loss_input(p, t), &batch.y_onehot, |x| x * inv_b);
+                match &self.readout {
+                    Some(r) => r.pullback(p, &g, t),
+                    None => g,
+                }
+            })
             .collect()
+    }
+
+    /// Applies the run options that change what the model computes (`reference_casts`, `bptt_loss_state`).
+    pub fn apply_run_options(&mut self, cfg: &crate::config::RunConfig) {
+        self.reference_casts = cfg.reference_casts_on();
+        self.bptt_loss_previous = cfg.bptt_loss_state.as_deref() == Some("previous");
     }
 }

@@ -108,14 +108,42 @@ pub mod cleanup {
         }
     }
 
-    /// Installs the SIGINT/SIGTERM handler (a thread that waits for the signals). Idempotent enough: call once.
+    /// Set by the main thread's SIGUSR2 handler once it is parked (see [`install`]).
+    static PARKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Installs the SIGINT/SIGTERM handler (a thread that waits for the signals). Call once, from the main
+    /// thread (the one that writes run folders).
+    ///
+    /// On a signal the handler thread first **parks the main thread** (SIGUSR2 to it; its handler sets a flag
+    /// and waits in `pause()`), so nothing can create or write a staged file after the removal; then it removes
+    /// every registered path and exits with 128 + the signal (`_exit`: no atexit handlers or C++ static
+    /// destructors while the main thread is inside libtorch). Without the parking, a main thread that created
+    /// a staging folder between the removal and the exit left it behind (tests/signals.rs found it).
     pub fn install() {
-        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
+        use std::sync::atomic::Ordering;
+        // SAFETY: the action only stores to an atomic and calls pause(), both async-signal-safe.
+        let parked = unsafe {
+            signal_hook::low_level::register(SIGUSR2, || {
+                PARKED.store(true, Ordering::SeqCst);
+                loop {
+                    libc::pause();
+                }
+            })
+        };
+        let main = unsafe { libc::pthread_self() };
         let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else { return };
         let _ = std::thread::Builder::new().name("epcheck-signals".into()).spawn(move || {
             if let Some(sig) = signals.forever().next() {
+                if parked.is_ok() {
+                    // SAFETY: `main` is the thread that called install(); it lives until the process exits.
+                    unsafe { libc::pthread_kill(main, SIGUSR2) };
+                    let t0 = std::time::Instant::now();
+                    while !PARKED.load(Ordering::SeqCst) && t0.elapsed() < std::time::Duration::from_secs(2) {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
                 remove_all();
-                // _exit: no atexit handlers or C++ static destructors while the main thread may still be in libtorch.
                 signal_hook::low_level::exit(128 + sig);
             }
         });

@@ -32,7 +32,9 @@ pub trait DataSource {
     fn check_model(&self, m: &Model) -> Result<()> {
         let want = &m.input_shapes[0];
         let got = self.input_shape();
-        if &got != want {
+        // A dense (1-D) input layer takes images flattened (C·H·W values, in C, H, W order): `train::to_batch`.
+        let flat = want.len() == 1 && got.iter().product::<i64>() == want[0];
+        if &got != want && !flat {
             return Err(Error::Shape(format!("dataset {} has inputs of shape {got:?}, but preset {} expects {want:?} (set height / in_channels to match)", self.name(), m.preset)));
         }
         if self.classes() > m.classes() {

@@ -72,8 +72,9 @@ fn sum_f64(t: &Tensor) -> f64 {
 fn state_stats(acc: &mut Acc, m: &Model, p: &[Tensor], batch: &Batch, s: &State) {
     let b = batch.size() as f64;
     acc.add("energy", "all", sum_f64(&m.energy(p, batch, s)), b);
-    acc.add("loss", "all", sum_f64(&m.loss_per_example(batch, s)), b);
-    let out = &s[m.output];
+    acc.add("loss", "all", sum_f64(&m.loss_per_example(p, batch, s)), b);
+    // The prediction scores: the output state, or the readout's logits (estimators §1.5).
+    let out = &m.loss_input(p, &s[m.output]);
     let pred = out.argmax(-1, false);
     acc.add("error", "all", 100.0 * sum_f64(&pred.ne_tensor(&batch.y)), b);
     let c = m.classes();
@@ -251,6 +252,9 @@ pub fn per_tensor_rates(model: &Model, lr: &[f64]) -> Result<Vec<f64>> {
 
 /// A data batch in the run's dtype and device.
 pub fn to_batch(m: &Model, x: Tensor, y: Tensor, prec: Precision) -> Batch {
+    // Images into a dense input layer: flattened per example (DataSource::check_model accepted the sizes).
+    let want = &m.input_shapes[0];
+    let x = if want.len() == 1 && x.dim() > 2 { x.flatten(1, -1) } else { x };
     Batch::new(x.to_kind(prec.dtype.kind()).to_device(prec.device), y.to_kind(Kind::Int64).to_device(prec.device), m.classes())
 }
 
@@ -414,7 +418,12 @@ pub fn run(cfg: &RunConfig, model: &Model, init_params: Vec<Tensor>, prec: Preci
     let mut trainer = Trainer::new(cfg, model, init_params, prec)?;
     let mut rows: Vec<EpochRow> = vec![];
     let mut start = 0;
-    if resume {
+    // A run interrupted before its first checkpoint resumes from the start: its initial parameters are the
+    // seeded draw of the instance, so the result is the uninterrupted run's.
+    if resume && !last.exists() {
+        eprintln!("note: train: {} has no checkpoint yet: starting from epoch 1", dir.display());
+    }
+    if resume && last.exists() {
         start = checkpoint_epochs(&last)?;
         trainer.params = crate::io::load_params(model, &last, prec)?;
         let map = crate::io::read_tensors(&last)?;
@@ -491,10 +500,12 @@ pub fn run(cfg: &RunConfig, model: &Model, init_params: Vec<Tensor>, prec: Preci
             lr[0],
             train_s
         );
+        // `last` is the commit point of an epoch, written last: a run stopped before it (SIGINT, SIGKILL) resumes
+        // at this epoch, recomputes it and rewrites its rows, so the resumed run equals an uninterrupted one.
         save_checkpoint(&ckdir.join(format!("epoch{:04}.safetensors", e + 1)), model, cfg, &trainer.params, None, e + 1, vec![])?;
-        save_checkpoint(&last, model, cfg, &trainer.params, Some(&trainer.opt), e + 1, vec![])?;
         write_epoch_table(dir, &rows)?;
         curve_figure(dir, &rows, &cfg.checks)?;
+        save_checkpoint(&last, model, cfg, &trainer.params, Some(&trainer.opt), e + 1, vec![])?;
     }
     crate::progress::finish();
     Ok(TrainOutcome { dir: dir.to_path_buf(), rows })

@@ -104,9 +104,9 @@ pub fn check_weighted_derivative(inst: &Instance, complex: bool) {
             assert!(d <= 1e-12 * scale, "{what}: tensor {i}: max |weighted − combined| = {d:e} (scale {scale:e})");
         }
     };
-    close(&estimators::combine_f(m, p, b, &refs, &coeffs, false), &want, "copies shortcut");
+    close(&estimators::combine_f(m, p, b, &refs, &coeffs, &vec![(0.0, 0.0); coeffs.len()], false), &want, "copies shortcut");
     let re: Vec<Tensor> = want.iter().map(|t| if complex { t.real() } else { t.shallow_clone() }).collect();
-    let got_re = estimators::combine_f(m, p, b, &refs, &coeffs, true);
+    let got_re = estimators::combine_f(m, p, b, &refs, &coeffs, &vec![(0.0, 0.0); coeffs.len()], true);
     assert!(got_re.iter().all(|t| !epcheck::tensor_util::is_complex(t.kind())), "real_only gives real tensors");
     close(&got_re, &re, "real_only");
     // Without the copies shortcut: the stacked batch as one batch of 3B rows.

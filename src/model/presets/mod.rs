@@ -12,10 +12,16 @@ use crate::model::{Batch, Model};
 use crate::precision::Precision;
 use crate::{Error, Result};
 
-pub const PRESETS: &[&str] = &["p-mlp", "hopfield-resnet13", "vgg5-dchn", "vgg5-dchn-rain", "imdb-hopfield", "snli-hopfield"];
+pub const PRESETS: &[&str] = &["p-mlp", "p-mlp-holo-toy", "hopfield-resnet13", "vgg5-dchn", "vgg5-dchn-rain", "imdb-hopfield", "snli-hopfield"];
 
 /// Builds the model a configuration names.
 pub fn build(cfg: &ModelConfig) -> Result<Model> {
+    let mut m = build_model(cfg)?;
+    m.apply_run_options(cfg);
+    Ok(m)
+}
+
+fn build_model(cfg: &ModelConfig) -> Result<Model> {
     let base = cfg.base_preset();
     match base {
         "p-mlp" => p_mlp::build(cfg),
