@@ -419,3 +419,20 @@ fn hwc_from_chw_reads_a_channels_last_dense_head_and_names_a_wrong_size() {
     let v2 = verdicts(&one_run(&o2));
     assert!(v2.lines().any(|l| l.contains(",loaded,head_hwc,fail")), "{v2}");
 }
+
+#[test]
+fn laborieux_pcnn_softmax_dump_agrees_through_the_graph_file() {
+    // The Laborieux P-CNN with cross-entropy and its softmax readout (`P_CNN(..., softmax=True)`), built as the
+    // graph file fixtures/graphs/p-cnn-softmax.toml; its state_dict names are the graph's parameter names.
+    let d = tempfile::tempdir().unwrap();
+    let o = d.path().join("c");
+    let f = fixture("laborieux_pcnn_softmax.safetensors");
+    let g = format!("{}/fixtures/graphs/p-cnn-softmax.toml", env!("CARGO_MANIFEST_DIR"));
+    let (code, stdout, stderr) = epcheck(&["compare", &f, "--graph", &g, "--T", "30", "--K", "10", "--beta", "0.05", "--out", s(&o)]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let v = verdicts(&one_run(&o));
+    // The readout's gradient comes from the loss only (θ-dependent loss): synapses.2.* included.
+    for key in ["state.free.L1", "state.plus.L2", "grad.ep_plus.synapses.0.weight", "grad.ep_plus.synapses.2.weight", "grad.ep_centered.synapses.2.bias", "grad.ep_centered.synapses.1.weight"] {
+        assert!(passes(&v, key), "{key}:\n{v}");
+    }
+}
