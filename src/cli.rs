@@ -75,7 +75,8 @@ pub struct CompareArgs {
     /// External tensors (safetensors, or npz).
     pub file: PathBuf,
     /// Name map (TOML): `[names] theirs = "ours"` (or a table with `key` and `transforms`), `[run]` options; or a
-    /// built-in map: laborieux_state_dict, laborieux_check_gdu.
+    /// built-in map: laborieux_state_dict, laborieux_check_gdu, seqlearning_check_gdu, holomorphic_xp_mlp,
+    /// brainseek_hopfield_resnet13, ernoult_gdu (docs/interop.md).
     #[arg(long)]
     pub names: Option<PathBuf>,
     #[command(flatten)]
@@ -760,6 +761,13 @@ fn run_compare(a: CompareArgs) -> Result<i32> {
         None => crate::checks::conformance::NameMap::default(),
     };
     check_outputs(&a.common)?;
+    if map.metrics_only {
+        // `ernoult_gdu`: the file's series are scored against each other; the instance only carries the run folder.
+        let inst = a.common.instance(toml::Table::new())?;
+        let id = format!("external-{}", a.file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default());
+        let rep = crate::checks::conformance::run_metrics_only(&a.file, &id)?;
+        return finish(&a.common, "compare", &inst, vec![rep]);
+    }
     // The model: --preset/--graph/--config, else the file's own epcheck metadata (a dump epcheck wrote), else
     // p-mlp — said in every error, so a wrong guess is never silent.
     let named = a.common.preset.is_some() || a.common.graph.is_some() || a.common.energy.is_some() || a.common.config.is_some();

@@ -262,7 +262,9 @@ pub fn parse_suite(path: &Path) -> Result<Suite> {
     // Names maps are parsed up front too.
     for c in &checks {
         if let Some(n) = &c.names {
-            conformance::read_name_map(n)?;
+            if conformance::read_name_map(n)?.metrics_only {
+                return Err(bad(path, "checks.conformance: names = \"ernoult_gdu\" is a metrics-only map (nothing to certify); run `epcheck compare FILE --names ernoult_gdu`"));
+            }
         }
     }
     Ok(Suite { path: path.to_path_buf(), name, seeds, checks, configs, base, threads })

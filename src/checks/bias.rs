@@ -124,6 +124,26 @@ pub fn ols(x: &[f64], y: &[f64]) -> (f64, f64, f64) {
     (slope, my - slope * mx_, r2)
 }
 
+/// One β point of the sweep exactly as [`run`] computes it, from the free state s0 = s* (`implicit::star`):
+/// `ep_plus`, `ep_minus`, `ep_centered` from nudged phases per `checks.bias.nudge`, `ep_holomorphic<N>` with the
+/// sweep's point options. `compare` recomputes the `grad.<estimator>@<β>` keys of a `bias --dump` with it.
+pub fn point_estimate(m: &Model, p: &[Tensor], b: &Batch, s0: &State, est: &str, beta: f64, o: &BiasOptions) -> Result<Vec<Tensor>> {
+    let f0 = m.param_derivative(p, b, s0);
+    let f_at = |beta: f64| m.param_derivative(p, b, &nudged(m, p, b, s0, beta, o).0);
+    Ok(match est {
+        "ep_plus" => two_point(&f0, 0.0, &f_at(beta), beta),
+        "ep_minus" => two_point(&f0, 0.0, &f_at(-beta), -beta),
+        "ep_centered" => two_point(&f_at(-beta), -beta, &f_at(beta), beta),
+        e => {
+            let n: usize = e.strip_prefix("ep_holomorphic").and_then(|n| n.parse().ok()).ok_or_else(|| crate::Error::Config(format!("'{e}' is not an estimator of the bias sweep")))?;
+            let len = PhaseLengths { t_free: 0, k_nudge: if o.until_tol { o.max_iter } else { o.k_fixed }, tol: o.until_tol.then_some(o.nudge_tol / 10.0) };
+            let opts = HoloOptions { n, shortcut: false, ..o.holo.clone() };
+            let opts = if opts.schedule == HoloSchedule::Carry && n < 2 { HoloOptions { schedule: HoloSchedule::Restart, ..opts } } else { opts };
+            holo::estimate(m, p, b, s0, beta, len, &opts)?.grad.tensors
+        }
+    })
+}
+
 pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
     let mut rows = Rows::new("bias", &inst.id, &m.preset, inst.prec.dtype.name());
@@ -445,7 +465,9 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
     }
     summary.push(String::new());
     summary.push(format!("kink crossing: β_c observed = {beta_c_obs}, predicted = {beta_c_pred:.3e} (∞ = none / smooth model)"));
-    let mut dump = vec![];
+    // `bias.phases` marks the β points as the sweep's (free state s*, nudged phases per checks.bias.nudge), so that
+    // `compare` recomputes them with [`point_estimate`].
+    let mut dump = vec![("bias.phases".to_string(), Tensor::from(1i64))];
     for (i, s) in m.params.iter().enumerate() {
         dump.push((format!("grad.{}.{}", o.reference, s.name), g_ref[i].shallow_clone()));
     }

@@ -63,10 +63,87 @@ pub struct NameMap {
     /// Prefix rules of a built-in map (`BPTT.` → `gdu.bptt.`), applied to keys without an exact entry, before the
     /// aliases of conventions §12.1.
     pub prefixes: Vec<(String, String)>,
+    /// Name rule of a built-in map (a reference's own object names, e.g. Haiku's `xphi/~/fc_1/w`): external key →
+    /// (canonical key, transforms), applied to keys without an exact entry, before the prefixes.
+    pub resolver: Option<fn(&str) -> Option<(String, Vec<String>)>>,
+    /// A metrics-only map (checks §10, `ernoult_gdu`): the file pairs BPTT and EP series that epcheck does not
+    /// recompute (the reference's models are not implemented); `compare` scores the pairs against each other.
+    pub metrics_only: bool,
 }
 
 /// The built-in name maps (docs/interop.md gives the Python lines that make a matching dump).
-pub const BUILTIN_MAPS: [&str; 2] = ["laborieux_state_dict", "laborieux_check_gdu"];
+pub const BUILTIN_MAPS: [&str; 6] = ["laborieux_state_dict", "laborieux_check_gdu", "seqlearning_check_gdu", "holomorphic_xp_mlp", "brainseek_hopfield_resnet13", "ernoult_gdu"];
+
+/// Replaces the last dot-separated component of `key` by `f(last)`; a bare key gets `bare_prefix`.
+fn rename_last(key: &str, bare_prefix: &str, f: impl Fn(&str) -> Option<String>) -> Option<String> {
+    match key.rsplit_once('.') {
+        Some((head, last)) => f(last).map(|n| format!("{head}.{n}")),
+        None => f(key).map(|n| format!("{bare_prefix}{n}")),
+    }
+}
+
+/// `holomorphic_xp_mlp`: Haiku `xphi/~/fc_<i>/w` (in, out) ↔ `synapses.<i−1>.weight` with `transpose(0, 1)`
+/// (`transpose(1, 2)` in a per-step series), `xphi/~/fc_<i>/b` ↔ `synapses.<i−1>.bias`; under any prefix
+/// (`grad.ep_plus.xphi/~/fc_1/w`).
+fn resolve_haiku_xp_mlp(key: &str) -> Option<(String, Vec<String>)> {
+    let at = key.find("xphi/~/fc_")?;
+    let (head, tail) = key.split_at(at);
+    let rest = &tail["xphi/~/fc_".len()..];
+    let (i, what) = rest.split_once('/')?;
+    let i: usize = i.parse().ok().filter(|&i| i >= 1)?;
+    let series = head.starts_with("gdu.");
+    let (name, tr) = match what {
+        "w" => (format!("synapses.{}.weight", i - 1), vec![if series { "transpose(1, 2)" } else { "transpose(0, 1)" }.to_string()]),
+        "b" => (format!("synapses.{}.bias", i - 1), vec![]),
+        _ => return None,
+    };
+    let head = if head.is_empty() { "param." } else { head };
+    Some((format!("{head}{name}"), tr))
+}
+
+/// `brainseek_hopfield_resnet13`: the Scaling-EP code's object names. `Bias_<k>` ↔ `b.L<k+1>`, `ConvWeight_<j>` ↔
+/// the j-th convolutional edge, `DenseWeight_0` ↔ `W.8_9` (its creation order is epcheck's canonical order),
+/// `Layer_<k>` ↔ `L<k>` (`Layer_0`, the input, ↔ `input.x`); bare names are parameters, `<group>.<name>` keeps the
+/// group (`grad.ep_centered.Bias_0` → `grad.ep_centered.b.L1`, `state.free.Layer_3` → `state.free.L3`).
+fn resolve_brainseek_resnet13(key: &str) -> Option<(String, Vec<String>)> {
+    const EDGES: [&str; 12] = ["W.0_1", "W.1_2", "W.0_2", "W.2_3", "W.2_4", "W.3_4", "W.4_5", "W.4_6", "W.5_6", "W.6_7", "W.6_8", "W.7_8"];
+    if key == "Layer_0" {
+        return Some(("input.x".into(), vec![]));
+    }
+    let name = |last: &str| -> Option<String> {
+        let num = |p: &str| last.strip_prefix(p).and_then(|n| n.parse::<usize>().ok());
+        if let Some(k) = num("Bias_").filter(|&k| k < 9) {
+            Some(format!("b.L{}", k + 1))
+        } else if let Some(j) = num("ConvWeight_") {
+            EDGES.get(j).map(|e| e.to_string())
+        } else if num("DenseWeight_") == Some(0) {
+            Some("W.8_9".into())
+        } else {
+            num("Layer_").filter(|&k| k >= 1).map(|k| format!("L{k}"))
+        }
+    };
+    rename_last(key, "param.", name).map(|c| (c, vec![]))
+}
+
+/// `ernoult_gdu` (metrics only): the Ernoult code's series `NT.<w>`, `DT.<w>` (cumulative, weights) and `nS.<i>`,
+/// `dS.<i>` (per step, batch-summed neurons, layer i counted from the output) are paired with each other.
+pub fn ernoult_pairs(keys: &[String]) -> Vec<(String, String, &'static str)> {
+    let mut v = vec![];
+    for k in keys {
+        if let Some(rest) = k.strip_prefix("NT.") {
+            let d = format!("DT.{rest}");
+            if keys.contains(&d) {
+                v.push((k.clone(), d, "cum"));
+            }
+        } else if let Some(rest) = k.strip_prefix("nS.") {
+            let d = format!("dS.{rest}");
+            if keys.contains(&d) {
+                v.push((k.clone(), d, "step"));
+            }
+        }
+    }
+    v
+}
 
 /// A built-in name map by name.
 pub fn builtin_map(name: &str) -> Option<NameMap> {
@@ -77,9 +154,21 @@ pub fn builtin_map(name: &str) -> Option<NameMap> {
         "laborieux_state_dict" => {}
         // Its `check_gdu` dictionaries BPTT, EP (the +β series) and EP_2 (the −β series), saved as
         // `BPTT.<name>`, `EP.<name>`, `EP_2.<name>`; `neurons_<i>` is layer L<i+1> (an alias).
-        "laborieux_check_gdu" => {
+        // The sequence-learning code's `check_gdu` is Laborieux's: the same dictionaries, `neurons_0` the attention
+        // layer.
+        "laborieux_check_gdu" | "seqlearning_check_gdu" => {
             m.prefixes = vec![("BPTT.".into(), "gdu.bptt.".into()), ("EP_2.".into(), "gdu.ep_minus.".into()), ("EP.".into(), "gdu.ep_plus.".into())];
         }
+        // The holomorphic-EP JAX code's `xp_mlp`: Haiku names, softmax readout with cross-entropy; its BPTT loss
+        // reads out s_{T−1} (estimators §4.1, quirk H2).
+        "holomorphic_xp_mlp" => {
+            m.resolver = Some(resolve_haiku_xp_mlp);
+            for (k, v) in [("loss", "ce"), ("readout", "softmax"), ("bptt_loss_state", "previous")] {
+                m.run.insert(k.into(), toml::Value::String(v.into()));
+            }
+        }
+        "brainseek_hopfield_resnet13" => m.resolver = Some(resolve_brainseek_resnet13),
+        "ernoult_gdu" => m.metrics_only = true,
         _ => return None,
     }
     Some(m)
@@ -216,6 +305,10 @@ pub enum Target {
     TrajSlice(String, usize, i64),
     /// The last K + 1 free states s_{T−K} … s_T (`traj_window.free.<l>`, written by `gdu --dump`).
     TrajWindow(usize),
+    /// `async2` half states (`traj.<phase>.half.<l>`, (n, B, …)): after the group-A update of iteration t + 1.
+    TrajHalf(String, usize),
+    /// One half state (`traj.<phase>.half<n>.<l>`, the conv-reference layout): slice n − 1 of the above.
+    TrajHalfSlice(String, usize, i64),
 }
 
 impl Target {
@@ -260,9 +353,16 @@ pub fn parse_target(m: &Model, key: &str) -> Option<Target> {
             if !PHASES.contains(&phase) {
                 return None;
             }
-            // `traj.<phase>.t<n>.<l>`: slice n of the trajectory.
+            // `traj.<phase>.t<n>.<l>`: slice n of the trajectory; `traj.<phase>.half.<l>` and
+            // `traj.<phase>.half<n>.<l>`: the async2 half states.
             if head == "traj" {
                 if let Some((tn, l)) = name.split_once('.') {
+                    if tn == "half" {
+                        return lidx(l).map(|k| Target::TrajHalf(phase.into(), k));
+                    }
+                    if let Some(n) = tn.strip_prefix("half").and_then(|n| n.parse::<i64>().ok()).filter(|&n| n >= 1) {
+                        return lidx(l).map(|k| Target::TrajHalfSlice(phase.into(), k, n));
+                    }
                     if let Some(n) = tn.strip_prefix('t').and_then(|n| n.parse::<i64>().ok()) {
                         return lidx(l).map(|k| Target::TrajSlice(phase.into(), k, n));
                     }
@@ -338,6 +438,10 @@ pub enum Transform {
     Reverse(i64),
     Slice(i64, i64, i64),
     Select(i64, i64),
+    /// Permute a flattened (C, H, W) last axis into (H, W, C) order.
+    HwcFromChw(i64, i64, i64),
+    Real,
+    Imag,
 }
 
 pub fn parse_transform(s: &str) -> std::result::Result<Transform, String> {
@@ -381,8 +485,44 @@ pub fn parse_transform(s: &str) -> std::result::Result<Transform, String> {
             let v = n_args(2)?;
             Transform::Select(v[0], v[1])
         }
+        "hwc_from_chw" => {
+            let v = n_args(3)?;
+            if v.iter().any(|&d| d < 1) {
+                return Err(format!("transform '{s}': C, H, W must be ≥ 1"));
+            }
+            Transform::HwcFromChw(v[0], v[1], v[2])
+        }
+        "real" => Transform::Real,
+        "imag" => Transform::Imag,
         other => return Err(format!("unknown transform '{other}'")),
     })
+}
+
+/// The small β of `gdu_small.*` keys: the safetensors metadata entry `gdu_small.beta`.
+fn small_beta(file: &Path) -> Result<f64> {
+    let bytes = std::fs::read(file).map_err(|e| Error::file(file, e))?;
+    let meta = safetensors::SafeTensors::read_metadata(&bytes).ok().and_then(|(_, m)| m.metadata().clone()).unwrap_or_default();
+    let v = meta.get("gdu_small.beta").ok_or_else(|| Error::file(file, "gdu_small.* keys need their β: metadata entry 'gdu_small.beta' (a number) is missing"))?;
+    v.trim().parse::<f64>().ok().filter(|b| b.is_finite() && *b != 0.0).ok_or_else(|| Error::file(file, format!("metadata 'gdu_small.beta' = '{v}': expected a non-zero number")))
+}
+
+/// The external tensor brought back to epcheck's layout when every transform is a transpose or a permutation.
+fn invert_layout(ext: &Tensor, trs: &[Transform]) -> Option<Tensor> {
+    let mut t = ext.shallow_clone();
+    for tr in trs.iter().rev() {
+        t = match tr {
+            Transform::Transpose(i, j) if (*i as usize) < t.dim() && (*j as usize) < t.dim() => t.transpose(*i, *j).contiguous(),
+            Transform::Permute(d) if d.len() == t.dim() => {
+                let mut inv = vec![0i64; d.len()];
+                for (k, &p) in d.iter().enumerate() {
+                    *inv.get_mut(usize::try_from(p).ok()?)? = k as i64;
+                }
+                t.permute(&inv[..]).contiguous()
+            }
+            _ => return None,
+        };
+    }
+    Some(t)
 }
 
 fn apply_transform(t: &Tensor, tr: &Transform, b: i64) -> Tensor {
@@ -410,6 +550,18 @@ fn apply_transform(t: &Tensor, tr: &Transform, b: i64) -> Tensor {
         Transform::Reverse(a) => t.flip([*a]),
         Transform::Slice(a, s, e) => t.narrow(*a, *s, e - s),
         Transform::Select(a, i) => t.select(*a, *i),
+        // A last axis of another size is left as it is: the shape check then names the key (never a panic).
+        Transform::HwcFromChw(c, h, w) if t.dim() == 0 || t.size()[t.dim() - 1] != c * h * w => t.shallow_clone(),
+        Transform::HwcFromChw(c, h, w) => {
+            let lead: Vec<i64> = t.size()[..t.dim() - 1].to_vec();
+            let nd = lead.len() as i64;
+            let perm: Vec<i64> = (0..nd).chain([nd + 1, nd + 2, nd]).collect();
+            let shape: Vec<i64> = lead.iter().copied().chain([*c, *h, *w]).collect();
+            let flat: Vec<i64> = lead.iter().copied().chain([c * h * w]).collect();
+            t.reshape(&shape[..]).permute(&perm[..]).contiguous().reshape(&flat[..])
+        }
+        Transform::Real => if t.is_complex() { t.real().contiguous() } else { t.shallow_clone() },
+        Transform::Imag => if t.is_complex() { t.imag().contiguous() } else { t.zeros_like() },
     }
 }
 
@@ -452,6 +604,8 @@ pub struct Case {
     pub inst: Instance,
     items: Vec<Item>,
     pub skipped: Vec<String>,
+    /// The file is a `bias --dump`: `grad.<estimator>@<β>` keys are recomputed as the bias sweep computes them.
+    pub bias_phases: bool,
 }
 
 /// Loads external tensors and a name map, resolves every key and builds the instance from the external
@@ -471,9 +625,43 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
         match map.names.get(k) {
             Some(None) => skipped.push(k.clone()),
             Some(Some(e)) => resolved.push((k.clone(), e.key.clone(), e.transforms.iter().map(|t| parse_transform(t).expect("validated")).collect())),
-            None => {
-                let ruled = map.prefixes.iter().find_map(|(from, to)| k.strip_prefix(from.as_str()).map(|rest| format!("{to}{rest}")));
-                resolved.push((k.clone(), canonical_alias(ruled.as_deref().unwrap_or(k)), vec![]))
+            None => match map.resolver.and_then(|f| f(k)) {
+                Some((c, tr)) => resolved.push((k.clone(), canonical_alias(&c), tr.iter().map(|t| parse_transform(t).expect("built-in transforms parse")).collect())),
+                None => {
+                    let ruled = map.prefixes.iter().find_map(|(from, to)| k.strip_prefix(from.as_str()).map(|rest| format!("{to}{rest}")));
+                    resolved.push((k.clone(), canonical_alias(ruled.as_deref().unwrap_or(k)), vec![]))
+                }
+            },
+        }
+    }
+    // SeqLearning-style small-β series `gdu_small.ep.<p>`, `gdu_small.ep_neg.<p>` (conventions §12.1): β from the
+    // file's metadata (`gdu_small.beta`).
+    if resolved.iter().any(|(_, c, _)| c.starts_with("gdu_small.")) {
+        let beta = small_beta(file)?;
+        for (e, c, _) in resolved.iter_mut() {
+            if let Some(rest) = c.strip_prefix("gdu_small.") {
+                let (series, tail) = rest.split_once('.').ok_or_else(|| Error::file(file, format!("'{e}': expected gdu_small.<ep|ep_neg>.<name>")))?;
+                let series = match series {
+                    "ep" => "ep_plus",
+                    "ep_neg" => "ep_minus",
+                    s => s,
+                };
+                let tail = match tail.strip_prefix("neurons_").and_then(|j| j.parse::<usize>().ok()) {
+                    Some(j) => format!("neurons.L{}", j + 1),
+                    None => tail.to_string(),
+                };
+                *c = format!("gdu.{series}@{beta}.{tail}");
+            }
+        }
+    }
+    // A parameter mapped through layout transforms only (Haiku's (in, out) weights) is read back through their
+    // inverse, so that it can define the instance.
+    let mut ext = ext;
+    for (e, c, tr) in resolved.iter_mut() {
+        if (c.starts_with("param.") || c.starts_with("synapses.")) && !tr.is_empty() {
+            if let Some(inv) = invert_layout(&ext[e.as_str()], tr) {
+                ext.insert(e.clone(), inv);
+                tr.clear();
             }
         }
     }
@@ -486,6 +674,13 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
         }
         cfg.t_free = t.int64_value(&[]);
         skipped.push(format!("{e} (read as t_free = {})", cfg.t_free));
+    }
+    // `bias --dump` marks its β points as the sweep's phases (free state s*, nudged per checks.bias.nudge).
+    let mut bias_phases = false;
+    if let Some(pos) = resolved.iter().position(|(_, c, _)| c == "bias.phases") {
+        let (e, _, _) = resolved.remove(pos);
+        bias_phases = true;
+        skipped.push(format!("{e} (β points recomputed with the bias sweep's phases)"));
     }
     // Parameters under canonical names (`param.<name>`), for size inference and loading.
     let canon_map: BTreeMap<String, Tensor> = resolved.iter().filter(|(_, c, tr)| tr.is_empty() && (c.starts_with("param.") || c.starts_with("synapses."))).map(|(e, c, _)| (c.clone(), ext[e].shallow_clone())).collect();
@@ -574,7 +769,7 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
     let id = instance_id(&cfg, &params, &batch);
     let inst = Instance { cfg, model, params, batch, prec, id };
     // Shapes are checked before anything is recomputed (cheap: epcheck's shapes are known).
-    let case = Case { inst, items, skipped };
+    let case = Case { inst, items, skipped, bias_phases };
     for it in &case.items {
         if matches!(it.target, Target::Traj(..) | Target::PhiTraj(_)) {
             continue;
@@ -646,6 +841,8 @@ impl Case {
             Target::GduNeurons(_, _, k) => [self.inst.cfg.k_nudge, b].into_iter().chain(m.layers[*k].shape.iter().copied()).collect(),
             Target::TrajSlice(_, k, _) => std::iter::once(b).chain(m.layers[*k].shape.iter().copied()).collect(),
             Target::TrajWindow(k) => [self.inst.cfg.k_nudge + 1, b].into_iter().chain(m.layers[*k].shape.iter().copied()).collect(),
+            Target::TrajHalf(_, k) => [it.ext.size().first().copied().unwrap_or(0), b].into_iter().chain(m.layers[*k].shape.iter().copied()).collect(),
+            Target::TrajHalfSlice(_, k, _) => std::iter::once(b).chain(m.layers[*k].shape.iter().copied()).collect(),
         };
         let z = Tensor::zeros(&base[..], (Kind::Double, tch::Device::Cpu));
         it.transforms.iter().fold(z, |t, tr| apply_transform(&t, tr, b)).size()
@@ -661,6 +858,10 @@ struct Recompute<'a> {
     /// GDU series per β: canonical `gdu.<series>.<p>` / `gdu.<series>.neurons.<l>` → (K, …).
     gdu: BTreeMap<u64, BTreeMap<String, Tensor>>,
     f_norm: f64,
+    /// With a `bias --dump`: the sweep's options and its free state s*.
+    bias: Option<(super::bias::BiasOptions, State)>,
+    /// Length n of the `traj.<phase>.half.*` tensor being recomputed.
+    half_len: i64,
 }
 
 impl<'a> Recompute<'a> {
@@ -685,6 +886,18 @@ impl<'a> Recompute<'a> {
     }
 
     fn grad(&mut self, est: &str, beta: Option<f64>) -> Result<Vec<Tensor>> {
+        if let (Some(b), Some((bo, s0)), true) = (beta, &self.bias, est.starts_with("ep_")) {
+            let key = (format!("bias:{est}"), b.to_bits());
+            if let Some(g) = self.grads.get(&key) {
+                return Ok(g.iter().map(|t| t.shallow_clone()).collect());
+            }
+            let (m, p, batch) = (&self.inst.model, &self.inst.params[..], &self.inst.batch);
+            let f = m.param_derivative(p, batch, s0);
+            self.f_norm = self.f_norm.max(f.iter().map(norm2).fold(0.0, f64::max));
+            let g = super::bias::point_estimate(m, p, batch, s0, est, b, bo)?;
+            self.grads.insert(key, g.iter().map(|t| t.shallow_clone()).collect());
+            return Ok(g);
+        }
         let beta = beta.unwrap_or(self.o.beta);
         let key = (est.to_string(), beta.to_bits());
         if let Some(g) = self.grads.get(&key) {
@@ -751,6 +964,36 @@ impl<'a> Recompute<'a> {
         Ok(&self.gdu[&beta.to_bits()])
     }
 
+    /// The `async2` half states of a phase, iterations 1…n: from s_{t−1}, the group-A layers updated (their drives all
+    /// from s_{t−1}), group B left as in s_{t−1}. The phase starts as `traj.<phase>.*` does (free: zeros; ±β: the
+    /// free state).
+    fn half_states(&mut self, ph: &str, n: i64) -> Result<Vec<State>> {
+        let (m, p, batch) = (&self.inst.model, &self.inst.params[..], &self.inst.batch);
+        if m.schedule.kind != crate::model::schedule::ScheduleKind::Async2 {
+            return Err(Error::Config(format!("traj.{ph}.half* keys are async2 half states; this model's schedule is {}", m.schedule.key())));
+        }
+        let (init, beta) = match ph {
+            "plus" | "minus" => (self.phase("free")?.0, if ph == "plus" { self.o.beta } else { -self.o.beta }),
+            _ => (m.zeros_state(batch.size(), self.inst.prec), 0.0),
+        };
+        let full = relax(m, p, batch, &init, beta, &RelaxOptions { iters: n - 1, record: true, ..Default::default() }).traj.expect("recorded");
+        let group_a = &m.schedule.groups[0];
+        Ok(full
+            .iter()
+            .take(n as usize)
+            .map(|s| {
+                tch::no_grad(|| {
+                    let us: Vec<Tensor> = group_a.iter().map(|&k| m.drive(p, batch, s, k, beta)).collect();
+                    let mut h: State = s.iter().map(|t| t.shallow_clone()).collect();
+                    for (&k, u) in group_a.iter().zip(us) {
+                        h[k] = m.activate(k, batch, &u);
+                    }
+                    h
+                })
+            })
+            .collect())
+    }
+
     /// epcheck's value of a (non-trajectory) target, in the run dtype.
     fn value(&mut self, t: &Target) -> Result<Tensor> {
         let (m, p, batch) = (&self.inst.model, &self.inst.params[..], &self.inst.batch);
@@ -798,6 +1041,11 @@ impl<'a> Recompute<'a> {
                 let w = relax(m, p, batch, &skip.state, 0.0, &RelaxOptions { iters: kk, record: true, ..Default::default() });
                 Tensor::stack(&w.traj.expect("recorded").iter().map(|s| s[*k].shallow_clone()).collect::<Vec<_>>(), 0)
             }
+            Target::TrajHalf(ph, k) => {
+                let n = self.half_len.max(1);
+                Tensor::stack(&self.half_states(ph, n)?.iter().map(|s| s[*k].shallow_clone()).collect::<Vec<_>>(), 0)
+            }
+            Target::TrajHalfSlice(ph, k, n) => self.half_states(ph, *n)?.pop().expect("n ≥ 1")[*k].shallow_clone(),
             Target::PhiTraj(_) | Target::Traj(..) => unreachable!("trajectories are replayed"),
         })
     }
@@ -818,7 +1066,11 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
     let inst = &case.inst;
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
     let mut rows = Rows::new("conformance", &inst.id, &m.preset, inst.prec.dtype.name());
-    let mut rc = Recompute { inst, o, phases: BTreeMap::new(), grads: BTreeMap::new(), gdu: BTreeMap::new(), f_norm: 0.0 };
+    let bias = match case.bias_phases {
+        true => Some((super::bias::BiasOptions::from_config(&inst.cfg), implicit::star(m, p, batch, None, &inst.cfg.implicit_options())?.state)),
+        false => None,
+    };
+    let mut rc = Recompute { inst, o, phases: BTreeMap::new(), grads: BTreeMap::new(), gdu: BTreeMap::new(), f_norm: 0.0, bias, half_len: 0 };
     let b = batch.size();
     let mut summary = vec![
         format!("Conformance: {} external keys compared ({} skipped by the name map); T = {}, K = {}, β = {}", case.items.len(), case.skipped.len(), o.lengths.t_free, o.lengths.k_nudge, o.beta),
@@ -826,6 +1078,8 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
         "| external key | canonical | class | rel_linf | rel_l2 | max_abs | threshold | verdict |".into(),
         "|---|---|---|---|---|---|---|---|".into(),
     ];
+    // Worst rel_linf per group of keys (states, each estimator and β, each GDU series and β).
+    let mut groups: BTreeMap<String, (usize, f64, &str)> = BTreeMap::new();
     // Keys first (trajectories are grouped by phase below).
     let mut traj_phases: BTreeMap<String, Vec<&Item>> = BTreeMap::new();
     for it in &case.items {
@@ -846,6 +1100,9 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
             let n = it.ext.size()[0] - 1;
             relax(m, p, batch, &init, beta, &RelaxOptions { iters: n, trace_phi: true, ..Default::default() }).phi.expect("traced")
         } else {
+            if let Target::TrajHalf(..) = it.target {
+                rc.half_len = it.ext.size()[0];
+            }
             rc.value(&it.target)?
         };
         let ours = it.transforms.iter().fold(ours, |t, tr| apply_transform(&t, tr, b));
@@ -902,6 +1159,11 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
         let scope = if matches!(class, "param" | "input") { "loaded" } else { "key" };
         rows.verdict(scope, &it.ext_key, &verdict, json!({ "canonical": it.canon, "class": class, "metric": metric, "value": value, "rel_linf": rl, "threshold": thr }));
         summary.push(format!("| {} | {} | {class} | {rl:.3e} | {r2:.3e} | {ma:.3e} | {thr:.1e} | {} |", it.ext_key, it.canon, verdict.display()));
+        if let Some(g) = group_of(&it.target) {
+            let e = groups.entry(g).or_insert((0, 0.0f64, class));
+            e.0 += 1;
+            e.1 = if rl.is_nan() { f64::NAN } else { e.1.max(rl) };
+        }
         // GDU series: per step, and the first step and element where they diverge.
         if matches!(it.target, Target::GduParam(..) | Target::GduNeurons(..)) && it.transforms.is_empty() && finite {
             let k = ours.size()[0];
@@ -1036,9 +1298,169 @@ pub fn run(case: &Case, o: &ConformanceOptions) -> Result<CheckReport> {
             summary.push(format!("|  | {note} | | | | | | |"));
         }
     }
+    if !groups.is_empty() {
+        summary.push(String::new());
+        summary.push("| group | keys | class | worst rel_linf |".into());
+        summary.push("|---|---|---|---|".into());
+        for (g, (n, w, class)) in &groups {
+            summary.push(format!("| {g} | {n} | {class} | {w:.3e} |"));
+        }
+    }
     if !case.skipped.is_empty() {
         summary.push(String::new());
         summary.push(format!("Not compared (name map): {}", case.skipped.join(", ")));
+    }
+    Ok(rows.finish(summary, vec![]))
+}
+
+/// The group of a canonical key for the per-group summary: states, one group per estimator and β, one per GDU
+/// series and β; parameters and inputs are not evidence (None).
+fn group_of(t: &Target) -> Option<String> {
+    let b = |beta: &Option<f64>| beta.map(|b| format!("@{b}")).unwrap_or_default();
+    match t {
+        Target::Param(_) | Target::InputX | Target::InputY | Target::InputOnehot => None,
+        Target::Grad(e, beta, _) => Some(format!("grad.{e}{}", b(beta))),
+        Target::GduParam(s, beta, _) => Some(format!("gdu.{s}{} (parameters)", b(beta))),
+        Target::GduNeurons(s, beta, _) => Some(format!("gdu.{s}{} (neurons)", b(beta))),
+        Target::DPhi(..) => Some("dPhidtheta".into()),
+        _ => Some("states".into()),
+    }
+}
+
+/// The figures of checks §10: `conformance.svg` (log10 `rel_linf` per key as bars, one panel per tolerance class,
+/// the class threshold as a line and each key's own threshold as a grey cross) and `divergence_<phase>.svg`
+/// (`rel_t` solid and `e1_t` dotted against t, log y, the tolerance as a line, t* as a vertical grey line).
+pub fn figures(dir: &Path, rep: &super::CheckReport, instance: &str, opts: &crate::report::style::FigureOptions) -> Result<Vec<std::path::PathBuf>> {
+    use crate::report::style::{self, Figure, HLine, LegendEntry, Line, Marker, Panel, Scale, Style};
+    let verdict = rep.overall.label();
+    let mut out = vec![];
+    // conformance.svg
+    let mut by_class: BTreeMap<String, Vec<(String, f64, f64)>> = BTreeMap::new();
+    for v in rep.verdicts.iter().filter(|v| v.scope == "key") {
+        let d: serde_json::Value = serde_json::from_str(&v.details).unwrap_or_default();
+        let (Some(class), Some(rl), Some(thr)) = (d["class"].as_str(), d["rel_linf"].as_f64(), d["threshold"].as_f64()) else { continue };
+        by_class.entry(class.to_string()).or_default().push((v.name.clone(), rl, thr));
+    }
+    let order = ["state", "grad_exact", "grad_ep"];
+    let mut classes: Vec<&String> = by_class.keys().collect();
+    classes.sort_by_key(|c| order.iter().position(|o| o == c).unwrap_or(order.len()));
+    let mut panels = vec![];
+    for (ci, class) in classes.iter().enumerate() {
+        let keys = &by_class[*class];
+        let positive: Vec<f64> = keys.iter().map(|k| k.1).filter(|v| *v > 0.0 && v.is_finite()).collect();
+        let base = positive.iter().cloned().fold(f64::INFINITY, f64::min).min(1e-17) / 2.0;
+        let mut lines: Vec<Line> = keys.iter().enumerate().filter(|(_, k)| k.1 > 0.0 && k.1.is_finite()).map(|(i, k)| Line::new(vec![(i as f64, base), (i as f64, k.1)], style::color(ci), Style::Solid, None)).collect();
+        lines.push(Line::new(keys.iter().enumerate().map(|(i, k)| (i as f64, k.2)).collect(), style::GREY, Style::Markers, Some("threshold of the key".into())).marker(Marker::Cross));
+        let mut p = Panel::new(format!("class {class}: {} keys", keys.len()), "key (in the order of the summary table)", "rel_linf").scales(Scale::Integer, Scale::Log).lines(lines);
+        let class_thr = keys.iter().map(|k| k.2).fold(f64::INFINITY, f64::min);
+        p.hlines = vec![HLine::new(class_thr, format!("class threshold {class_thr:.1e}"))];
+        p.x_range = Some((-0.5, keys.len() as f64 - 0.5));
+        let zeros = keys.len() - positive.len();
+        if zeros > 0 {
+            p.note = Some(format!("{zeros} key(s) exactly equal (rel_linf = 0, not drawn)"));
+        }
+        panels.push(p);
+    }
+    if !panels.is_empty() {
+        let legend = vec![LegendEntry::text("bar = rel_linf of one external key; colour = tolerance class (panel title)")];
+        out.extend(style::write_figure(dir, &Figure { stem: "conformance".into(), title: format!("conformance — {instance} — {verdict}"), panels, legend }, opts)?);
+    }
+    // divergence_<phase>.svg
+    let mut phases: BTreeMap<String, (Vec<(f64, f64)>, Vec<(f64, f64)>)> = BTreeMap::new();
+    for s in rep.series.iter().filter(|s| s.kind == "divergence") {
+        let e = phases.entry(s.name.clone()).or_default();
+        match s.series.as_str() {
+            "rel_t" => e.0.push((s.t as f64, s.value)),
+            "e1_t" if s.t > 0 => e.1.push((s.t as f64, s.value)),
+            _ => {}
+        }
+    }
+    for (ph, (rel, e1)) in phases {
+        let v = rep.verdicts.iter().find(|v| v.scope == "trajectory" && v.name == ph);
+        let d: serde_json::Value = v.map(|v| serde_json::from_str(&v.details).unwrap_or_default()).unwrap_or_default();
+        let tol = d["tol"].as_f64().unwrap_or(f64::NAN);
+        let mut lines = vec![Line::new(rel.clone(), style::color(0), Style::Solid, Some("rel_t (replay from the external s(0))".into())).marker(Marker::Circle), Line::new(e1.clone(), style::color(1), Style::Dotted, Some("e1_t (one step from the external s(t−1))".into())).marker(Marker::Square)];
+        if let Some(ts) = d["t_star"].as_f64() {
+            let pos: Vec<f64> = rel.iter().chain(e1.iter()).map(|p| p.1).filter(|v| *v > 0.0).collect();
+            let (lo, hi) = (pos.iter().cloned().fold(tol, f64::min), pos.iter().cloned().fold(tol, f64::max));
+            lines.push(Line::new(vec![(ts, lo), (ts, hi)], style::GREY, Style::Solid, Some(format!("first divergence t* = {ts}"))));
+        }
+        // Bitwise agreement at every t has nothing to draw on a log axis: a linear axis then shows the zeros.
+        let any_pos = rel.iter().chain(e1.iter()).any(|p| p.1 > 0.0);
+        let mut p = Panel::new(format!("phase {ph}"), "iteration t", "relative error (max over layers)").scales(Scale::Integer, if any_pos { Scale::Log } else { Scale::Linear }).lines(lines);
+        p.hlines = vec![HLine::new(tol, format!("tol(state) = {tol:.1e}"))];
+        let zeros = rel.iter().chain(e1.iter()).filter(|p| p.1 == 0.0).count();
+        if !any_pos {
+            p.note = Some("exactly equal at every t (linear axis)".into());
+        } else if zeros > 0 {
+            p.note = Some(format!("{zeros} point(s) exactly 0 (not drawn)"));
+        }
+        let title = format!("conformance — {instance} — trajectory {ph} — {}", v.map(|v| v.verdict.as_str()).unwrap_or(verdict));
+        out.extend(style::write_figure(dir, &Figure { stem: format!("divergence_{ph}"), title, panels: vec![p], legend: vec![] }, opts)?);
+    }
+    Ok(out)
+}
+
+/// `compare` with a metrics-only map (`ernoult_gdu`): the file's BPTT and EP series are paired with each other and
+/// scored by the GDU metrics of checks §1 (nothing is recomputed: verdicts are `info`). Cumulative weight series
+/// (`NT`/`DT`) give `ern_rel` on the cumulative form (the reference's quirk E1) and `lab_rmse`, `sign_err`, `rel_l2`
+/// on the per-step form (`diff`); per-step neuron series (`nS`/`dS`) give all of them on the per-step form.
+pub fn run_metrics_only(file: &Path, instance: &str) -> Result<CheckReport> {
+    let ext = read_external(file)?;
+    let keys: Vec<String> = ext.keys().cloned().collect();
+    let pairs = ernoult_pairs(&keys);
+    if pairs.is_empty() {
+        return Err(Error::file(file, format!("ernoult_gdu: no NT.<w>/DT.<w> or nS.<i>/dS.<i> pairs among the {} keys ({})", keys.len(), keys.iter().take(8).cloned().collect::<Vec<_>>().join(", "))));
+    }
+    for (n, d, _) in &pairs {
+        if ext[n].size() != ext[d].size() || ext[n].dim() < 1 {
+            return Err(Error::file(file, format!("shape mismatch: '{n}' has shape {:?}, '{d}' has {:?} (expected equal, time first)", ext[n].size(), ext[d].size())));
+        }
+        if !all_finite(&ext[n]) || !all_finite(&ext[d]) {
+            return Err(Error::file(file, format!("non-finite value in '{n}' or '{d}'")));
+        }
+    }
+    let mut rows = Rows::new("conformance", instance, "external (metrics only)", "f64");
+    let mut summary = vec![
+        format!("Metrics only (`ernoult_gdu`): {} BPTT/EP series pairs of the file scored against each other; nothing is recomputed (the reference's models are not epcheck models).", pairs.len()),
+        String::new(),
+        "| BPTT series | EP series | form | ern_rel_mean | ern_rel_std | lab_rmse | sign_err | rel_l2 |".into(),
+        "|---|---|---|---|---|---|---|---|".into(),
+    ];
+    let series = |t: &Tensor| -> mx::Series {
+        let k = t.size()[0];
+        let e = (t.numel() as i64 / k.max(1)) as usize;
+        mx::Series::new(k as usize, e, to_vec_f64(&t.reshape([k, -1])))
+    };
+    for (n, d, form) in &pairs {
+        let (r, a) = (series(&ext[n]), series(&ext[d]));
+        let (ern_m, ern_s) = mx::ern_rel(&a, &r);
+        let diff = |s: &mx::Series| -> mx::Series {
+            let mut v = s.data.clone();
+            for t in (1..s.k).rev() {
+                for e in 0..s.e {
+                    v[t * s.e + e] -= s.data[(t - 1) * s.e + e];
+                }
+            }
+            mx::Series::new(s.k, s.e, v)
+        };
+        let (rs, as_) = if *form == "cum" { (diff(&r), diff(&a)) } else { (r.clone(), a.clone()) };
+        let (lab, _, _, _) = mx::lab_rmse(&as_, &rs);
+        let (sg, r2) = (mx::sign_err(&as_.data, &rs.data), mx::rel_l2(&as_.data, &rs.data));
+        let name = format!("{n} vs {d}");
+        for (m, v) in [("ern_rel_mean", ern_m), ("ern_rel_std", ern_s), ("lab_rmse", lab), ("sign_err", sg), ("rel_l2", r2)] {
+            let mut row = rows.row("pair", &name, m, v);
+            row.series_form = Some(if m.starts_with("ern_rel") { form.to_string() } else { "step".into() });
+            rows.push(row);
+        }
+        rows.verdict("pair", &name, &Verdict::Info, json!({ "bptt": n, "ep": d, "form": form, "ern_rel_mean": ern_m, "ern_rel_std": ern_s, "lab_rmse": lab }));
+        summary.push(format!("| {n} | {d} | {form} | {ern_m:.4e} | {ern_s:.4e} | {lab:.4e} | {sg:.4} | {r2:.4e} |"));
+    }
+    let used: Vec<&String> = pairs.iter().flat_map(|(n, d, _)| [n, d]).collect();
+    let unused: Vec<&String> = keys.iter().filter(|k| !used.contains(k)).collect();
+    if !unused.is_empty() {
+        summary.push(String::new());
+        summary.push(format!("Not used: {}", unused.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
     }
     Ok(rows.finish(summary, vec![]))
 }

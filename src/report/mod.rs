@@ -217,6 +217,7 @@ pub fn write_run(out: &Path, command: &str, inst: &Instance, reports: &[CheckRep
                 figs.extend(figures::bias_figures(&fdir, &r.metrics, &order, &inst.id, verdict, &opts)?);
             }
             "refs" => figs.extend(figures::refs_figure(&fdir, &r.metrics, &inst.id, verdict, &opts)?),
+            "conformance" => figs.extend(crate::checks::conformance::figures(&fdir, r, &inst.id, &opts)?),
             _ => {}
         }
     }
