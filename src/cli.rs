@@ -61,8 +61,9 @@ pub enum Command {
     /// Write <DIR>/index.html: one row per run folder (and job page) in DIR with its verdict and digest.
     #[command(after_help = "Example:\n  epcheck index reports/runs\n\nscripts/main-job ends with it; the page: docs/reports.md")]
     Index(IndexArgs),
-    /// Fuzz random architecture graphs against the invariants (local, BPTT = FD, EP → BPTT, holomorphic N = 2).
-    #[command(after_help = "Example:\n  epcheck fuzz --cases 20 --seed 1\n\nThe invariants: docs/checks.md#fuzz")]
+    /// Fuzz random architecture graphs of a family (built-in, or --family FILE) against the properties (local,
+    /// BPTT = FD, EP → BPTT, holomorphic N = 2, audit, converge, gdu, holo_bias); failures are shrunk.
+    #[command(after_help = "Example:\n  epcheck fuzz --cases 20 --seed 1\n\nFamilies, properties and shrinking: docs/fuzz.md")]
     Fuzz(crate::fuzz::FuzzArgs),
     /// Join the run folders of a sharded campaign (`fuzz --shard i/n`) into one run folder: one table, summary,
     /// JUnit file and index.html; refuses shards of different campaigns.
@@ -199,7 +200,7 @@ pub struct Common {
     /// Architecture graph file (TOML, see `epcheck preset NAME --emit-toml`): the model comes from it.
     #[arg(long)]
     pub graph: Option<PathBuf>,
-    /// Scripted energy: Φ written in PyTorch, saved as TorchScript (docs/scripted.md): the model comes from it.
+    /// Scripted energy: Φ written in PyTorch, saved as TorchScript (docs/scripted.md): the model comes from it (default: none).
     #[arg(long)]
     pub energy: Option<PathBuf>,
     /// Override any configuration key, e.g. --set checks.gdu.bias_const=5 (repeatable).

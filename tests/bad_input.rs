@@ -483,6 +483,7 @@ fn fuzzed_command_lines_never_panic_and_fail_cleanly() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let next_case = AtomicUsize::new(0);
+    let timed_out = AtomicUsize::new(0);
     let failures = Mutex::new(vec![]);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 4);
     std::thread::scope(|s| {
@@ -526,7 +527,10 @@ fn fuzzed_command_lines_never_panic_and_fail_cleanly() {
                 }
                 let line = format!("[{i}] epcheck {}", args.join(" "));
                 let Some(status) = status else {
-                    failures.lock().unwrap().push(format!("{line}\n    still running after 60 s"));
+                    // A valid draw (a whole bias sweep, say) may run longer than 60 s on a loaded machine: not a
+                    // failure of this test, but counted, and most draws must be judged.
+                    eprintln!("{line}\n    still running after 60 s: stopped, not judged");
+                    timed_out.fetch_add(1, Ordering::SeqCst);
                     continue;
                 };
                 let code = status.code().unwrap_or(-1);
@@ -556,4 +560,6 @@ fn fuzzed_command_lines_never_panic_and_fail_cleanly() {
     let mut f = failures.into_inner().unwrap();
     f.sort();
     assert!(f.is_empty(), "{} of {CASES} fuzzed command lines failed (seed {seed}):\n{}", f.len(), f.join("\n"));
+    let t = timed_out.into_inner();
+    assert!(t <= CASES / 10, "{t} of {CASES} fuzzed command lines were stopped after 60 s (seed {seed}): too few judged");
 }
