@@ -96,7 +96,7 @@ pub struct IndexArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct PresetArgs {
-    /// Preset name: p-mlp, hopfield-resnet13, vgg5-dchn, vgg5-dchn-rain, imdb-hopfield, snli-hopfield, or a
+    /// Preset name: p-mlp, p-mlp-holo-toy, hopfield-resnet13, vgg5-dchn, vgg5-dchn-rain, imdb-hopfield, snli-hopfield, or a
     /// training variant NAME-train, imdb-hopfield-train-paper, snli-hopfield-train-paper.
     pub name: String,
     /// Override any configuration key (sizes, options), e.g. --set height=8 (repeatable).
@@ -189,7 +189,7 @@ pub struct RefsArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// Preset: p-mlp (default), hopfield-resnet13, vgg5-dchn, vgg5-dchn-rain, imdb-hopfield, snli-hopfield;
+    /// Preset: p-mlp (default), p-mlp-holo-toy, hopfield-resnet13, vgg5-dchn, vgg5-dchn-rain, imdb-hopfield, snli-hopfield;
     /// training variants NAME-train of each, imdb-hopfield-train-paper, snli-hopfield-train-paper
     /// (docs/presets.md; `epcheck preset NAME` describes one).
     #[arg(long)]
