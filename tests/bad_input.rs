@@ -500,8 +500,11 @@ fn fuzzed_command_lines_never_panic_and_fail_cleanly() {
                 let mut a: Vec<String> = args.iter().map(|x| x.replace("{d}", d.to_str().unwrap())).collect();
                 a.push("--out".into());
                 a.push(out.to_str().unwrap().into());
+                // In the case's own folder: a relative path drawn as a value (`--dump 18446744073709551616`) is
+                // written there, never into the repository.
                 let mut child = Command::new(env!("CARGO_BIN_EXE_epcheck"))
                     .args(&a)
+                    .current_dir(&root)
                     .env("RUST_BACKTRACE", "1")
                     .env("OMP_NUM_THREADS", "1")
                     .stdout(std::process::Stdio::null())

@@ -255,15 +255,7 @@ pub fn canonical_alias(key: &str) -> String {
     // SeqLearning-style GDU series: `gdu.ep.<p>` / `gdu.ep_neg.<p>`, `gdu.<series>.neurons_<j>` (0-based j).
     if let Some(rest) = key.strip_prefix("gdu.") {
         if let Some((series, tail)) = rest.split_once('.') {
-            let series = match series {
-                "ep" => "ep_plus",
-                "ep_neg" => "ep_minus",
-                s => s,
-            };
-            let tail = match tail.strip_prefix("neurons_").and_then(|j| j.parse::<usize>().ok()) {
-                Some(j) => format!("neurons.L{}", j + 1),
-                None => tail.to_string(),
-            };
+            let (series, tail) = seq_gdu_alias(series, tail);
             return format!("gdu.{series}.{tail}");
         }
     }
@@ -281,6 +273,21 @@ pub fn canonical_alias(key: &str) -> String {
         return format!("{}.{}.{}", parts[0], parts[1], lname(parts[2]));
     }
     key.to_string()
+}
+
+/// The sequence-learning code's GDU names: series `ep`/`ep_neg` are `ep_plus`/`ep_minus`, and `neurons_<j>`
+/// (0-based) is layer `L<j+1>`; anything else is kept.
+fn seq_gdu_alias<'a>(series: &'a str, tail: &str) -> (&'a str, String) {
+    let series = match series {
+        "ep" => "ep_plus",
+        "ep_neg" => "ep_minus",
+        s => s,
+    };
+    let tail = match tail.strip_prefix("neurons_").and_then(|j| j.parse::<usize>().ok()) {
+        Some(j) => format!("neurons.L{}", j + 1),
+        None => tail.to_string(),
+    };
+    (series, tail)
 }
 
 /// What a canonical key asks epcheck to recompute.
@@ -641,15 +648,7 @@ pub fn load_case(file: &Path, map: &NameMap, mut cfg: RunConfig, params_file: Op
         for (e, c, _) in resolved.iter_mut() {
             if let Some(rest) = c.strip_prefix("gdu_small.") {
                 let (series, tail) = rest.split_once('.').ok_or_else(|| Error::file(file, format!("'{e}': expected gdu_small.<ep|ep_neg>.<name>")))?;
-                let series = match series {
-                    "ep" => "ep_plus",
-                    "ep_neg" => "ep_minus",
-                    s => s,
-                };
-                let tail = match tail.strip_prefix("neurons_").and_then(|j| j.parse::<usize>().ok()) {
-                    Some(j) => format!("neurons.L{}", j + 1),
-                    None => tail.to_string(),
-                };
+                let (series, tail) = seq_gdu_alias(series, tail);
                 *c = format!("gdu.{series}@{beta}.{tail}");
             }
         }
