@@ -1206,18 +1206,11 @@ impl RunConfig {
     }
 }
 
-/// Levenshtein distance (for "did you mean" suggestions: unknown config keys, compare's unmapped keys).
+/// Edit distance with adjacent transpositions counted as one edit (optimal string alignment, `strsim`), so that
+/// `mnsit` is one edit from `mnist`: for "did you mean" suggestions (unknown config keys, presets, datasets,
+/// compare's unmapped keys).
 pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
+    strsim::osa_distance(a, b)
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a plausible typo.

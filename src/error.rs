@@ -5,8 +5,10 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("config: {0}")]
     Config(String),
-    #[error("unknown preset '{0}' (known: {1})")]
+    #[error("unknown preset '{0}' (known: {1}){hint}", hint = did_you_mean(.0, .1))]
     UnknownPreset(String, String),
+    #[error("--dataset: unknown dataset '{0}' (known: {1}){hint}", hint = did_you_mean(.0, .1))]
+    UnknownDataset(String, String),
     #[error("{path}: {msg}")]
     File { path: PathBuf, msg: String },
     #[error("missing key: {0}")]
@@ -27,6 +29,11 @@ pub enum Error {
     Torch(String),
     #[error("report: {0}")]
     Report(String),
+}
+
+/// "; did you mean 'x'?" for the closest of a comma-separated list of known names, or nothing.
+fn did_you_mean(name: &str, known: &str) -> String {
+    crate::config::closest(name, known.split(", ")).map(|c| format!("; did you mean '{c}'?")).unwrap_or_default()
 }
 
 impl From<tch::TchError> for Error {

@@ -286,6 +286,8 @@ fn cases() -> Vec<Case> {
         (format!("train {t} --set train.lr=[]"), "train.lr must be"),
         (format!("train {t} --set train.bogus=1"), "unknown field `bogus`"),
         (format!("train {t} --seed 18446744073709551615"), "--seed must be ≤"),
+        (format!("train {t} --dataset bogus"), "--dataset: unknown dataset 'bogus'"),
+        (format!("train {t} --dataset mnsit"), "did you mean 'mnist'?"),
     ] {
         v.push(case(args, vec![], 2, frag));
     }
@@ -305,6 +307,7 @@ fn cases() -> Vec<Case> {
     // preset.
     for (args, frag) in [
         ("preset bogus", "unknown preset 'bogus'"),
+        ("preset p-mpl", "did you mean 'p-mlp'?"),
         ("preset p-mlp --set archi=[6,0,3]", "≥ 1"),
         ("preset hopfield-resnet13 --set height=100000000000", "out of range"),
         ("preset vgg5-dchn --set widths=[1,2,3,-4]", "out of range"),

@@ -456,7 +456,7 @@ fn image_errors_are_clear() {
     assert_eq!(m, "shape mismatch: images of shape 1×8×8 do not fit preset expecting 3×32×32");
     images::check_fits([3, 32, 32], 3, 32).unwrap();
     assert_eq!(images::preset_shape("fashion-mnist").unwrap(), [1, 32, 32]);
-    assert!(matches!(images::load("svhn", dir.path(), Split::Train), Err(Error::UnknownPreset(..))));
+    assert!(matches!(images::load("svhn", dir.path(), Split::Train), Err(Error::UnknownDataset(..))));
     let mut ds = images::load("digits", &fx("digits"), Split::Test).unwrap();
     let (_, m) = err_msg(ds.set_normalization(Normalization::MeanStd { mean: vec![0.5], std: vec![0.0] }));
     assert!(m.contains("std 0 is not a positive number"), "{m}");
@@ -707,7 +707,7 @@ fn text_batches_shuffle_partial_and_errors() {
     assert!(m.contains("review.txt") && m.contains("<id>_<rating>.txt"), "{m}");
     assert!(matches!(
         text::load("yelp", dir.path(), Split::Train, &fx("word2vec/vectors.bin"), &opts),
-        Err(Error::UnknownPreset(..))
+        Err(Error::UnknownDataset(..))
     ));
 }
 

@@ -96,7 +96,7 @@ pub fn preset_shape(name: &str) -> Result<[usize; 3]> {
 }
 
 fn find_preset(name: &str) -> Result<&'static Preset> {
-    PRESETS.iter().find(|p| p.name == name).ok_or_else(|| Error::UnknownPreset(name.into(), preset_names().join(", ")))
+    PRESETS.iter().find(|p| p.name == name).ok_or_else(|| Error::UnknownDataset(name.into(), preset_names().join(", ")))
 }
 
 /// Loads a dataset preset with its defaults from `root` (the folder holding the files, or the official archive's

@@ -168,7 +168,7 @@ fn read_raw(name: &str, root: &Path, split: Split, opts: &TextOptions) -> Result
             });
             read_snli(&path, max)
         }
-        _ => Err(Error::UnknownPreset(name.into(), "imdb, snli".into())),
+        _ => Err(Error::UnknownDataset(name.into(), "imdb, snli".into())),
     }
 }
 
