@@ -12,7 +12,7 @@ use tch::{Kind, Tensor};
 /// Reads every tensor of a safetensors file (F64, F32, I64, I32, U8, BOOL) as CPU tensors.
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| not_safetensors(path, &bytes, e))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
@@ -29,6 +29,22 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// The error for a file that safetensors cannot read, saying what the file is when that is recognisable (empty,
+/// a NumPy `.npz`/`.npy`, text) and what was expected.
+pub fn not_safetensors(path: &Path, bytes: &[u8], e: impl std::fmt::Display) -> Error {
+    let what = if bytes.is_empty() {
+        "an empty file (0 bytes)".to_string()
+    } else if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        "a zip archive (NumPy .npz?)".to_string()
+    } else if bytes.starts_with(b"\x93NUMPY") {
+        "a NumPy .npy array".to_string()
+    } else {
+        format!("not a safetensors file ({e})")
+    };
+    let hint = if what.starts_with("not") { "" } else { ", not a safetensors file" };
+    Error::file(path, format!("{what}{hint}: expected safetensors (an 8-byte header length, a JSON header, the data; docs/interchange.md); `epcheck compare` also reads .npz"))
 }
 
 fn st_dtype(kind: Kind) -> Result<StDtype> {

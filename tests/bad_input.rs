@@ -160,6 +160,8 @@ fn cases() -> Vec<Case> {
         v.push(case(format!("{c} {t} --input {{d}}/x.safetensors"), vec![("x.safetensors", input(ramp(&[2, 6]), Tensor::from_slice(&[0i64, 7])))], 2, "label outside"));
         v.push(case(format!("{c} {t} --input {{d}}/x.safetensors"), vec![("x.safetensors", text("hello"))], 2, "not a safetensors file"));
         v.push(case(format!("{c} {t} --input {{d}}/x.safetensors"), vec![("x.safetensors", vec![])], 2, "not a safetensors file"));
+        v.push(case(format!("{c} {t} --input {{d}}/x.npz"), vec![("x.npz", vec![])], 2, "x.npz: an empty file (0 bytes), not a safetensors file"));
+        v.push(case(format!("{c} {t} --params {{d}}/p.npz"), vec![("p.npz", b"PK\x03\x04\x14\x00\x00\x00".to_vec())], 2, "a zip archive (NumPy .npz?)"));
         v.push(case(format!("{c} {t} --input {{d}}/nope.safetensors"), vec![], 2, "no such file"));
         let mut extra = params();
         extra.push(("param.synapses.2.bias", ramp(&[3])));

@@ -37,7 +37,7 @@ pub struct StatRow {
 /// the metadata.
 pub fn load_set(tag: &str, path: &Path) -> Result<WeightSet> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| crate::io::not_safetensors(path, &bytes, e))?;
     let md = meta.metadata().clone().unwrap_or_default();
     let cfg_json = md.get("epcheck.config").ok_or_else(|| Error::file(path, "no epcheck.config metadata: not a checkpoint written by epcheck train"))?;
     // The recorded configuration holds only the keys the model reads: resolve it over the preset defaults.

@@ -395,7 +395,7 @@ pub fn save_checkpoint(path: &Path, model: &Model, cfg: &RunConfig, params: &[Te
 /// Reads the number of completed epochs of a checkpoint.
 pub fn checkpoint_epochs(path: &Path) -> Result<usize> {
     let bytes = std::fs::read(path).map_err(|e| Error::file(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::file(path, format!("not a safetensors file: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| crate::io::not_safetensors(path, &bytes, e))?;
     meta.metadata()
         .as_ref()
         .and_then(|m| m.get("epcheck.train.epochs_done"))
