@@ -5,6 +5,7 @@
 //! The modules are written by `fixtures/scripted/models.py` with the repository's `.venv` python (torch only);
 //! without it the tests print `skipped` and return.
 mod common;
+use common::{epcheck, python, root};
 
 use epcheck::config::RunConfig;
 use epcheck::estimators::{self, bptt, Estimator, PhaseLengths};
@@ -14,21 +15,6 @@ use epcheck::model::Model;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Tensor};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    let py = root().join(".venv/bin/python");
-    let ok = Command::new(&py).args(["-c", "import torch"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if ok {
-        Some(py)
-    } else {
-        println!("skipped: {} cannot import torch", py.display());
-        None
-    }
-}
 
 /// Writes fixture module `kind` (with `key=value` options) into `dir`.
 fn module(py: &Path, dir: &Path, kind: &str, opts: &[&str]) -> PathBuf {
@@ -42,11 +28,6 @@ fn module(py: &Path, dir: &Path, kind: &str, opts: &[&str]) -> PathBuf {
 fn modules(py: &Path, dir: &Path, kinds: &[&str]) {
     let o = Command::new(py).args(["-W", "ignore"]).arg(root().join("fixtures/scripted/models.py")).arg("many").arg(dir).args(kinds).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn epcheck(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(args).env("OMP_NUM_THREADS", "1").output().expect("binary runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 fn rel(a: &[Tensor], r: &[Tensor]) -> f64 {

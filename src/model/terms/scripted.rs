@@ -14,11 +14,14 @@
 //!
 //! The module also has `spec() -> str`: JSON with the input shape, the layers (name, shape, activation), the
 //! parameters (canonical name, shape, init bound), the loss, the schedule and, optionally, the input range and
-//! `drives: true`. `python/epcheck_energy.py` writes it.
+//! `drives: true`. A layer's update is an activation by name or an update map (`update`: epcheck's attention
+//! map, or the module's own `update`/`potential` methods, `crate::model::scripted_update`). `python/epcheck_energy.py` writes it.
 use super::{Node, Term};
 use crate::model::activation::Activation;
 use crate::model::loss::Loss;
 use crate::model::schedule::Schedule;
+use crate::model::scripted_update::ScriptedMap;
+use crate::model::update_map::UpdateMap;
 use crate::model::{Init, LayerSpec, Model, ParamSpec};
 use crate::{Error, Result};
 use serde::Deserialize;
@@ -34,7 +37,12 @@ pub const KIND: &str = "scripted";
 struct SpecLayer {
     name: String,
     shape: Vec<i64>,
-    activation: String,
+    /// An elementwise activation by name, or (instead) `update`.
+    #[serde(default)]
+    activation: Option<String>,
+    /// A vector update map (`crate::model::scripted_update`): `{"kind": "attention", …}` or `{"kind": "scripted"}`.
+    #[serde(default)]
+    update: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -82,6 +90,8 @@ pub struct Scripted {
     slots: Vec<Node>,
     params: Vec<usize>,
     custom_drives: bool,
+    /// The layers updated by the module's own `update`/`potential` (checked with Φ before a run).
+    maps: Vec<(usize, Arc<ScriptedMap>)>,
     cache: Mutex<Option<Cached>>,
 }
 
@@ -239,6 +249,9 @@ impl Scripted {
         if let Some(k) = u.iter().position(|t| !crate::tensor_util::all_finite(t)) {
             return Err(Error::file(&self.path, format!("the drive ∂Φ/∂s of layer {} is not finite (NaN or inf) at the zero state", k + 1)));
         }
+        for (k, map) in &self.maps {
+            map.check(s[0], &s[k + 1].zeros_like())?;
+        }
         Ok(())
     }
 }
@@ -350,6 +363,7 @@ pub fn load_file(path: &Path, device: Device) -> Result<Model> {
         Err(_) => return Err(Error::file(path, "the module has no method spec() -> str (the layers, parameters and loss as JSON): save it with python/epcheck_energy.py, docs/scripted.md")),
     };
     let spec: Spec = serde_json::from_str(&json).map_err(|e| Error::file(path, format!("spec(): {}", first_line(&e))))?;
+    let module = Arc::new(module);
     let bad = |m: String| Error::file(path, format!("spec(): {m}"));
     let sizes_ok = |s: &[i64]| !s.is_empty() && s.iter().all(|&d| d >= 1);
     if !sizes_ok(&spec.input) {
@@ -359,11 +373,22 @@ pub fn load_file(path: &Path, device: Device) -> Result<Model> {
         return Err(bad("layers and params must each list at least one entry".into()));
     }
     let mut layers = Vec::new();
-    for l in &spec.layers {
+    let (mut update_maps, mut scripted_maps): (Vec<(usize, Arc<dyn UpdateMap>)>, Vec<(usize, Arc<ScriptedMap>)>) = (vec![], vec![]);
+    for (k, l) in spec.layers.iter().enumerate() {
         if !sizes_ok(&l.shape) {
             return Err(bad(format!("layer '{}' has shape {:?}: every size must be ≥ 1", l.name, l.shape)));
         }
-        let act = Activation::parse(&l.activation).map_err(|e| bad(format!("layer '{}': {}", l.name, first_line(&e))))?;
+        let act = match (&l.activation, &l.update) {
+            (Some(_), Some(_)) => return Err(bad(format!("layer '{}': give either activation or update, not both", l.name))),
+            (None, None) => return Err(bad(format!("layer '{}': missing activation (or update map)", l.name))),
+            (Some(a), None) => Activation::parse(a).map_err(|e| bad(format!("layer '{}': {}", l.name, first_line(&e))))?,
+            (None, Some(u)) => {
+                let (map, scripted) = crate::model::scripted_update::parse(u, k, &l.name, &l.shape, &spec.input, &module, &path.display().to_string()).map_err(bad)?;
+                update_maps.push((k, map));
+                scripted_maps.extend(scripted.map(|m| (k, m)));
+                Activation::Identity
+            }
+        };
         layers.push(LayerSpec { name: l.name.clone(), shape: l.shape.clone(), activation: act });
     }
     let mut params = Vec::new();
@@ -399,8 +424,11 @@ pub fn load_file(path: &Path, device: Device) -> Result<Model> {
     };
     let mut slots = vec![Node::Input(0)];
     slots.extend((0..n).map(Node::Layer));
-    let term = Scripted { module: Arc::new(module), path: path.display().to_string(), slots, params: (0..params.len()).collect(), custom_drives: spec.drives, cache: Mutex::new(None) };
+    let term = Scripted { module, path: path.display().to_string(), slots, params: (0..params.len()).collect(), custom_drives: spec.drives, maps: scripted_maps, cache: Mutex::new(None) };
     let mut m = Model::new("energy", vec![spec.input.clone()], layers, params, vec![Box::new(term)], loss, schedule).map_err(|e| bad(first_line(&e)))?;
+    for (k, map) in update_maps {
+        m = m.with_update_map(k, map).map_err(|e| bad(first_line(&e)))?;
+    }
     if let Some([lo, hi]) = spec.input_range {
         if !(lo.is_finite() && hi.is_finite() && lo < hi) {
             return Err(bad(format!("input_range must be [lo, hi] with lo < hi, got [{lo}, {hi}]")));
