@@ -172,6 +172,99 @@ fn resnet13_as_scripted_energy_matches_the_native_preset() {
     assert!(rel(&s.tensors, &a.tensors) <= 1e-10);
 }
 
+/// The tiny IMDB attention model of tests/attention.rs (L = 5, d = 4, fc 6-4-2, B = 3), in float64.
+fn tiny_imdb() -> Instance {
+    let mut cfg = RunConfig::preset_defaults("imdb-hopfield").unwrap();
+    cfg.batch = 3;
+    cfg.seq_len = Some(5);
+    cfg.embed_dim = Some(4);
+    cfg.widths = Some(vec![6, 4, 2]);
+    cfg.dtype = "f64".into();
+    Instance::from_config(cfg).unwrap()
+}
+
+/// The scripted IMDB twin with L1's update given as `map` (fixtures/scripted/models.py imdb map=…); the map's
+/// key must be `key` (epcheck's attention map by name, or the module's own methods).
+fn imdb_twin(py: &Path, dir: &Path, native: &Instance, map: &str, key: &str) -> Model {
+    let dir = dir.join(map);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = module(py, &dir, "imdb", &[&format!("map={map}")]);
+    let m = scripted_twin(native, &file);
+    assert_eq!(m.update_map(0).map(|u| u.key()), Some(key), "{map}: L1's update map");
+    assert_eq!(native.model.update_map(0).map(|u| u.key()), Some("attention"));
+    assert!((1..m.layers.len()).all(|k| m.update_map(k).is_none()));
+    m
+}
+
+/// The IMDB model with L1's update named from epcheck's list (`attention`, with its keys, queries and scale in
+/// the spec): the same engine as the native preset, implicit differentiation included.
+#[test]
+fn imdb_with_the_attention_map_by_name_matches_the_native_preset() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let native = tiny_imdb();
+    let m = imdb_twin(&py, d.path(), &native, "attention", "attention");
+    let len = PhaseLengths { t_free: 30, k_nudge: 10, tol: None };
+    assert_same_engine(&native, &m, len, &[Estimator::EpPlus, Estimator::EpCentered, Estimator::Bptt, Estimator::BpttTrunc]);
+    let io = estimators::implicit::ImplicitOptions::for_dtype(native.prec.dtype);
+    let a = estimators::implicit::implicit(&native.model, &native.params, &native.batch, &io).unwrap();
+    let s = estimators::implicit::implicit(&m, &native.params, &native.batch, &io).unwrap();
+    let r = rel(&s.grad.tensors, &a.grad.tensors);
+    assert!(r <= 1e-10, "implicit: {r:e}");
+}
+
+/// L1's update as the module's own TorchScript functions: G(u, x) and ψ(u, x) both written out (`scripted`), or
+/// only ψ with G = ∇ψ by autograd (`potential`). J·v by double backward; the native attention map's closed-form
+/// Jacobian (hopfield-attention §4.4) is the oracle through BPTT, the GDU series and implicit differentiation.
+#[test]
+fn imdb_with_scripted_update_functions_matches_the_native_preset() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let native = tiny_imdb();
+    let len = PhaseLengths { t_free: 25, k_nudge: 8, tol: None };
+    for map in ["scripted", "potential"] {
+        let m = imdb_twin(&py, d.path(), &native, map, "scripted");
+        println!("map = {map}");
+        assert_same_engine(&native, &m, len, &[Estimator::EpCentered, Estimator::Bptt]);
+        // J·v of the scripted map (autograd double backward) against the closed form, at a random drive.
+        let _rng = epcheck::tensor_util::rng_lock();
+        tch::manual_seed(17);
+        let u = native.model.zeros_state(native.batch.size(), native.prec)[0].randn_like();
+        let v = u.randn_like();
+        let (a, s) = (native.model.jacobian_apply(0, &native.batch, &u, &v), m.jacobian_apply(0, &native.batch, &u, &v));
+        let r = rel(&[s], &[a]);
+        assert!(r <= 1e-12, "{map}: J·v differs from the closed form: {r:e}");
+        let (a, s) = (native.model.activate(0, &native.batch, &u), m.activate(0, &native.batch, &u));
+        assert!(rel(&[s], &[a]) <= 1e-12, "{map}: G differs");
+    }
+}
+
+/// A planted non-energy in the update map: G(u) = softmax(c·u xᵀ) x + 0.2·u K with K antisymmetric (not ∇ψ, and
+/// not the gradient of anything): `audit` fails on L1 (A4 Jacobian asymmetry, A5m G ≠ ∇ψ) and `gdu` fails (EP,
+/// which assumes a gradient map, ≠ BPTT, which differentiates what runs). The same module without the rotation
+/// (`map=scripted`) passes audit.
+#[test]
+fn a_scripted_update_that_is_not_a_gradient_is_caught_by_audit_and_gdu() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let (ds, dg) = (d.path().join("skew"), d.path().join("good"));
+    std::fs::create_dir_all(&ds).unwrap();
+    std::fs::create_dir_all(&dg).unwrap();
+    let skew = module(&py, &ds, "imdb", &["map=skew"]);
+    let out = d.path().join("runs");
+    let o = out.to_str().unwrap();
+    let (code, stdout, stderr) = epcheck(&["audit", "--energy", skew.to_str().unwrap(), "--out", o, "--batch", "3"]);
+    assert_eq!(code, 1, "audit: {stdout}\n{stderr}");
+    assert!(stdout.contains("update map not a gradient map: layer L1") && stdout.contains("A5m:L1"), "audit must name L1: {stdout}");
+    let (code, stdout, stderr) = epcheck(&["gdu", "--energy", skew.to_str().unwrap(), "--out", o, "--batch", "3", "--T", "30", "--K", "8"]);
+    assert_eq!(code, 1, "gdu: {stdout}\n{stderr}");
+    assert!(stdout.contains("fail") && stdout.contains("synapses.0.weight"), "gdu must name the failing tensor: {stdout}");
+    let good = module(&py, &dg, "imdb", &["map=scripted"]);
+    let (code, stdout, _) = epcheck(&["audit", "--energy", good.to_str().unwrap(), "--out", o, "--batch", "3"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("pass"), "{stdout}");
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
