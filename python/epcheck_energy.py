@@ -62,6 +62,9 @@ def _norm_spec(spec: dict) -> dict:
     out = {"input": list(inp), "layers": layers, "params": params, "loss": spec.get("loss", "mse"), "schedule": spec.get("schedule", "sync")}
     if spec.get("drives"):
         out["drives"] = True
+    if spec.get("complex_safe"):
+        # Φ is holomorphic in the states with real coefficients (holomorphic EP): epcheck verifies it on a probe.
+        out["complex_safe"] = True
     if spec.get("input_range") is not None:
         out["input_range"] = [float(v) for v in spec["input_range"]]
     return out
@@ -83,7 +86,7 @@ def _random(shape_list, b, gen, dtype, lo=0.0, hi=1.0):
     return [torch.rand([b] + list(s), generator=gen, dtype=dtype) * (hi - lo) + lo for s in shape_list]
 
 
-def check(scripted, spec: dict, batch: int = 3, seed: int = 0) -> None:
+def check(scripted, spec: dict, batch: int = 3, seed: int = 0, check_complex: bool = True) -> None:
     """Calls the scripted module's methods on a random batch and checks their shapes, dtypes and finiteness."""
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64
@@ -99,6 +102,14 @@ def check(scripted, spec: dict, batch: int = 3, seed: int = 0) -> None:
     g = torch.autograd.grad(scripted.primitive(params, leaves, x).sum(), leaves, allow_unused=True)
     if all(t is None for t in g):
         raise ValueError("primitive does not depend on the states")
+    if spec.get("complex_safe") and check_complex:
+        # All arguments in the complex dtype (as epcheck passes them); Φ(conj s) = conj Φ(s) for real θ and x.
+        cdt = torch.complex128
+        zs = [torch.complex(s * 0.5, torch.randn(s.shape, generator=gen, dtype=dt) * 0.5) for s in states]
+        pc, xc = [t.to(cdt) for t in params], x.to(cdt)
+        a, c = scripted.primitive(pc, zs, xc), scripted.primitive(pc, [z.conj() for z in zs], xc)
+        if a.dtype != cdt or not torch.isfinite(a).all() or not torch.allclose(c, a.conj(), rtol=1e-10, atol=1e-12):
+            raise ValueError("spec says complex_safe, but Φ on a complex state is not finite, not complex, or Φ(conj s) ≠ conj Φ(s)")
     for k, l in enumerate(spec["layers"]):
         if l.get("update", {}).get("kind") != "scripted":
             continue
@@ -157,8 +168,9 @@ def _wrapper(methods) -> type:
     return type("_Wrapped_" + "_".join(methods), (_Wrapped,), {m: torch.jit.export(_OPTIONAL[m]) for m in methods})
 
 
-def save(module: torch.nn.Module, path: str, spec: dict = None, check_batch: int = 3) -> None:
-    """Scripts `module` with its spec and writes the TorchScript file epcheck loads (`--energy path`)."""
+def save(module: torch.nn.Module, path: str, spec: dict = None, check_batch: int = 3, check_complex: bool = True) -> None:
+    """Scripts `module` with its spec and writes the TorchScript file epcheck loads (`--energy path`).
+    `check_complex=False` skips the complex-safe probe (only to write a deliberately wrong test fixture)."""
     spec = _norm_spec(spec if spec is not None else getattr(module, "epcheck_spec", None))
     cls = type(module)
     if not _export(cls, "primitive"):
@@ -169,7 +181,7 @@ def save(module: torch.nn.Module, path: str, spec: dict = None, check_batch: int
         raise ValueError(f"{cls.__name__}: a layer has update kind 'scripted' but the module has neither update(layer, u, x) nor potential(layer, u, x)")
     wrapped = _wrapper(present)(module, json.dumps(spec))
     scripted = torch.jit.script(wrapped)
-    check(scripted, spec, batch=check_batch)
+    check(scripted, spec, batch=check_batch, check_complex=check_complex)
     scripted.save(path)
 
 
