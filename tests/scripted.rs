@@ -256,13 +256,73 @@ fn a_scripted_update_that_is_not_a_gradient_is_caught_by_audit_and_gdu() {
     let (code, stdout, stderr) = epcheck(&["audit", "--energy", skew.to_str().unwrap(), "--out", o, "--batch", "3"]);
     assert_eq!(code, 1, "audit: {stdout}\n{stderr}");
     assert!(stdout.contains("update map not a gradient map: layer L1") && stdout.contains("A5m:L1"), "audit must name L1: {stdout}");
-    let (code, stdout, stderr) = epcheck(&["gdu", "--energy", skew.to_str().unwrap(), "--out", o, "--batch", "3", "--T", "30", "--K", "8"]);
+    let (code, stdout, stderr) = epcheck(&["gdu", "--energy", skew.to_str().unwrap(), "--out", o, "--batch", "3", "--T", "20", "--K", "5"]);
     assert_eq!(code, 1, "gdu: {stdout}\n{stderr}");
     assert!(stdout.contains("fail") && stdout.contains("synapses.0.weight"), "gdu must name the failing tensor: {stdout}");
     let good = module(&py, &dg, "imdb", &["map=scripted"]);
     let (code, stdout, _) = epcheck(&["audit", "--energy", good.to_str().unwrap(), "--out", o, "--batch", "3"]);
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("pass"), "{stdout}");
+}
+
+/// Holomorphic EP on a complex-safe scripted P-MLP: the drive at a complex state is the holomorphic derivative
+/// (libtorch's backward gives its conjugate, conj f′(z), for grad_output 1; conjugated back) — checked against
+/// the native dense term's closed form W s + b on the same complex state — and `ep_holomorphic` N = 1, 2, 4
+/// (shortcut on and off) equals the native preset's to ≤ 1e-10.
+#[test]
+fn holomorphic_ep_on_a_complex_safe_scripted_pmlp_matches_the_native_preset() {
+    use epcheck::estimators::ep_holomorphic::{self as holo, HoloOptions};
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let native = common::tiny("tanh", "mse");
+    let file = module(&py, d.path(), "pmlp", &["archi=6-5-5-3", "complex_safe=1"]);
+    let m = scripted_twin(&native, &file);
+    let (p, b) = (&native.params[..], &native.batch);
+    // The Wirtinger convention, against the closed form: drives at a complex state.
+    let s: Vec<Tensor> = {
+        let _rng = epcheck::tensor_util::rng_lock();
+        tch::manual_seed(23);
+        native.model.zeros_state(b.size(), native.prec).iter().map(|t| Tensor::complex(&(t.randn_like() * 0.5), &(t.randn_like() * 0.5))).collect()
+    };
+    for k in 0..m.layers.len() {
+        let (a, sc) = tch::no_grad(|| (native.model.drive(p, b, &s, k, 0.0), m.drive(p, b, &s, k, 0.0)));
+        let num = (&sc - &a).abs().max().double_value(&[]);
+        let den = a.abs().max().double_value(&[]);
+        assert!(num <= 1e-13 * den, "layer {k}: scripted drive at a complex state differs from W s + b by {num:e}");
+        let wrong = (&sc.conj() - &a).abs().max().double_value(&[]);
+        assert!(wrong > 1e-3 * den, "the probe state must tell f′ from conj f′");
+    }
+    let len = PhaseLengths { t_free: 40, k_nudge: 15, tol: None };
+    let free = estimators::free_phase(&native.model, p, b, len, false);
+    for n in [1, 2, 4] {
+        for shortcut in [true, false] {
+            let o = HoloOptions::restart(n, shortcut);
+            let a = holo::estimate(&native.model, p, b, &free.state, 0.05, len, &o).unwrap();
+            let s = holo::estimate(&m, p, b, &free.state, 0.05, len, &o).unwrap();
+            let r = rel(&s.grad.tensors, &a.grad.tensors);
+            println!("ep_holomorphic N = {n}, shortcut {shortcut}: rel_linf {r:.2e}");
+            assert!(r <= 1e-10, "N = {n}, shortcut {shortcut}: {r:e}");
+        }
+    }
+}
+
+/// A module that claims `complex_safe` but is not holomorphic (a |s|² term, real-analytic only) is refused before
+/// anything runs; a module without the claim keeps the clear refusal of holomorphic EP.
+#[test]
+fn complex_safety_is_verified_and_otherwise_holomorphic_ep_is_refused() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let bad = module(&py, d.path(), "pmlp", &["archi=6-5-5-3", "complex_safe=1", "planted_abs=1"]);
+    let out = d.path().join("runs");
+    let o = out.to_str().unwrap();
+    let (code, _, stderr) = epcheck(&["estimate", "--energy", bad.to_str().unwrap(), "--estimator", "ep_holomorphic", "--batch", "3", "--T", "10", "--K", "5", "--out", o]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.lines().count() == 1 && stderr.contains("complex_safe") && stderr.contains("not holomorphic"), "{stderr}");
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0, "nothing may be written");
+    let plain = module(&py, d.path(), "lateral", &[]);
+    let (code, _, stderr) = epcheck(&["estimate", "--energy", plain.to_str().unwrap(), "--estimator", "ep_holomorphic", "--batch", "3", "--T", "10", "--K", "5", "--out", o]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("scripted") && stderr.contains("not implemented for complex states"), "{stderr}");
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
