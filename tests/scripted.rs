@@ -253,14 +253,16 @@ fn a_scripted_update_that_is_not_a_gradient_is_caught_by_audit_and_gdu() {
     let skew = module(&py, &ds, "imdb", &["map=skew"]);
     let out = d.path().join("runs");
     let o = out.to_str().unwrap();
-    let (code, stdout, stderr) = epcheck(&["audit", "--energy", skew.to_str().unwrap(), "--out", o, "--batch", "3"]);
+    // One random probe state and one probe pair (plus the free and nudged states): the skew is O(1), far above 1e-12.
+    let light = ["--batch", "3", "--T", "20", "--K", "5", "--set", "checks.audit.pairs=1", "--set", "checks.audit.n_rand=1"];
+    let (code, stdout, stderr) = epcheck(&[&["audit", "--energy", skew.to_str().unwrap(), "--out", o][..], &light[..]].concat());
     assert_eq!(code, 1, "audit: {stdout}\n{stderr}");
     assert!(stdout.contains("update map not a gradient map: layer L1") && stdout.contains("A5m:L1"), "audit must name L1: {stdout}");
     let (code, stdout, stderr) = epcheck(&["gdu", "--energy", skew.to_str().unwrap(), "--out", o, "--batch", "3", "--T", "20", "--K", "5"]);
     assert_eq!(code, 1, "gdu: {stdout}\n{stderr}");
     assert!(stdout.contains("fail") && stdout.contains("synapses.0.weight"), "gdu must name the failing tensor: {stdout}");
     let good = module(&py, &dg, "imdb", &["map=scripted"]);
-    let (code, stdout, _) = epcheck(&["audit", "--energy", good.to_str().unwrap(), "--out", o, "--batch", "3"]);
+    let (code, stdout, _) = epcheck(&[&["audit", "--energy", good.to_str().unwrap(), "--out", o][..], &light[..]].concat());
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("pass"), "{stdout}");
 }
