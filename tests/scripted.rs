@@ -327,6 +327,36 @@ fn complex_safety_is_verified_and_otherwise_holomorphic_ep_is_refused() {
     assert!(stderr.contains("scripted") && stderr.contains("not implemented for complex states"), "{stderr}");
 }
 
+/// The helper's `dump_batch` (safetensors written with the `safetensors` package) is read by epcheck's own loaders
+/// under the interchange names: parameters and batch come back exactly as Python wrote them (known values
+/// 0.01·k per tensor entry, labels k mod C).
+#[test]
+fn the_helpers_dump_is_read_by_epchecks_loaders() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let file = module(&py, d.path(), "lateral", &[]);
+    let st = d.path().join("lateral.safetensors");
+    let code = format!(
+        "import sys, torch; sys.path.insert(0, {:?}); sys.path.insert(0, {:?})\nimport epcheck_energy, models\nspec = models._lateral_spec(6, 5, 3)\nps = [torch.arange(torch.Size(s).numel(), dtype=torch.float64).reshape(s) * 0.01 for _, s, _ in spec['params']]\nx = torch.arange(24, dtype=torch.float64).reshape(4, 6) * 0.01\nepcheck_energy.dump_batch({:?}, spec, ps, x, torch.arange(4) % 3)",
+        root().join("python").to_str().unwrap(),
+        root().join("fixtures/scripted").to_str().unwrap(),
+        st.to_str().unwrap()
+    );
+    let o = Command::new(&py).args(["-W", "ignore", "-c", &code]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = scripted::load_file(&file, Device::Cpu).unwrap();
+    let prec = epcheck::precision::Precision { dtype: epcheck::precision::Dtype::F64, device: Device::Cpu };
+    let p = epcheck::io::load_params(&m, &st, prec).unwrap();
+    for (t, spec) in p.iter().zip(&m.params) {
+        let n: i64 = spec.shape.iter().product();
+        let want = Tensor::arange(n, (tch::Kind::Double, Device::Cpu)).reshape(spec.shape.as_slice()) * 0.01;
+        assert!(t.equal(&want), "{}", spec.name);
+    }
+    let b = epcheck::io::load_batch(&m, &st, prec).unwrap();
+    assert!(b.x[0].equal(&(Tensor::arange(24, (tch::Kind::Double, Device::Cpu)).reshape([4, 6]) * 0.01)));
+    assert_eq!(epcheck::tensor_util::to_vec_f64(&b.y.to_kind(tch::Kind::Double)), vec![0.0, 1.0, 2.0, 0.0]);
+}
+
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {
