@@ -1,6 +1,6 @@
 """Script a user's energy for epcheck (docs/scripted.md).
 
-One file, no dependency beyond torch. A user's energy is an ``nn.Module`` with
+One file, no dependency beyond torch and safetensors (for ``dump``). A user's energy is an ``nn.Module`` with
 
 * ``primitive(params: List[Tensor], states: List[Tensor], x: Tensor) -> Tensor``: Φ per example, shape (B,),
   **maximised** by the dynamics (E = −Φ), *without* the loss (epcheck adds −β·ℓ on the output layer);
@@ -12,12 +12,11 @@ One file, no dependency beyond torch. A user's energy is an ``nn.Module`` with
 
 ``save(module, "energy.pt")`` checks the signatures on a random batch and writes the TorchScript file that
 ``epcheck … --energy energy.pt`` loads. ``dump(path, names, params, x, y)`` writes a batch and parameters in
-epcheck's interchange names (``param.<name>``, ``input.x``, ``input.y``) as safetensors, written by hand.
+epcheck's interchange names (``param.<name>``, ``input.x``, ``input.y``) as safetensors (the ``safetensors`` package).
 
 Usage:  python python/epcheck_energy.py check energy.pt   (load a saved module and check it again)
 """
 import json
-import struct
 import sys
 from typing import List
 
@@ -35,10 +34,20 @@ def _norm_spec(spec: dict) -> dict:
         raise ValueError("spec['input'] must be the per-example input shape, e.g. [784]")
     layers = []
     for i, l in enumerate(spec.get("layers") or []):
-        name, shape, act = (l["name"], l["shape"], l.get("activation", "tanh")) if isinstance(l, dict) else l
+        if isinstance(l, dict):
+            name, shape, act = l["name"], l["shape"], l.get("update", l.get("activation", "tanh"))
+        else:
+            name, shape, act = l
         if not (isinstance(shape, (list, tuple)) and all(isinstance(d, int) and d >= 1 for d in shape)):
             raise ValueError(f"layer {i} ({name}): shape must be a list of sizes ≥ 1")
-        layers.append({"name": str(name), "shape": list(shape), "activation": str(act)})
+        if isinstance(act, dict):
+            # An update map: {"kind": "attention", "keys": …, "queries": …, "scale": c, "mask": "off"} or
+            # {"kind": "scripted"} (the module's update(layer, u, x) and/or potential(layer, u, x)).
+            if act.get("kind") not in ("attention", "scripted"):
+                raise ValueError(f"layer {i} ({name}): update kind must be 'attention' or 'scripted', got {act.get('kind')!r}")
+            layers.append({"name": str(name), "shape": list(shape), "update": dict(act)})
+        else:
+            layers.append({"name": str(name), "shape": list(shape), "activation": str(act)})
     if not layers:
         raise ValueError("spec['layers'] must list at least one layer: (name, shape, activation)")
     params = []
@@ -53,6 +62,9 @@ def _norm_spec(spec: dict) -> dict:
     out = {"input": list(inp), "layers": layers, "params": params, "loss": spec.get("loss", "mse"), "schedule": spec.get("schedule", "sync")}
     if spec.get("drives"):
         out["drives"] = True
+    if spec.get("complex_safe"):
+        # Φ is holomorphic in the states with real coefficients (holomorphic EP): epcheck verifies it on a probe.
+        out["complex_safe"] = True
     if spec.get("input_range") is not None:
         out["input_range"] = [float(v) for v in spec["input_range"]]
     return out
@@ -74,7 +86,7 @@ def _random(shape_list, b, gen, dtype, lo=0.0, hi=1.0):
     return [torch.rand([b] + list(s), generator=gen, dtype=dtype) * (hi - lo) + lo for s in shape_list]
 
 
-def check(scripted, spec: dict, batch: int = 3, seed: int = 0) -> None:
+def check(scripted, spec: dict, batch: int = 3, seed: int = 0, check_complex: bool = True) -> None:
     """Calls the scripted module's methods on a random batch and checks their shapes, dtypes and finiteness."""
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64
@@ -90,6 +102,28 @@ def check(scripted, spec: dict, batch: int = 3, seed: int = 0) -> None:
     g = torch.autograd.grad(scripted.primitive(params, leaves, x).sum(), leaves, allow_unused=True)
     if all(t is None for t in g):
         raise ValueError("primitive does not depend on the states")
+    if spec.get("complex_safe") and check_complex:
+        # All arguments in the complex dtype (as epcheck passes them); Φ(conj s) = conj Φ(s) for real θ and x.
+        cdt = torch.complex128
+        zs = [torch.complex(s * 0.5, torch.randn(s.shape, generator=gen, dtype=dt) * 0.5) for s in states]
+        pc, xc = [t.to(cdt) for t in params], x.to(cdt)
+        a, c = scripted.primitive(pc, zs, xc), scripted.primitive(pc, [z.conj() for z in zs], xc)
+        if a.dtype != cdt or not torch.isfinite(a).all() or not torch.allclose(c, a.conj(), rtol=1e-10, atol=1e-12):
+            raise ValueError("spec says complex_safe, but Φ on a complex state is not finite, not complex, or Φ(conj s) ≠ conj Φ(s)")
+    for k, l in enumerate(spec["layers"]):
+        if l.get("update", {}).get("kind") != "scripted":
+            continue
+        u = torch.randn([batch] + l["shape"], generator=gen, dtype=dt)
+        if hasattr(scripted, "update"):
+            g = scripted.update(k, u, x)
+            if list(g.shape) != list(u.shape) or not torch.isfinite(g).all():
+                raise ValueError(f"update({k}, u, x) of layer {l['name']} must return a finite tensor of u's shape {list(u.shape)}")
+        if hasattr(scripted, "potential"):
+            psi = scripted.potential(k, u, x)
+            if list(psi.shape) != [batch] or not torch.isfinite(psi).all():
+                raise ValueError(f"potential({k}, u, x) of layer {l['name']} must return ψ per example, finite, shape ({batch},)")
+        if not (hasattr(scripted, "update") or hasattr(scripted, "potential")):
+            raise ValueError(f"layer {l['name']} has update kind 'scripted': define update(layer, u, x) and/or potential(layer, u, x)")
     if hasattr(scripted, "drives"):
         d = scripted.drives(params, states, x)
         if len(d) != len(states) or any(list(a.shape) != list(s.shape) for a, s in zip(d, states)):
@@ -114,47 +148,48 @@ class _Wrapped(torch.nn.Module):
         return self.inner.primitive(params, states, x)
 
 
-class _WrappedDrives(_Wrapped):
-    @torch.jit.export
-    def drives(self, params: List[Tensor], states: List[Tensor], x: Tensor) -> List[Tensor]:
-        return self.inner.drives(params, states, x)
+def _drives(self, params: List[Tensor], states: List[Tensor], x: Tensor) -> List[Tensor]:
+    return self.inner.drives(params, states, x)
 
 
-def save(module: torch.nn.Module, path: str, spec: dict = None, check_batch: int = 3) -> None:
-    """Scripts `module` with its spec and writes the TorchScript file epcheck loads (`--energy path`)."""
+def _update(self, layer: int, u: Tensor, x: Tensor) -> Tensor:
+    return self.inner.update(layer, u, x)
+
+
+def _potential(self, layer: int, u: Tensor, x: Tensor) -> Tensor:
+    return self.inner.potential(layer, u, x)
+
+
+_OPTIONAL = {"drives": _drives, "update": _update, "potential": _potential}
+
+
+def _wrapper(methods) -> type:
+    """A subclass of _Wrapped that forwards the optional methods the user's module has."""
+    return type("_Wrapped_" + "_".join(methods), (_Wrapped,), {m: torch.jit.export(_OPTIONAL[m]) for m in methods})
+
+
+def save(module: torch.nn.Module, path: str, spec: dict = None, check_batch: int = 3, check_complex: bool = True) -> None:
+    """Scripts `module` with its spec and writes the TorchScript file epcheck loads (`--energy path`).
+    `check_complex=False` skips the complex-safe probe (only to write a deliberately wrong test fixture)."""
     spec = _norm_spec(spec if spec is not None else getattr(module, "epcheck_spec", None))
     cls = type(module)
     if not _export(cls, "primitive"):
         raise ValueError(f"{cls.__name__} has no method primitive(params, states, x)")
-    has_drives = _export(cls, "drives")
-    spec["drives"] = has_drives
-    wrapped = (_WrappedDrives if has_drives else _Wrapped)(module, json.dumps(spec))
+    present = [m for m in _OPTIONAL if _export(cls, m)]
+    spec["drives"] = "drives" in present
+    if any(l.get("update", {}).get("kind") == "scripted" for l in spec["layers"]) and not ({"update", "potential"} & set(present)):
+        raise ValueError(f"{cls.__name__}: a layer has update kind 'scripted' but the module has neither update(layer, u, x) nor potential(layer, u, x)")
+    wrapped = _wrapper(present)(module, json.dumps(spec))
     scripted = torch.jit.script(wrapped)
-    check(scripted, spec, batch=check_batch)
+    check(scripted, spec, batch=check_batch, check_complex=check_complex)
     scripted.save(path)
 
 
-_DT = {torch.float64: "F64", torch.float32: "F32", torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8"}
-
-
 def dump(path: str, tensors: dict) -> None:
-    """Writes a dict name → tensor as safetensors (by hand: header length, JSON header, raw little-endian data)."""
-    header, blobs, off = {}, [], 0
-    for k, t in tensors.items():
-        t = t.detach().cpu().contiguous()
-        if t.dtype not in _DT:
-            raise ValueError(f"{k}: dtype {t.dtype} is not written")
-        raw = bytes(t.reshape(-1).view(torch.uint8).tolist()) if t.numel() else b""  # no numpy needed
-        header[k] = {"dtype": _DT[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw)
-        off += len(raw)
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
+    """Writes a dict name → tensor as safetensors (``safetensors.torch.save_file``; contiguous CPU copies)."""
+    from safetensors.torch import save_file
+
+    save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, path)
 
 
 def dump_batch(path: str, spec: dict, params: List[Tensor], x: Tensor, y: Tensor) -> None:

@@ -9,6 +9,11 @@ if ! "$EPCHECK_ROOT/.venv/bin/python" -c "import torch, sys; sys.exit(0 if torch
     "$PY" -m venv "$EPCHECK_ROOT/.venv"
     "$EPCHECK_ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
 fi
+# python/epcheck_energy.py writes safetensors with the `safetensors` package (its one dependency beside torch;
+# safetensors.torch.save_file needs numpy).
+"$EPCHECK_ROOT/.venv/bin/python" -c "import safetensors, numpy" 2>/dev/null \
+    || "$EPCHECK_ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check safetensors numpy >&2 \
+    || echo "[epcheck] note: could not install safetensors; python/epcheck_energy.py dump needs it" >&2
 export PATH="$EPCHECK_ROOT/.venv/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
 export LIBTORCH_BYPASS_VERSION_CHECK="${LIBTORCH_BYPASS_VERSION_CHECK:-}"

@@ -141,7 +141,8 @@ pub fn stacked_constant_drives(model: &Model, p: &[Tensor], batch: &Batch, s0: &
 #[allow(clippy::too_many_arguments)]
 pub fn relax_stacked_with_drives(model: &Model, p: &[Tensor], batch: &Batch, init: &[Tensor], beta: &Beta, groups: &[i64], opts: &RelaxOptions, constant: Option<&[Option<Tensor>]>) -> Vec<Phase> {
     assert_eq!(groups.iter().sum::<i64>(), batch.size(), "phase blocks must cover the stacked batch");
-    if let (true, Beta::Rows(rows)) = (planar_applies(init, beta, opts), beta) {
+    // (Not for a nonlinear term — a scripted Φ —, whose drive is not a real product of the planes.)
+    if let (true, Beta::Rows(rows)) = (planar_applies(init, beta, opts) && !model.terms.iter().any(|t| t.nonlinear()), beta) {
         return relax_planar(model, p, batch, init, rows, groups, opts.iters, constant);
     }
     assert!(!(opts.autograd_drives && matches!(beta, Beta::Rows(_))), "autograd drives take one real β");

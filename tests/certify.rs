@@ -8,15 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::Tensor;
 
-fn epcheck(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(args).output().expect("binary runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn entries(dir: &Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
@@ -91,17 +82,6 @@ fn audit_potential_is_the_integral_of_sigma() {
 
 // ---------------------------------------------------------------------------------------------------------
 // conformance against the independent PyTorch implementation.
-
-fn python() -> Option<PathBuf> {
-    let py = root().join(".venv/bin/python");
-    let ok = Command::new(&py).args(["-c", "import torch"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if ok {
-        Some(py)
-    } else {
-        println!("skipped: {} cannot import torch", py.display());
-        None
-    }
-}
 
 fn reference(py: &Path, dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
     let (st, npz) = (dir.join("ref.safetensors"), dir.join("ref.npz"));

@@ -5,6 +5,7 @@
 //! The modules are written by `fixtures/scripted/models.py` with the repository's `.venv` python (torch only);
 //! without it the tests print `skipped` and return.
 mod common;
+use common::{epcheck, python, root};
 
 use epcheck::config::RunConfig;
 use epcheck::estimators::{self, bptt, Estimator, PhaseLengths};
@@ -14,21 +15,6 @@ use epcheck::model::Model;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tch::{Device, Tensor};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> Option<PathBuf> {
-    let py = root().join(".venv/bin/python");
-    let ok = Command::new(&py).args(["-c", "import torch"]).output().map(|o| o.status.success()).unwrap_or(false);
-    if ok {
-        Some(py)
-    } else {
-        println!("skipped: {} cannot import torch", py.display());
-        None
-    }
-}
 
 /// Writes fixture module `kind` (with `key=value` options) into `dir`.
 fn module(py: &Path, dir: &Path, kind: &str, opts: &[&str]) -> PathBuf {
@@ -42,11 +28,6 @@ fn module(py: &Path, dir: &Path, kind: &str, opts: &[&str]) -> PathBuf {
 fn modules(py: &Path, dir: &Path, kinds: &[&str]) {
     let o = Command::new(py).args(["-W", "ignore"]).arg(root().join("fixtures/scripted/models.py")).arg("many").arg(dir).args(kinds).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-}
-
-fn epcheck(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(args).env("OMP_NUM_THREADS", "1").output().expect("binary runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 fn rel(a: &[Tensor], r: &[Tensor]) -> f64 {
@@ -189,6 +170,191 @@ fn resnet13_as_scripted_energy_matches_the_native_preset() {
     let (a, _) = bptt::truncated(&native.model, &native.params, &native.batch, 20, 5).unwrap();
     let (s, _) = bptt::truncated(&m, &native.params, &native.batch, 20, 5).unwrap();
     assert!(rel(&s.tensors, &a.tensors) <= 1e-10);
+}
+
+/// The tiny IMDB attention model of tests/attention.rs (L = 5, d = 4, fc 6-4-2, B = 3), in float64.
+fn tiny_imdb() -> Instance {
+    let mut cfg = RunConfig::preset_defaults("imdb-hopfield").unwrap();
+    cfg.batch = 3;
+    cfg.seq_len = Some(5);
+    cfg.embed_dim = Some(4);
+    cfg.widths = Some(vec![6, 4, 2]);
+    cfg.dtype = "f64".into();
+    Instance::from_config(cfg).unwrap()
+}
+
+/// The scripted IMDB twin with L1's update given as `map` (fixtures/scripted/models.py imdb map=…); the map's
+/// key must be `key` (epcheck's attention map by name, or the module's own methods).
+fn imdb_twin(py: &Path, dir: &Path, native: &Instance, map: &str, key: &str) -> Model {
+    let dir = dir.join(map);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = module(py, &dir, "imdb", &[&format!("map={map}")]);
+    let m = scripted_twin(native, &file);
+    assert_eq!(m.update_map(0).map(|u| u.key()), Some(key), "{map}: L1's update map");
+    assert_eq!(native.model.update_map(0).map(|u| u.key()), Some("attention"));
+    assert!((1..m.layers.len()).all(|k| m.update_map(k).is_none()));
+    m
+}
+
+/// The IMDB model with L1's update named from epcheck's list (`attention`, with its keys, queries and scale in
+/// the spec): the same engine as the native preset, implicit differentiation included.
+#[test]
+fn imdb_with_the_attention_map_by_name_matches_the_native_preset() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let native = tiny_imdb();
+    let m = imdb_twin(&py, d.path(), &native, "attention", "attention");
+    let len = PhaseLengths { t_free: 30, k_nudge: 10, tol: None };
+    assert_same_engine(&native, &m, len, &[Estimator::EpPlus, Estimator::EpCentered, Estimator::Bptt, Estimator::BpttTrunc]);
+    let io = estimators::implicit::ImplicitOptions::for_dtype(native.prec.dtype);
+    let a = estimators::implicit::implicit(&native.model, &native.params, &native.batch, &io).unwrap();
+    let s = estimators::implicit::implicit(&m, &native.params, &native.batch, &io).unwrap();
+    let r = rel(&s.grad.tensors, &a.grad.tensors);
+    assert!(r <= 1e-10, "implicit: {r:e}");
+}
+
+/// L1's update as the module's own TorchScript functions: G(u, x) and ψ(u, x) both written out (`scripted`), or
+/// only ψ with G = ∇ψ by autograd (`potential`). J·v by double backward; the native attention map's closed-form
+/// Jacobian (hopfield-attention §4.4) is the oracle through BPTT, the GDU series and implicit differentiation.
+#[test]
+fn imdb_with_scripted_update_functions_matches_the_native_preset() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let native = tiny_imdb();
+    let len = PhaseLengths { t_free: 25, k_nudge: 8, tol: None };
+    for map in ["scripted", "potential"] {
+        let m = imdb_twin(&py, d.path(), &native, map, "scripted");
+        println!("map = {map}");
+        assert_same_engine(&native, &m, len, &[Estimator::EpCentered, Estimator::Bptt]);
+        // J·v of the scripted map (autograd double backward) against the closed form, at a random drive.
+        let _rng = epcheck::tensor_util::rng_lock();
+        tch::manual_seed(17);
+        let u = native.model.zeros_state(native.batch.size(), native.prec)[0].randn_like();
+        let v = u.randn_like();
+        let (a, s) = (native.model.jacobian_apply(0, &native.batch, &u, &v), m.jacobian_apply(0, &native.batch, &u, &v));
+        let r = rel(&[s], &[a]);
+        assert!(r <= 1e-12, "{map}: J·v differs from the closed form: {r:e}");
+        let (a, s) = (native.model.activate(0, &native.batch, &u), m.activate(0, &native.batch, &u));
+        assert!(rel(&[s], &[a]) <= 1e-12, "{map}: G differs");
+    }
+}
+
+/// A planted non-energy in the update map: G(u) = softmax(c·u xᵀ) x + 0.2·u K with K antisymmetric (not ∇ψ, and
+/// not the gradient of anything): `audit` fails on L1 (A4 Jacobian asymmetry, A5m G ≠ ∇ψ) and `gdu` fails (EP,
+/// which assumes a gradient map, ≠ BPTT, which differentiates what runs). The same module without the rotation
+/// (`map=scripted`) passes audit.
+#[test]
+fn a_scripted_update_that_is_not_a_gradient_is_caught_by_audit_and_gdu() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let (ds, dg) = (d.path().join("skew"), d.path().join("good"));
+    std::fs::create_dir_all(&ds).unwrap();
+    std::fs::create_dir_all(&dg).unwrap();
+    let skew = module(&py, &ds, "imdb", &["map=skew"]);
+    let out = d.path().join("runs");
+    let o = out.to_str().unwrap();
+    // One random probe state and one probe pair (plus the free and nudged states): the skew is O(1), far above 1e-12.
+    let light = ["--batch", "3", "--T", "20", "--K", "5", "--set", "checks.audit.pairs=1", "--set", "checks.audit.n_rand=1"];
+    let (code, stdout, stderr) = epcheck(&[&["audit", "--energy", skew.to_str().unwrap(), "--out", o][..], &light[..]].concat());
+    assert_eq!(code, 1, "audit: {stdout}\n{stderr}");
+    assert!(stdout.contains("update map not a gradient map: layer L1") && stdout.contains("A5m:L1"), "audit must name L1: {stdout}");
+    let (code, stdout, stderr) = epcheck(&["gdu", "--energy", skew.to_str().unwrap(), "--out", o, "--batch", "3", "--T", "20", "--K", "5"]);
+    assert_eq!(code, 1, "gdu: {stdout}\n{stderr}");
+    assert!(stdout.contains("fail") && stdout.contains("synapses.0.weight"), "gdu must name the failing tensor: {stdout}");
+    let good = module(&py, &dg, "imdb", &["map=scripted"]);
+    let (code, stdout, _) = epcheck(&[&["audit", "--energy", good.to_str().unwrap(), "--out", o][..], &light[..]].concat());
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("pass"), "{stdout}");
+}
+
+/// Holomorphic EP on a complex-safe scripted P-MLP: the drive at a complex state is the holomorphic derivative
+/// (libtorch's backward gives its conjugate, conj f′(z), for grad_output 1; conjugated back) — checked against
+/// the native dense term's closed form W s + b on the same complex state — and `ep_holomorphic` N = 1, 2, 4
+/// (shortcut on and off) equals the native preset's to ≤ 1e-10.
+#[test]
+fn holomorphic_ep_on_a_complex_safe_scripted_pmlp_matches_the_native_preset() {
+    use epcheck::estimators::ep_holomorphic::{self as holo, HoloOptions};
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let native = common::tiny("tanh", "mse");
+    let file = module(&py, d.path(), "pmlp", &["archi=6-5-5-3", "complex_safe=1"]);
+    let m = scripted_twin(&native, &file);
+    let (p, b) = (&native.params[..], &native.batch);
+    // The Wirtinger convention, against the closed form: drives at a complex state.
+    let s: Vec<Tensor> = {
+        let _rng = epcheck::tensor_util::rng_lock();
+        tch::manual_seed(23);
+        native.model.zeros_state(b.size(), native.prec).iter().map(|t| Tensor::complex(&(t.randn_like() * 0.5), &(t.randn_like() * 0.5))).collect()
+    };
+    for k in 0..m.layers.len() {
+        let (a, sc) = tch::no_grad(|| (native.model.drive(p, b, &s, k, 0.0), m.drive(p, b, &s, k, 0.0)));
+        let num = (&sc - &a).abs().max().double_value(&[]);
+        let den = a.abs().max().double_value(&[]);
+        assert!(num <= 1e-13 * den, "layer {k}: scripted drive at a complex state differs from W s + b by {num:e}");
+        let wrong = (&sc.conj() - &a).abs().max().double_value(&[]);
+        assert!(wrong > 1e-3 * den, "the probe state must tell f′ from conj f′");
+    }
+    let len = PhaseLengths { t_free: 40, k_nudge: 15, tol: None };
+    let free = estimators::free_phase(&native.model, p, b, len, false);
+    for n in [1, 2, 4] {
+        for shortcut in [true, false] {
+            let o = HoloOptions::restart(n, shortcut);
+            let a = holo::estimate(&native.model, p, b, &free.state, 0.05, len, &o).unwrap();
+            let s = holo::estimate(&m, p, b, &free.state, 0.05, len, &o).unwrap();
+            let r = rel(&s.grad.tensors, &a.grad.tensors);
+            println!("ep_holomorphic N = {n}, shortcut {shortcut}: rel_linf {r:.2e}");
+            assert!(r <= 1e-10, "N = {n}, shortcut {shortcut}: {r:e}");
+        }
+    }
+}
+
+/// A module that claims `complex_safe` but is not holomorphic (a |s|² term, real-analytic only) is refused before
+/// anything runs; a module without the claim keeps the clear refusal of holomorphic EP.
+#[test]
+fn complex_safety_is_verified_and_otherwise_holomorphic_ep_is_refused() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let bad = module(&py, d.path(), "pmlp", &["archi=6-5-5-3", "complex_safe=1", "planted_abs=1"]);
+    let out = d.path().join("runs");
+    let o = out.to_str().unwrap();
+    let (code, _, stderr) = epcheck(&["estimate", "--energy", bad.to_str().unwrap(), "--estimator", "ep_holomorphic", "--batch", "3", "--T", "10", "--K", "5", "--out", o]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.lines().count() == 1 && stderr.contains("complex_safe") && stderr.contains("not holomorphic"), "{stderr}");
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().count() == 0, "nothing may be written");
+    let plain = module(&py, d.path(), "lateral", &[]);
+    let (code, _, stderr) = epcheck(&["estimate", "--energy", plain.to_str().unwrap(), "--estimator", "ep_holomorphic", "--batch", "3", "--T", "10", "--K", "5", "--out", o]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("scripted") && stderr.contains("not implemented for complex states"), "{stderr}");
+}
+
+/// The helper's `dump_batch` (safetensors written with the `safetensors` package) is read by epcheck's own loaders
+/// under the interchange names: parameters and batch come back exactly as Python wrote them (known values
+/// 0.01·k per tensor entry, labels k mod C).
+#[test]
+fn the_helpers_dump_is_read_by_epchecks_loaders() {
+    let Some(py) = python() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let file = module(&py, d.path(), "lateral", &[]);
+    let st = d.path().join("lateral.safetensors");
+    let code = format!(
+        "import sys, torch; sys.path.insert(0, {:?}); sys.path.insert(0, {:?})\nimport epcheck_energy, models\nspec = models._lateral_spec(6, 5, 3)\nps = [torch.arange(torch.Size(s).numel(), dtype=torch.float64).reshape(s) * 0.01 for _, s, _ in spec['params']]\nx = torch.arange(24, dtype=torch.float64).reshape(4, 6) * 0.01\nepcheck_energy.dump_batch({:?}, spec, ps, x, torch.arange(4) % 3)",
+        root().join("python").to_str().unwrap(),
+        root().join("fixtures/scripted").to_str().unwrap(),
+        st.to_str().unwrap()
+    );
+    let o = Command::new(&py).args(["-W", "ignore", "-c", &code]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = scripted::load_file(&file, Device::Cpu).unwrap();
+    let prec = epcheck::precision::Precision { dtype: epcheck::precision::Dtype::F64, device: Device::Cpu };
+    let p = epcheck::io::load_params(&m, &st, prec).unwrap();
+    for (t, spec) in p.iter().zip(&m.params) {
+        let n: i64 = spec.shape.iter().product();
+        let want = Tensor::arange(n, (tch::Kind::Double, Device::Cpu)).reshape(spec.shape.as_slice()) * 0.01;
+        assert!(t.equal(&want), "{}", spec.name);
+    }
+    let b = epcheck::io::load_batch(&m, &st, prec).unwrap();
+    assert!(b.x[0].equal(&(Tensor::arange(24, (tch::Kind::Double, Device::Cpu)).reshape([4, 6]) * 0.01)));
+    assert_eq!(epcheck::tensor_util::to_vec_f64(&b.y.to_kind(tch::Kind::Double)), vec![0.0, 1.0, 2.0, 0.0]);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -10,6 +10,8 @@
 //! * A4 update-map symmetry per layer: the same statistic for the VJP of G_k at u_k (autograd of
 //!   `Model::activate`); `jacobian_apply` (the J used by BPTT) vs that VJP is reported as info;
 //! * A5 potential consistency G = ∇ψ and convexity σ′ ≥ 0 (info; where ψ is known);
+//! * A5m update-map potential consistency G_k = ∇ψ_k per layer, at the drives (autograd of the map's ψ; maps whose
+//!   ψ is not known, e.g. a scripted map without `potential`, are skipped);
 //! * A6 nudge consistency: the production nudge term vs −β∇_sℓ by autograd of ℓ;
 //! * A7 (info): the hand-rolled step VJP vs autograd of one step.
 use super::local::{phase_states, probe_batch, random_states};
@@ -200,6 +202,7 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
     states.extend(phase_states(m, p, &batch, inst.prec, o.beta, o.t_free, o.k_nudge).into_iter().map(|(n, _, s)| (n, s)));
     let betas = [0.0, o.beta, -o.beta];
     let (mut a1, mut a2, mut a3, mut a4, mut a4b, mut a6, mut a7) = (Worst::default(), Worst::default(), Worst::default(), Worst::default(), Worst::default(), Worst::default(), Worst::default());
+    let mut a5m = Worst::default();
     let mut coupled = vec![vec![false; nl]; nl];
     let rng = crate::tensor_util::rng_lock();
     tch::manual_seed(o.seed as i64 ^ 0x0A0D17);
@@ -259,6 +262,17 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
                 let ja = tch::no_grad(|| m.jacobian_apply(k, &batch, &prod[k], &v));
                 a4b.add(&names[k], rel_linf_t(&ja, &jv), &at);
             }
+            // A5m: an update map's G vs ∇ψ by autograd of its potential, at the drives (where ψ is known).
+            for k in 0..nl {
+                if let Some(map) = m.update_map(k) {
+                    let leaf = prod[k].detach().set_requires_grad(true);
+                    let psi = tch::with_grad(|| map.potential(&batch, &leaf));
+                    if crate::tensor_util::all_finite(&psi) {
+                        let g = grads_or_zeros(&psi.sum(Kind::Double), &[&leaf]).remove(0);
+                        a5m.add(&names[k], rel_linf_t(&tch::no_grad(|| m.activate(k, &batch, &prod[k])), &g), &at);
+                    }
+                }
+            }
             // A6: the production nudge term vs −β∇ℓ by autograd, at the current output.
             if beta != 0.0 {
                 let u0 = tch::no_grad(|| m.drive(p, &batch, s, m.output, 0.0));
@@ -310,6 +324,7 @@ pub fn run(inst: &Instance, o: &AuditOptions) -> CheckReport {
         rows.push(row);
     }
     scored(&mut rows, &mut summary, "A4", "asym", "layer", &a4, o.tol, &|n| format!("update map not a gradient map: layer {n}"), false);
+    scored(&mut rows, &mut summary, "A5m", "rel_linf", "layer", &a5m, o.tol, &|n| format!("update map is not the gradient of its potential ψ: layer {n}"), false);
     scored(&mut rows, &mut summary, "A4b", "rel_linf", "layer", &a4b, o.tol, &|_| String::new(), true);
     scored(&mut rows, &mut summary, "A6", "rel_linf", "layer", &a6, o.tol, &|_| "nudge inconsistent with ℓ".into(), false);
     scored(&mut rows, &mut summary, "A7", "rel_linf", "total", &a7, 1e3 * o.tol, &|_| String::new(), true);

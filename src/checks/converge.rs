@@ -194,7 +194,7 @@ fn certify(inst: &Instance, name: &str, ph: &Phase, o: &ConvergeOptions, rows: &
     // Total energy 𝓕_β along the iterations, and the parity-split chains (sync, β = 0).
     let mut violations = None;
     // 𝓕 needs every σ to be the gradient of a convex ψ (not the holomorphic surrogates, estimators §3.6).
-    let energy_defined = inst.model.layers.iter().all(|l| l.activation.has_convex_potential());
+    let energy_defined = inst.model.layers.iter().all(|l| l.activation.has_convex_potential()) && (0..inst.model.layers.len()).all(|k| inst.model.update_map(k).map_or(true, |u| u.has_conjugate_potential()));
     let asserted = ph.beta == 0.0 && inst.model.schedule.kind == ScheduleKind::Sync && finite.iter().all(|&f| f) && energy_defined;
     if asserted {
         let (v, max_inc) = parity_chain_violations(inst, traj);

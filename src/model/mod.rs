@@ -9,6 +9,7 @@ pub mod readout;
 pub mod schedule;
 pub mod terms;
 pub mod update_map;
+pub mod scripted_update;
 
 use crate::precision::Precision;
 use crate::tensor_util::{from_planar, to_planar};

@@ -30,6 +30,11 @@ pub trait UpdateMap: Send + Sync + std::fmt::Debug {
     /// ψ*(s) summed over the non-batch axes, shape (B,): the conjugate used by the total energy 𝓕
     /// (conventions §7.2); +∞ where s is outside the domain of ψ*.
     fn conjugate_potential(&self, batch: &Batch, s: &Tensor) -> Tensor;
+    /// Whether [`UpdateMap::conjugate_potential`] is computed (false: NaN, so the total energy 𝓕 is undefined
+    /// and `converge` does not assert its monotonicity; a scripted map, `scripted_update.rs`).
+    fn has_conjugate_potential(&self) -> bool {
+        true
+    }
     /// Whether the map accepts complex drives (holomorphic EP, estimators §3.6).
     fn is_holomorphic(&self) -> bool {
         false

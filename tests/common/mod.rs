@@ -1,7 +1,33 @@
 #![allow(dead_code)]
 use epcheck::config::RunConfig;
 use epcheck::instance::Instance;
+use std::path::PathBuf;
+use std::process::Command;
 use tch::Tensor;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The repository's `.venv` python when it can import torch; otherwise prints `skipped: …` and gives None
+/// (the tests that need it return).
+pub fn python() -> Option<PathBuf> {
+    let py = root().join(".venv/bin/python");
+    let ok = Command::new(&py).args(["-c", "import torch"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if ok {
+        Some(py)
+    } else {
+        println!("skipped: {} cannot import torch", py.display());
+        None
+    }
+}
+
+/// Runs the epcheck binary (one OpenMP thread): (exit code, stdout, stderr).
+pub fn epcheck(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(args).env("OMP_NUM_THREADS", "1").output().expect("binary runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
 
 /// A tiny P-MLP instance (checks F1-style): archi [6, 5, 5, 3], B = 3, init_scale 0.5.
 pub fn tiny(activation: &str, loss: &str) -> Instance {

@@ -14,11 +14,14 @@
 //!
 //! The module also has `spec() -> str`: JSON with the input shape, the layers (name, shape, activation), the
 //! parameters (canonical name, shape, init bound), the loss, the schedule and, optionally, the input range and
-//! `drives: true`. `python/epcheck_energy.py` writes it.
+//! `drives: true`. A layer's update is an activation by name or an update map (`update`: epcheck's attention
+//! map, or the module's own `update`/`potential` methods, `crate::model::scripted_update`). `python/epcheck_energy.py` writes it.
 use super::{Node, Term};
 use crate::model::activation::Activation;
 use crate::model::loss::Loss;
 use crate::model::schedule::Schedule;
+use crate::model::scripted_update::ScriptedMap;
+use crate::model::update_map::UpdateMap;
 use crate::model::{Init, LayerSpec, Model, ParamSpec};
 use crate::{Error, Result};
 use serde::Deserialize;
@@ -34,7 +37,12 @@ pub const KIND: &str = "scripted";
 struct SpecLayer {
     name: String,
     shape: Vec<i64>,
-    activation: String,
+    /// An elementwise activation by name, or (instead) `update`.
+    #[serde(default)]
+    activation: Option<String>,
+    /// A vector update map (`crate::model::scripted_update`): `{"kind": "attention", …}` or `{"kind": "scripted"}`.
+    #[serde(default)]
+    update: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -63,6 +71,9 @@ struct Spec {
     /// The module has `drives(params, states, x) -> List[Tensor]`.
     #[serde(default)]
     drives: bool,
+    /// Φ is holomorphic in the states and evaluates on complex tensors (holomorphic EP); verified on a probe.
+    #[serde(default)]
+    complex_safe: bool,
 }
 
 /// Results of the last evaluation, reused while the same tensors (same storage and version) come back: the
@@ -82,6 +93,10 @@ pub struct Scripted {
     slots: Vec<Node>,
     params: Vec<usize>,
     custom_drives: bool,
+    /// The spec's `complex_safe` (checked on a complex probe state before a run).
+    complex_safe: bool,
+    /// The layers updated by the module's own `update`/`potential` (checked with Φ before a run).
+    maps: Vec<(usize, Arc<ScriptedMap>)>,
     cache: Mutex<Option<Cached>>,
 }
 
@@ -105,11 +120,28 @@ fn key_of(ts: &[Option<&Tensor>]) -> Vec<(usize, i64, Vec<i64>, Vec<i64>)> {
         .collect()
 }
 
+/// Gradients of a scalar; for a complex (holomorphic) output, libtorch's backward with grad_output 1 gives the
+/// conjugate Wirtinger derivative conj(f′(z)), conjugated back here to the holomorphic derivative f′(z)
+/// (as `tensor_util::holomorphic_grads`; the closed form is tested in tests/scripted.rs).
 fn gradients(output: &Tensor, inputs: &[&Tensor], create_graph: bool) -> Vec<Option<Tensor>> {
     if !output.requires_grad() {
         return inputs.iter().map(|_| None).collect();
     }
-    Tensor::run_backward(&[output], inputs, create_graph, create_graph).into_iter().map(|g| g.defined().then_some(g)).collect()
+    let complex = crate::tensor_util::is_complex(output.kind());
+    Tensor::run_backward(&[output], inputs, create_graph, create_graph)
+        .into_iter()
+        .map(|g| g.defined().then(|| if complex { g.conj().resolve_conj() } else { g }))
+        .collect()
+}
+
+/// With complex states, the real parameters and input are passed to the module in the states' complex dtype
+/// (one dtype for every argument; their imaginary parts are 0).
+fn lift(t: &Tensor, like: &Tensor) -> Tensor {
+    if crate::tensor_util::is_complex(like.kind()) && !crate::tensor_util::is_complex(t.kind()) {
+        t.to_kind(like.kind())
+    } else {
+        t.shallow_clone()
+    }
 }
 
 impl Scripted {
@@ -119,7 +151,8 @@ impl Scripted {
 
     /// Calls `primitive` (errors as one line).
     fn try_phi(&self, p: &[Tensor], layers: &[Tensor], x: &Tensor) -> Result<Tensor> {
-        let args = [IValue::TensorList(p.iter().map(|t| t.shallow_clone()).collect()), IValue::TensorList(layers.iter().map(|t| t.shallow_clone()).collect()), IValue::Tensor(x.shallow_clone())];
+        let like = &layers[0];
+        let args = [IValue::TensorList(p.iter().map(|t| lift(t, like)).collect()), IValue::TensorList(layers.iter().map(|t| t.shallow_clone()).collect()), IValue::Tensor(lift(x, like))];
         match self.module.method_is("primitive", &args) {
             Ok(IValue::Tensor(t)) => Ok(t),
             Ok(other) => Err(Error::file(&self.path, format!("primitive(params, states, x) must return a Tensor Φ of shape (B,), returned {}", ivalue_kind(&other)))),
@@ -191,7 +224,7 @@ impl Scripted {
     /// `with_params`).
     fn contracted(&self, p: &[Tensor], s: &[&Tensor], mu: &[Option<&Tensor>], with_params: bool) -> (Tensor, Vec<Tensor>, Vec<Tensor>) {
         let leaves: Vec<Tensor> = s[1..].iter().map(|t| t.detach().set_requires_grad(true)).collect();
-        let pl: Vec<Tensor> = p.iter().map(|t| if with_params { t.detach().set_requires_grad(true) } else { t.detach() }).collect();
+        let pl: Vec<Tensor> = p.iter().map(|t| if with_params { lift(&t.detach(), &leaves[0]).set_requires_grad(true) } else { t.detach() }).collect();
         let mut args: Vec<&Tensor> = vec![s[0]];
         args.extend(leaves.iter());
         let u = self.drives_all(&pl, &args, true);
@@ -238,6 +271,60 @@ impl Scripted {
         let u = tch::no_grad(|| self.drives_all(p, s, false));
         if let Some(k) = u.iter().position(|t| !crate::tensor_util::all_finite(t)) {
             return Err(Error::file(&self.path, format!("the drive ∂Φ/∂s of layer {} is not finite (NaN or inf) at the zero state", k + 1)));
+        }
+        for (k, map) in &self.maps {
+            map.check(s[0], &s[k + 1].zeros_like())?;
+        }
+        if self.complex_safe {
+            self.check_complex(p, s)?;
+        }
+        Ok(())
+    }
+
+    /// `complex_safe`: Φ evaluates on a complex probe state (seeded, entries ~ 0.5·N(0, 1) + 0.5·i·N(0, 1)), is
+    /// finite and satisfies Φ(conj s) = conj Φ(s) (real θ and x: what a holomorphic Φ with real coefficients
+    /// does; |·|, Re, Im or conj inside Φ break it) to 1e-10 relative, and so do its drives.
+    fn check_complex(&self, p: &[Tensor], s: &[&Tensor]) -> Result<()> {
+        let bad = |m: String| Error::file(&self.path, format!("spec() says complex_safe, but {m}"));
+        let ck = crate::tensor_util::complex_kind(s[1].kind());
+        let probe: Vec<Tensor> = crate::tensor_util::seeded(0x17C, || s[1..].iter().map(|t| Tensor::complex(&(t.randn_like() * 0.5), &(t.randn_like() * 0.5))).collect());
+        let conj: Vec<Tensor> = probe.iter().map(|t| t.conj().resolve_conj()).collect();
+        let (a, c) = match tch::no_grad(|| Ok::<_, Error>((self.try_phi(p, &probe, s[0])?, self.try_phi(p, &conj, s[0])?))) {
+            Ok(v) => v,
+            Err(e) => return Err(bad(format!("Φ fails on complex states: {}", first_line(&e)))),
+        };
+        if a.kind() != ck {
+            return Err(bad(format!("Φ on complex states returned dtype {:?}, expected {ck:?}", a.kind())));
+        }
+        if !crate::tensor_util::all_finite(&a) {
+            return Err(bad("Φ on a complex probe state is not finite".into()));
+        }
+        let diff = (&c - a.conj()).abs().max().double_value(&[]);
+        let scale = a.abs().max().double_value(&[]).max(1e-300);
+        if !(diff <= 1e-10 * scale) {
+            return Err(bad(format!("Φ(conj s) ≠ conj Φ(s) on a probe (|difference| {diff:.3e} vs |Φ| {scale:.3e}): Φ is not holomorphic with real coefficients")));
+        }
+        // Cauchy–Riemann along a seeded direction v: d/dt Φ(s + t·i·v) = i·d/dt Φ(s + t·v) (central differences,
+        // h = 1e-4 in f64 / 1e-2 in f32, truncation O(h²)); a real-valued non-holomorphic part (|s|², Re s) breaks it.
+        let f64_run = s[1].kind() == Kind::Double;
+        let (h, tol) = if f64_run { (1e-4, 1e-6) } else { (1e-2, 1e-2) };
+        let v: Vec<Tensor> = crate::tensor_util::seeded(0x17D, || probe.iter().map(|t| Tensor::complex(&t.real().randn_like(), &t.real().randn_like())).collect());
+        let at = |c: (f64, f64)| -> Result<Tensor> {
+            let z: Vec<Tensor> = probe.iter().zip(&v).map(|(t, d)| t + crate::tensor_util::times_scalar(d, c)).collect();
+            tch::no_grad(|| self.try_phi(p, &z, s[0]))
+        };
+        let cr = (|| -> Result<(Tensor, Tensor)> { Ok(((at((h, 0.0))? - at((-h, 0.0))?) / (2.0 * h), (at((0.0, h))? - at((0.0, -h))?) / (2.0 * h))) })();
+        let (dv, dw) = cr.map_err(|e| bad(format!("Φ fails on complex states: {}", first_line(&e))))?;
+        let miss = (&dw - crate::tensor_util::times_scalar(&dv, (0.0, 1.0))).abs().max().double_value(&[]);
+        let size = dv.abs().max().double_value(&[]).max(1e-300);
+        if !(miss <= tol * size) {
+            return Err(bad(format!("Φ is not holomorphic in the states on a probe (Cauchy–Riemann: |∂_(iv)Φ − i·∂_vΦ| {miss:.3e} vs |∂_vΦ| {size:.3e}; |·|, Re, Im or conj inside Φ?)")));
+        }
+        let mut args: Vec<&Tensor> = vec![s[0]];
+        args.extend(probe.iter());
+        let u = tch::no_grad(|| self.drives_all(p, &args, false));
+        if let Some(k) = u.iter().position(|t| !crate::tensor_util::all_finite(t)) {
+            return Err(bad(format!("the drive of layer {} is not finite on a complex probe state", k + 1)));
         }
         Ok(())
     }
@@ -298,7 +385,8 @@ impl Term for Scripted {
     }
     fn param_grad(&self, p: &[Tensor], s: &[&Tensor]) -> Vec<Tensor> {
         tch::with_grad(|| {
-            let pl: Vec<Tensor> = p.iter().map(|t| t.detach().set_requires_grad(true)).collect();
+            // Complex states: complex copies of θ as leaves (the holomorphic derivative, as the local forms give).
+            let pl: Vec<Tensor> = p.iter().map(|t| lift(&t.detach(), s[1]).set_requires_grad(true)).collect();
             let layers: Vec<Tensor> = s[1..].iter().map(|t| t.detach()).collect();
             let phi = self.phi(&pl, &layers, s[0]).sum(None::<Kind>);
             let refs: Vec<&Tensor> = pl.iter().collect();
@@ -316,20 +404,21 @@ impl Term for Scripted {
         true
     }
     fn param_grad_weighted(&self, p: &[Tensor], s: &[&Tensor], w: &Tensor) -> Option<Vec<Tensor>> {
-        if crate::tensor_util::is_complex(w.kind()) || s.iter().any(|t| crate::tensor_util::is_complex(t.kind())) {
-            return None;
-        }
         Some(tch::with_grad(|| {
-            let pl: Vec<Tensor> = p.iter().map(|t| t.detach().set_requires_grad(true)).collect();
             let layers: Vec<Tensor> = s[1..].iter().map(|t| t.detach()).collect();
+            // A complex weight with real states: Φ is real, Σ w_r ∂Φ_r/∂θ = Σ Re w_r … + i Σ Im w_r …, i.e. the
+            // same autograd with complex leaves on the real states lifted to the complex dtype.
+            let like = if crate::tensor_util::is_complex(w.kind()) && !crate::tensor_util::is_complex(layers[0].kind()) { w.shallow_clone() } else { layers[0].shallow_clone() };
+            let layers: Vec<Tensor> = layers.iter().map(|t| lift(t, &like)).collect();
+            let pl: Vec<Tensor> = p.iter().map(|t| lift(&t.detach(), &like).set_requires_grad(true)).collect();
             let phi = (self.phi(&pl, &layers, s[0]) * w.detach()).sum(None::<Kind>);
             let refs: Vec<&Tensor> = pl.iter().collect();
             gradients(&phi, &refs, false).into_iter().zip(p).map(|(g, t)| g.unwrap_or_else(|| t.zeros_like())).collect()
         }))
     }
-    /// Complex states would need a complex-safe module and holomorphic autograd; not offered.
+    /// Only a module whose spec says `complex_safe` (verified on a complex probe before a run).
     fn supports_complex(&self) -> bool {
-        false
+        self.complex_safe
     }
     fn validate(&self, p: &[Tensor], s: &[&Tensor]) -> Result<()> {
         self.check(p, s)
@@ -350,6 +439,7 @@ pub fn load_file(path: &Path, device: Device) -> Result<Model> {
         Err(_) => return Err(Error::file(path, "the module has no method spec() -> str (the layers, parameters and loss as JSON): save it with python/epcheck_energy.py, docs/scripted.md")),
     };
     let spec: Spec = serde_json::from_str(&json).map_err(|e| Error::file(path, format!("spec(): {}", first_line(&e))))?;
+    let module = Arc::new(module);
     let bad = |m: String| Error::file(path, format!("spec(): {m}"));
     let sizes_ok = |s: &[i64]| !s.is_empty() && s.iter().all(|&d| d >= 1);
     if !sizes_ok(&spec.input) {
@@ -359,11 +449,22 @@ pub fn load_file(path: &Path, device: Device) -> Result<Model> {
         return Err(bad("layers and params must each list at least one entry".into()));
     }
     let mut layers = Vec::new();
-    for l in &spec.layers {
+    let (mut update_maps, mut scripted_maps): (Vec<(usize, Arc<dyn UpdateMap>)>, Vec<(usize, Arc<ScriptedMap>)>) = (vec![], vec![]);
+    for (k, l) in spec.layers.iter().enumerate() {
         if !sizes_ok(&l.shape) {
             return Err(bad(format!("layer '{}' has shape {:?}: every size must be ≥ 1", l.name, l.shape)));
         }
-        let act = Activation::parse(&l.activation).map_err(|e| bad(format!("layer '{}': {}", l.name, first_line(&e))))?;
+        let act = match (&l.activation, &l.update) {
+            (Some(_), Some(_)) => return Err(bad(format!("layer '{}': give either activation or update, not both", l.name))),
+            (None, None) => return Err(bad(format!("layer '{}': missing activation (or update map)", l.name))),
+            (Some(a), None) => Activation::parse(a).map_err(|e| bad(format!("layer '{}': {}", l.name, first_line(&e))))?,
+            (None, Some(u)) => {
+                let (map, scripted) = crate::model::scripted_update::parse(u, k, &l.name, &l.shape, &spec.input, &module, &path.display().to_string()).map_err(bad)?;
+                update_maps.push((k, map));
+                scripted_maps.extend(scripted.map(|m| (k, m)));
+                Activation::Identity
+            }
+        };
         layers.push(LayerSpec { name: l.name.clone(), shape: l.shape.clone(), activation: act });
     }
     let mut params = Vec::new();
@@ -399,8 +500,11 @@ pub fn load_file(path: &Path, device: Device) -> Result<Model> {
     };
     let mut slots = vec![Node::Input(0)];
     slots.extend((0..n).map(Node::Layer));
-    let term = Scripted { module: Arc::new(module), path: path.display().to_string(), slots, params: (0..params.len()).collect(), custom_drives: spec.drives, cache: Mutex::new(None) };
+    let term = Scripted { module, path: path.display().to_string(), slots, params: (0..params.len()).collect(), custom_drives: spec.drives, complex_safe: spec.complex_safe, maps: scripted_maps, cache: Mutex::new(None) };
     let mut m = Model::new("energy", vec![spec.input.clone()], layers, params, vec![Box::new(term)], loss, schedule).map_err(|e| bad(first_line(&e)))?;
+    for (k, map) in update_maps {
+        m = m.with_update_map(k, map).map_err(|e| bad(first_line(&e)))?;
+    }
     if let Some([lo, hi]) = spec.input_range {
         if !(lo.is_finite() && hi.is_finite() && lo < hi) {
             return Err(bad(format!("input_range must be [lo, hi] with lo < hi, got [{lo}, {hi}]")));
