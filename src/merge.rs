@@ -4,6 +4,7 @@
 //! writing anything, folders that are not shard run folders, shards of different campaigns (the recorded
 //! `campaign.json` must match: family and its hash, seed, cases, properties, shrinking), shards of different
 //! splits, duplicate or missing shards, and tables that do not hold exactly the shard's cases.
+use crate::checks::bias::{BetaRec, BiasOptions, ShardRecord};
 use crate::fuzz::{self, CampaignRecord, Row};
 use crate::{Error, Result};
 use clap::Args;
@@ -97,6 +98,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 }
 
 pub fn command(a: MergeArgs) -> Result<i32> {
+    if a.dirs[0].join(BIAS_SHARD).is_file() {
+        return merge_bias(&a.dirs, &a.out);
+    }
     let (rec, rows, walls) = load_shards(&a.dirs)?;
     crate::run::check_output_dir(&a.out)?;
     let c = &rec.campaign;
@@ -116,5 +120,130 @@ pub fn command(a: MergeArgs) -> Result<i32> {
     let dir = rf.commit()?;
     println!("{line}");
     println!("report: {}", dir.display());
+    Ok(code)
+}
+
+/// The record of a `bias --shard i/n` run folder.
+pub const BIAS_SHARD: &str = "bias-shard.json";
+
+/// Writes the record of a `bias` shard into its (committed) run folder.
+pub fn write_bias_shard(dir: &Path, rec: &ShardRecord) -> Result<()> {
+    let p = dir.join(BIAS_SHARD);
+    std::fs::write(&p, serde_json::to_string(rec).expect("json")).map_err(|e| Error::file(&p, e))
+}
+
+fn bias_record(dir: &Path) -> Result<ShardRecord> {
+    if !dir.is_dir() {
+        return Err(Error::file(dir, "not a run folder (no such folder)"));
+    }
+    let p = dir.join(BIAS_SHARD);
+    let text = std::fs::read_to_string(&p).map_err(|_| Error::file(dir, format!("not a run folder of `epcheck bias --shard` (no {BIAS_SHARD})")))?;
+    serde_json::from_str(&text).map_err(|e| Error::file(&p, format!("malformed bias shard record: {e}")))
+}
+
+/// The first dotted key where two TOML tables differ, as `key: a vs b` (`(none)` where a key is absent).
+fn toml_difference(a: &toml::Table, b: &toml::Table, prefix: &str) -> Option<String> {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match (a.get(k), b.get(k)) {
+            (Some(toml::Value::Table(x)), Some(toml::Value::Table(y))) => {
+                if let Some(d) = toml_difference(x, y, &key) {
+                    return Some(d);
+                }
+            }
+            (x, y) if x != y => {
+                let show = |v: Option<&toml::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "(none)".into());
+                return Some(format!("{key}: {} vs {}", show(x), show(y)));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Validates the shards of a bias sweep: same configuration (the differing key is named), same instance and
+/// input files, one split, each shard once, each holding exactly its β points. Returns the records, in shard order.
+pub fn load_bias_shards(dirs: &[PathBuf]) -> Result<Vec<ShardRecord>> {
+    let recs = dirs.iter().map(|d| bias_record(d)).collect::<Result<Vec<_>>>()?;
+    let first = &recs[0];
+    let parse = |d: &Path, text: &str| -> Result<toml::Table> { text.parse::<toml::Table>().map_err(|e| Error::file(&d.join(BIAS_SHARD), format!("malformed configuration: {e}"))) };
+    let c0 = parse(&dirs[0], &first.config)?;
+    for (d, r) in dirs.iter().zip(&recs).skip(1) {
+        let differ = |what: String| Err(Error::file(d, format!("a shard of a different configuration than {} ({what})", dirs[0].display())));
+        if let Some(k) = toml_difference(&c0, &parse(d, &r.config)?, "") {
+            return differ(k);
+        }
+        if r.params != first.params {
+            return differ(format!("--params: {:?} vs {:?}", first.params, r.params));
+        }
+        if r.input != first.input {
+            return differ(format!("--input: {:?} vs {:?}", first.input, r.input));
+        }
+        if r.instance != first.instance {
+            return differ(format!("instance: {} vs {}", first.instance, r.instance));
+        }
+        if r.context != first.context {
+            return differ("reference gradient: the shards computed different references".into());
+        }
+    }
+    let n = first.shard[1];
+    for (d, r) in dirs.iter().zip(&recs) {
+        if r.shard[1] != n {
+            return Err(Error::file(d, format!("shard {}/{} of a different split than {} ({}/{n})", r.shard[0], r.shard[1], dirs[0].display(), first.shard[0])));
+        }
+    }
+    let mut seen = vec![None::<&PathBuf>; n];
+    for (d, r) in dirs.iter().zip(&recs) {
+        if let Some(other) = seen[r.shard[0]] {
+            return Err(Error::file(d, format!("shard {}/{n} is given twice (also {})", r.shard[0], other.display())));
+        }
+        seen[r.shard[0]] = Some(d);
+    }
+    if let Some(i) = seen.iter().position(|s| s.is_none()) {
+        return Err(Error::Config(format!("merge: shard {i}/{n} is missing (give the run folders of all {n} shards)")));
+    }
+    for (d, r) in dirs.iter().zip(&recs) {
+        let want = crate::run::Shard { index: r.shard[0], count: n }.select(r.grid_len);
+        let have: Vec<usize> = r.betas.iter().map(|b| b.index).collect();
+        if have != want {
+            return Err(Error::file(&d.join(BIAS_SHARD), format!("holds β points {have:?}, not the grid indices {want:?} of shard {}/{n}", r.shard[0])));
+        }
+    }
+    let mut recs = recs;
+    recs.sort_by_key(|r| r.shard[0]);
+    Ok(recs)
+}
+
+/// `epcheck merge` of `bias --shard` run folders: the sweep's report computed from the merged per-β records,
+/// exactly as one unsharded run computes it from its own.
+fn merge_bias(dirs: &[PathBuf], out: &Path) -> Result<i32> {
+    let recs = load_bias_shards(dirs)?;
+    crate::run::check_output_dir(out)?;
+    let first = &recs[0];
+    // The instance (model, parameters, batch) from the shards' resolved configuration.
+    let cfg = crate::config::RunConfig::resolve(None, Some(&dirs[0].join("config.toml")), toml::Table::new())?;
+    for p in [&first.params, &first.input].into_iter().flatten() {
+        if !p.exists() {
+            return Err(Error::file(p, "no such file (a file the shards were run with)"));
+        }
+    }
+    let inst = crate::instance::Instance::build(cfg, first.params.as_deref(), first.input.as_deref())?;
+    if inst.id != first.instance {
+        return Err(Error::file(&dirs[0].join("config.toml"), format!("rebuilds instance {}, not the shards' {}", inst.id, first.instance)));
+    }
+    let o = BiasOptions::from_config(&inst.cfg);
+    if o.grid.len() != first.grid_len {
+        return Err(Error::file(&dirs[0].join("config.toml"), format!("checks.bias.grid has {} points, the shards {}", o.grid.len(), first.grid_len)));
+    }
+    let mut betas: Vec<BetaRec> = recs.iter().flat_map(|r| r.betas.iter().cloned()).collect();
+    betas.sort_by_key(|b| b.index);
+    let rep = crate::checks::bias::finish(&inst, &o, &first.context, &betas, vec![]);
+    let (dir, code) = crate::run::complete(out, None, "bias", &inst, &[rep])?;
+    let sources = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join("\n");
+    let p = dir.join("shards.txt");
+    std::fs::write(&p, sources + "\n").map_err(|e| Error::file(&p, e))?;
     Ok(code)
 }

@@ -518,12 +518,16 @@ pub fn run_shard(inst: &Instance, o: &BiasOptions, params: Option<&std::path::Pa
         grid_len: o.grid.len(),
         instance: inst.id.clone(),
         config: inst.cfg.to_toml(),
-        params: params.map(|p| p.to_path_buf()),
-        input: input.map(|p| p.to_path_buf()),
+        params: params.map(absolute),
+        input: input.map(absolute),
         context: ctx,
         betas,
     };
     Ok((rows.finish(summary, dump).with_digest(digest), rec))
+}
+
+fn absolute(p: &std::path::Path) -> std::path::PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// The per-β rows: cos(ĝ₊ − g, ĝ₋ − g) of every β point, then every point's metrics per scope.
