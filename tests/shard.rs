@@ -143,3 +143,84 @@ fn shard_records_round_trip_every_f64_bit_for_bit() {
     };
     assert_eq!(bits(&back), bits(&rec));
 }
+
+/// JUnit XML without its timing attributes (wall times are not results).
+fn junit_suites(dir: &Path) -> Vec<String> {
+    let x = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    let mut s = String::new();
+    let mut rest = x.as_str();
+    // Drop every ` time="…"` and ` timestamp="…"` attribute.
+    while let Some(i) = rest.find(" time") {
+        s += &rest[..i];
+        let after = &rest[i + 1..];
+        match after.find('"').and_then(|a| after[a + 1..].find('"').map(|b| a + b + 2)) {
+            Some(end) if after[..after.find('"').unwrap()].ends_with('=') => rest = &after[end..],
+            _ => {
+                s += " ";
+                rest = after;
+            }
+        }
+    }
+    s += rest;
+    s.split("<testsuite ").skip(1).map(|b| b.to_string()).collect()
+}
+
+#[test]
+fn verify_shards_merge_to_the_unsharded_job_suite_by_suite() {
+    let d = tempfile::tempdir().unwrap();
+    let suites = d.path().join("suites");
+    std::fs::create_dir_all(&suites).unwrap();
+    let write = |name: &str, archi: &str| {
+        let s = format!("name = \"{name}\"\nseeds = [0, 1]\ndtype = \"f64\"\nfigure_format = \"svg\"\nthreads = 1\n[model]\npreset = \"p-mlp\"\narchi = {archi}\nbatch = 2\n[checks.local]\n[checks.converge]\n");
+        std::fs::write(suites.join(format!("{name}.toml")), s).unwrap();
+    };
+    for (n, a) in [("a", "[4, 3, 2]"), ("b", "[5, 3, 2]"), ("c", "[4, 4, 2]")] {
+        write(n, a);
+    }
+    let verify = |extra: &[&str], out: &str| bin().arg("verify").arg(&suites).args(extra).arg("--out").arg(d.path().join(out)).output().unwrap();
+    let single = verify(&[], "single");
+    // converge fails on these (T = 30 stops short of tol): the merged job must carry failures too.
+    assert_eq!(single.status.code(), Some(1), "{}", text(&single));
+    for i in 0..2 {
+        let o = verify(&["--shard", &format!("{i}/2")], &format!("sh{i}"));
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    }
+    let merged = d.path().join("merged");
+    let o = bin().arg("merge").arg(d.path().join("sh1")).arg(d.path().join("sh0")).arg("--out").arg(&merged).output().unwrap();
+    assert_eq!(o.status.code(), single.status.code(), "{}", text(&o));
+    let last = |o: &Output, k: usize| String::from_utf8_lossy(&o.stdout).lines().find(|l| l.contains("passed,")).map(|l| l.to_string()).unwrap_or_else(|| panic!("no summary line {k}"));
+    assert_eq!(last(&o, 0), last(&single, 1), "same summary line");
+    let (js, jm) = (junit_suites(&d.path().join("single")), junit_suites(&merged));
+    assert_eq!(js.len(), 3);
+    assert_eq!(jm.len(), 3);
+    for (a, b) in jm.iter().zip(&js) {
+        assert_eq!(a, b, "merged JUnit suite = unsharded JUnit suite");
+    }
+    // summary.md: the same rows but for the run folders' time stamps; index.html links every run folder.
+    let strip = |p: &Path| -> Vec<String> { std::fs::read_to_string(p.join("summary.md")).unwrap().lines().map(|l| l.rsplit_once(" | ").map(|x| x.0.to_string()).unwrap_or(l.to_string())).collect() };
+    assert_eq!(strip(&merged), strip(&d.path().join("single")));
+    let index = std::fs::read_to_string(merged.join("index.html")).unwrap();
+    let runs = run_dirs(&merged);
+    assert_eq!(runs.len(), 6, "one run folder per suite and seed: {runs:?}");
+    for r in &runs {
+        assert!(r.join("index.html").is_file() && r.join("tables").join("metrics.parquet").is_file());
+        assert!(index.contains(&format!("{}/index.html", r.file_name().unwrap().to_string_lossy())), "index links {}", r.display());
+    }
+    for s in ["a", "b", "c"] {
+        assert_eq!(index.matches(&format!("<td>{s}</td>")).count(), 4, "suite {s}: 2 seeds × 2 checks on the page");
+    }
+
+    // Planted mismatch: suite c edited after shard 0 ran; a missing shard.
+    write("c", "[4, 5, 2]");
+    let o = verify(&["--shard", "1/2"], "sh1b");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let refused = d.path().join("refused");
+    for (dirs, want) in [(vec!["sh0", "sh1b"], "c.toml: sha256"), (vec!["sh0"], "shard 1/2 is missing")] {
+        let o = bin().arg("merge").args(dirs.iter().map(|x| d.path().join(x))).arg("--out").arg(&refused).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(want), "{want}: {err}");
+        assert!(!refused.exists(), "nothing written");
+    }
+}

@@ -602,19 +602,23 @@ pub fn case_seed(seed: u64, i: usize) -> u64 {
     Rng::new(seed.wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))).next_u64()
 }
 
+/// Runs every listed property on the recipe of case `i`: check, time, row, progress; appends to `out`.
+fn run_properties(i: usize, r: &Recipe, properties: &[&str], progress: &mut impl FnMut(usize, &Row), out: &mut Vec<(Row, Case)>) {
+    for &prop in properties {
+        let c = r.case(prop);
+        let t0 = Instant::now();
+        let o = check(&c);
+        let row = Row { case: i, seed: r.seed, graph: c.summary.clone(), outcome: o, millis: t0.elapsed().as_secs_f64() * 1e3 };
+        progress(i, &row);
+        out.push((row, c));
+    }
+}
+
 /// Runs the cases `indices` of the campaign (every listed property on each graph).
 pub fn run_family_cases(fam: &family::Family, seed: u64, indices: &[usize], properties: &[&str], mut progress: impl FnMut(usize, &Row)) -> Vec<(Row, Case)> {
     let mut out = vec![];
     for &i in indices {
-        let r = fam.tree(case_seed(seed, i)).current();
-        for &prop in properties {
-            let c = r.case(prop);
-            let t0 = Instant::now();
-            let o = check(&c);
-            let row = Row { case: i, seed: r.seed, graph: c.summary.clone(), outcome: o, millis: t0.elapsed().as_secs_f64() * 1e3 };
-            progress(i, &row);
-            out.push((row, c));
-        }
+        run_properties(i, &fam.tree(case_seed(seed, i)).current(), properties, &mut progress, &mut out);
     }
     out
 }
@@ -624,15 +628,7 @@ pub fn run_cases(n: usize, seed: u64, properties: &[&str], mut progress: impl Fn
     let mut stream = Rng::new(seed);
     let mut out = vec![];
     for i in 0..n {
-        let r = Recipe::random(stream.next_u64());
-        for &prop in properties {
-            let c = r.case(prop);
-            let t0 = Instant::now();
-            let o = check(&c);
-            let row = Row { case: i, seed: r.seed, graph: c.summary.clone(), outcome: o, millis: t0.elapsed().as_secs_f64() * 1e3 };
-            progress(i, &row);
-            out.push((row, c));
-        }
+        run_properties(i, &Recipe::random(stream.next_u64()), properties, &mut progress, &mut out);
     }
     out
 }
