@@ -52,6 +52,7 @@ fn recipes(acts: Vec<&'static str>, image_ok: bool) -> impl Strategy<Value = Rec
                 batch,
                 seed,
                 planted_output: false,
+                fixed: None,
             })
     })
 }

@@ -363,7 +363,9 @@ fn merge_verify(dirs: &[PathBuf], out: &Path) -> Result<i32> {
     }
     suites.sort_by_key(|s| s.index);
     let time = std::time::Duration::from_secs_f64(recs.iter().map(|(_, r)| r.time_s).sum());
-    let code = crate::verify::finish_job(out, &out.join("junit.xml"), &suites, time)?;
+    let (code, summary) = crate::verify::finish_job(out, &out.join("junit.xml"), &suites, time)?;
+    let p = out.join("summary.md");
+    std::fs::write(&p, summary).map_err(|e| Error::file(&p, e))?;
     let sources = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join("\n");
     let p = out.join("shards.txt");
     std::fs::write(&p, sources + "\n").map_err(|e| Error::file(&p, e))?;

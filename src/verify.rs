@@ -467,9 +467,10 @@ pub struct VerifyShardRecord {
 
 pub const VERIFY_SHARD: &str = "verify-shard.json";
 
-/// Writes a verify job's JUnit file, `summary.md` and job page (`index.html`) from its suites' records, prints
-/// the summary; returns the exit code. Used by `verify` and by `epcheck merge` of verify shards.
-pub fn finish_job(out: &Path, junit: &Path, suites: &[SuiteRec], time: Duration) -> Result<i32> {
+/// Writes a verify job's JUnit file and job page (`index.html`) from its suites' records, prints the summary;
+/// returns the exit code and the summary as Markdown (`epcheck merge` writes it as `summary.md`). Used by
+/// `verify` and by `epcheck merge` of verify shards.
+pub fn finish_job(out: &Path, junit: &Path, suites: &[SuiteRec], time: Duration) -> Result<(i32, String)> {
     let mut report = quick_junit::Report::new("epcheck verify");
     let mut counts = std::collections::BTreeMap::<&str, usize>::new();
     let mut code = 0;
@@ -514,8 +515,6 @@ pub fn finish_job(out: &Path, junit: &Path, suites: &[SuiteRec], time: Duration)
     }
     std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
     let summary = format!("# epcheck verify\n\n{line}\n{}\n", md.join("\n"));
-    let sp = out.join("summary.md");
-    std::fs::write(&sp, summary).map_err(|e| Error::file(&sp, e))?;
     let index = crate::report::html::write_job_index(out, "epcheck verify", &line, &rows)?;
     println!("{line}");
     println!("junit: {} (failures = {}, errors = {})", junit.display(), n("failed"), n("error"));
@@ -523,7 +522,7 @@ pub fn finish_job(out: &Path, junit: &Path, suites: &[SuiteRec], time: Duration)
     for d in &dirs {
         println!("report: {}", d.display());
     }
-    Ok(code)
+    Ok((code, summary))
 }
 
 /// The outcome of one check on one instance.
@@ -640,7 +639,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
         recs.push(SuiteRec { index: *suite_index, name: suite.name.clone(), file: suite.path.display().to_string(), time_s: t_suite.elapsed().as_secs_f64(), cases, rows });
     }
     let time = t_all.elapsed();
-    let code = finish_job(&a.out, &junit, &recs, time)?;
+    let (code, _) = finish_job(&a.out, &junit, &recs, time)?;
     if shard.count > 1 {
         let rec = VerifyShardRecord { shard: [shard.index, shard.count], suites: files_rec, ran: recs, time_s: time.as_secs_f64() };
         let p = a.out.join(VERIFY_SHARD);

@@ -228,3 +228,43 @@ fn verify_shard_runs_its_suites_only() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.lines().filter(|l| l.starts_with("PASS ")).all(|l| l.starts_with("PASS b/")) && out.contains("PASS b/"), "{out}");
 }
+
+/// Issue 18 item 1: fixed parts. Every drawn case of fixtures/families/fixed.toml holds the user's layer `aux` and
+/// its couplings (also the simplest case shrinking reaches), the loss stays on the drawn output, and the properties
+/// pass on them; fixed parts that cannot fit the family's graphs are refused when the family is read.
+#[test]
+fn family_fixed_parts_are_in_every_case_and_the_properties_pass() {
+    use proptest::strategy::ValueTree;
+    let fam = Family::load(Path::new("fixtures/families/fixed.toml")).unwrap();
+    let holds = |g: &str| {
+        let m = epcheck::graph::parse_str(g).unwrap_or_else(|e| panic!("{e}\n{g}"));
+        assert!(m.layers.iter().any(|l| l.name == "aux"), "{g}");
+        for p in ["F.x_aux", "F.aux_out", "F.b_aux"] {
+            assert!(m.params.iter().any(|s| s.name == p), "no {p}: {g}");
+        }
+        assert!(g.contains("output = \"out\""), "{g}");
+    };
+    let mut depths = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let r = fam.tree(fuzz::case_seed(5, i)).current();
+        depths.insert(r.hidden.len());
+        let (g, summary) = r.graph();
+        holds(&g);
+        assert!(summary.contains("fixed aux"), "{summary}");
+    }
+    assert!(depths.len() > 1, "the drawn part varies: depths {depths:?}");
+    let mut t = fam.tree(fuzz::case_seed(5, 0));
+    while t.simplify() {}
+    holds(&t.current().graph().0);
+    for i in 0..2 {
+        let r = fam.tree(fuzz::case_seed(5, i)).current();
+        for p in fuzz::PROPERTIES {
+            let o = fuzz::check(&r.case(p));
+            assert_eq!(o.verdict, "pass", "{p} on case {i} ({}): {}", r.graph().1, o.detail);
+        }
+    }
+    // A fixed weight whose shape contradicts the family's input (5 features, not 4): refused, naming `fixed`.
+    let text = std::fs::read_to_string("fixtures/families/fixed.toml").unwrap().replace("shape = [3, 4]", "shape = [3, 5]");
+    let e = Family::parse(&text, Path::new("bad.toml")).unwrap_err().to_string();
+    assert!(e.contains("bad.toml") && e.contains("fixed:"), "{e}");
+}

@@ -196,9 +196,13 @@ fn verify_shards_merge_to_the_unsharded_job_suite_by_suite() {
     for (a, b) in jm.iter().zip(&js) {
         assert_eq!(a, b, "merged JUnit suite = unsharded JUnit suite");
     }
-    // summary.md: the same rows but for the run folders' time stamps; index.html links every run folder.
-    let strip = |p: &Path| -> Vec<String> { std::fs::read_to_string(p.join("summary.md")).unwrap().lines().map(|l| l.rsplit_once(" | ").map(|x| x.0.to_string()).unwrap_or(l.to_string())).collect() };
-    assert_eq!(strip(&merged), strip(&d.path().join("single")));
+    // The job page: the same rows (verdict, suite, check, instance, digest) but for the run folders' names, every
+    // run folder linked; summary.md holds the same rows.
+    let rows = |p: &Path| -> Vec<String> { std::fs::read_to_string(p.join("index.html")).unwrap().lines().filter(|l| l.starts_with("<tr><td>")).map(|l| l.split("<td><a href").next().unwrap().to_string()).collect() };
+    assert_eq!(rows(&merged), rows(&d.path().join("single")));
+    assert_eq!(rows(&merged).len(), 12);
+    let summary = std::fs::read_to_string(merged.join("summary.md")).unwrap();
+    assert!(summary.contains(&last(&single, 1)) && summary.lines().filter(|l| l.starts_with("| a |")).count() == 4, "{summary}");
     let index = std::fs::read_to_string(merged.join("index.html")).unwrap();
     let runs = run_dirs(&merged);
     assert_eq!(runs.len(), 6, "one run folder per suite and seed: {runs:?}");

@@ -67,6 +67,43 @@ pub struct Skips {
     pub max: usize,
 }
 
+/// Fixed parts of a family: the user's own layers and couplings, written as in a graph file (docs/graph.md),
+/// that every drawn case contains. They may refer to the input `x`, the drawn output layer `out` and each other;
+/// fixed layers follow the drawn layers in model order, and the loss stays on `out`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixed {
+    #[serde(default)]
+    pub layers: Vec<toml::Table>,
+    #[serde(default)]
+    pub couplings: Vec<toml::Table>,
+}
+
+/// The fixed parts as graph-file text: `[[layers]]` and `[[couplings]]` entries, and the fixed layers' names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FixedText {
+    pub layers: String,
+    pub couplings: String,
+    pub names: Vec<String>,
+}
+
+impl Fixed {
+    fn text(&self) -> Option<FixedText> {
+        if self.layers.is_empty() && self.couplings.is_empty() {
+            return None;
+        }
+        let array = |key: &str, v: &[toml::Table]| {
+            let mut t = toml::Table::new();
+            if !v.is_empty() {
+                t.insert(key.into(), toml::Value::Array(v.iter().cloned().map(toml::Value::Table).collect()));
+            }
+            toml::to_string(&t).expect("toml tables serialize")
+        };
+        let names = self.layers.iter().map(|l| l.get("name").and_then(|n| n.as_str()).unwrap_or("?").to_string()).collect();
+        Some(FixedText { layers: array("layers", &self.layers), couplings: array("couplings", &self.couplings), names })
+    }
+}
+
 /// A parsed family.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +122,8 @@ pub struct Family {
     pub schedules: Vec<String>,
     pub losses: Vec<String>,
     pub batch: [i64; 2],
+    #[serde(default)]
+    pub fixed: Fixed,
 }
 
 fn one_three() -> [i64; 2] {
@@ -166,6 +205,22 @@ impl Family {
         if f.losses.iter().all(|l| l == "ce") && f.output.classes[1] < 2 {
             return Err(bad("losses = [\"ce\"] needs output.classes with max ≥ 2".into()));
         }
+        if f.fixed.text().is_some() {
+            // The fixed parts must build with the family's graphs: the simplest draw (every choice at its simple
+            // end) and one ordinary draw are parsed as graphs before anything runs.
+            for seed in [None, Some(1u64)] {
+                let mut r = match seed {
+                    Some(s) => f.tree(s).current(),
+                    None => {
+                        let mut t = f.tree(0);
+                        while t.simplify() {}
+                        t.current()
+                    }
+                };
+                r.batch = f.batch[0];
+                crate::graph::parse_str(&r.graph().0).map_err(|e| bad(format!("fixed: the fixed parts do not build with the family's graphs: {e}")))?;
+            }
+        }
         Ok(f)
     }
 
@@ -197,7 +252,16 @@ impl Family {
     pub fn strategy(&self) -> BoxedStrategy<Recipe> {
         let f = self.clone();
         let i = &f.input;
-        let image = prop::option::weighted(i.image, (i.channels[0]..=i.channels[1], i.size[0]..=i.size[1]));
+        let sizes = (i.channels[0]..=i.channels[1], i.size[0]..=i.size[1]);
+        // proptest's weighted option refuses the weights 0 and 1 (a union with a zero weight): image = 0 or 1 is
+        // a fixed choice.
+        let image: BoxedStrategy<Option<(i64, i64)>> = if i.image <= 0.0 {
+            Just(None).boxed()
+        } else if i.image >= 1.0 {
+            sizes.prop_map(Some).boxed()
+        } else {
+            prop::option::weighted(i.image, sizes).boxed()
+        };
         image
             .prop_flat_map(move |image| {
                 let f = f.clone();
@@ -218,7 +282,8 @@ impl Family {
                     f.output.classes[0]..=f.output.classes[1],
                     prop::sample::select(f.output.kinds.clone()),
                 );
-                (head, tail).prop_map(|((image, n_in, hidden, skips, activation, gain, biases), (schedule, loss, batch, seed, classes, out_kind))| Recipe {
+                let fixed = f.fixed.text();
+                (head, tail).prop_map(move |((image, n_in, hidden, skips, activation, gain, biases), (schedule, loss, batch, seed, classes, out_kind))| Recipe {
                     image,
                     n_in,
                     hidden,
@@ -232,6 +297,7 @@ impl Family {
                     batch,
                     seed,
                     planted_output: out_kind != "dense",
+                    fixed: fixed.clone(),
                 })
             })
             .boxed()

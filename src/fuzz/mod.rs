@@ -81,6 +81,8 @@ pub struct Recipe {
     pub seed: u64,
     /// The output layer's main coupling is the test-only planted kind (families only).
     pub planted_output: bool,
+    /// The family's fixed parts (families only): layers and couplings every case contains.
+    pub fixed: Option<family::FixedText>,
 }
 
 /// SplitMix64: the fuzzer's own seeded stream (independent of libtorch's).
@@ -132,7 +134,7 @@ impl Recipe {
         let biases = r.unit() < 0.7;
         let schedule = if r.unit() < 0.5 { "sync" } else { "async2" }.to_string();
         let batch = r.int(1, 3);
-        Recipe { image, n_in, hidden, classes, skips, activation, gain, biases, schedule, loss, batch, seed: r.next_u64() % 1_000_000, planted_output: false }
+        Recipe { image, n_in, hidden, classes, skips, activation, gain, biases, schedule, loss, batch, seed: r.next_u64() % 1_000_000, planted_output: false, fixed: None }
     }
 
     pub fn smooth(&self) -> bool {
@@ -246,6 +248,11 @@ impl Recipe {
         for (j, (n, ..)) in layers.iter().enumerate() {
             o.extend([String::new(), "[[layers]]".into(), format!("name = \"{}\"", n.name), format!("shape = {}", fmt_shape(&n.shape)), format!("activation = \"{}\"", act_of(j))]);
         }
+        if let Some(f) = &self.fixed {
+            // The fixed layers follow the drawn ones; the loss stays on the drawn output layer.
+            o.insert(3, "output = \"out\"".into());
+            o.extend([String::new(), f.layers.clone()]);
+        }
         let mut summ = vec![format!("x{}", fmt_shape(&nodes[0].shape))];
         for (j, (n, text, fan, w, s)) in layers.iter().enumerate() {
             let share = ((1 + skips[j].len()) as f64).sqrt();
@@ -258,6 +265,10 @@ impl Recipe {
                 o.extend([String::new(), "[[couplings]]".into(), "kind = \"bias\"".into(), format!("layer = \"{}\"", n.name), format!("bias = {{ name = \"b.{}\", shape = [{}], init = {:?} }}", n.name, n.shape[0], 0.5 * self.gain)]);
             }
             summ.push(format!("{}{} {s}", n.name, fmt_shape(&n.shape)));
+        }
+        if let Some(f) = &self.fixed {
+            o.extend([String::new(), f.couplings.clone()]);
+            summ.push(format!("fixed {}", f.names.join(", ")));
         }
         let summary = format!("{} | {} skip(s) | {} {} {} g={:.2} B={}", summ.join(" → "), n_skips, self.activation, self.schedule, self.loss, self.gain, self.batch);
         (o.join("\n") + "\n", summary)
