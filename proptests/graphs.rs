@@ -53,6 +53,7 @@ fn recipes(acts: Vec<&'static str>, image_ok: bool) -> impl Strategy<Value = Rec
                 seed,
                 planted_output: false,
                 fixed: None,
+                attention: None,
             })
     })
 }

@@ -268,3 +268,39 @@ fn family_fixed_parts_are_in_every_case_and_the_properties_pass() {
     let e = Family::parse(&text, Path::new("bad.toml")).unwrap_err().to_string();
     assert!(e.contains("bad.toml") && e.contains("fixed:"), "{e}");
 }
+
+/// Issue 18 item 1: attention blocks. fixtures/families/attention.toml draws cases with and without an attention
+/// layer `A` over a sequence input (sizes within the family's ranges), each with the fixed layer `aux`; on the
+/// attention cases the properties run: local, ep_bptt, audit and gdu pass, the others pass or skip with the reason.
+#[test]
+fn family_attention_blocks_are_drawn_and_the_properties_run_on_them() {
+    let fam = Family::load(Path::new("fixtures/families/attention.toml")).unwrap();
+    let (mut with, mut without) = (vec![], 0);
+    for i in 0..16 {
+        let r = fam.tree(fuzz::case_seed(7, i)).current();
+        let (g, _) = r.graph();
+        let m = epcheck::graph::parse_str(&g).unwrap_or_else(|e| panic!("{e}\n{g}"));
+        assert!(m.layers.iter().any(|l| l.name == "aux"), "{g}");
+        match r.attention {
+            Some((t, d)) => {
+                assert!((2..=4).contains(&t) && (1..=3).contains(&d), "{t} {d}");
+                let k = m.layers.iter().position(|l| l.name == "A").expect("layer A");
+                assert_eq!(m.layers[k].shape, vec![t, d]);
+                assert!(g.contains("kind = \"attention\"") && g.contains("kind = \"attention_projection\"") && g.contains("kind = \"flatten_dense\""), "{g}");
+                with.push(r);
+            }
+            None => {
+                assert!(!g.contains("attention"), "{g}");
+                without += 1;
+            }
+        }
+    }
+    assert!(with.len() >= 3 && without >= 3, "both kinds drawn: {} with, {without} without", with.len());
+    for r in &with[..2] {
+        for p in fuzz::PROPERTIES {
+            let o = fuzz::check(&r.case(p));
+            let must_pass = ["local", "ep_bptt", "audit", "gdu"].contains(&p);
+            assert!(o.verdict == "pass" || (!must_pass && o.verdict == "skip" && !o.detail.is_empty()), "{p} on {}: {} {}", r.graph().1, o.verdict, o.detail);
+        }
+    }
+}

@@ -104,6 +104,23 @@ impl Fixed {
     }
 }
 
+/// Attention blocks: with `probability`, a case's input is a sequence x [tokens, dim] and its first layer `A` an
+/// attention layer over x (keys and queries: every token of x; scale 1/√dim; no mask) fed by an attention
+/// projection of x (weight (dim, dim)); the next layer reads A through a flatten_dense coupling.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionSpec {
+    pub probability: f64,
+    #[serde(default = "two_four")]
+    pub tokens: [i64; 2],
+    #[serde(default = "one_four")]
+    pub dim: [i64; 2],
+}
+
+fn two_four() -> [i64; 2] {
+    [2, 4]
+}
+
 /// A parsed family.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,6 +141,8 @@ pub struct Family {
     pub batch: [i64; 2],
     #[serde(default)]
     pub fixed: Fixed,
+    #[serde(default)]
+    pub attention: Option<AttentionSpec>,
 }
 
 fn one_three() -> [i64; 2] {
@@ -167,6 +186,13 @@ impl Family {
         range("hidden.channels", f.hidden.channels, 1, 16)?;
         range("output.classes", f.output.classes, 1, 64)?;
         range("batch", f.batch, 1, 64)?;
+        if let Some(a) = &f.attention {
+            range("attention.tokens", a.tokens, 1, 16)?;
+            range("attention.dim", a.dim, 1, 16)?;
+            if !(0.0..=1.0).contains(&a.probability) {
+                return Err(bad(format!("attention.probability must be a probability in [0, 1], got {}", a.probability)));
+            }
+        }
         for (key, p) in [("input.image", f.input.image), ("skips.probability", f.skips.probability), ("biases", f.biases)] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(bad(format!("{key} must be a probability in [0, 1], got {p}")));
@@ -265,6 +291,13 @@ impl Family {
         image
             .prop_flat_map(move |image| {
                 let f = f.clone();
+                let attention: BoxedStrategy<Option<(i64, i64)>> = match &f.attention {
+                    Some(a) if a.probability > 0.0 => {
+                        let sizes = (a.tokens[0]..=a.tokens[1], a.dim[0]..=a.dim[1]);
+                        if a.probability >= 1.0 { sizes.prop_map(Some).boxed() } else { prop::option::weighted(a.probability, sizes).boxed() }
+                    }
+                    _ => Just(None).boxed(),
+                };
                 let head = (
                     Just(image),
                     f.input.features[0]..=f.input.features[1],
@@ -281,9 +314,10 @@ impl Family {
                     0u64..1_000_000,
                     f.output.classes[0]..=f.output.classes[1],
                     prop::sample::select(f.output.kinds.clone()),
+                    attention,
                 );
                 let fixed = f.fixed.text();
-                (head, tail).prop_map(move |((image, n_in, hidden, skips, activation, gain, biases), (schedule, loss, batch, seed, classes, out_kind))| Recipe {
+                (head, tail).prop_map(move |((image, n_in, hidden, skips, activation, gain, biases), (schedule, loss, batch, seed, classes, out_kind, attention))| Recipe {
                     image,
                     n_in,
                     hidden,
@@ -298,6 +332,7 @@ impl Family {
                     seed,
                     planted_output: out_kind != "dense",
                     fixed: fixed.clone(),
+                    attention,
                 })
             })
             .boxed()
