@@ -1,5 +1,7 @@
 //! `epcheck merge DIR…`: joins the run folders of a sharded campaign (`fuzz --shard i/n`, e.g. the tasks of a
-//! Slurm array, docs/slurm.md) into one run folder — one cases table (rows in the unsharded order), one summary,
+//! Slurm array, docs/slurm.md) into one run folder; `bias --shard` run folders (`bias-shard.json`) into the run
+//! of the whole β grid (`merge_bias`), and `verify --shard` output folders (`verify-shard.json`) into one job
+//! (`merge_verify`). For fuzz shards: one run folder — one cases table (rows in the unsharded order), one summary,
 //! one JUnit file and one index.html, the shards' regression files and shrunk graphs. It refuses, before
 //! writing anything, folders that are not shard run folders, shards of different campaigns (the recorded
 //! `campaign.json` must match: family and its hash, seed, cases, properties, shrinking), shards of different
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Debug, Clone)]
 pub struct MergeArgs {
-    /// The shards' run folders (one per shard, every shard of the split).
+    /// The shards' run folders (fuzz, bias) or output folders (verify): one per shard, every shard of the split.
     #[arg(required = true)]
     pub dirs: Vec<PathBuf>,
     /// Output folder for the merged run folder.
