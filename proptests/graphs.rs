@@ -52,6 +52,8 @@ fn recipes(acts: Vec<&'static str>, image_ok: bool) -> impl Strategy<Value = Rec
                 batch,
                 seed,
                 planted_output: false,
+                fixed: None,
+                attention: None,
             })
     })
 }

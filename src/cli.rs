@@ -65,8 +65,8 @@ pub enum Command {
     /// BPTT = FD, EP → BPTT, holomorphic N = 2, audit, converge, gdu, holo_bias); failures are shrunk.
     #[command(after_help = "Example:\n  epcheck fuzz --cases 20 --seed 1\n\nFamilies, properties and shrinking: docs/fuzz.md")]
     Fuzz(crate::fuzz::FuzzArgs),
-    /// Join the run folders of a sharded campaign (`fuzz --shard i/n`) into one run folder: one table, summary,
-    /// JUnit file and index.html; refuses shards of different campaigns.
+    /// Join the run folders of a sharded campaign (`fuzz`, `bias` or `verify` with --shard i/n) into one run folder:
+    /// one table, summary, JUnit file and index.html; refuses shards of different campaigns.
     #[command(after_help = "Example:\n  epcheck merge reports/runs/fuzz-*-shard*of4-* --out reports/merged\n\nSharding and Slurm arrays: docs/slurm.md")]
     Merge(crate::merge::MergeArgs),
 }
@@ -173,6 +173,10 @@ pub struct BiasArgs {
     /// until_tol (default) or fixed (K iterations).
     #[arg(long)]
     pub nudge: Option<String>,
+    /// Run only shard i of n (0 ≤ i < n) of the β grid: points i, i + n, …; default: SLURM_ARRAY_TASK_ID /
+    /// SLURM_ARRAY_TASK_COUNT when set. `epcheck merge` joins the shards into the whole sweep (docs/slurm.md).
+    #[arg(long, value_name = "i/n")]
+    pub shard: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -474,7 +478,17 @@ pub fn run(cli: Cli) -> Result<i32> {
             if let Some(r) = &b.nudge {
                 crate::config::merge(&mut extra, parse_set(&format!("checks.bias.nudge=\"{r}\""))?);
             }
-            check_command(&b.common, "bias", extra)
+            let shard = crate::run::Shard::from_arg_or_env(b.shard.as_deref())?;
+            if shard.count == 1 {
+                return check_command(&b.common, "bias", extra);
+            }
+            let inst = b.common.instance(extra)?;
+            crate::progress::start("bias");
+            let o = checks::bias::BiasOptions { shard, ..checks::bias::BiasOptions::from_config(&inst.cfg) };
+            let (rep, rec) = checks::bias::run_shard(&inst, &o, b.common.params.as_deref(), b.common.input.as_deref())?;
+            let (dir, code) = crate::run::complete(&b.common.out, b.common.dump.as_deref(), "bias", &inst, &[rep])?;
+            crate::merge::write_bias_shard(&dir, &rec)?;
+            Ok(code)
         }
         Command::Refs(r) => {
             let mut extra = toml::Table::new();

@@ -30,6 +30,7 @@ use crate::config::{merge, RunConfig};
 use crate::instance::Instance;
 use crate::{Error, Result};
 use clap::Args;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -351,43 +352,177 @@ pub fn tally(v: &Verdict) -> &'static str {
 /// `fail` and `inconclusive` are `<failure>` (type = the verdict), `error` is `<error>`, `pass` and `info` are
 /// plain; the scope rows go to `<system-out>`; verdict, seed, model, dtype and device are properties.
 pub fn junit_case(suite: &str, rep: &CheckReport, cfg: &RunConfig, device: &str, time: Duration) -> quick_junit::TestCase {
-    use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus};
-    let message = rep.digest_line();
-    let status = match &rep.overall {
-        Verdict::Fail(_) | Verdict::Inconclusive(_) => {
-            let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-            s.set_message(message.as_str());
-            s.set_type(rep.overall.label());
-            if let Some(p) = first_problem(rep) {
-                s.set_description(p.as_str());
+    case_rec(suite, rep, cfg, device, time).to_junit()
+}
+
+/// A JUnit test case as data: what [`junit_case`] writes, recorded by `verify --shard` for `epcheck merge`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseRec {
+    pub name: String,
+    pub classname: String,
+    pub time_s: f64,
+    /// `success`, `failure` or `error`.
+    pub kind: String,
+    pub message: Option<String>,
+    pub ty: Option<String>,
+    pub description: Option<String>,
+    pub system_out: String,
+    pub properties: Vec<(String, String)>,
+}
+
+impl CaseRec {
+    pub fn to_junit(&self) -> quick_junit::TestCase {
+        use quick_junit::{NonSuccessKind, Property, TestCase, TestCaseStatus};
+        let mut status = match self.kind.as_str() {
+            "failure" => TestCaseStatus::non_success(NonSuccessKind::Failure),
+            "error" => TestCaseStatus::non_success(NonSuccessKind::Error),
+            _ => TestCaseStatus::success(),
+        };
+        if let TestCaseStatus::NonSuccess { .. } = status {
+            if let Some(m) = &self.message {
+                status.set_message(m.as_str());
             }
-            s
+            if let Some(t) = &self.ty {
+                status.set_type(t.as_str());
+            }
+            if let Some(d) = &self.description {
+                status.set_description(d.as_str());
+            }
         }
-        Verdict::Error(_) => {
-            let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-            s.set_message(message.as_str());
-            s.set_type("error");
-            s
+        let mut tc = TestCase::new(self.name.as_str(), status);
+        tc.set_classname(self.classname.as_str());
+        tc.set_time(Duration::from_secs_f64(self.time_s));
+        tc.set_system_out(self.system_out.as_str());
+        for (k, v) in &self.properties {
+            tc.add_property(Property::new(k.as_str(), v.as_str()));
         }
-        Verdict::Pass | Verdict::Info => TestCaseStatus::success(),
+        tc
+    }
+}
+
+/// The JUnit case of one check on one instance (docs/verdicts.md): named `<suite>/<check>/<instance>`;
+/// `fail` and `inconclusive` are `<failure>` (type = the verdict), `error` is `<error>`, `pass` and `info` are
+/// plain; the scope rows go to `<system-out>`; verdict, seed, model, dtype and device are properties.
+pub fn case_rec(suite: &str, rep: &CheckReport, cfg: &RunConfig, device: &str, time: Duration) -> CaseRec {
+    let message = rep.digest_line();
+    let (kind, ty, description) = match &rep.overall {
+        Verdict::Fail(_) | Verdict::Inconclusive(_) => ("failure", Some(rep.overall.label().to_string()), first_problem(rep)),
+        Verdict::Error(_) => ("error", Some("error".to_string()), None),
+        Verdict::Pass | Verdict::Info => ("success", None, None),
     };
-    let mut tc = TestCase::new(format!("{suite}/{}/{}", rep.check, rep.instance), status);
-    tc.set_classname(format!("epcheck.{suite}"));
-    tc.set_time(time);
     let mut out = vec![message.clone()];
     for r in rep.verdicts.iter().filter(|r| r.scope != "check") {
         out.push(format!("{}:{} {}{} {}", r.scope, r.name, r.verdict, r.reason.as_ref().map(|x| format!(": {x}")).unwrap_or_default(), r.details));
     }
-    tc.set_system_out(out.join("\n"));
     let model = match (&cfg.graph, &cfg.energy) {
         (_, Some(e)) => format!("energy {e}"),
         (Some(g), _) => format!("graph {g}"),
         _ => cfg.preset.clone(),
     };
-    for (k, v) in [("verdict", rep.overall.label().to_string()), ("seed", cfg.seed.to_string()), ("model", model), ("dtype", cfg.dtype.clone()), ("device", device.to_string())] {
-        tc.add_property(Property::new(k, v));
+    let properties = [("verdict", rep.overall.label().to_string()), ("seed", cfg.seed.to_string()), ("model", model), ("dtype", cfg.dtype.clone()), ("device", device.to_string())];
+    CaseRec {
+        name: format!("{suite}/{}/{}", rep.check, rep.instance),
+        classname: format!("epcheck.{suite}"),
+        time_s: time.as_secs_f64(),
+        kind: kind.into(),
+        message: (kind != "success").then_some(message),
+        ty,
+        description,
+        system_out: out.join("\n"),
+        properties: properties.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
     }
-    tc
+}
+
+/// One table row of the job page, its run folder named relative to the output folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RowRec {
+    pub check: String,
+    pub instance: String,
+    pub verdict: String,
+    pub digest: String,
+    pub run_dir: Option<String>,
+}
+
+/// What one suite produced: its JUnit cases and job-page rows (in order), its wall time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SuiteRec {
+    /// Position in the sorted suite files.
+    pub index: usize,
+    pub name: String,
+    pub file: String,
+    pub time_s: f64,
+    pub cases: Vec<CaseRec>,
+    pub rows: Vec<RowRec>,
+}
+
+/// `verify-shard.json` in the output folder of `verify --shard i/n`: the split, every suite file of the job
+/// (path and SHA-256 of its text) and the suites this shard ran; `epcheck merge` joins the shards.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VerifyShardRecord {
+    pub shard: [usize; 2],
+    pub suites: Vec<(String, String)>,
+    pub ran: Vec<SuiteRec>,
+    pub time_s: f64,
+}
+
+pub const VERIFY_SHARD: &str = "verify-shard.json";
+
+/// Writes a verify job's JUnit file and job page (`index.html`) from its suites' records, prints the summary;
+/// returns the exit code and the summary as Markdown (`epcheck merge` writes it as `summary.md`). Used by
+/// `verify` and by `epcheck merge` of verify shards.
+pub fn finish_job(out: &Path, junit: &Path, suites: &[SuiteRec], time: Duration) -> Result<(i32, String)> {
+    let mut report = quick_junit::Report::new("epcheck verify");
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    let mut code = 0;
+    let mut rows = vec![];
+    let mut dirs: Vec<PathBuf> = vec![];
+    let mut md = vec![String::new(), "| suite | check | instance | verdict | digest | run |".to_string(), "|---|---|---|---|---|---|".to_string()];
+    for s in suites {
+        let mut ts = quick_junit::TestSuite::new(s.name.as_str());
+        ts.add_property(quick_junit::Property::new("file", s.file.as_str()));
+        for c in &s.cases {
+            ts.add_test_case(c.to_junit());
+        }
+        ts.set_time(Duration::from_secs_f64(s.time_s));
+        report.add_test_suite(ts);
+        for r in &s.rows {
+            let (tally, c) = match r.verdict.as_str() {
+                "pass" => ("passed", 0),
+                "info" => ("info", 0),
+                "fail" | "inconclusive" => ("failed", 1),
+                _ => ("error", 2),
+            };
+            *counts.entry(tally).or_default() += 1;
+            code = code.max(c);
+            let run_dir = r.run_dir.as_ref().map(|d| out.join(d));
+            if let Some(d) = &run_dir {
+                if !dirs.contains(d) {
+                    dirs.push(d.clone());
+                }
+            }
+            md.push(format!("| {} | {} | {} | {} | {} | {} |", s.name, r.check, r.instance, r.verdict, r.digest.replace('|', "\\|"), r.run_dir.clone().unwrap_or_default()));
+            rows.push(crate::report::html::IndexRow { suite: s.name.clone(), check: r.check.clone(), instance: r.instance.clone(), verdict: r.verdict.clone(), digest: r.digest.clone(), run_dir });
+        }
+    }
+    report.set_time(time);
+    write_junit(junit, &report)?;
+    let n = |k: &str| counts.get(k).copied().unwrap_or(0);
+    let mut line = format!("{} passed, {} failed", n("passed"), n("failed"));
+    for k in ["error", "info"] {
+        if n(k) > 0 {
+            line += &format!(", {} {k}", n(k));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::file(out, e))?;
+    let summary = format!("# epcheck verify\n\n{line}\n{}\n", md.join("\n"));
+    let index = crate::report::html::write_job_index(out, "epcheck verify", &line, &rows)?;
+    println!("{line}");
+    println!("junit: {} (failures = {}, errors = {})", junit.display(), n("failed"), n("error"));
+    println!("index: {}", index.display());
+    for d in &dirs {
+        println!("report: {}", d.display());
+    }
+    Ok((code, summary))
 }
 
 /// The outcome of one check on one instance.
@@ -405,38 +540,37 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
     // Every suite, external file and output path is validated before anything runs.
     let suites = files.iter().map(|f| parse_suite(f)).collect::<Result<Vec<_>>>()?;
     let shard = crate::run::Shard::from_arg_or_env(a.shard.as_deref())?;
-    let suites: Vec<Suite> = suites.into_iter().enumerate().filter(|(i, _)| shard.owns(*i)).map(|(_, s)| s).collect();
+    let files_rec: Vec<(String, String)> = files.iter().map(|f| (f.display().to_string(), sha256_of(f))).collect();
+    let suites: Vec<(usize, Suite)> = suites.into_iter().enumerate().filter(|(i, _)| shard.owns(*i)).collect();
     let junit = a.junit.clone().unwrap_or_else(|| a.out.join("junit.xml"));
     crate::run::check_output_dir(&a.out)?;
     if a.junit.is_some() {
         crate::run::check_output_file(&junit, "--junit")?;
     }
-    for suite in &suites {
+    for (_, suite) in &suites {
         for c in suite.checks.iter().filter(|c| c.name == "conformance") {
             conformance::read_external(c.file.as_ref().expect("validated")).map_err(|e| bad(&suite.path, e))?;
         }
     }
     let args: Vec<String> = std::env::args().collect();
-    let mut report = quick_junit::Report::new("epcheck verify");
-    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
-    let mut verdicts: Vec<Verdict> = vec![];
+    let mut recs: Vec<SuiteRec> = vec![];
     let t_all = Instant::now();
     let mut run_dirs = vec![];
     let mut index_rows: Vec<crate::report::html::IndexRow> = vec![];
     let mut run_counts: Vec<usize> = vec![];
     let default_threads = tch::get_num_threads();
-    for suite in &suites {
+    for (suite_index, suite) in &suites {
         tch::set_num_threads(suite.threads.unwrap_or(default_threads));
-        let mut ts = quick_junit::TestSuite::new(suite.name.as_str());
-        ts.add_property(quick_junit::Property::new("file", suite.path.display().to_string()));
+        let mut cases: Vec<CaseRec> = vec![];
+        let (row0, dir0) = (index_rows.len(), run_dirs.len());
         let t_suite = Instant::now();
         // The cos gate, the JUnit case and the terminal line of one report.
-        let mut emit = |rep: &mut CheckReport, cos_min: Option<f64>, dt: Duration, ts: &mut quick_junit::TestSuite, inst: &Instance| {
+        let mut emit = |rep: &mut CheckReport, cos_min: Option<f64>, dt: Duration, ts: &mut Vec<CaseRec>, inst: &Instance| {
             if let Some(cm) = cos_min {
                 apply_cos_gate(rep, cm);
             }
             crate::progress::finish();
-            ts.add_test_case(junit_case(&suite.name, rep, &inst.cfg, &inst.prec.device_name(), dt));
+            ts.push(case_rec(&suite.name, rep, &inst.cfg, &inst.prec.device_name(), dt));
             let tag = match &rep.overall {
                 Verdict::Pass => "PASS",
                 Verdict::Info => "INFO",
@@ -448,8 +582,6 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
             for n in &rep.notes {
                 eprintln!("note: {}/{}: {n}", suite.name, rep.check);
             }
-            *counts.entry(tally(&rep.overall)).or_default() += 1;
-            verdicts.push(rep.overall.clone());
             index_rows.push(crate::report::html::IndexRow { suite: suite.name.clone(), check: rep.check.clone(), instance: rep.instance.clone(), verdict: rep.overall.label().into(), digest: rep.digest_line(), run_dir: None });
         };
         // Seeded instances: every check but conformance.
@@ -465,7 +597,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
                         Ok(r) => r,
                         Err(e) => error_report(&c.name, &inst, &e),
                     };
-                    emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts, &inst);
+                    emit(&mut rep, c.cos_min, t0.elapsed(), &mut cases, &inst);
                     reps.push(rep);
                 }
                 run_dirs.push(crate::report::write_run(&a.out, "verify", &inst, &reps, &args)?);
@@ -491,38 +623,34 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
                 Ok(r) => r,
                 Err(e) => error_report("conformance", &case.inst, &e),
             };
-            emit(&mut rep, c.cos_min, t0.elapsed(), &mut ts, &case.inst);
+            emit(&mut rep, c.cos_min, t0.elapsed(), &mut cases, &case.inst);
             run_dirs.push(crate::report::write_run(&a.out, "verify", &case.inst, &[rep], &args)?);
             run_counts.push(1);
         }
-        ts.set_time(t_suite.elapsed());
-        report.add_test_suite(ts);
-    }
-    report.set_time(t_all.elapsed());
-    write_junit(&junit, &report)?;
-    let n = |k: &str| counts.get(k).copied().unwrap_or(0);
-    let mut line = format!("{} passed, {} failed", n("passed"), n("failed"));
-    for k in ["error", "info"] {
-        if n(k) > 0 {
-            line += &format!(", {} {k}", n(k));
+        // The suite's rows and their run folders (each run folder holds the next run_counts[k] reports, in order).
+        let mut rows: Vec<RowRec> = vec![];
+        let mut it = index_rows[row0..].iter();
+        for (d, c) in run_dirs[dir0..].iter().zip(&run_counts[dir0..]) {
+            for r in it.by_ref().take(*c) {
+                let rel = d.strip_prefix(&a.out).unwrap_or(d).to_string_lossy().to_string();
+                rows.push(RowRec { check: r.check.clone(), instance: r.instance.clone(), verdict: r.verdict.clone(), digest: r.digest.clone(), run_dir: Some(rel) });
+            }
         }
+        recs.push(SuiteRec { index: *suite_index, name: suite.name.clone(), file: suite.path.display().to_string(), time_s: t_suite.elapsed().as_secs_f64(), cases, rows });
     }
-    // The job page: one row per check and instance, linking the run folder's page (reports run in order, and
-    // each run folder holds the next run_counts[i] of them).
-    let mut it = index_rows.iter_mut();
-    for (d, c) in run_dirs.iter().zip(&run_counts) {
-        for r in it.by_ref().take(*c) {
-            r.run_dir = Some(d.clone());
-        }
+    let time = t_all.elapsed();
+    let (code, _) = finish_job(&a.out, &junit, &recs, time)?;
+    if shard.count > 1 {
+        let rec = VerifyShardRecord { shard: [shard.index, shard.count], suites: files_rec, ran: recs, time_s: time.as_secs_f64() };
+        let p = a.out.join(VERIFY_SHARD);
+        std::fs::write(&p, serde_json::to_string_pretty(&rec).expect("json")).map_err(|e| Error::file(&p, e))?;
     }
-    let index = crate::report::html::write_job_index(&a.out, "epcheck verify", &line, &index_rows)?;
-    println!("{line}");
-    println!("junit: {} (failures = {}, errors = {})", junit.display(), n("failed"), n("error"));
-    println!("index: {}", index.display());
-    for d in &run_dirs {
-        println!("report: {}", d.display());
-    }
-    Ok(checks::exit_code(&verdicts))
+    Ok(code)
+}
+
+fn sha256_of(f: &Path) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(std::fs::read(f).unwrap_or_default()))
 }
 
 /// A report holding one `error` verdict (a check that could not run).

@@ -228,3 +228,79 @@ fn verify_shard_runs_its_suites_only() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.lines().filter(|l| l.starts_with("PASS ")).all(|l| l.starts_with("PASS b/")) && out.contains("PASS b/"), "{out}");
 }
+
+/// Issue 18 item 1: fixed parts. Every drawn case of fixtures/families/fixed.toml holds the user's layer `aux` and
+/// its couplings (also the simplest case shrinking reaches), the loss stays on the drawn output, and the properties
+/// pass on them; fixed parts that cannot fit the family's graphs are refused when the family is read.
+#[test]
+fn family_fixed_parts_are_in_every_case_and_the_properties_pass() {
+    use proptest::strategy::ValueTree;
+    let fam = Family::load(Path::new("fixtures/families/fixed.toml")).unwrap();
+    let holds = |g: &str| {
+        let m = epcheck::graph::parse_str(g).unwrap_or_else(|e| panic!("{e}\n{g}"));
+        assert!(m.layers.iter().any(|l| l.name == "aux"), "{g}");
+        for p in ["F.x_aux", "F.aux_out", "F.b_aux"] {
+            assert!(m.params.iter().any(|s| s.name == p), "no {p}: {g}");
+        }
+        assert!(g.contains("output = \"out\""), "{g}");
+    };
+    let mut depths = std::collections::BTreeSet::new();
+    for i in 0..12 {
+        let r = fam.tree(fuzz::case_seed(5, i)).current();
+        depths.insert(r.hidden.len());
+        let (g, summary) = r.graph();
+        holds(&g);
+        assert!(summary.contains("fixed aux"), "{summary}");
+    }
+    assert!(depths.len() > 1, "the drawn part varies: depths {depths:?}");
+    let mut t = fam.tree(fuzz::case_seed(5, 0));
+    while t.simplify() {}
+    holds(&t.current().graph().0);
+    for i in 0..2 {
+        let r = fam.tree(fuzz::case_seed(5, i)).current();
+        for p in fuzz::PROPERTIES {
+            let o = fuzz::check(&r.case(p));
+            assert_eq!(o.verdict, "pass", "{p} on case {i} ({}): {}", r.graph().1, o.detail);
+        }
+    }
+    // A fixed weight whose shape contradicts the family's input (5 features, not 4): refused, naming `fixed`.
+    let text = std::fs::read_to_string("fixtures/families/fixed.toml").unwrap().replace("shape = [3, 4]", "shape = [3, 5]");
+    let e = Family::parse(&text, Path::new("bad.toml")).unwrap_err().to_string();
+    assert!(e.contains("bad.toml") && e.contains("fixed:"), "{e}");
+}
+
+/// Issue 18 item 1: attention blocks. fixtures/families/attention.toml draws cases with and without an attention
+/// layer `A` over a sequence input (sizes within the family's ranges), each with the fixed layer `aux`; on the
+/// attention cases the properties run: local, ep_bptt, audit and gdu pass, the others pass or skip with the reason.
+#[test]
+fn family_attention_blocks_are_drawn_and_the_properties_run_on_them() {
+    let fam = Family::load(Path::new("fixtures/families/attention.toml")).unwrap();
+    let (mut with, mut without) = (vec![], 0);
+    for i in 0..16 {
+        let r = fam.tree(fuzz::case_seed(7, i)).current();
+        let (g, _) = r.graph();
+        let m = epcheck::graph::parse_str(&g).unwrap_or_else(|e| panic!("{e}\n{g}"));
+        assert!(m.layers.iter().any(|l| l.name == "aux"), "{g}");
+        match r.attention {
+            Some((t, d)) => {
+                assert!((2..=4).contains(&t) && (1..=3).contains(&d), "{t} {d}");
+                let k = m.layers.iter().position(|l| l.name == "A").expect("layer A");
+                assert_eq!(m.layers[k].shape, vec![t, d]);
+                assert!(g.contains("kind = \"attention\"") && g.contains("kind = \"attention_projection\"") && g.contains("kind = \"flatten_dense\""), "{g}");
+                with.push(r);
+            }
+            None => {
+                assert!(!g.contains("attention"), "{g}");
+                without += 1;
+            }
+        }
+    }
+    assert!(with.len() >= 3 && without >= 3, "both kinds drawn: {} with, {without} without", with.len());
+    for r in &with[..2] {
+        for p in fuzz::PROPERTIES {
+            let o = fuzz::check(&r.case(p));
+            let must_pass = ["local", "ep_bptt", "audit", "gdu"].contains(&p);
+            assert!(o.verdict == "pass" || (!must_pass && o.verdict == "skip" && !o.detail.is_empty()), "{p} on {}: {} {}", r.graph().1, o.verdict, o.detail);
+        }
+    }
+}

@@ -2,7 +2,6 @@
 //! laws fitted on log-log windows (slope 1 one-sided, 2 centered, N holomorphic), consistency, estimator
 //! identities B1–B6, kink diagnostics, and the imaginary leakage of holomorphic estimates.
 use super::metrics as mx;
-use super::refs::scopes;
 use super::{kinks, CheckReport, Rows, Verdict};
 use crate::estimators::ep_holomorphic::{self as holo, HoloOptions, HoloSchedule};
 use crate::estimators::{bptt, implicit, two_point, PhaseLengths};
@@ -11,6 +10,7 @@ use crate::model::{Batch, Model, State};
 use crate::relax::{relax, relax_until_stationary, RelaxOptions};
 use crate::tensor_util::{norm2, to_vec_f64};
 use crate::Result;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
@@ -33,6 +33,8 @@ pub struct BiasOptions {
     pub err_max: f64,
     pub floor_factor: f64,
     pub holo: HoloOptions,
+    /// The β points to run (`bias --shard i/n`: grid indices i, i + n, …); all by default.
+    pub shard: crate::run::Shard,
 }
 
 impl BiasOptions {
@@ -55,42 +57,8 @@ impl BiasOptions {
             err_max: bc.err_max,
             floor_factor: bc.floor_factor,
             holo: cfg.holo_options(cfg.holo_points),
+            shard: crate::run::Shard::ALL,
         }
-    }
-}
-
-/// One (estimator, N, β) estimate with what decides whether it is conclusive.
-struct Point {
-    est: String,
-    n: Option<usize>,
-    beta: f64,
-    grad: Vec<Tensor>,
-    converged: bool,
-    kinks: i64,
-    floor_rel: f64,
-    drift_rel: f64,
-    /// Convergence error of the phases, ‖f(step(s)) − f(s)‖/(β‖g‖) (an addition to the error model of
-    /// estimators §6.3: unconverged nudged phases add ≈ tol/β, which the window must exclude too).
-    conv_rel: f64,
-    im_leak: Option<f64>,
-}
-
-impl Point {
-    fn key(&self) -> String {
-        match self.n {
-            Some(n) => format!("ep_holomorphic{n}"),
-            None => self.est.clone(),
-        }
-    }
-    fn expected_slope(&self) -> f64 {
-        match (self.est.as_str(), self.n) {
-            ("ep_centered", _) => 2.0,
-            (_, Some(n)) => n as f64,
-            _ => 1.0,
-        }
-    }
-    fn conclusive(&self) -> bool {
-        self.converged && self.kinks == 0
     }
 }
 
@@ -144,12 +112,229 @@ pub fn point_estimate(m: &Model, p: &[Tensor], b: &Batch, s0: &State, est: &str,
     })
 }
 
-pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
+/// Exact f64 in the shard records: Rust's shortest round-trip text (`{:?}`), parsed back to the same bits
+/// (also ±∞ and NaN, which JSON numbers cannot hold).
+mod exact {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:?}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+    pub mod opt {
+        use serde::{Deserialize, Deserializer, Serializer};
+        pub fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+            match v {
+                Some(x) => s.serialize_some(&format!("{x:?}")),
+                None => s.serialize_none(),
+            }
+        }
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+            Option::<String>::deserialize(d)?.map(|s| s.parse().map_err(serde::de::Error::custom)).transpose()
+        }
+    }
+}
+
+/// The error of one estimate against the reference on one scope (in the order of `refs::scopes`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScopeErr {
+    #[serde(with = "exact")]
+    pub rel_l2: f64,
+    #[serde(with = "exact")]
+    pub one_minus_cos: f64,
+    #[serde(with = "exact")]
+    pub dist_l2: f64,
+}
+
+/// One (estimator, N, β) estimate: its errors per scope and what decides whether it is conclusive.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PointRec {
+    pub est: String,
+    pub n: Option<usize>,
+    #[serde(with = "exact")]
+    pub beta: f64,
+    pub converged: bool,
+    pub kinks: i64,
+    #[serde(with = "exact")]
+    pub floor_rel: f64,
+    #[serde(with = "exact")]
+    pub drift_rel: f64,
+    /// Convergence error of the phases, ‖f(step(s)) − f(s)‖/(β‖g‖) (an addition to the error model of
+    /// estimators §6.3: unconverged nudged phases add ≈ tol/β, which the window must exclude too).
+    #[serde(with = "exact")]
+    pub conv_rel: f64,
+    #[serde(with = "exact::opt")]
+    pub im_leak: Option<f64>,
+    pub scopes: Vec<ScopeErr>,
+}
+
+impl PointRec {
+    fn key(&self) -> String {
+        match self.n {
+            Some(n) => format!("ep_holomorphic{n}"),
+            None => self.est.clone(),
+        }
+    }
+    fn expected_slope(&self) -> f64 {
+        match (self.est.as_str(), self.n) {
+            ("ep_centered", _) => 2.0,
+            (_, Some(n)) => n as f64,
+            _ => 1.0,
+        }
+    }
+    fn conclusive(&self) -> bool {
+        self.converged && self.kinks == 0
+    }
+}
+
+/// An estimator identity (B1–B5) measured at one β point.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdentityRec {
+    pub id: String,
+    pub name: String,
+    #[serde(with = "exact")]
+    pub value: f64,
+    #[serde(with = "exact")]
+    pub threshold: f64,
+}
+
+/// Everything the sweep measured at one β point (index `index` of the grid): the per-β table from which
+/// [`finish`] computes the fits, identities and verdict — in one run, or after `epcheck merge` of shards.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BetaRec {
+    pub index: usize,
+    #[serde(with = "exact")]
+    pub beta: f64,
+    #[serde(with = "exact")]
+    pub cos_err_pm: f64,
+    /// A kink crossing at ±β (observed β_c is the smallest such β).
+    pub kinked: bool,
+    /// Predicted β_c, measured at the smallest β of the grid only.
+    #[serde(with = "exact::opt")]
+    pub beta_c_pred: Option<f64>,
+    pub points: Vec<PointRec>,
+    pub identities: Vec<IdentityRec>,
+}
+
+/// What the fits need of the reference gradient: ‖g‖ and the norm of every scope, and why holomorphic EP was
+/// not run (if so).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepContext {
+    #[serde(with = "exact")]
+    pub gnorm: f64,
+    #[serde(with = "exact_vec")]
+    pub ref_norms: Vec<f64>,
+    pub holo_not_run: Option<String>,
+}
+
+mod exact_vec {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|x| format!("{x:?}")))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
+        Vec::<String>::deserialize(d)?.iter().map(|s| s.parse().map_err(serde::de::Error::custom)).collect()
+    }
+}
+
+/// `bias-shard.json` of a `bias --shard i/n` run folder: the configuration, the shard and its β points;
+/// `epcheck merge` joins the shards into the run of the whole grid.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShardRecord {
+    pub command: String,
+    pub shard: [usize; 2],
+    pub grid_len: usize,
+    pub instance: String,
+    /// The resolved configuration (`config.toml` of the run folder).
+    pub config: String,
+    pub params: Option<std::path::PathBuf>,
+    pub input: Option<std::path::PathBuf>,
+    pub context: SweepContext,
+    pub betas: Vec<BetaRec>,
+}
+
+/// Scopes in the order of `refs::scopes`: each parameter tensor, each layer group, the total — as index sets.
+fn scope_sets(inst: &Instance) -> Vec<(String, String, Vec<usize>)> {
+    let ps = &inst.model.params;
+    let mut out: Vec<(String, String, Vec<usize>)> = ps.iter().enumerate().map(|(i, s)| ("tensor".into(), s.name.clone(), vec![i])).collect();
+    let mut groups: Vec<String> = vec![];
+    for s in ps {
+        if !groups.contains(&s.group) {
+            groups.push(s.group.clone());
+        }
+    }
+    for g in groups {
+        out.push(("layer_group".into(), g.clone(), ps.iter().enumerate().filter(|(_, s)| s.group == g).map(|(i, _)| i).collect()));
+    }
+    out.push(("total".into(), "total".into(), (0..ps.len()).collect()));
+    out
+}
+
+/// Scalars reduced on the device during one β point, read back to the host together at its end.
+#[derive(Default)]
+struct Pending(Vec<Tensor>);
+
+impl Pending {
+    fn push(&mut self, t: Tensor) -> usize {
+        self.0.push(t.to_kind(Kind::Double).reshape([1]));
+        self.0.len() - 1
+    }
+    /// ‖a − r‖, ‖r‖, ‖a‖, Σ(a/‖a‖ − r/‖r‖)² of the flattened tensors; the index of the first.
+    fn errs(&mut self, a: &[&Tensor], r: &[&Tensor]) -> usize {
+        let (a, r) = (flat(a), flat(r));
+        let (na, nr) = (a.norm(), r.norm());
+        let s = (&a / &na - &r / &nr).square().sum(Kind::Double);
+        let i = self.push((&a - &r).norm());
+        self.push(nr);
+        self.push(na);
+        self.push(s);
+        i
+    }
+    /// max|a − r| and max|r| (rel_linf); the index of the first.
+    fn linf(&mut self, a: &[Tensor], r: &[Tensor]) -> usize {
+        let (a, r) = (flat(&a.iter().collect::<Vec<_>>()), flat(&r.iter().collect::<Vec<_>>()));
+        let i = self.push((&a - &r).abs().max());
+        self.push(r.abs().max());
+        i
+    }
+    fn read(&self) -> Vec<f64> {
+        if self.0.is_empty() {
+            return vec![];
+        }
+        to_vec_f64(&Tensor::cat(&self.0, 0))
+    }
+}
+
+fn flat(ts: &[&Tensor]) -> Tensor {
+    Tensor::cat(&ts.iter().map(|t| t.detach().to_kind(Kind::Double).reshape([-1])).collect::<Vec<_>>(), 0)
+}
+
+/// (rel_l2, one_minus_cos, dist_l2) from the four reductions of [`Pending::errs`] (the conventions of
+/// `metrics::rel_l2` and `metrics::one_minus_cos`: 0/0 = 0, a zero vector against a nonzero one is 1 − cos = 1).
+fn scope_err(v: &[f64]) -> ScopeErr {
+    let (d, nr, na, s) = (v[0], v[1], v[2], v[3]);
+    let omc = match (na == 0.0, nr == 0.0) {
+        (true, true) => 0.0,
+        (true, false) | (false, true) => 1.0,
+        _ => 0.5 * s,
+    };
+    ScopeErr { rel_l2: mx::ratio(d, nr), one_minus_cos: omc, dist_l2: d }
+}
+
+/// A point before its reductions are read back: its scopes' first reduction indices.
+struct Draft {
+    rec: PointRec,
+    at: Vec<usize>,
+}
+
+/// The sweep of `o.grid` (or its shard `o.shard`): the context, the per-β records, the `--dump` tensors.
+pub fn sweep(inst: &Instance, o: &BiasOptions) -> Result<(SweepContext, Vec<BetaRec>, Vec<(String, Tensor)>)> {
     let (m, p, batch) = (&inst.model, &inst.params[..], &inst.batch);
-    let mut rows = Rows::new("bias", &inst.id, &m.preset, inst.prec.dtype.name());
     let eps = inst.prec.dtype.eps();
     let iota = if inst.prec.dtype == crate::precision::Dtype::F64 { 1e-12 } else { 1e-5 };
     let io = inst.cfg.implicit_options();
+    let sets = scope_sets(inst);
     // The free state: extended until stationary (s*), and the reference gradient.
     let star = implicit::star(m, p, batch, None, &io)?;
     let s0: State = star.state.iter().map(|t| t.shallow_clone()).collect();
@@ -159,21 +344,42 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
         _ => implicit::at_star(m, p, batch, star, &io)?.grad.tensors,
     };
     let gnorm = fnorm(&g_ref);
+    let ref_norms = {
+        let mut pe = Pending::default();
+        let at: Vec<usize> = sets.iter().map(|(_, _, ix)| pe.push(flat(&ix.iter().map(|&i| &g_ref[i]).collect::<Vec<_>>()).norm())).collect();
+        let v = pe.read();
+        at.iter().map(|&i| v[i]).collect()
+    };
     let f0 = m.param_derivative(p, batch, &s0);
     let r0 = kinks::regimes(m, p, batch, &s0, 0.0);
     let admissible = holo::preflight(m);
-    let mut points: Vec<Point> = vec![];
-    let mut identity_rows: Vec<(String, String, f64, f64)> = vec![]; // (id, name, value, threshold)
     let near_01 = o.grid.iter().cloned().min_by(|a, b| (a.ln() - 0.1f64.ln()).abs().total_cmp(&(b.ln() - 0.1f64.ln()).abs())).unwrap();
-    let mut beta_c_obs = f64::INFINITY;
-    let mut beta_c_pred = f64::INFINITY;
     let smallest = o.grid.iter().cloned().fold(f64::INFINITY, f64::min);
     let mut drift_cache: std::collections::BTreeMap<i64, f64> = Default::default();
     let n_grid = o.grid.len();
+    let owned = o.shard.select(n_grid);
     let holo_n = if admissible.is_ok() { o.n_list.len() } else { 0 };
+    // `bias.phases` marks the β points as the sweep's (free state s*, nudged phases per checks.bias.nudge), so that
+    // `compare` recomputes them with [`point_estimate`].
+    let mut dump = vec![("bias.phases".to_string(), Tensor::from(1i64))];
+    for (i, s) in m.params.iter().enumerate() {
+        dump.push((format!("grad.{}.{}", o.reference, s.name), g_ref[i].shallow_clone()));
+    }
+    let mut betas = vec![];
     // Work units: per β point, the ±β phases (2) and one per holomorphic N.
-    crate::progress::stage((n_grid * (2 + holo_n)) as u64, &format!("bias: β point 1/{n_grid}, ±β phases"));
-    for (bi, &beta) in o.grid.iter().enumerate() {
+    crate::progress::stage((owned.len() * (2 + holo_n)) as u64, &format!("bias: β point 1/{n_grid}, ±β phases"));
+    for &bi in &owned {
+        let beta = o.grid[bi];
+        let mut pe = Pending::default();
+        let mut drafts: Vec<Draft> = vec![];
+        let mut identities: Vec<(String, String, usize, f64)> = vec![]; // (id, name, reduction index, threshold)
+        let mut add = |pe: &mut Pending, dump: &mut Vec<(String, Tensor)>, rec: PointRec, grad: Vec<Tensor>| {
+            let at = sets.iter().map(|(_, _, ix)| pe.errs(&ix.iter().map(|&i| &grad[i]).collect::<Vec<_>>(), &ix.iter().map(|&i| &g_ref[i]).collect::<Vec<_>>())).collect();
+            for (i, s) in m.params.iter().enumerate() {
+                dump.push((format!("grad.{}@{}.{}", rec.key(), rec.beta, s.name), grad[i].shallow_clone()));
+            }
+            drafts.push(Draft { rec, at });
+        };
         crate::progress::message(&format!("bias: β point {}/{n_grid} (β = {beta}), ±β phases", bi + 1));
         let (sp, cp, kp, dfp) = nudged(m, p, batch, &s0, beta, o);
         let (sm, cm, _, dfm) = nudged(m, p, batch, &s0, -beta, o);
@@ -182,12 +388,7 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
         let (fp, fm) = (m.param_derivative_nudged(p, batch, &sp, (beta, 0.0)), m.param_derivative_nudged(p, batch, &sm, (-beta, 0.0)));
         let kink_p: i64 = kinks::changes(&r0, &kinks::regimes(m, p, batch, &sp, beta)).iter().sum();
         let kink_m: i64 = kinks::changes(&r0, &kinks::regimes(m, p, batch, &sm, -beta)).iter().sum();
-        if kink_p + kink_m > 0 {
-            beta_c_obs = beta_c_obs.min(beta);
-        }
-        if beta == smallest {
-            beta_c_pred = kinks::beta_c_pred(m, p, batch, &s0, &sp, beta);
-        }
+        let beta_c_pred = (beta == smallest).then(|| kinks::beta_c_pred(m, p, batch, &s0, &sp, beta));
         let drift = *drift_cache.entry(kp).or_insert_with(|| {
             let cont = relax(m, p, batch, &s0, 0.0, &RelaxOptions::fixed(kp)).state;
             let fk = m.param_derivative(p, batch, &cont);
@@ -197,27 +398,28 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
         let plus = two_point(&f0, 0.0, &fp, beta);
         let minus = two_point(&f0, 0.0, &fm, -beta);
         let centered = two_point(&fm, -beta, &fp, beta);
-        let mk = |est: &str, grad: Vec<Tensor>, converged: bool, kinks: i64, fl: f64, dr: f64| Point {
+        let mk = |est: &str, converged: bool, kinks: i64, fl: f64, dr: f64| PointRec {
             est: est.into(),
             n: None,
             beta,
-            grad,
             converged,
             kinks,
             floor_rel: fl,
             drift_rel: dr,
             conv_rel: conv,
             im_leak: None,
+            scopes: vec![],
         };
-        let avg: Vec<f64> = plus.iter().zip(&minus).flat_map(|(a, b)| to_vec_f64(&((a + b) * 0.5))).collect();
-        let cen: Vec<f64> = centered.iter().flat_map(to_vec_f64).collect();
+        let avg: Vec<Tensor> = plus.iter().zip(&minus).map(|(a, b)| (a + b) * 0.5).collect();
         let fl_c = floor(&[&fp, &fm]);
-        identity_rows.push(("B1".into(), format!("ep_centered = (ep_plus + ep_minus)/2 @ {beta}"), mx::rel_linf(&cen, &avg), iota + 10.0 * fl_c));
-        let plus_flat: Vec<f64> = plus.iter().flat_map(to_vec_f64).collect();
-        let minus_flat: Vec<f64> = minus.iter().flat_map(to_vec_f64).collect();
-        points.push(mk("ep_plus", plus, cp, kink_p, floor(&[&f0, &fp]), drift / (beta * gnorm)));
-        points.push(mk("ep_minus", minus, cm, kink_m, floor(&[&f0, &fm]), drift / (beta * gnorm)));
-        points.push(mk("ep_centered", centered, cp && cm, kink_p + kink_m, fl_c, 0.0));
+        identities.push(("B1".into(), format!("ep_centered = (ep_plus + ep_minus)/2 @ {beta}"), pe.linf(&centered, &avg), iota + 10.0 * fl_c));
+        // cos(ĝ₊ − g, ĝ₋ − g): → −1 at small β (opposite leading errors).
+        let ep: Vec<Tensor> = plus.iter().zip(&g_ref).map(|(a, b)| a - b).collect();
+        let em: Vec<Tensor> = minus.iter().zip(&g_ref).map(|(a, b)| a - b).collect();
+        let cos_at = pe.errs(&ep.iter().collect::<Vec<_>>(), &em.iter().collect::<Vec<_>>());
+        add(&mut pe, &mut dump, mk("ep_plus", cp, kink_p, floor(&[&f0, &fp]), drift / (beta * gnorm)), plus);
+        add(&mut pe, &mut dump, mk("ep_minus", cm, kink_m, floor(&[&f0, &fm]), drift / (beta * gnorm)), minus);
+        add(&mut pe, &mut dump, mk("ep_centered", cp && cm, kink_p + kink_m, fl_c, 0.0), centered);
         crate::progress::advance(2, &format!("bias: β point {}/{n_grid} (β = {beta})", bi + 1));
         if admissible.is_ok() {
             let len = PhaseLengths { t_free: 0, k_nudge: if o.until_tol { o.max_iter } else { o.k_fixed }, tol: o.until_tol.then_some(o.nudge_tol / 10.0) };
@@ -230,65 +432,119 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
                 let opts = if opts.schedule == HoloSchedule::Carry && n < 2 { HoloOptions { schedule: HoloSchedule::Restart, ..opts } } else { opts };
                 let e = holo::estimate(m, p, batch, &s0, beta, len, &opts)?;
                 let conv = e.point_residuals.iter().all(|(_, r)| *r <= o.tol);
-                let g: Vec<f64> = e.grad.tensors.iter().flat_map(to_vec_f64).collect();
                 let fl = eps * fnorm(&f0).max(fnorm(&fp)) / (beta * gnorm);
                 // B2/B3 compare with real estimates from phases of exactly the same length (same phases).
                 if n <= 2 && opts.schedule == HoloSchedule::Restart {
                     let fixed = |b: f64| m.param_derivative_nudged(p, batch, &relax(m, p, batch, &s0, b, &RelaxOptions::fixed(e.iters)).state, (b, 0.0));
                     let fpx = fixed(beta);
                     if n == 1 {
-                        let same: Vec<f64> = two_point(&f0, 0.0, &fpx, beta).iter().flat_map(to_vec_f64).collect();
-                        identity_rows.push(("B2".into(), format!("ep_holomorphic1 = ep_plus @ {beta}"), mx::rel_linf(&g, &same), iota + 10.0 * fl));
+                        let same = two_point(&f0, 0.0, &fpx, beta);
+                        identities.push(("B2".into(), format!("ep_holomorphic1 = ep_plus @ {beta}"), pe.linf(&e.grad.tensors, &same), iota + 10.0 * fl));
                     } else {
-                        let same: Vec<f64> = two_point(&fixed(-beta), -beta, &fpx, beta).iter().flat_map(to_vec_f64).collect();
-                        identity_rows.push(("B3".into(), format!("ep_holomorphic2 = ep_centered @ {beta}"), mx::rel_linf(&g, &same), iota + 10.0 * fl));
+                        let same = two_point(&fixed(-beta), -beta, &fpx, beta);
+                        identities.push(("B3".into(), format!("ep_holomorphic2 = ep_centered @ {beta}"), pe.linf(&e.grad.tensors, &same), iota + 10.0 * fl));
                     }
                 }
                 if beta == near_01 && opts.schedule == HoloSchedule::Restart && [3, 4, 8].contains(&n) {
                     let on = holo::estimate(m, p, batch, &s0, beta, len, &HoloOptions { shortcut: true, ..opts.clone() })?;
-                    let gon: Vec<f64> = on.grad.tensors.iter().flat_map(to_vec_f64).collect();
-                    identity_rows.push(("B4".into(), format!("shortcut on = off, N = {n} @ {beta}"), mx::rel_linf(&gon, &g), iota + 10.0 * fl));
+                    identities.push(("B4".into(), format!("shortcut on = off, N = {n} @ {beta}"), pe.linf(&on.grad.tensors, &e.grad.tensors), iota + 10.0 * fl));
                 }
                 let leak = e.im_leak.as_ref().map(|l| l.1);
                 if beta == near_01 {
                     if let Some(l) = leak {
-                        identity_rows.push(("B5".into(), format!("im_leak, N = {n} @ {beta}"), l, (100.0 * iota).max(10.0 * fl)));
+                        identities.push(("B5".into(), format!("im_leak, N = {n} @ {beta}"), pe.push(Tensor::from(l)), (100.0 * iota).max(10.0 * fl)));
                     }
                 }
                 let pr = e.point_residuals.iter().map(|x| x.1).fold(0.0, f64::max);
-                points.push(Point {
+                let rec = PointRec {
                     est: "ep_holomorphic".into(),
                     n: Some(n),
                     beta,
-                    grad: e.grad.tensors,
                     converged: conv,
                     kinks: 0,
                     floor_rel: fl,
                     drift_rel: if n == 1 { drift / (beta * gnorm) } else { 0.0 },
                     conv_rel: pr * f_sens / (beta * gnorm),
                     im_leak: leak,
-                });
+                    scopes: vec![],
+                };
+                add(&mut pe, &mut dump, rec, e.grad.tensors);
                 crate::progress::advance(1, &format!("bias: β point {}/{n_grid} (β = {beta}), holomorphic N = {n} done", bi + 1));
             }
         }
-        // cos(ĝ₊ − g, ĝ₋ − g): → −1 at small β (opposite leading errors).
-        let (gp, gm) = (&plus_flat, &minus_flat);
-        let gr: Vec<f64> = g_ref.iter().flat_map(to_vec_f64).collect();
-        let ep: Vec<f64> = gp.iter().zip(&gr).map(|(a, b)| a - b).collect();
-        let em: Vec<f64> = gm.iter().zip(&gr).map(|(a, b)| a - b).collect();
-        let mut row = rows.row("total", "total", "cos_err_pm", mx::cos(&ep, &em));
-        row.beta = Some(beta);
+        // One read-back per β point: every reduction above.
+        let v = pe.read();
+        let cos_err_pm = 1.0 - scope_err(&v[cos_at..cos_at + 4]).one_minus_cos;
+        let points = drafts
+            .into_iter()
+            .map(|d| PointRec { scopes: d.at.iter().map(|&i| scope_err(&v[i..i + 4])).collect(), ..d.rec })
+            .collect();
+        let identities = identities
+            .into_iter()
+            .map(|(id, name, i, threshold)| {
+                let value = if id == "B5" { v[i] } else { mx::ratio(v[i], v[i + 1]) };
+                IdentityRec { id, name, value, threshold }
+            })
+            .collect();
+        betas.push(BetaRec { index: bi, beta, cos_err_pm, kinked: kink_p + kink_m > 0, beta_c_pred, points, identities });
+    }
+    let ctx = SweepContext { gnorm, ref_norms, holo_not_run: admissible.err().map(|e| e.to_string()) };
+    Ok((ctx, betas, dump))
+}
+
+pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
+    let (ctx, betas, dump) = sweep(inst, o)?;
+    Ok(finish(inst, o, &ctx, &betas, dump))
+}
+
+/// `bias --shard i/n`: the sweep of the shard's β points (grid indices i, i + n, …), reported as the per-β rows
+/// with an `info` verdict, and the record `epcheck merge` joins.
+pub fn run_shard(inst: &Instance, o: &BiasOptions, params: Option<&std::path::Path>, input: Option<&std::path::Path>) -> Result<(CheckReport, ShardRecord)> {
+    let (ctx, betas, dump) = sweep(inst, o)?;
+    let mut rows = Rows::new("bias", &inst.id, &inst.model.preset, inst.prec.dtype.name());
+    point_rows(inst, o, &betas, &mut rows);
+    let (i, n) = (o.shard.index, o.shard.count);
+    let grid: Vec<f64> = betas.iter().map(|b| b.beta).collect();
+    rows.verdict("shard", &format!("{i}/{n}"), &Verdict::Info, json!({ "grid": grid }));
+    let summary = vec![
+        format!("shard {i}/{n} of the β grid {:?}: β = {grid:?} (grid indices {:?})", o.grid, o.shard.select(o.grid.len())),
+        String::new(),
+        "The fits, identities and verdict need every β point: `epcheck merge` of all shards' run folders computes them (docs/slurm.md).".into(),
+    ];
+    let digest = format!("shard {i}/{n}: {} of {} β points; slopes and verdict: epcheck merge of the shards", grid.len(), o.grid.len());
+    let rec = ShardRecord {
+        command: "bias".into(),
+        shard: [i, n],
+        grid_len: o.grid.len(),
+        instance: inst.id.clone(),
+        config: inst.cfg.to_toml(),
+        params: params.map(absolute),
+        input: input.map(absolute),
+        context: ctx,
+        betas,
+    };
+    Ok((rows.finish(summary, dump).with_digest(digest), rec))
+}
+
+fn absolute(p: &std::path::Path) -> std::path::PathBuf {
+    p.canonicalize().unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The per-β rows: cos(ĝ₊ − g, ĝ₋ − g) of every β point, then every point's metrics per scope.
+fn point_rows(inst: &Instance, o: &BiasOptions, betas: &[BetaRec], rows: &mut Rows) {
+    let u = if inst.prec.dtype == crate::precision::Dtype::F64 { 2f64.powi(-53) } else { 2f64.powi(-24) };
+    let sets = scope_sets(inst);
+    for b in betas {
+        let mut row = rows.row("total", "total", "cos_err_pm", b.cos_err_pm);
+        row.beta = Some(b.beta);
         row.verdict = Some("info".into());
         rows.push(row);
     }
-    // Metrics of every point.
-    for pt in &points {
-        for ((scope, name, a), (_, _, r)) in scopes(inst, &pt.grad).into_iter().zip(scopes(inst, &g_ref)) {
-            let (omc, _) = mx::one_minus_cos(&a, &r);
-            let u = if inst.prec.dtype == crate::precision::Dtype::F64 { 2f64.powi(-53) } else { 2f64.powi(-24) };
-            let dist = mx::norm(&a.iter().zip(&r).map(|(x, y)| x - y).collect::<Vec<_>>());
-            for (metric, value) in [("rel_l2", mx::rel_l2(&a, &r)), ("cos", 1.0 - omc), ("one_minus_cos", omc), ("neglog10_one_minus_cos", -(omc.max(u)).log10()), ("dist_l2", dist)] {
-                let mut row = rows.row(&scope, &name, metric, value);
+    for pt in betas.iter().flat_map(|b| &b.points) {
+        for ((scope, name, _), e) in sets.iter().zip(&pt.scopes) {
+            let omc = e.one_minus_cos;
+            for (metric, value) in [("rel_l2", e.rel_l2), ("cos", 1.0 - omc), ("one_minus_cos", omc), ("neglog10_one_minus_cos", -(omc.max(u)).log10()), ("dist_l2", e.dist_l2)] {
+                let mut row = rows.row(scope, name, metric, value);
                 row.estimator = Some(pt.est.clone());
                 row.n_points = pt.n.map(|n| n as i64);
                 row.beta = Some(pt.beta);
@@ -308,6 +564,17 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
             rows.push(row);
         }
     }
+}
+
+/// The report of a sweep from its per-β records (sorted by grid index): the per-β rows, the fits and
+/// consistency per (estimator, N) and scope, the identities, β_c, the verdict and digest.
+pub fn finish(inst: &Instance, o: &BiasOptions, ctx: &SweepContext, betas: &[BetaRec], dump: Vec<(String, Tensor)>) -> CheckReport {
+    let m = &inst.model;
+    let mut rows = Rows::new("bias", &inst.id, &m.preset, inst.prec.dtype.name());
+    let io = inst.cfg.implicit_options();
+    let gnorm = ctx.gnorm;
+    point_rows(inst, o, betas, &mut rows);
+    let points: Vec<&PointRec> = betas.iter().flat_map(|b| &b.points).collect();
     // Fits and consistency per (estimator, N) on total and each layer group.
     let mut keys: Vec<String> = vec![];
     for pt in &points {
@@ -315,7 +582,7 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
             keys.push(pt.key());
         }
     }
-    let scope_names: Vec<(String, String)> = scopes(inst, &g_ref).into_iter().filter(|(s, _, _)| s != "tensor").map(|(s, n, _)| (s, n)).collect();
+    let scope_names: Vec<(String, String)> = scope_sets(inst).into_iter().filter(|(s, _, _)| s != "tensor").map(|(s, n, _)| (s, n)).collect();
     let mut summary = vec![
         format!(
             "reference `{}`; free state s* (r_∞ ≤ {:.0e}); nudged phases {}; conclusive iff r_∞ ≤ {:.0e} and no kink crossing; fit window: err ≥ {}·(floor + drift + conv) and err ≤ {}; grid {:?}",
@@ -332,24 +599,17 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
         "|---|---|---|---|---|---|---|---|".into(),
     ];
     for key in &keys {
-        let pts: Vec<&Point> = points.iter().filter(|pt| &pt.key() == key).collect();
+        let pts: Vec<&PointRec> = points.iter().filter(|pt| &pt.key() == key).copied().collect();
         let p_exp = pts[0].expected_slope();
         let slope_tol = o.slope_tol.unwrap_or((0.25f64).max(0.1 * p_exp));
         for (scope, name) in &scope_names {
             let idx = scope_names.iter().position(|x| x == &(scope.clone(), name.clone())).unwrap();
-            let errs: Vec<(f64, f64, &Point)> = pts
-                .iter()
-                .map(|pt| {
-                    let (_, _, a) = &scopes(inst, &pt.grad)[m.params.len() + idx];
-                    let (_, _, r) = &scopes(inst, &g_ref)[m.params.len() + idx];
-                    (pt.beta, mx::rel_l2(a, r), *pt)
-                })
-                .collect();
+            let errs: Vec<(f64, f64, &PointRec)> = pts.iter().map(|pt| (pt.beta, pt.scopes[m.params.len() + idx].rel_l2, *pt)).collect();
             // The floors are relative to ‖g‖ of the whole gradient; for a layer group they scale (conservatively)
             // by ‖g_total‖/‖g_group‖.
-            let g_scope = mx::norm(&scopes(inst, &g_ref)[m.params.len() + idx].2);
+            let g_scope = ctx.ref_norms[m.params.len() + idx];
             let scale = mx::ratio(gnorm, g_scope);
-            let window: Vec<&(f64, f64, &Point)> = errs
+            let window: Vec<&(f64, f64, &PointRec)> = errs
                 .iter()
                 .filter(|(_, e, pt)| pt.conclusive() && *e >= o.floor_factor * scale * (pt.floor_rel + pt.drift_rel + pt.conv_rel) && *e <= o.err_max && *e > 0.0)
                 .collect();
@@ -433,11 +693,12 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
             ));
         }
     }
-    if let Err(e) = &admissible {
+    if let Some(e) = &ctx.holo_not_run {
         summary.push(String::new());
         summary.push(format!("holomorphic EP not run: {e}"));
     }
     // B6: the closed-form oracles on the built-in scalar instance.
+    let mut identity_rows: Vec<(String, String, f64, f64)> = betas.iter().flat_map(|b| &b.identities).map(|r| (r.id.clone(), r.name.clone(), r.value, r.threshold)).collect();
     let b6 = scalar_oracle_error();
     identity_rows.push(("B6".into(), "sign oracle and holomorphic closed form".into(), b6, 1e-13));
     summary.push(String::new());
@@ -458,6 +719,8 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
         rows.verdict("identity", &format!("{id}:{name}"), &verdict, json!({ "value": v, "threshold": thr }));
         summary.push(format!("| {id} | {name} | {v:.2e} | {thr:.1e} | {} |", verdict.display()));
     }
+    let beta_c_obs = betas.iter().filter(|b| b.kinked).map(|b| b.beta).fold(f64::INFINITY, f64::min);
+    let beta_c_pred = betas.iter().find_map(|b| b.beta_c_pred).unwrap_or(f64::INFINITY);
     for (metric, v) in [("beta_c_obs", beta_c_obs), ("beta_c_pred", beta_c_pred)] {
         let mut row = rows.row("total", "total", metric, v);
         row.verdict = Some("info".into());
@@ -465,17 +728,6 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
     }
     summary.push(String::new());
     summary.push(format!("kink crossing: β_c observed = {beta_c_obs}, predicted = {beta_c_pred:.3e} (∞ = none / smooth model)"));
-    // `bias.phases` marks the β points as the sweep's (free state s*, nudged phases per checks.bias.nudge), so that
-    // `compare` recomputes them with [`point_estimate`].
-    let mut dump = vec![("bias.phases".to_string(), Tensor::from(1i64))];
-    for (i, s) in m.params.iter().enumerate() {
-        dump.push((format!("grad.{}.{}", o.reference, s.name), g_ref[i].shallow_clone()));
-    }
-    for pt in &points {
-        for (i, s) in m.params.iter().enumerate() {
-            dump.push((format!("grad.{}@{}.{}", pt.key(), pt.beta, s.name), pt.grad[i].shallow_clone()));
-        }
-    }
     // Digest: the fitted slope of every estimator on the total (expected in parentheses), the best consistency.
     let mut slopes = vec![];
     for r in rows.metrics.iter().filter(|r| r.scope == "fit" && r.name == "total" && r.metric == "slope") {
@@ -491,7 +743,7 @@ pub fn run(inst: &Instance, o: &BiasOptions) -> Result<CheckReport> {
     if cons.is_finite() {
         digest += &format!("; worst best-β error vs {} {} (≤ {})", o.reference, super::num(cons), super::num(o.consistency_max));
     }
-    Ok(rows.finish(summary, dump).with_digest(digest))
+    rows.finish(summary, dump).with_digest(digest)
 }
 
 /// B6: max relative error of the closed forms of conventions §8.3 and estimators §3.10 on Φ = θ·x·s

@@ -67,6 +67,60 @@ pub struct Skips {
     pub max: usize,
 }
 
+/// Fixed parts of a family: the user's own layers and couplings, written as in a graph file (docs/graph.md),
+/// that every drawn case contains. They may refer to the input `x`, the drawn output layer `out` and each other;
+/// fixed layers follow the drawn layers in model order, and the loss stays on `out`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fixed {
+    #[serde(default)]
+    pub layers: Vec<toml::Table>,
+    #[serde(default)]
+    pub couplings: Vec<toml::Table>,
+}
+
+/// The fixed parts as graph-file text: `[[layers]]` and `[[couplings]]` entries, and the fixed layers' names.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FixedText {
+    pub layers: String,
+    pub couplings: String,
+    pub names: Vec<String>,
+}
+
+impl Fixed {
+    fn text(&self) -> Option<FixedText> {
+        if self.layers.is_empty() && self.couplings.is_empty() {
+            return None;
+        }
+        let array = |key: &str, v: &[toml::Table]| {
+            let mut t = toml::Table::new();
+            if !v.is_empty() {
+                t.insert(key.into(), toml::Value::Array(v.iter().cloned().map(toml::Value::Table).collect()));
+            }
+            toml::to_string(&t).expect("toml tables serialize")
+        };
+        let names = self.layers.iter().map(|l| l.get("name").and_then(|n| n.as_str()).unwrap_or("?").to_string()).collect();
+        Some(FixedText { layers: array("layers", &self.layers), couplings: array("couplings", &self.couplings), names })
+    }
+}
+
+/// Attention blocks: with `probability`, a case's input is a sequence x [tokens, dim] and its first layer `A` an
+/// attention layer over x (keys and queries: every token of x; scale 1/√dim; no mask) fed by an attention
+/// projection of x (weight (dim, dim)); the next layer reads A through a flatten_dense coupling.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionSpec {
+    pub probability: f64,
+    #[serde(default = "two_four")]
+    pub tokens: [i64; 2],
+    #[serde(default = "one_four")]
+    pub dim: [i64; 2],
+}
+
+fn two_four() -> [i64; 2] {
+    [2, 4]
+}
+
 /// A parsed family.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +139,10 @@ pub struct Family {
     pub schedules: Vec<String>,
     pub losses: Vec<String>,
     pub batch: [i64; 2],
+    #[serde(default)]
+    pub fixed: Fixed,
+    #[serde(default)]
+    pub attention: Option<AttentionSpec>,
 }
 
 fn one_three() -> [i64; 2] {
@@ -128,6 +186,13 @@ impl Family {
         range("hidden.channels", f.hidden.channels, 1, 16)?;
         range("output.classes", f.output.classes, 1, 64)?;
         range("batch", f.batch, 1, 64)?;
+        if let Some(a) = &f.attention {
+            range("attention.tokens", a.tokens, 1, 16)?;
+            range("attention.dim", a.dim, 1, 16)?;
+            if !(0.0..=1.0).contains(&a.probability) {
+                return Err(bad(format!("attention.probability must be a probability in [0, 1], got {}", a.probability)));
+            }
+        }
         for (key, p) in [("input.image", f.input.image), ("skips.probability", f.skips.probability), ("biases", f.biases)] {
             if !(0.0..=1.0).contains(&p) {
                 return Err(bad(format!("{key} must be a probability in [0, 1], got {p}")));
@@ -166,6 +231,22 @@ impl Family {
         if f.losses.iter().all(|l| l == "ce") && f.output.classes[1] < 2 {
             return Err(bad("losses = [\"ce\"] needs output.classes with max ≥ 2".into()));
         }
+        if f.fixed.text().is_some() {
+            // The fixed parts must build with the family's graphs: the simplest draw (every choice at its simple
+            // end) and one ordinary draw are parsed as graphs before anything runs.
+            for seed in [None, Some(1u64)] {
+                let mut r = match seed {
+                    Some(s) => f.tree(s).current(),
+                    None => {
+                        let mut t = f.tree(0);
+                        while t.simplify() {}
+                        t.current()
+                    }
+                };
+                r.batch = f.batch[0];
+                crate::graph::parse_str(&r.graph().0).map_err(|e| bad(format!("fixed: the fixed parts do not build with the family's graphs: {e}")))?;
+            }
+        }
         Ok(f)
     }
 
@@ -197,10 +278,26 @@ impl Family {
     pub fn strategy(&self) -> BoxedStrategy<Recipe> {
         let f = self.clone();
         let i = &f.input;
-        let image = prop::option::weighted(i.image, (i.channels[0]..=i.channels[1], i.size[0]..=i.size[1]));
+        let sizes = (i.channels[0]..=i.channels[1], i.size[0]..=i.size[1]);
+        // proptest's weighted option refuses the weights 0 and 1 (a union with a zero weight): image = 0 or 1 is
+        // a fixed choice.
+        let image: BoxedStrategy<Option<(i64, i64)>> = if i.image <= 0.0 {
+            Just(None).boxed()
+        } else if i.image >= 1.0 {
+            sizes.prop_map(Some).boxed()
+        } else {
+            prop::option::weighted(i.image, sizes).boxed()
+        };
         image
             .prop_flat_map(move |image| {
                 let f = f.clone();
+                let attention: BoxedStrategy<Option<(i64, i64)>> = match &f.attention {
+                    Some(a) if a.probability > 0.0 => {
+                        let sizes = (a.tokens[0]..=a.tokens[1], a.dim[0]..=a.dim[1]);
+                        if a.probability >= 1.0 { sizes.prop_map(Some).boxed() } else { prop::option::weighted(a.probability, sizes).boxed() }
+                    }
+                    _ => Just(None).boxed(),
+                };
                 let head = (
                     Just(image),
                     f.input.features[0]..=f.input.features[1],
@@ -217,8 +314,10 @@ impl Family {
                     0u64..1_000_000,
                     f.output.classes[0]..=f.output.classes[1],
                     prop::sample::select(f.output.kinds.clone()),
+                    attention,
                 );
-                (head, tail).prop_map(|((image, n_in, hidden, skips, activation, gain, biases), (schedule, loss, batch, seed, classes, out_kind))| Recipe {
+                let fixed = f.fixed.text();
+                (head, tail).prop_map(move |((image, n_in, hidden, skips, activation, gain, biases), (schedule, loss, batch, seed, classes, out_kind, attention))| Recipe {
                     image,
                     n_in,
                     hidden,
@@ -232,6 +331,8 @@ impl Family {
                     batch,
                     seed,
                     planted_output: out_kind != "dense",
+                    fixed: fixed.clone(),
+                    attention,
                 })
             })
             .boxed()

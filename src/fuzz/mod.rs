@@ -81,6 +81,11 @@ pub struct Recipe {
     pub seed: u64,
     /// The output layer's main coupling is the test-only planted kind (families only).
     pub planted_output: bool,
+    /// The family's fixed parts (families only): layers and couplings every case contains.
+    pub fixed: Option<family::FixedText>,
+    /// An attention block (families only): the input is a sequence x [tokens, dim] and the first layer `A` an
+    /// attention layer over it (the update map of the IMDB/SNLI presets) fed by an attention projection of x.
+    pub attention: Option<(i64, i64)>,
 }
 
 /// SplitMix64: the fuzzer's own seeded stream (independent of libtorch's).
@@ -132,7 +137,7 @@ impl Recipe {
         let biases = r.unit() < 0.7;
         let schedule = if r.unit() < 0.5 { "sync" } else { "async2" }.to_string();
         let batch = r.int(1, 3);
-        Recipe { image, n_in, hidden, classes, skips, activation, gain, biases, schedule, loss, batch, seed: r.next_u64() % 1_000_000, planted_output: false }
+        Recipe { image, n_in, hidden, classes, skips, activation, gain, biases, schedule, loss, batch, seed: r.next_u64() % 1_000_000, planted_output: false, fixed: None, attention: None }
     }
 
     pub fn smooth(&self) -> bool {
@@ -147,13 +152,19 @@ impl Recipe {
             shape: Vec<i64>,
         }
         let fmt_shape = |s: &[i64]| format!("[{}]", s.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "));
-        let input = match self.image {
-            Some((c, h)) => N { name: "x".into(), shape: vec![c, h, h] },
-            None => N { name: "x".into(), shape: vec![self.n_in] },
+        let input = match (self.attention, self.image) {
+            (Some((t, d)), _) => N { name: "x".into(), shape: vec![t, d] },
+            (None, Some((c, h))) => N { name: "x".into(), shape: vec![c, h, h] },
+            (None, None) => N { name: "x".into(), shape: vec![self.n_in] },
         };
         let mut nodes = vec![input];
         // (layer shape, main coupling text without weight, fan-in, weight shape, summary)
         let mut layers: Vec<(N, String, i64, Vec<i64>, String)> = vec![];
+        if let Some((t, d)) = self.attention {
+            let a = N { name: "A".into(), shape: vec![t, d] };
+            nodes.push(a.clone());
+            layers.push((a, format!("kind = \"attention_projection\"\ninput = \"x\"\nstart = 0\nlen = {t}\npost = \"A\""), d, vec![d, d], "attention".into()));
+        }
         let out = if self.planted_output { Hidden::Planted(self.classes) } else { Hidden::Dense(self.classes) };
         let all: Vec<Hidden> = self.hidden.iter().cloned().chain([out]).collect();
         for (j, h) in all.iter().enumerate() {
@@ -173,7 +184,7 @@ impl Recipe {
                     let o = crate::model::terms::conv::ConvGeom::out_size(3, 2, 1, prev.shape[1]);
                     (vec![*channels, o, o], format!("kind = \"conv\"\npre = \"{}\"\npost = \"{name}\"\nkernel = 3\nstride = 2\npad = 1", prev.name), prev.shape[0] * 9, vec![*channels, prev.shape[0], 3, 3], "conv3/s2".into())
                 }
-                (Hidden::Planted(n), false) => {
+                (Hidden::Planted(n), false) if prev.shape.len() == 1 => {
                     let n_pre: i64 = prev.shape.iter().product();
                     (vec![*n], format!("kind = \"{}\"\npre = \"{}\"\npost = \"{name}\"", crate::model::terms::planted::KIND, prev.name), n_pre, vec![*n, n_pre], "test_bad_dense".into())
                 }
@@ -183,7 +194,9 @@ impl Recipe {
                         Hidden::Conv { channels, .. } | Hidden::ConvPool { channels } => *channels,
                     };
                     let n_pre: i64 = prev.shape.iter().product();
-                    if image {
+                    if prev.shape.len() == 2 {
+                        (vec![n], format!("kind = \"flatten_dense\"\npre = [\"{}\"]\npost = \"{name}\"", prev.name), n_pre, vec![n, n_pre], "flatten_dense".into())
+                    } else if image {
                         let mut w = prev.shape.clone();
                         w.push(n);
                         (vec![n], format!("kind = \"dense\"\npre = \"{}\"\npost = \"{name}\"\nlayout = \"pre_first\"", prev.name), n_pre, w, "dense_pf".into())
@@ -200,7 +213,8 @@ impl Recipe {
         let mut skips: Vec<Vec<(String, i64, Vec<i64>, String)>> = vec![vec![]; layers.len()];
         let mut cand = 0;
         let mut n_skips = 0;
-        for j in 0..layers.len() {
+        let first = layers.len() - all.len();
+        for j in first..layers.len() {
             for i in 0..j {
                 // node i → layer j (node j + 1); the main coupling is node j → layer j.
                 let on = cand < self.skips.len() && self.skips[cand];
@@ -209,7 +223,10 @@ impl Recipe {
                     continue;
                 }
                 let (pre, post) = (&nodes[i], &layers[j].0);
-                let t = if post.shape.len() == 1 {
+                let t = if pre.shape.len() == 2 {
+                    // Sequence nodes (the input and the attention layer) feed only through the main couplings.
+                    None
+                } else if post.shape.len() == 1 {
                     let n_pre: i64 = pre.shape.iter().product();
                     if pre.shape.len() == 3 {
                         let mut w = pre.shape.clone();
@@ -233,6 +250,10 @@ impl Recipe {
             }
         }
         let act_of = |j: usize| if j + 1 == layers.len() && self.loss == "ce" { "identity".to_string() } else { self.activation.clone() };
+        let layer_line = |j: usize, n: &N| match (self.attention, n.name.as_str()) {
+            (Some((t, d)), "A") => format!("update = {{ kind = \"attention\", keys = {{ input = \"x\", start = 0, len = {t} }}, queries = {{ input = \"x\", start = 0, len = {t} }}, scale = {:?}, mask = \"off\" }}", 1.0 / (d as f64).sqrt()),
+            _ => format!("activation = \"{}\"", act_of(j)),
+        };
         let mut o = vec![
             "name = \"fuzz\"".to_string(),
             format!("loss = \"{}\"", self.loss),
@@ -244,7 +265,12 @@ impl Recipe {
             format!("shape = {}", fmt_shape(&nodes[0].shape)),
         ];
         for (j, (n, ..)) in layers.iter().enumerate() {
-            o.extend([String::new(), "[[layers]]".into(), format!("name = \"{}\"", n.name), format!("shape = {}", fmt_shape(&n.shape)), format!("activation = \"{}\"", act_of(j))]);
+            o.extend([String::new(), "[[layers]]".into(), format!("name = \"{}\"", n.name), format!("shape = {}", fmt_shape(&n.shape)), layer_line(j, n)]);
+        }
+        if let Some(f) = &self.fixed {
+            // The fixed layers follow the drawn ones; the loss stays on the drawn output layer.
+            o.insert(3, "output = \"out\"".into());
+            o.extend([String::new(), f.layers.clone()]);
         }
         let mut summ = vec![format!("x{}", fmt_shape(&nodes[0].shape))];
         for (j, (n, text, fan, w, s)) in layers.iter().enumerate() {
@@ -254,10 +280,14 @@ impl Recipe {
             for (text, fan, w, pre) in &skips[j] {
                 o.extend([String::new(), "[[couplings]]".into(), text.clone(), format!("weight = {{ name = \"S.{pre}_{}\", shape = {}, init = {:?} }}", n.name, fmt_shape(w), bound(*fan))]);
             }
-            if self.biases {
+            if self.biases && n.shape.len() != 2 {
                 o.extend([String::new(), "[[couplings]]".into(), "kind = \"bias\"".into(), format!("layer = \"{}\"", n.name), format!("bias = {{ name = \"b.{}\", shape = [{}], init = {:?} }}", n.name, n.shape[0], 0.5 * self.gain)]);
             }
             summ.push(format!("{}{} {s}", n.name, fmt_shape(&n.shape)));
+        }
+        if let Some(f) = &self.fixed {
+            o.extend([String::new(), f.couplings.clone()]);
+            summ.push(format!("fixed {}", f.names.join(", ")));
         }
         let summary = format!("{} | {} skip(s) | {} {} {} g={:.2} B={}", summ.join(" → "), n_skips, self.activation, self.schedule, self.loss, self.gain, self.batch);
         (o.join("\n") + "\n", summary)
@@ -265,7 +295,7 @@ impl Recipe {
 
     /// Only dense couplings (the holomorphic property needs complex-capable terms).
     pub fn dense_only(&self) -> bool {
-        self.image.is_none()
+        self.image.is_none() && self.attention.is_none()
     }
 
     /// The case of one property on this recipe's graph.
@@ -602,19 +632,23 @@ pub fn case_seed(seed: u64, i: usize) -> u64 {
     Rng::new(seed.wrapping_add((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))).next_u64()
 }
 
+/// Runs every listed property on the recipe of case `i`: check, time, row, progress; appends to `out`.
+fn run_properties(i: usize, r: &Recipe, properties: &[&str], progress: &mut impl FnMut(usize, &Row), out: &mut Vec<(Row, Case)>) {
+    for &prop in properties {
+        let c = r.case(prop);
+        let t0 = Instant::now();
+        let o = check(&c);
+        let row = Row { case: i, seed: r.seed, graph: c.summary.clone(), outcome: o, millis: t0.elapsed().as_secs_f64() * 1e3 };
+        progress(i, &row);
+        out.push((row, c));
+    }
+}
+
 /// Runs the cases `indices` of the campaign (every listed property on each graph).
 pub fn run_family_cases(fam: &family::Family, seed: u64, indices: &[usize], properties: &[&str], mut progress: impl FnMut(usize, &Row)) -> Vec<(Row, Case)> {
     let mut out = vec![];
     for &i in indices {
-        let r = fam.tree(case_seed(seed, i)).current();
-        for &prop in properties {
-            let c = r.case(prop);
-            let t0 = Instant::now();
-            let o = check(&c);
-            let row = Row { case: i, seed: r.seed, graph: c.summary.clone(), outcome: o, millis: t0.elapsed().as_secs_f64() * 1e3 };
-            progress(i, &row);
-            out.push((row, c));
-        }
+        run_properties(i, &fam.tree(case_seed(seed, i)).current(), properties, &mut progress, &mut out);
     }
     out
 }
@@ -624,15 +658,7 @@ pub fn run_cases(n: usize, seed: u64, properties: &[&str], mut progress: impl Fn
     let mut stream = Rng::new(seed);
     let mut out = vec![];
     for i in 0..n {
-        let r = Recipe::random(stream.next_u64());
-        for &prop in properties {
-            let c = r.case(prop);
-            let t0 = Instant::now();
-            let o = check(&c);
-            let row = Row { case: i, seed: r.seed, graph: c.summary.clone(), outcome: o, millis: t0.elapsed().as_secs_f64() * 1e3 };
-            progress(i, &row);
-            out.push((row, c));
-        }
+        run_properties(i, &Recipe::random(stream.next_u64()), properties, &mut progress, &mut out);
     }
     out
 }
