@@ -486,8 +486,9 @@ pub fn run(cli: Cli) -> Result<i32> {
             crate::progress::start("bias");
             let o = checks::bias::BiasOptions { shard, ..checks::bias::BiasOptions::from_config(&inst.cfg) };
             let (rep, rec) = checks::bias::run_shard(&inst, &o, b.common.params.as_deref(), b.common.input.as_deref())?;
-            let (dir, code) = crate::run::complete(&b.common.out, b.common.dump.as_deref(), "bias", &inst, &[rep])?;
-            crate::merge::write_bias_shard(&dir, &rec)?;
+            // The shard's record is committed with its run folder (atomically), not written after it.
+            let record = [(crate::merge::BIAS_SHARD, crate::merge::bias_shard_json(&rec))];
+            let (_, code) = crate::run::complete_with(&b.common.out, b.common.dump.as_deref(), "bias", &inst, &[rep], &record)?;
             Ok(code)
         }
         Command::Refs(r) => {

@@ -31,6 +31,15 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, Tensor>> {
     Ok(out)
 }
 
+/// Writes `content` to `path` atomically (a `.partial` sibling renamed into place; removed on SIGINT/SIGTERM).
+pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    crate::report::cleanup::register(&tmp);
+    let done = std::fs::write(&tmp, content).map_err(|e| Error::file(&tmp, e)).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e)));
+    crate::report::cleanup::unregister(&tmp);
+    done
+}
+
 /// The error for a file that safetensors cannot read, saying what the file is when that is recognisable (empty,
 /// a NumPy `.npz`/`.npy`, text) and what was expected.
 pub fn not_safetensors(path: &Path, bytes: &[u8], e: impl std::fmt::Display) -> Error {

@@ -132,10 +132,9 @@ pub fn command(a: MergeArgs) -> Result<i32> {
 /// The record of a `bias --shard i/n` run folder.
 pub const BIAS_SHARD: &str = "bias-shard.json";
 
-/// Writes the record of a `bias` shard into its (committed) run folder.
-pub fn write_bias_shard(dir: &Path, rec: &ShardRecord) -> Result<()> {
-    let p = dir.join(BIAS_SHARD);
-    std::fs::write(&p, serde_json::to_string(rec).expect("json")).map_err(|e| Error::file(&p, e))
+/// The record of a `bias` shard, as written into its run folder (with the run, `run::complete_with`).
+pub fn bias_shard_json(rec: &ShardRecord) -> String {
+    serde_json::to_string(rec).expect("json")
 }
 
 fn bias_record(dir: &Path) -> Result<ShardRecord> {

@@ -68,6 +68,11 @@ pub fn print_digests(reports: &[CheckReport]) {
 /// Writes the dump (when asked) and the run folder, prints the digests, returns the folder and the exit code.
 /// A failing dump leaves no run folder; a failing run folder removes the dump it just wrote.
 pub fn complete(out: &Path, dump: Option<&Path>, command: &str, inst: &Instance, reports: &[CheckReport]) -> Result<(PathBuf, i32)> {
+    complete_with(out, dump, command, inst, reports, &[])
+}
+
+/// [`complete`] with extra files committed atomically with the run folder ([`crate::report::write_run_with`]).
+pub fn complete_with(out: &Path, dump: Option<&Path>, command: &str, inst: &Instance, reports: &[CheckReport], extra: &[(&str, String)]) -> Result<(PathBuf, i32)> {
     let args: Vec<String> = std::env::args().collect();
     crate::progress::message("writing report");
     if let Some(path) = dump {
@@ -77,7 +82,7 @@ pub fn complete(out: &Path, dump: Option<&Path>, command: &str, inst: &Instance,
         }
         crate::io::write_tensors(path, &dump_tensors(inst, reports), crate::io::metadata(&inst.model, &inst.cfg))?;
     }
-    let dir = match crate::report::write_run(out, command, inst, reports, &args) {
+    let dir = match crate::report::write_run_with(out, command, inst, reports, &args, extra) {
         Ok(d) => d,
         Err(e) => {
             if let Some(path) = dump {

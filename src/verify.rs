@@ -643,7 +643,7 @@ pub fn command(a: VerifyArgs) -> Result<i32> {
     if shard.count > 1 {
         let rec = VerifyShardRecord { shard: [shard.index, shard.count], suites: files_rec, ran: recs, time_s: time.as_secs_f64() };
         let p = a.out.join(VERIFY_SHARD);
-        std::fs::write(&p, serde_json::to_string_pretty(&rec).expect("json")).map_err(|e| Error::file(&p, e))?;
+        crate::io::write_atomic(&p, serde_json::to_string_pretty(&rec).expect("json").as_bytes())?;
     }
     Ok(code)
 }

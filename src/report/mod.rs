@@ -172,7 +172,16 @@ pub fn manifest(inst: &Instance, command: &str, run_id: &str, args: &[String]) -
 
 /// Writes a complete run folder for the given check reports and returns its path.
 pub fn write_run(out: &Path, command: &str, inst: &Instance, reports: &[CheckReport], args: &[String]) -> Result<PathBuf> {
+    write_run_with(out, command, inst, reports, args, &[])
+}
+
+/// [`write_run`] with `extra` files (name, contents) written into the staged folder, so that they are committed
+/// with the rest of the run or not at all (e.g. a `bias --shard` record).
+pub fn write_run_with(out: &Path, command: &str, inst: &Instance, reports: &[CheckReport], args: &[String], extra: &[(&str, String)]) -> Result<PathBuf> {
     let rf = RunFolder::new(out, command, &inst.id)?;
+    for (name, contents) in extra {
+        rf.write(name, contents)?;
+    }
     rf.write("config.toml", &inst.cfg.to_toml())?;
     rf.write("manifest.json", &serde_json::to_string_pretty(&manifest(inst, command, &rf.run_id, args)).expect("json"))?;
     let metrics: Vec<_> = reports.iter().flat_map(|r| r.metrics.iter().cloned()).collect();

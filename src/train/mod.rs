@@ -300,14 +300,7 @@ impl Drop for FolderLock {
     }
 }
 
-/// Writes `content` to `path` atomically.
-pub fn write_atomic(path: &Path, content: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("partial");
-    crate::report::cleanup::register(&tmp);
-    let done = std::fs::write(&tmp, content).map_err(|e| Error::file(&tmp, e)).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::file(path, e)));
-    crate::report::cleanup::unregister(&tmp);
-    done
-}
+pub use crate::io::write_atomic;
 
 pub fn rows_frame(rows: &[EpochRow]) -> Result<DataFrame> {
     let n = rows.len();
