@@ -77,6 +77,7 @@ pub fn complete(out: &Path, dump: Option<&Path>, command: &str, inst: &Instance,
         }
         crate::io::write_tensors(path, &dump_tensors(inst, reports), crate::io::metadata(&inst.model, &inst.cfg))?;
     }
+    crate::progress::message("writing the report");
     let dir = match crate::report::write_run(out, command, inst, reports, &args) {
         Ok(d) => d,
         Err(e) => {
