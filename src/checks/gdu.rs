@@ -416,6 +416,17 @@ impl RefAcc {
     /// Step t; `last_excl`: t is the last step under `prefix = exclusive` (it enters the totals, not the
     /// cumulative forms).
     fn update(&mut self, r: &Tensor, t: usize, last_excl: bool, w: &Work) {
+        let mut ts = vec![r, &self.sr2];
+        if let Some((c, s)) = &self.cum {
+            ts.extend([c, s]);
+        }
+        if !last_excl && fused::usable(w.kind, self.e, &ts) {
+            let cum = self.cum.as_ref().map(|(c, s)| (c, s));
+            let n = self.e as usize;
+            let r2 = if w.kind == Kind::Float { fused::reference::<f32>(n, r, &self.sr2, cum) } else { fused::reference::<f64>(n, r, &self.sr2, cum) };
+            let _ = self.step_r2.get(t as i64).fill_(r2);
+            return;
+        }
         let _ = self.step_r2.get(t as i64).copy_(&w.dot(r, r));
         let _ = self.sr2.addcmul_(r, r);
         if let Some((c, s)) = &mut self.cum {
@@ -482,6 +493,27 @@ impl PairAcc {
     /// step t. Everything E-sized is written into the work buffers or accumulated in place.
     fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc, t: usize, last_excl: bool, w: &Work) {
         let n = rf.e;
+        let mut ts = vec![a, r, &self.sa2, &self.sd2];
+        if let (Some((c, dc2, c2)), Some((rc, _))) = (&self.cum, &rf.cum) {
+            ts.extend([c, dc2, c2, rc]);
+        }
+        if !last_excl && fused::usable(w.kind, n, &ts) && self.nz_a.is_contiguous() && self.nz_a.device() == tch::Device::Cpu {
+            let cum = match (&self.cum, &rf.cum) {
+                (Some((c, dc2, c2)), Some((rc, _))) => Some((c, dc2, c2, rc)),
+                _ => None,
+            };
+            let s = if w.kind == Kind::Float {
+                fused::pair::<f32>(n as usize, a, r, self.sig_thr, &self.sa2, &self.sd2, &self.nz_a, cum)
+            } else {
+                fused::pair::<f64>(n as usize, a, r, self.sig_thr, &self.sa2, &self.sd2, &self.nz_a, cum)
+            };
+            let _ = self.step_d2.get(t as i64).fill_(s.d2);
+            let _ = self.ar.g_add_scalar_(s.ar);
+            let _ = self.neg.g_add_scalar_(s.neg);
+            let _ = self.sig_n.g_add_scalar_(s.sig_n);
+            let _ = self.sig_bad.g_add_scalar_(s.sig_bad);
+            return;
+        }
         let d = Work::view(&w.d, n);
         let mut b1 = Work::view(&w.b1, n);
         let b2 = Work::view(&w.b2, n);
@@ -551,6 +583,197 @@ impl PairAcc {
             (*dc2, *c2) = (none(), none());
         }
         PairStats { rel, lab, lab_std, guard, both_zero, sign_err, sig, ern_m, ern_s, cos, cum, step_rel, rn: nr2.sqrt() }
+    }
+}
+
+/// Fused CPU kernels of the per-step updates: ONE pass over a, r and the running sums instead of the ~20 libtorch
+/// passes of `PairAcc::update` (≈ 42 reads/writes of an E-sized buffer per pair and step → 13; the check is memory
+/// bound: at the IMDB-style size E = 3·10⁷). The same per-element operations as the libtorch path (so the same
+/// per-element sums up to the rounding of a fused multiply-add), the per-step sums over elements (Σd², Σa·r, the
+/// sign counts) in float64. Used for contiguous CPU tensors of one float kind; CUDA (and the last step under
+/// `prefix = exclusive`) keep the libtorch path.
+mod fused {
+    use tch::{Device, Kind, Tensor};
+
+    pub trait Real: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> {
+        const ZERO: Self;
+        fn f64(self) -> f64;
+        fn abs(self) -> Self;
+        fn of(x: f64) -> Self;
+    }
+    impl Real for f32 {
+        const ZERO: Self = 0.0;
+        fn f64(self) -> f64 {
+            self as f64
+        }
+        fn abs(self) -> Self {
+            f32::abs(self)
+        }
+        fn of(x: f64) -> Self {
+            x as f32
+        }
+    }
+    impl Real for f64 {
+        const ZERO: Self = 0.0;
+        fn f64(self) -> f64 {
+            self
+        }
+        fn abs(self) -> Self {
+            f64::abs(self)
+        }
+        fn of(x: f64) -> Self {
+            x
+        }
+    }
+
+    /// Per-step sums of one pair update.
+    #[derive(Default, Clone, Copy)]
+    pub struct Sums {
+        pub d2: f64,
+        pub ar: f64,
+        pub neg: i64,
+        pub sig_n: i64,
+        pub sig_bad: i64,
+    }
+
+    impl Sums {
+        fn add(mut self, o: Sums) -> Sums {
+            self.d2 += o.d2;
+            self.ar += o.ar;
+            self.neg += o.neg;
+            self.sig_n += o.sig_n;
+            self.sig_bad += o.sig_bad;
+            self
+        }
+    }
+
+    /// Whether every tensor is a contiguous CPU tensor of `kind` with `n` elements.
+    pub fn usable(kind: Kind, n: i64, ts: &[&Tensor]) -> bool {
+        matches!(kind, Kind::Float | Kind::Double) && ts.iter().all(|t| t.device() == Device::Cpu && t.kind() == kind && t.numel() as i64 == n && t.is_contiguous())
+    }
+
+    fn threads(n: usize) -> usize {
+        if n < (1 << 16) {
+            1
+        } else {
+            (tch::get_num_threads().max(1) as usize).min(16)
+        }
+    }
+
+    /// Runs `f(lo, hi)` on `threads` contiguous ranges of 0..n and combines the results.
+    fn split<R: Send + Default>(n: usize, f: impl Fn(usize, usize) -> R + Sync, comb: impl Fn(R, R) -> R) -> R {
+        let nt = threads(n);
+        if nt <= 1 {
+            return f(0, n);
+        }
+        let cs = n.div_ceil(nt);
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..nt).map(|i| (i * cs).min(n)).map(|lo| (lo, (lo + cs).min(n))).map(|(lo, hi)| sc.spawn({
+                let f = &f;
+                move || f(lo, hi)
+            })).collect();
+            hs.into_iter().map(|h| h.join().expect("fused kernel thread")).fold(R::default(), comb)
+        })
+    }
+
+    /// Pair update: sd2 += d², sa2 += a², nz_a |= a ≠ 0, and with the cumulative sums c += a, dc2 += (c − rc)²,
+    /// c2 += c²; returns Σd², Σa·r, #(a·r < 0), #(|r| > thr), #(both).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pair<T: Real>(n: usize, a: &Tensor, r: &Tensor, thr: f64, sa2: &Tensor, sd2: &Tensor, nz_a: &Tensor, cum: Option<(&Tensor, &Tensor, &Tensor, &Tensor)>) -> Sums {
+        let thr = T::of(thr);
+        // SAFETY: `usable` checked kind, device, size and contiguity; the sums are distinct tensors, a and r read only,
+        // and each thread gets a disjoint range.
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        let (pa, pr, psa2, psd2, pnz) = (addr(a), addr(r), addr(sa2), addr(sd2), addr(nz_a));
+        let pc = cum.map(|(c, dc2, c2, rc)| (addr(c), addr(dc2), addr(c2), addr(rc)));
+        split(
+            n,
+            |lo, hi| {
+                let m = hi - lo;
+                let sl = |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut T).add(lo), m) };
+                let (a, r, sa2, sd2) = (sl(pa), sl(pr), sl(psa2), sl(psd2));
+                let nz = unsafe { std::slice::from_raw_parts_mut((pnz as *mut u8).add(lo), m) };
+                let mut s = Sums::default();
+                let mut step = |i: usize| {
+                    let (x, y) = (a[i], r[i]);
+                    let d = x - y;
+                    let dd = d * d;
+                    s.d2 += dd.f64();
+                    sd2[i] = sd2[i] + dd;
+                    sa2[i] = sa2[i] + x * x;
+                    if x != T::ZERO {
+                        nz[i] = 1;
+                    }
+                    let p = x * y;
+                    s.ar += p.f64();
+                    let (neg, sig) = (p < T::ZERO, y.abs() > thr);
+                    s.neg += neg as i64;
+                    s.sig_n += sig as i64;
+                    s.sig_bad += (neg && sig) as i64;
+                    x
+                };
+                match pc {
+                    // One loop over everything (the cumulative sums in the same pass).
+                    Some((pc, pdc2, pc2, prc)) => {
+                        let (c, dc2, c2, rc) = (sl(pc), sl(pdc2), sl(pc2), sl(prc));
+                        for i in 0..m {
+                            let x = step(i);
+                            let ci = c[i] + x;
+                            c[i] = ci;
+                            let e = ci - rc[i];
+                            dc2[i] = dc2[i] + e * e;
+                            c2[i] = c2[i] + ci * ci;
+                        }
+                    }
+                    None => {
+                        for i in 0..m {
+                            step(i);
+                        }
+                    }
+                }
+                s
+            },
+            Sums::add,
+        )
+    }
+
+    /// Reference update: sr2 += r², and with the cumulative sums c += r, s += c²; returns Σr².
+    pub fn reference<T: Real>(n: usize, r: &Tensor, sr2: &Tensor, cum: Option<(&Tensor, &Tensor)>) -> f64 {
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        let (pr, psr2) = (addr(r), addr(sr2));
+        let pc = cum.map(|(c, s)| (addr(c), addr(s)));
+        split(
+            n,
+            |lo, hi| {
+                let m = hi - lo;
+                // SAFETY: as in `pair`.
+                let sl = |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut T).add(lo), m) };
+                let (r, sr2) = (sl(pr), sl(psr2));
+                let mut s = 0.0;
+                match pc {
+                    Some((pc, ps)) => {
+                        let (c, cs) = (sl(pc), sl(ps));
+                        for i in 0..m {
+                            let rr = r[i] * r[i];
+                            s += rr.f64();
+                            sr2[i] = sr2[i] + rr;
+                            let ci = c[i] + r[i];
+                            c[i] = ci;
+                            cs[i] = cs[i] + ci * ci;
+                        }
+                    }
+                    None => {
+                        for i in 0..m {
+                            let rr = r[i] * r[i];
+                            s += rr.f64();
+                            sr2[i] = sr2[i] + rr;
+                        }
+                    }
+                }
+                s
+            },
+            |a, b| a + b,
+        )
     }
 }
 
