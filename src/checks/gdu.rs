@@ -546,6 +546,9 @@ impl PairAcc {
     }
     /// The statistics; then frees the per-element sums they needed (the cumulative totals stay).
     fn stats(&mut self, rf: &RefAcc, k: usize) -> PairStats {
+        if let Some(s) = self.stats_fused(rf, k) {
+            return s;
+        }
         let kf = k as f64;
         let e = rf.e as f64;
         let (sa2, sr2, sd2) = (&self.sa2, &rf.sr2, &self.sd2);
@@ -595,11 +598,21 @@ impl PairAcc {
 mod fused {
     use tch::{Device, Kind, Tensor};
 
-    pub trait Real: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> {
+    pub trait Real: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + std::ops::Div<Output = Self> {
         const ZERO: Self;
         fn f64(self) -> f64;
         fn abs(self) -> Self;
+        fn sqrt(self) -> Self;
         fn of(x: f64) -> Self;
+        /// `torch.maximum`: NaN if either is NaN.
+        fn nanmax(self, o: Self) -> Self {
+            #[allow(clippy::eq_op)]
+            if self != self || self > o {
+                self
+            } else {
+                o
+            }
+        }
     }
     impl Real for f32 {
         const ZERO: Self = 0.0;
@@ -608,6 +621,9 @@ mod fused {
         }
         fn abs(self) -> Self {
             f32::abs(self)
+        }
+        fn sqrt(self) -> Self {
+            f32::sqrt(self)
         }
         fn of(x: f64) -> Self {
             x as f32
@@ -620,6 +636,9 @@ mod fused {
         }
         fn abs(self) -> Self {
             f64::abs(self)
+        }
+        fn sqrt(self) -> Self {
+            f64::sqrt(self)
         }
         fn of(x: f64) -> Self {
             x
@@ -774,6 +793,200 @@ mod fused {
             },
             |a, b| a + b,
         )
+    }
+
+    /// Numbers of `PairAcc::stats` over the elements (per-element formulas as there, sums in float64).
+    #[derive(Default, Clone, Copy)]
+    pub struct Stat {
+        pub guard: i64,
+        pub both_zero: i64,
+        /// Σ and Σ(· − mean)² of the lab_rmse and ern_rel quotients.
+        pub lab: (f64, f64),
+        pub ern: (f64, f64),
+        pub na2: f64,
+        pub nr2: f64,
+        pub nd2: f64,
+        pub same: i64,
+    }
+
+    impl Stat {
+        fn add(mut self, o: Stat) -> Stat {
+            self.guard += o.guard;
+            self.both_zero += o.both_zero;
+            self.lab = (self.lab.0 + o.lab.0, self.lab.1 + o.lab.1);
+            self.ern = (self.ern.0 + o.ern.0, self.ern.1 + o.ern.1);
+            self.na2 += o.na2;
+            self.nr2 += o.nr2;
+            self.nd2 += o.nd2;
+            self.same += o.same;
+            self
+        }
+    }
+
+    /// ern_rel's quotient √(Σd²/max(Σa², Σr²)), 0 where the maximum is 0.
+    fn ern_q<T: Real>(sd2: T, sa2: T, sr2: T) -> T {
+        let m = sa2.nanmax(sr2);
+        if m == T::ZERO {
+            T::ZERO
+        } else {
+            (sd2 / m).sqrt()
+        }
+    }
+
+    /// Step-form statistics of a pair (two passes: sums, then squared deviations from the means).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pair_stats<T: Real>(n: usize, k: f64, sa2: &Tensor, sr2: &Tensor, sd2: &Tensor, nz_a: &Tensor, nz: &Tensor) -> Stat {
+        let (kf, g, eps) = (T::of(k), T::of(1e-8), T::of(1e-10));
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        let (p1, p2, p3, pn1, pn2) = (addr(sa2), addr(sr2), addr(sd2), addr(nz_a), addr(nz));
+        let pass = |means: Option<(f64, f64)>| {
+            split(
+                n,
+                |lo, hi| {
+                    let m = hi - lo;
+                    // SAFETY: as in `pair` (read only here).
+                    let sl = |p: usize| unsafe { std::slice::from_raw_parts((p as *const T).add(lo), m) };
+                    let bl = |p: usize| unsafe { std::slice::from_raw_parts((p as *const u8).add(lo), m) };
+                    let (sa2, sr2, sd2, nza, nz) = (sl(p1), sl(p2), sl(p3), bl(pn1), bl(pn2));
+                    let mut s = Stat::default();
+                    for i in 0..m {
+                        let mx = (sa2[i] / kf).sqrt().nanmax((sr2[i] / kf).sqrt());
+                        let q = (sd2[i] / kf).sqrt() / (mx + eps);
+                        let e = ern_q(sd2[i], sa2[i], sr2[i]);
+                        match means {
+                            None => {
+                                s.guard += (mx < g) as i64;
+                                s.both_zero += (nza[i] == 0 && nz[i] == 0) as i64;
+                                s.lab.0 += q.f64();
+                                s.ern.0 += e.f64();
+                                s.na2 += sa2[i].f64();
+                                s.nr2 += sr2[i].f64();
+                                s.nd2 += sd2[i].f64();
+                            }
+                            Some((ml, me)) => {
+                                s.lab.1 += (q.f64() - ml).powi(2);
+                                s.ern.1 += (e.f64() - me).powi(2);
+                            }
+                        }
+                    }
+                    s
+                },
+                Stat::add,
+            )
+        };
+        let first = pass(None);
+        let nf = n as f64;
+        let second = pass(Some((first.lab.0 / nf, first.ern.0 / nf)));
+        Stat { lab: (first.lab.0, second.lab.1), ern: (first.ern.0, second.ern.1), ..first }
+    }
+
+    /// Cumulative-form statistics: ern_rel of (Σ(A−R)², ΣA², ΣR²) (Σ and Σ(· − mean)²), #(c·rc > 0),
+    /// #(c = 0 and rc = 0) (in `both_zero`).
+    pub fn cum_stats<T: Real>(n: usize, dc2: &Tensor, c2: &Tensor, rc2: &Tensor, c: &Tensor, rc: &Tensor) -> Stat {
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        let (p1, p2, p3, p4, p5) = (addr(dc2), addr(c2), addr(rc2), addr(c), addr(rc));
+        let pass = |mean: Option<f64>| {
+            split(
+                n,
+                |lo, hi| {
+                    let m = hi - lo;
+                    // SAFETY: as in `pair` (read only here).
+                    let sl = |p: usize| unsafe { std::slice::from_raw_parts((p as *const T).add(lo), m) };
+                    let (dc2, c2, rc2, c, rc) = (sl(p1), sl(p2), sl(p3), sl(p4), sl(p5));
+                    let mut s = Stat::default();
+                    for i in 0..m {
+                        let e = ern_q(dc2[i], c2[i], rc2[i]);
+                        match mean {
+                            None => {
+                                s.ern.0 += e.f64();
+                                s.same += (c[i] * rc[i] > T::ZERO) as i64;
+                                s.both_zero += (c[i] == T::ZERO && rc[i] == T::ZERO) as i64;
+                            }
+                            Some(me) => s.ern.1 += (e.f64() - me).powi(2),
+                        }
+                    }
+                    s
+                },
+                Stat::add,
+            )
+        };
+        let first = pass(None);
+        let second = pass(Some(first.ern.0 / n as f64));
+        Stat { ern: (first.ern.0, second.ern.1), ..first }
+    }
+
+    /// Σx² in float64 of a contiguous CPU tensor of T.
+    pub fn sumsq<T: Real>(x: &Tensor) -> f64 {
+        let n = x.numel();
+        let p = x.data_ptr() as usize;
+        split(
+            n,
+            |lo, hi| {
+                // SAFETY: as in `pair` (read only here).
+                let v = unsafe { std::slice::from_raw_parts((p as *const T).add(lo), hi - lo) };
+                v.iter().map(|&y| (y * y).f64()).sum::<f64>()
+            },
+            |a, b| a + b,
+        )
+    }
+}
+
+impl PairAcc {
+    /// `stats` by the fused CPU kernels (contiguous CPU sums of one float kind), else None.
+    fn stats_fused(&mut self, rf: &RefAcc, k: usize) -> Option<PairStats> {
+        let kind = self.sa2.kind();
+        let n = rf.e;
+        let mut ts = vec![&self.sa2, &rf.sr2, &self.sd2];
+        if let (Some((c, dc2, c2)), Some((rc, rc2))) = (&self.cum, &rf.cum) {
+            ts.extend([c, dc2, c2, rc, rc2]);
+            ts.extend(self.excl.iter().chain(rf.excl.iter()));
+        }
+        let bools_ok = [&self.nz_a, &rf.nz].iter().all(|b| b.device() == tch::Device::Cpu && b.is_contiguous() && b.kind() == Kind::Bool && b.numel() as i64 == n);
+        if n == 0 || !bools_ok || !fused::usable(kind, n, &ts) {
+            return None;
+        }
+        let (kf, e, nu) = (k as f64, n as f64, n as usize);
+        let st = if kind == Kind::Float {
+            fused::pair_stats::<f32>(nu, kf, &self.sa2, &rf.sr2, &self.sd2, &self.nz_a, &rf.nz)
+        } else {
+            fused::pair_stats::<f64>(nu, kf, &self.sa2, &rf.sr2, &self.sd2, &self.nz_a, &rf.nz)
+        };
+        let ms = |(s, v): (f64, f64)| (s / e, (v / e).sqrt());
+        let (lab, lab_std) = ms(st.lab);
+        let (ern_m, ern_s) = ms(st.ern);
+        let rel = mx::ratio(st.nd2.sqrt(), st.nr2.sqrt());
+        let cos = cos_of_sums(st.na2, st.nr2, scalar(&self.ar));
+        let sign_err = scalar(&self.neg) / (kf * e).max(1.0);
+        let nsig = scalar(&self.sig_n);
+        let sig = if nsig == 0.0 { f64::NAN } else { scalar(&self.sig_bad) / nsig };
+        let cum = match (&self.cum, &rf.cum) {
+            (Some((c, dc2, c2)), Some((rc, rc2))) => {
+                let (c, rc) = (self.excl.as_ref().unwrap_or(c), rf.excl.as_ref().unwrap_or(rc));
+                let cs = if kind == Kind::Float { fused::cum_stats::<f32>(nu, dc2, c2, rc2, c, rc) } else { fused::cum_stats::<f64>(nu, dc2, c2, rc2, c, rc) };
+                let (em, es) = ms(cs.ern);
+                Some((em, es, cs.same as f64 / e, cs.both_zero as f64 / e))
+            }
+            _ => None,
+        };
+        let d2 = to_vec_f64(&self.step_d2);
+        let r2 = to_vec_f64(&rf.step_r2);
+        let step_rel = d2.iter().zip(&r2).map(|(d, r)| mx::ratio(d.sqrt(), r.sqrt())).collect();
+        let none = || Tensor::zeros([0], (Kind::Double, tch::Device::Cpu));
+        (self.sa2, self.sd2, self.nz_a) = (none(), none(), none());
+        if let Some((_, dc2, c2)) = &mut self.cum {
+            (*dc2, *c2) = (none(), none());
+        }
+        Some(PairStats { rel, lab, lab_std, guard: st.guard as f64 / e, both_zero: st.both_zero as usize, sign_err, sig, ern_m, ern_s, cos, cum, step_rel, rn: st.nr2.sqrt() })
+    }
+}
+
+/// ‖x‖² in float64: the fused kernel for a contiguous CPU float tensor, else libtorch in float64.
+fn sumsq_f64(x: &Tensor) -> f64 {
+    let x = x.detach();
+    match (x.device(), x.kind(), x.is_contiguous()) {
+        (tch::Device::Cpu, Kind::Float, true) => fused::sumsq::<f32>(&x),
+        (tch::Device::Cpu, Kind::Double, true) => fused::sumsq::<f64>(&x),
+        _ => scalar(&x.to_kind(Kind::Double).square().sum(Kind::Double)),
     }
 }
 
@@ -1086,7 +1299,7 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         crate::progress::message("gdu: drift of the free phase, sampled values");
         let cont = relax(m, p, batch, &s_t, 0.0, &RelaxOptions::fixed(o.k));
         let fk = m.param_derivative(p, batch, &cont.state);
-        let drift_norm: Vec<f64> = fk.iter().zip(&f0).map(|(a, c)| scalar(&fnorm(&(a - c)))).collect();
+        let drift_norm: Vec<f64> = fk.iter().zip(&f0).map(|(a, c)| sumsq_f64(&(a - c)).sqrt()).collect();
         let f_norm_max: Vec<f64> = f_max.iter().map(scalar).collect();
         let smax: Vec<f64> = (0..nl).map(|j| scalar(&Tensor::stack(&traj.iter().map(|s| fnorm(&s[j])).collect::<Vec<_>>(), 0).max())).collect();
         let quadratic = quad.map(|(d, r, _)| (scalar(&d), scalar(&r)));
