@@ -313,9 +313,9 @@ impl Sampled {
 /// relative error of at most K·u₃₂ of the sum of its terms' magnitudes (u₃₂ = 6·10⁻⁸), while every step of an EP
 /// series already carries u₃₂·‖f‖/β from the difference of two float32 parameter derivatives — the round-off
 /// floor `floor_rel` = ε·max‖f‖/(β‖r‖) the check reports and scores against. The sums of squares (Σa², Σr², Σ(a−r)²)
-/// have no cancellation, and every sum over elements (the per-step ‖·‖², the totals of the statistics) is
-/// libtorch's cascade summation (error ≈ u₃₂·log₂ E, not E·u₃₂); BLAS dot products in float32 (sdot, 10⁻³ relative
-/// at E = 3·10⁷) are never used. At the IMDB-style size (E = 3·10⁷) the 18 per-element sums take 2.2 GB in float32
+/// have no cancellation, and every sum over elements (the per-step ‖·‖², the totals of the statistics) is float64
+/// (the fused CPU kernels) or libtorch's cascade summation (error ≈ u₃₂·log₂ E, not E·u₃₂); BLAS dot products in
+/// float32 (sdot, 10⁻³ relative at E = 3·10⁷) are never used. At the IMDB-style size (E = 3·10⁷) the 18 per-element sums take 2.2 GB in float32
 /// instead of 4.3 GB; `tests/gdu_stream.rs` checks the float32 metrics against float64 sums of the same series
 /// within the reported floor.
 fn acc_kind(run: Kind) -> Kind {
@@ -382,6 +382,11 @@ impl Work {
             }
         }
     }
+}
+
+/// Turns the fused CPU kernels of the streaming check off (`false`: the libtorch path CUDA takes) or on (default).
+pub fn set_fused_kernels(on: bool) {
+    fused::set_enabled(on);
 }
 
 /// Elements per chunk of the float32 per-step sums (`Work::dot`).
@@ -666,9 +671,17 @@ mod fused {
         }
     }
 
-    /// Whether every tensor is a contiguous CPU tensor of `kind` with `n` elements.
+    static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+    /// Turns the fused kernels off (the libtorch path, as on CUDA) or back on — for tests of the libtorch path on the
+    /// CPU; process-wide. Both paths compute the same numbers (tests/gdu_stream.rs).
+    pub fn set_enabled(on: bool) {
+        ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether every tensor is a contiguous CPU tensor of `kind` with `n` elements (and the kernels are on).
     pub fn usable(kind: Kind, n: i64, ts: &[&Tensor]) -> bool {
-        matches!(kind, Kind::Float | Kind::Double) && ts.iter().all(|t| t.device() == Device::Cpu && t.kind() == kind && t.numel() as i64 == n && t.is_contiguous())
+        ENABLED.load(std::sync::atomic::Ordering::Relaxed) && matches!(kind, Kind::Float | Kind::Double) && ts.iter().all(|t| t.device() == Device::Cpu && t.kind() == kind && t.numel() as i64 == n && t.is_contiguous())
     }
 
     fn threads(n: usize) -> usize {
