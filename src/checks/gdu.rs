@@ -467,6 +467,8 @@ struct PairAcc {
     step_d2: Tensor,
     /// Σ a·r, float64 0-dim.
     ar: Tensor,
+    /// Σ a² over steps and elements in float64 (fused path: summed from the per-step float64 sums).
+    a2: f64,
     neg: Tensor,
     sig_n: Tensor,
     sig_bad: Tensor,
@@ -487,6 +489,7 @@ impl PairAcc {
             nz_a: Tensor::zeros([rf.e], (Kind::Bool, like.device())),
             step_d2: Tensor::zeros([k as i64], (Kind::Double, like.device())),
             ar: dzero(like),
+            a2: 0.0,
             neg: zi.zeros_like(),
             sig_n: zi.zeros_like(),
             sig_bad: zi.zeros_like(),
@@ -513,11 +516,16 @@ impl PairAcc {
                 fused::pair::<f64>(n as usize, a, r, self.sig_thr, &self.sa2, &self.sd2, &self.nz_a, cum)
             };
             let _ = self.step_d2.get(t as i64).fill_(s.d2);
+            self.a2 += s.a2;
             let _ = self.ar.g_add_scalar_(s.ar);
             let _ = self.neg.g_add_scalar_(s.neg);
             let _ = self.sig_n.g_add_scalar_(s.sig_n);
             let _ = self.sig_bad.g_add_scalar_(s.sig_bad);
             return;
+        }
+        if a.device() == tch::Device::Cpu {
+            // Σa² for the fused statistics (this step took the libtorch path: the last step under `prefix = exclusive`).
+            self.a2 += scalar(&w.dot(a, a));
         }
         let d = Work::view(&w.d, n);
         let mut b1 = Work::view(&w.b1, n);
@@ -654,6 +662,7 @@ mod fused {
     #[derive(Default, Clone, Copy)]
     pub struct Sums {
         pub d2: f64,
+        pub a2: f64,
         pub ar: f64,
         pub neg: i64,
         pub sig_n: i64,
@@ -663,6 +672,7 @@ mod fused {
     impl Sums {
         fn add(mut self, o: Sums) -> Sums {
             self.d2 += o.d2;
+            self.a2 += o.a2;
             self.ar += o.ar;
             self.neg += o.neg;
             self.sig_n += o.sig_n;
@@ -729,16 +739,19 @@ mod fused {
                 let mut step = |i: usize| {
                     let (x, y) = (a[i], r[i]);
                     let d = x - y;
-                    let dd = d * d;
-                    s.d2 += dd.f64();
-                    sd2[i] = sd2[i] + dd;
+                    sd2[i] = sd2[i] + d * d;
                     sa2[i] = sa2[i] + x * x;
                     if x != T::ZERO {
                         nz[i] = 1;
                     }
-                    let p = x * y;
-                    s.ar += p.f64();
-                    let (neg, sig) = (p < T::ZERO, y.abs() > thr);
+                    // The per-step sums and the sign of a·r in float64 (float32 squares and products underflow
+                    // below 1e-19 in magnitude; float64 as the libtorch path of float64 runs).
+                    let (xf, yf) = (x.f64(), y.f64());
+                    let (df, p) = (xf - yf, xf * yf);
+                    s.d2 += df * df;
+                    s.a2 += xf * xf;
+                    s.ar += p;
+                    let (neg, sig) = (p < 0.0, y.abs() > thr);
                     s.neg += neg as i64;
                     s.sig_n += sig as i64;
                     s.sig_bad += (neg && sig) as i64;
@@ -786,9 +799,8 @@ mod fused {
                     Some((pc, ps)) => {
                         let (c, cs) = (sl(pc), sl(ps));
                         for i in 0..m {
-                            let rr = r[i] * r[i];
-                            s += rr.f64();
-                            sr2[i] = sr2[i] + rr;
+                            s += r[i].f64() * r[i].f64();
+                            sr2[i] = sr2[i] + r[i] * r[i];
                             let ci = c[i] + r[i];
                             c[i] = ci;
                             cs[i] = cs[i] + ci * ci;
@@ -796,9 +808,8 @@ mod fused {
                     }
                     None => {
                         for i in 0..m {
-                            let rr = r[i] * r[i];
-                            s += rr.f64();
-                            sr2[i] = sr2[i] + rr;
+                            s += r[i].f64() * r[i].f64();
+                            sr2[i] = sr2[i] + r[i] * r[i];
                         }
                     }
                 }
@@ -967,8 +978,12 @@ impl PairAcc {
         let ms = |(s, v): (f64, f64)| (s / e, (v / e).sqrt());
         let (lab, lab_std) = ms(st.lab);
         let (ern_m, ern_s) = ms(st.ern);
-        let rel = mx::ratio(st.nd2.sqrt(), st.nr2.sqrt());
-        let cos = cos_of_sums(st.na2, st.nr2, scalar(&self.ar));
+        // Global sums from the per-step float64 sums (a per-element float32 square underflows below 1e-19).
+        let d2 = to_vec_f64(&self.step_d2);
+        let r2 = to_vec_f64(&rf.step_r2);
+        let (nd2, nr2) = (d2.iter().sum::<f64>(), r2.iter().sum::<f64>());
+        let rel = mx::ratio(nd2.sqrt(), nr2.sqrt());
+        let cos = cos_of_sums(self.a2, nr2, scalar(&self.ar));
         let sign_err = scalar(&self.neg) / (kf * e).max(1.0);
         let nsig = scalar(&self.sig_n);
         let sig = if nsig == 0.0 { f64::NAN } else { scalar(&self.sig_bad) / nsig };
@@ -981,15 +996,13 @@ impl PairAcc {
             }
             _ => None,
         };
-        let d2 = to_vec_f64(&self.step_d2);
-        let r2 = to_vec_f64(&rf.step_r2);
         let step_rel = d2.iter().zip(&r2).map(|(d, r)| mx::ratio(d.sqrt(), r.sqrt())).collect();
         let none = || Tensor::zeros([0], (Kind::Double, tch::Device::Cpu));
         (self.sa2, self.sd2, self.nz_a) = (none(), none(), none());
         if let Some((_, dc2, c2)) = &mut self.cum {
             (*dc2, *c2) = (none(), none());
         }
-        Some(PairStats { rel, lab, lab_std, guard: st.guard as f64 / e, both_zero: st.both_zero as usize, sign_err, sig, ern_m, ern_s, cos, cum, step_rel, rn: st.nr2.sqrt() })
+        Some(PairStats { rel, lab, lab_std, guard: st.guard as f64 / e, both_zero: st.both_zero as usize, sign_err, sig, ern_m, ern_s, cos, cum, step_rel, rn: nr2.sqrt() })
     }
 }
 
