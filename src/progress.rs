@@ -11,8 +11,18 @@ static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 /// Whether the bar counts work units (set by [`stage`]) rather than relaxation iterations.
 static COUNTED: AtomicBool = AtomicBool::new(false);
 
+/// `EPCHECK_TIMING=1` (any value): every progress message also goes to stderr as one line with the seconds since
+/// the first one, terminal or not — the timing probes of reports/performance.md.
+fn probe(msg: &str) {
+    static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    if std::env::var_os("EPCHECK_TIMING").is_some() {
+        eprintln!("[timing {:9.3} s] {msg}", T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64());
+    }
+}
+
 /// Starts a spinner with a message; it shows the iterations run so far and the elapsed time.
 pub fn start(msg: &str) {
+    probe(msg);
     let pb = ProgressBar::new_spinner();
     pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}] {pos} iterations").expect("template"));
     pb.set_message(msg.to_string());
@@ -23,6 +33,7 @@ pub fn start(msg: &str) {
 
 /// Turns the running bar into a bar of `total` work units with an ETA (no-op when no bar was started).
 pub fn stage(total: u64, msg: &str) {
+    probe(msg);
     if let Some(pb) = BAR.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}] {bar:24} {pos}/{len}, ETA {eta}").expect("template"));
         pb.set_length(total.max(1));
@@ -35,6 +46,7 @@ pub fn stage(total: u64, msg: &str) {
 
 /// `n` work units of the current stage done; the message names what runs next.
 pub fn advance(n: u64, msg: &str) {
+    probe(msg);
     if let Some(pb) = BAR.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         pb.inc(n);
         pb.set_message(msg.to_string());
@@ -42,6 +54,7 @@ pub fn advance(n: u64, msg: &str) {
 }
 
 pub fn message(msg: &str) {
+    probe(msg);
     if let Some(pb) = BAR.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
         pb.set_message(msg.to_string());
     }
@@ -59,6 +72,7 @@ pub fn tick() {
 }
 
 pub fn finish() {
+    probe("done");
     if let Some(pb) = BAR.lock().unwrap_or_else(|e| e.into_inner()).take() {
         pb.finish_and_clear();
     }

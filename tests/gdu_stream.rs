@@ -1,8 +1,11 @@
 //! The streaming GDU check (running device reductions, no K×P buffer) against the former host path used as an
 //! oracle: the buffered series of `gdu::compute_series` copied to host float64 and scored by the O(K·E) host
 //! functions of `checks::metrics`, exactly as `gdu::run` computed them before streaming. Every metric row and
-//! every plotted series row must agree to 1e-12 relative (float64 and float32 runs: the metrics are computed
-//! in float64 from the same run-dtype steps in both paths).
+//! every plotted series row must agree to 1e-12 relative — except the parameter-tensor metrics of float32 runs,
+//! whose per-element running sums are float32 (docs/checks.md, "Precision of the GDU metrics"): those agree within
+//! the round-off floor the run reports for the tensor (`floor_rel`, an absolute bound: the metrics are errors
+//! relative to the reference, and no error below floor_rel is resolved by a float32 series — a verdict within
+//! 10·floor_rel of its threshold is `inconclusive: round-off floor`).
 mod common;
 use common::{tiny, tiny_resnet, tiny_with};
 use epcheck::checks::metrics::{self as mx, Series};
@@ -161,10 +164,29 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
     a == b || (a - b).abs() <= rel * a.abs().max(b.abs())
 }
 
-/// Compares the streamed report with the oracle; returns the largest relative difference seen.
+/// Compares the streamed report with the oracle; returns the largest difference seen, in units of its tolerance.
 fn compare(what: &str, inst: &Instance, o: &gdu::GduOptions) -> f64 {
     let (want, want_series) = oracle(inst, o);
     let rep = gdu::run(inst, o);
+    // Float32 runs: the tolerance of a tensor's rows is the floor the run states for it (floor_rel of that tensor and
+    // series; sym_ratio: the largest of its series').
+    let f32_run = inst.params[0].kind() == tch::Kind::Float;
+    let floors: BTreeMap<(String, String), f64> = rep.metrics.iter().filter(|r| r.metric == "floor_rel" && r.scope == "tensor").map(|r| ((r.name.clone(), r.series.clone().unwrap_or_default()), r.value)).collect();
+    let tol = |k: &Key| -> f64 {
+        if !f32_run || k.0 != "tensor" {
+            return 1e-12;
+        }
+        let f = |s: &str| floors.get(&(k.1.clone(), s.to_string())).copied().unwrap_or(f64::NAN);
+        let fl = if k.3.is_empty() || k.2 == "sym_ratio" { f("ep_plus").max(f("ep_minus")).max(f("ep_sym")) } else { f(&k.3) };
+        assert!(fl.is_finite() && fl > 0.0 && fl < 1e-2, "{what}: floor_rel of {k:?}: {fl}");
+        if k.2 == "sym_ratio" {
+            // A ratio of errors (|e₃ − e_B| over |e₁ − e_B| + |e₂ − e_B|): each resolved to floor_rel, so the ratio to
+            // floor_rel / (the one-sided errors, rel_l2 of EP± against BPTT).
+            let rel = |s: &str| want[&key("tensor", &k.1, "rel_l2", s, "bptt", "step", -1)];
+            return fl / rel("ep_plus").min(rel("ep_minus"));
+        }
+        fl
+    };
     let mut got: BTreeMap<Key, f64> = BTreeMap::new();
     for r in &rep.metrics {
         if matches!(r.metric.as_str(), "floor_rel" | "drift_rel") || r.scope == "check" || (r.scope == "identity" && !r.name.starts_with("Q:")) {
@@ -177,9 +199,12 @@ fn compare(what: &str, inst: &Instance, o: &gdu::GduOptions) -> f64 {
     let mut worst = 0.0f64;
     for (k, w) in &want {
         let v = got[k];
-        assert!(close(v, *w, 1e-12), "{what}: {k:?}: streamed {v:e} vs oracle {w:e}");
+        let tol = tol(k);
+        // 1e-12 relative, or (float32 tensor rows) within the stated floor in absolute terms.
+        let ok = close(v, *w, tol) || (tol > 1e-12 && (v - w).abs() <= tol);
+        assert!(ok, "{what}: {k:?}: streamed {v:e} vs oracle {w:e} (tolerance {tol:e})");
         if v != *w && v.is_finite() {
-            worst = worst.max((v - w).abs() / v.abs().max(w.abs()));
+            worst = worst.max((v - w).abs() / v.abs().max(w.abs()).min(1.0) / tol);
         }
     }
     // Identities I1–I4 are round-off measurements (|Σ series − estimator| at 1e-16): their sums were taken in
@@ -192,7 +217,7 @@ fn compare(what: &str, inst: &Instance, o: &gdu::GduOptions) -> f64 {
         assert_eq!((&r.series, &r.kind, &r.name, r.element, r.t), (&w.0, &w.1, &w.2, w.3, w.4), "{what}: series row order");
         assert_eq!(r.value, w.5, "{what}: series value {w:?}");
     }
-    eprintln!("{what}: {} metric rows, {} series rows, max relative difference {worst:.2e}", want.len(), want_series.len());
+    eprintln!("{what}: {} metric rows, {} series rows, max relative difference / its tolerance {worst:.2e}", want.len(), want_series.len());
     worst
 }
 
@@ -215,6 +240,20 @@ fn streaming_metrics_equal_the_host_oracle() {
     let excl = |o: gdu::GduOptions| gdu::GduOptions { prefix_exclusive: true, ..o };
     compare("p-mlp tanh f64 K=20 prefix=exclusive", &tiny("tanh", "mse"), &excl(o(20)));
     compare("p-mlp tanh f32 K=9 prefix=exclusive", &tiny_with("tanh", "mse", |c: &mut RunConfig| c.dtype = "float32".into()), &excl(gdu::GduOptions::replay(40, 9, 1e-2)));
+}
+
+/// The libtorch path of the streaming sums (the one CUDA runs; the CPU takes the fused kernels) against the same
+/// oracle: f64 at 1e-12, f32 within the floor, `prefix = exclusive` included.
+#[test]
+fn libtorch_path_of_the_streaming_sums_equals_the_host_oracle() {
+    tch::set_num_threads(1);
+    gdu::set_fused_kernels(false);
+    let o = |k: i64| gdu::GduOptions { verify_quadratic: true, ..gdu::GduOptions::theorem(40, k, 1e-3) };
+    compare("libtorch path: p-mlp tanh f64 K=20", &tiny("tanh", "mse"), &o(20));
+    compare("libtorch path: p-mlp tanh f32 K=20", &tiny_with("tanh", "mse", |c: &mut RunConfig| c.dtype = "float32".into()), &gdu::GduOptions::replay(40, 20, 1e-2));
+    let excl = |o: gdu::GduOptions| gdu::GduOptions { prefix_exclusive: true, ..o };
+    compare("libtorch path: p-mlp tanh f64 K=20 prefix=exclusive", &tiny("tanh", "mse"), &excl(o(20)));
+    gdu::set_fused_kernels(true);
 }
 
 fn row_value(rep: &epcheck::checks::CheckReport, name: &str, metric: &str, series: &str, reference: &str, form: &str) -> f64 {
@@ -300,4 +339,114 @@ fn dump_series_equal_the_buffered_series() {
     }
     let none = gdu::run(&inst, &gdu::GduOptions { dump: false, ..o });
     assert!(none.dump.is_empty(), "no series kept without --dump");
+}
+
+/// A float32 run keeps the per-element running sums of its parameter tensors in float32 (docs/checks.md, "Precision of
+/// the GDU metrics"). Oracle: the same metrics in float64 on the host (`checks::metrics`) from the series the run
+/// dumps (`--dump`: the float32 steps themselves). Every tensor metric agrees within the round-off floor the run
+/// states for that tensor (`floor_rel` = ε·max‖f‖/(β‖r‖), absolute), at a size where the float32 sums are not exact (the
+/// attention preset, K = 24, a 480-element tensor), and the float32 path did run: some metric is not bitwise the
+/// float64 one.
+///
+/// Second instance: an SNLI-style net whose BPTT series decay to ≈ 1e-20 and below within K = 30 steps, where float32
+/// squares underflow: the per-step rel_l2 rows (t) must still match the float64 sums (a defect of the first version
+/// of the float32 sums gave 0 where float64 gives 1).
+#[test]
+fn float32_sums_agree_with_float64_sums_of_the_dump_within_the_floor() {
+    tch::set_num_threads(1);
+    let mut cfg = RunConfig::preset_defaults("imdb-hopfield").unwrap();
+    cfg.dtype = "float32".into();
+    cfg.batch = 4;
+    cfg.seq_len = Some(6);
+    cfg.embed_dim = Some(8);
+    cfg.widths = Some(vec![10, 6, 2]);
+    float32_against_dump(&Instance::from_config(cfg).unwrap(), &gdu::GduOptions { dump: true, ..gdu::GduOptions::replay(40, 24, 0.05) });
+    let mut cfg = RunConfig::preset_defaults("snli-hopfield").unwrap();
+    cfg.dtype = "float32".into();
+    cfg.batch = 4;
+    cfg.seq_len = Some(25);
+    cfg.embed_dim = Some(30);
+    cfg.widths = Some(vec![40, 3]);
+    float32_against_dump(&Instance::from_config(cfg).unwrap(), &gdu::GduOptions { dump: true, ..gdu::GduOptions::replay(60, 30, 0.05) });
+}
+
+fn float32_against_dump(inst: &Instance, o: &gdu::GduOptions) {
+    let o = o.clone();
+    assert_eq!(inst.params[0].kind(), tch::Kind::Float);
+    let rep = gdu::run(&inst, &o);
+    let d: BTreeMap<String, Tensor> = rep.dump.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+    let k = o.k as usize;
+    let series = |name: &str| {
+        let t = &d[name];
+        assert_eq!(t.kind(), tch::Kind::Float, "{name}: the dumped series are the float32 steps");
+        let data = to_vec_f64(t);
+        Series::new(k, data.len() / k, data)
+    };
+    let (mut checked, mut inexact) = (0, 0);
+    for spec in &inst.model.params {
+        let r = series(&format!("gdu.bptt.{}", spec.name));
+        for s in ["ep_plus", "ep_minus", "ep_sym"] {
+            let a = series(&format!("gdu.{s}@{}.{}", o.beta, spec.name));
+            let floor = row_value(&rep, &spec.name, "floor_rel", s, "bptt", "step");
+            assert!(floor > 0.0, "{} {s}: floor_rel {floor}", spec.name);
+            if !(floor < 1e-2) {
+                // A reference at the round-off level (or zero): nothing to resolve.
+                continue;
+            }
+            let (lab, _, _, _) = mx::lab_rmse(&a, &r);
+            let (ern_m, _) = mx::ern_rel(&a, &r);
+            let (cern_m, _) = mx::ern_rel(&a.cumsum(), &r.cumsum());
+            for t in 0..k {
+                let want = mx::rel_l2(a.step(t), r.step(t));
+                let got: Vec<f64> = rep.metrics.iter().filter(|x| x.name == spec.name && x.metric == "rel_l2" && x.t == Some(t as i64) && x.series.as_deref() == Some(s) && x.reference.as_deref() == Some("bptt")).map(|x| x.value).collect();
+                if want.is_finite() {
+                    assert_eq!(got.len(), 1, "{} {s} t = {t}: one per-step rel_l2 row", spec.name);
+                    assert!((got[0] - want).abs() <= floor.max(1e-12 * want.abs()), "{} {s} per-step rel_l2 at t = {t}: float32 sums {:e} vs float64 sums {want:e}", spec.name, got[0]);
+                } else {
+                    assert!(got.is_empty(), "{} {s} t = {t}: no row where float64 gives {want}", spec.name);
+                }
+            }
+            for (metric, form, want) in [("rel_l2", "step", mx::rel_l2(&a.data, &r.data)), ("lab_rmse", "step", lab), ("ern_rel_mean", "step", ern_m), ("cos", "step", mx::cos(&a.data, &r.data)), ("ern_rel_mean", "cum", cern_m)] {
+                let got = row_value(&rep, &spec.name, metric, s, "bptt", form);
+                // Within the floor (absolute: the metrics are errors relative to the reference, resolved down to
+                // floor_rel at best by float32 series).
+                assert!((got - want).abs() <= floor, "{} {s} {metric} ({form}): float32 sums {got:e} vs float64 sums {want:e}, floor_rel {floor:e}", spec.name);
+                checked += 1;
+                inexact += (got != want) as usize;
+            }
+        }
+    }
+    assert!(checked >= 60, "checked {checked} metrics");
+    assert!(inexact > 0, "every metric bitwise equal to float64 sums: the float32 path did not run");
+}
+
+/// `converge`'s per-example r_rel = ‖s' − s‖/‖s'‖ over all layers (s' = one more step from the final state) is
+/// reduced on the device with one read-back. Oracle: float64 sums on the host over each example's elements, from the
+/// dumped final state and an independent extra step.
+#[test]
+fn converge_r_rel_per_example_equals_host_sums() {
+    use epcheck::checks::converge;
+    tch::set_num_threads(1);
+    let inst = tiny_with("tanh", "mse", |c: &mut RunConfig| c.dtype = "float32".into());
+    let o = converge::ConvergeOptions { t_free: 6, k_nudge: 3, beta: 0.1, tol: 1e-10, power_iters: 0, require_contraction: false, phases: vec![], seed: 0 };
+    let rep = converge::run(&inst, &o);
+    let (m, b) = (&inst.model, inst.batch.size());
+    let s: Vec<Tensor> = m.layers.iter().map(|l| rep.dump.iter().find(|(n, _)| *n == format!("state.free.{}", l.name)).expect("dumped state").1.shallow_clone()).collect();
+    let s_next = tch::no_grad(|| m.step(&inst.params, &inst.batch, &s, 0.0));
+    let mut checked = 0i64;
+    for ex in 0..b {
+        let (mut d, mut nn) = (0.0f64, 0.0f64);
+        for (a, c) in s_next.iter().zip(&s) {
+            let (va, vc) = (to_vec_f64(&a.get(ex)), to_vec_f64(&c.get(ex)));
+            d += va.iter().zip(&vc).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
+            nn += va.iter().map(|x| x * x).sum::<f64>();
+        }
+        let want = d.sqrt() / nn.sqrt().max(1e-300);
+        let got: Vec<f64> = rep.metrics.iter().filter(|r| r.metric == "r_rel" && r.example == Some(ex) && r.phase.as_deref() == Some("free")).map(|r| r.value).collect();
+        assert_eq!(got.len(), 1, "one r_rel row for example {ex}");
+        assert!(want > 1e-6, "a non-trivial r_rel after 6 iterations ({want})");
+        assert!(close(got[0], want, 1e-12), "example {ex}: device {:e} vs host {want:e}", got[0]);
+        checked += 1;
+    }
+    assert_eq!(checked, b);
 }

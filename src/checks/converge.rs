@@ -139,18 +139,18 @@ fn certify(inst: &Instance, name: &str, ph: &Phase, o: &ConvergeOptions, rows: &
     let res: Vec<f64> = to_vec_f64(&ph.residuals).into_iter().map(finite_or_inf).collect(); // (n, B)
     let s_next = tch::no_grad(|| m.step(p, batch, s_n, ph.beta));
     let r_inf: Vec<f64> = to_vec_f64(&state_distance(&s_next, s_n)).into_iter().map(finite_or_inf).collect();
-    let r_rel: Vec<f64> = (0..b)
-        .map(|ex| {
-            let (mut d, mut nn) = (0.0, 0.0);
-            for (a, c) in s_next.iter().zip(s_n) {
-                let va = to_vec_f64(&a.get(ex as i64));
-                let vc = to_vec_f64(&c.get(ex as i64));
-                d += va.iter().zip(&vc).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
-                nn += va.iter().map(|x| x * x).sum::<f64>();
-            }
-            finite_or_inf(d.sqrt() / nn.sqrt().max(1e-300))
-        })
-        .collect();
+    // r_rel per example = ‖s' − s‖ / ‖s'‖ over all layers: per-example float64 sums on the device, one read-back.
+    let r_rel: Vec<f64> = {
+        let per_ex = |x: &Tensor| x.reshape([b as i64, -1]).square().sum_dim_intlist(Some(&[1i64][..]), false, Kind::Double);
+        let (mut d, mut nn) = (Tensor::zeros([b as i64], (Kind::Double, s_n[0].device())), Tensor::zeros([b as i64], (Kind::Double, s_n[0].device())));
+        for (a, c) in s_next.iter().zip(s_n) {
+            let a = a.to_kind(Kind::Double);
+            d += per_ex(&(&a - c.to_kind(Kind::Double)));
+            nn += per_ex(&a);
+        }
+        let v = to_vec_f64(&Tensor::stack(&[d, nn], 0));
+        (0..b).map(|ex| finite_or_inf(v[ex].sqrt() / v[b + ex].sqrt().max(1e-300))).collect()
+    };
     let finite: Vec<bool> = r_inf.iter().map(|v| v.is_finite()).collect();
     let row = |metric: &str, ex: Option<usize>, value: f64| {
         let mut r = rows.row(if ex.is_some() { "example" } else { "phase" }, name, metric, value);

@@ -305,39 +305,99 @@ impl Sampled {
     }
 }
 
+/// The kind of the per-element running sums of a run whose series have kind `run`: the run dtype itself for
+/// float32 runs, float64 otherwise (float64 runs are unchanged).
+///
+/// Why float32 sums are enough in a float32 run (checks §1 asks for float64 accumulation; this is the documented
+/// exception, docs/checks.md "Precision of the GDU metrics"): a per-element running sum over K steps carries a
+/// relative error of at most K·u₃₂ of the sum of its terms' magnitudes (u₃₂ = 6·10⁻⁸), while every step of an EP
+/// series already carries u₃₂·‖f‖/β from the difference of two float32 parameter derivatives — the round-off
+/// floor `floor_rel` = ε·max‖f‖/(β‖r‖) the check reports and scores against. The sums of squares (Σa², Σr², Σ(a−r)²)
+/// have no cancellation, and every sum over elements (the per-step ‖·‖², the totals of the statistics) is float64
+/// (the fused CPU kernels) or libtorch's cascade summation (error ≈ u₃₂·log₂ E, not E·u₃₂); BLAS dot products in
+/// float32 (sdot, 10⁻³ relative at E = 3·10⁷) are never used. At the IMDB-style size (E = 3·10⁷) the 18 per-element sums take 2.2 GB in float32
+/// instead of 4.3 GB; `tests/gdu_stream.rs` checks the float32 metrics against float64 sums of the same series
+/// within the reported floor.
+fn acc_kind(run: Kind) -> Kind {
+    if run == Kind::Float {
+        Kind::Float
+    } else {
+        Kind::Double
+    }
+}
+
 /// Work buffers reused by every step and tensor (views of their first E elements): the per-step metric updates
 /// allocate nothing E-sized. A fresh large buffer costs a page fault per 4 KiB page and its zeroing by the kernel
-/// (a third of the samples of a profile at the IMDB-style size, where E = 30 M).
+/// (a third of the samples of a profile at the IMDB-style size, where E = 30 M). All in the accumulator kind.
 struct Work {
-    r: Tensor,
-    a: Tensor,
+    kind: Kind,
+    /// Conversion buffers, only when a series' kind differs from the accumulator kind.
+    r: Option<Tensor>,
+    a: Option<Tensor>,
     d: Tensor,
+    /// Products for the per-step sums, one chunk at a time (float32 only: float64 uses BLAS dot products).
+    q: Option<Tensor>,
     b1: Tensor,
     b2: Tensor,
 }
 
 impl Work {
-    fn new(n: i64, dev: tch::Device) -> Self {
-        let f = || Tensor::empty([n], (Kind::Double, dev));
+    fn new(n: i64, kind: Kind, convert: bool, dev: tch::Device) -> Self {
+        let f = || Tensor::empty([n], (kind, dev));
         let b = || Tensor::empty([n], (Kind::Bool, dev));
-        Work { r: f(), a: f(), d: f(), b1: b(), b2: b() }
+        let q = (kind != Kind::Double).then(|| Tensor::empty([n.min(DOT_CHUNK)], (kind, dev)));
+        Work { kind, r: convert.then(f), a: convert.then(f), d: f(), q, b1: b(), b2: b() }
     }
-    /// `x` flattened to float64: a view of `x` itself when it is float64, else converted into `buf`.
-    fn flat(buf: &Tensor, x: &Tensor) -> Tensor {
+    /// `x` flattened in the accumulator kind: a view of `x` itself when it has that kind, else converted into `buf`.
+    fn flat(&self, buf: &Option<Tensor>, x: &Tensor) -> Tensor {
         let x = x.detach().reshape([-1]);
-        if x.kind() == Kind::Double {
+        if x.kind() == self.kind {
             return x;
         }
-        let mut v = buf.narrow(0, 0, x.numel() as i64);
+        let mut v = buf.as_ref().expect("conversion buffer").narrow(0, 0, x.numel() as i64);
         let _ = v.copy_(&x);
         v
     }
     fn view(buf: &Tensor, n: i64) -> Tensor {
         buf.narrow(0, 0, n)
     }
+    /// Σ_e x·y as a 0-dim float64 tensor: a BLAS dot product in float64; in float32, chunk by chunk, the products
+    /// into `q`, libtorch's cascade sum of the chunk and a float64 sum of the chunk sums (a float32 `sdot` loses
+    /// 10⁻³ relative at E = 3·10⁷; a chunked buffer instead of an E-sized one saves 120 MB there).
+    fn dot(&self, x: &Tensor, y: &Tensor) -> Tensor {
+        match &self.q {
+            None => x.dot(y),
+            Some(q) => {
+                let (n, c) = (x.numel() as i64, q.numel() as i64);
+                let mut acc = Tensor::zeros([], (Kind::Double, x.device()));
+                let mut off = 0;
+                while off < n {
+                    let len = c.min(n - off);
+                    let qv = Work::view(q, len);
+                    let _ = x.narrow(0, off, len).mul_out(&qv, &y.narrow(0, off, len));
+                    let _ = acc.g_add_(&qv.sum(self.kind));
+                    off += len;
+                }
+                acc
+            }
+        }
+    }
 }
 
-/// Running sums of one reference series (BPTT per parameter, or J·BPTT_s per layer), float64.
+/// Turns the fused CPU kernels of the streaming check off (`false`: the libtorch path CUDA takes) or on (default).
+pub fn set_fused_kernels(on: bool) {
+    fused::set_enabled(on);
+}
+
+/// Elements per chunk of the float32 per-step sums (`Work::dot`).
+const DOT_CHUNK: i64 = 1 << 20;
+
+/// Σ of all elements in the tensor's own kind (float64: as before; float32: cascade summation).
+fn total(x: &Tensor) -> f64 {
+    scalar(&x.sum(x.kind()))
+}
+
+/// Running sums of one reference series (BPTT per parameter, or J·BPTT_s per layer), in the accumulator kind.
 struct RefAcc {
     e: i64,
     /// max |r| over all steps and elements (from the first sweep).
@@ -350,20 +410,29 @@ struct RefAcc {
     cum: Option<(Tensor, Tensor)>,
     /// Under `prefix = exclusive`: R_{K−2}, the exclusive total (taken before the last step is added).
     excl: Option<Tensor>,
-    abs: Option<Tensor>,
 }
 
 impl RefAcc {
-    fn new(like: &Tensor, rmax: f64, nz: Tensor, cum: bool, k: usize) -> Self {
-        let z = Tensor::zeros([like.numel() as i64], (Kind::Double, like.device()));
+    fn new(like: &Tensor, kind: Kind, rmax: f64, nz: Tensor, cum: bool, k: usize) -> Self {
+        let z = Tensor::zeros([like.numel() as i64], (kind, like.device()));
         let step_r2 = Tensor::zeros([k as i64], (Kind::Double, like.device()));
-        let abs = Some(z.zeros_like());
-        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2, cum: cum.then(|| (z.zeros_like(), z)), excl: None, abs }
+        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2, cum: cum.then(|| (z.zeros_like(), z)), excl: None }
     }
     /// Step t; `last_excl`: t is the last step under `prefix = exclusive` (it enters the totals, not the
     /// cumulative forms).
-    fn update(&mut self, r: &Tensor, t: usize, last_excl: bool) {
-        let _ = self.step_r2.get(t as i64).copy_(&r.dot(r));
+    fn update(&mut self, r: &Tensor, t: usize, last_excl: bool, w: &Work) {
+        let mut ts = vec![r, &self.sr2];
+        if let Some((c, s)) = &self.cum {
+            ts.extend([c, s]);
+        }
+        if !last_excl && fused::usable(w.kind, self.e, &ts) {
+            let cum = self.cum.as_ref().map(|(c, s)| (c, s));
+            let n = self.e as usize;
+            let r2 = if w.kind == Kind::Float { fused::reference::<f32>(n, r, &self.sr2, cum) } else { fused::reference::<f64>(n, r, &self.sr2, cum) };
+            let _ = self.step_r2.get(t as i64).fill_(r2);
+            return;
+        }
+        let _ = self.step_r2.get(t as i64).copy_(&w.dot(r, r));
         let _ = self.sr2.addcmul_(r, r);
         if let Some((c, s)) = &mut self.cum {
             if last_excl {
@@ -374,11 +443,20 @@ impl RefAcc {
                 let _ = s.addcmul_(c, c);
             }
         }
-        let _ = r.abs_out(self.abs.as_ref().expect("|r| buffer"));
+    }
+    /// Frees the per-element sums once every pair has its statistics (the cumulative totals stay: identities,
+    /// sym_ratio).
+    fn release(&mut self) {
+        let none = || Tensor::zeros([0], (Kind::Double, tch::Device::Cpu));
+        self.sr2 = none();
+        self.nz = none();
+        if let Some((_, s)) = &mut self.cum {
+            *s = none();
+        }
     }
 }
 
-/// Running sums of one (series, reference) pair, float64.
+/// Running sums of one (series, reference) pair, in the accumulator kind.
 struct PairAcc {
     /// τ·max|r|: the significance threshold of sign_err_sig.
     sig_thr: f64,
@@ -387,7 +465,10 @@ struct PairAcc {
     nz_a: Tensor,
     /// Σ_e (a_t − r_t)² per step, (K,) float64 on the device.
     step_d2: Tensor,
+    /// Σ a·r, float64 0-dim.
     ar: Tensor,
+    /// Σ a² over steps and elements in float64 (fused path: summed from the per-step float64 sums).
+    a2: f64,
     neg: Tensor,
     sig_n: Tensor,
     sig_bad: Tensor,
@@ -398,8 +479,8 @@ struct PairAcc {
 }
 
 impl PairAcc {
-    fn new(rf: &RefAcc, tau: f64, like: &Tensor, k: usize) -> Self {
-        let z = Tensor::zeros([rf.e], (Kind::Double, like.device()));
+    fn new(rf: &RefAcc, tau: f64, like: &Tensor, kind: Kind, k: usize) -> Self {
+        let z = Tensor::zeros([rf.e], (kind, like.device()));
         let zi = Tensor::zeros([], (Kind::Int64, like.device()));
         PairAcc {
             sig_thr: tau * rf.rmax,
@@ -408,6 +489,7 @@ impl PairAcc {
             nz_a: Tensor::zeros([rf.e], (Kind::Bool, like.device())),
             step_d2: Tensor::zeros([k as i64], (Kind::Double, like.device())),
             ar: dzero(like),
+            a2: 0.0,
             neg: zi.zeros_like(),
             sig_n: zi.zeros_like(),
             sig_bad: zi.zeros_like(),
@@ -415,25 +497,52 @@ impl PairAcc {
             excl: None,
         }
     }
-    /// Step t of series `a` against the reference step `r` (both float64, flat); `rf` already holds step t.
-    /// One float64 temporary of E elements per call (the difference, reused for a·r and the cumulative
-    /// difference): every other sum is accumulated in place.
+    /// Step t of series `a` against the reference step `r` (both flat, in the accumulator kind); `rf` already holds
+    /// step t. Everything E-sized is written into the work buffers or accumulated in place.
     fn update(&mut self, a: &Tensor, r: &Tensor, rf: &RefAcc, t: usize, last_excl: bool, w: &Work) {
         let n = rf.e;
+        let mut ts = vec![a, r, &self.sa2, &self.sd2];
+        if let (Some((c, dc2, c2)), Some((rc, _))) = (&self.cum, &rf.cum) {
+            ts.extend([c, dc2, c2, rc]);
+        }
+        if !last_excl && fused::usable(w.kind, n, &ts) && self.nz_a.is_contiguous() && self.nz_a.device() == tch::Device::Cpu {
+            let cum = match (&self.cum, &rf.cum) {
+                (Some((c, dc2, c2)), Some((rc, _))) => Some((c, dc2, c2, rc)),
+                _ => None,
+            };
+            let s = if w.kind == Kind::Float {
+                fused::pair::<f32>(n as usize, a, r, self.sig_thr, &self.sa2, &self.sd2, &self.nz_a, cum)
+            } else {
+                fused::pair::<f64>(n as usize, a, r, self.sig_thr, &self.sa2, &self.sd2, &self.nz_a, cum)
+            };
+            let _ = self.step_d2.get(t as i64).fill_(s.d2);
+            self.a2 += s.a2;
+            let _ = self.ar.g_add_scalar_(s.ar);
+            let _ = self.neg.g_add_scalar_(s.neg);
+            let _ = self.sig_n.g_add_scalar_(s.sig_n);
+            let _ = self.sig_bad.g_add_scalar_(s.sig_bad);
+            return;
+        }
+        if a.device() == tch::Device::Cpu {
+            // Σa² for the fused statistics (this step took the libtorch path: the last step under `prefix = exclusive`).
+            self.a2 += scalar(&w.dot(a, a));
+        }
         let d = Work::view(&w.d, n);
-        let _ = a.sub_out(&d, r);
-        let _ = self.step_d2.get(t as i64).copy_(&d.dot(&d));
-        let _ = self.sd2.addcmul_(&d, &d);
-        let _ = self.sa2.addcmul_(a, a);
         let mut b1 = Work::view(&w.b1, n);
         let b2 = Work::view(&w.b2, n);
+        // The significant reference elements |r| > τ·max|r| (d as scratch).
+        let _ = r.abs_out(&d);
+        let _ = d.gt_scalar_out(&b2, self.sig_thr);
+        let _ = a.sub_out(&d, r);
+        let _ = self.step_d2.get(t as i64).copy_(&w.dot(&d, &d));
+        let _ = self.sd2.addcmul_(&d, &d);
+        let _ = self.sa2.addcmul_(a, a);
         let _ = a.ne_scalar_out(&b1, 0.0);
         let _ = self.nz_a.logical_or_(&b1);
-        let _ = self.ar.g_add_(&r.dot(a));
+        let _ = self.ar.g_add_(&w.dot(r, a));
         let _ = a.mul_out(&d, r);
         let _ = d.lt_scalar_out(&b1, 0.0);
         let _ = self.neg.g_add_(&b1.sum(Kind::Int64));
-        let _ = rf.abs.as_ref().expect("reference step").gt_scalar_out(&b2, self.sig_thr);
         let _ = self.sig_n.g_add_(&b2.sum(Kind::Int64));
         let _ = self.sig_bad.g_add_(&b1.logical_and_(&b2).sum(Kind::Int64));
         if let (Some((c, dc2, c2)), Some((rc, _))) = (&mut self.cum, &rf.cum) {
@@ -448,7 +557,11 @@ impl PairAcc {
             }
         }
     }
-    fn stats(&self, rf: &RefAcc, k: usize) -> PairStats {
+    /// The statistics; then frees the per-element sums they needed (the cumulative totals stay).
+    fn stats(&mut self, rf: &RefAcc, k: usize) -> PairStats {
+        if let Some(s) = self.stats_fused(rf, k) {
+            return s;
+        }
         let kf = k as f64;
         let e = rf.e as f64;
         let (sa2, sr2, sd2) = (&self.sa2, &rf.sr2, &self.sd2);
@@ -458,8 +571,9 @@ impl PairAcc {
         let both_zero = scalar(&self.nz_a.logical_or(&rf.nz).logical_not().sum(Kind::Int64)) as usize;
         let q = (sd2 / kf).sqrt() / (m + 1e-10);
         let (lab, lab_std) = mean_std_dev(&q);
+        drop(q);
         let (ern_m, ern_s) = ern_dev(sd2, sa2, sr2);
-        let (na2, nr2, nd2, ar) = (scalar(&sa2.sum(Kind::Double)), scalar(&sr2.sum(Kind::Double)), scalar(&sd2.sum(Kind::Double)), scalar(&self.ar));
+        let (na2, nr2, nd2, ar) = (total(sa2), total(sr2), total(sd2), scalar(&self.ar));
         let rel = mx::ratio(nd2.sqrt(), nr2.sqrt());
         let cos = cos_of_sums(na2, nr2, ar);
         let sign_err = scalar(&self.neg) / (kf * e).max(1.0);
@@ -479,7 +593,426 @@ impl PairAcc {
         let d2 = to_vec_f64(&self.step_d2);
         let r2 = to_vec_f64(&rf.step_r2);
         let step_rel = d2.iter().zip(&r2).map(|(d, r)| mx::ratio(d.sqrt(), r.sqrt())).collect();
+        let none = || Tensor::zeros([0], (Kind::Double, tch::Device::Cpu));
+        (self.sa2, self.sd2, self.nz_a) = (none(), none(), none());
+        if let Some((_, dc2, c2)) = &mut self.cum {
+            (*dc2, *c2) = (none(), none());
+        }
         PairStats { rel, lab, lab_std, guard, both_zero, sign_err, sig, ern_m, ern_s, cos, cum, step_rel, rn: nr2.sqrt() }
+    }
+}
+
+/// Fused CPU kernels of the per-step updates: ONE pass over a, r and the running sums instead of the ~20 libtorch
+/// passes of `PairAcc::update` (≈ 42 reads/writes of an E-sized buffer per pair and step → 13; the check is memory
+/// bound: at the IMDB-style size E = 3·10⁷). The same per-element operations as the libtorch path (so the same
+/// per-element sums up to the rounding of a fused multiply-add), the per-step sums over elements (Σd², Σa·r, the
+/// sign counts) in float64. Used for contiguous CPU tensors of one float kind; CUDA (and the last step under
+/// `prefix = exclusive`) keep the libtorch path.
+mod fused {
+    use tch::{Device, Kind, Tensor};
+
+    pub trait Real: Copy + Send + Sync + PartialOrd + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self> + std::ops::Mul<Output = Self> + std::ops::Div<Output = Self> {
+        const ZERO: Self;
+        fn f64(self) -> f64;
+        fn abs(self) -> Self;
+        fn sqrt(self) -> Self;
+        fn of(x: f64) -> Self;
+        /// `torch.maximum`: NaN if either is NaN.
+        fn nanmax(self, o: Self) -> Self {
+            #[allow(clippy::eq_op)]
+            if self != self || self > o {
+                self
+            } else {
+                o
+            }
+        }
+    }
+    impl Real for f32 {
+        const ZERO: Self = 0.0;
+        fn f64(self) -> f64 {
+            self as f64
+        }
+        fn abs(self) -> Self {
+            f32::abs(self)
+        }
+        fn sqrt(self) -> Self {
+            f32::sqrt(self)
+        }
+        fn of(x: f64) -> Self {
+            x as f32
+        }
+    }
+    impl Real for f64 {
+        const ZERO: Self = 0.0;
+        fn f64(self) -> f64 {
+            self
+        }
+        fn abs(self) -> Self {
+            f64::abs(self)
+        }
+        fn sqrt(self) -> Self {
+            f64::sqrt(self)
+        }
+        fn of(x: f64) -> Self {
+            x
+        }
+    }
+
+    /// Per-step sums of one pair update.
+    #[derive(Default, Clone, Copy)]
+    pub struct Sums {
+        pub d2: f64,
+        pub a2: f64,
+        pub ar: f64,
+        pub neg: i64,
+        pub sig_n: i64,
+        pub sig_bad: i64,
+    }
+
+    impl Sums {
+        fn add(mut self, o: Sums) -> Sums {
+            self.d2 += o.d2;
+            self.a2 += o.a2;
+            self.ar += o.ar;
+            self.neg += o.neg;
+            self.sig_n += o.sig_n;
+            self.sig_bad += o.sig_bad;
+            self
+        }
+    }
+
+    static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+    /// Turns the fused kernels off (the libtorch path, as on CUDA) or back on — for tests of the libtorch path on the
+    /// CPU; process-wide. Both paths compute the same numbers (tests/gdu_stream.rs).
+    pub fn set_enabled(on: bool) {
+        ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether every tensor is a contiguous CPU tensor of `kind` with `n` elements (and the kernels are on).
+    pub fn usable(kind: Kind, n: i64, ts: &[&Tensor]) -> bool {
+        ENABLED.load(std::sync::atomic::Ordering::Relaxed) && matches!(kind, Kind::Float | Kind::Double) && ts.iter().all(|t| t.device() == Device::Cpu && t.kind() == kind && t.numel() as i64 == n && t.is_contiguous())
+    }
+
+    fn threads(n: usize) -> usize {
+        if n < (1 << 16) {
+            1
+        } else {
+            (tch::get_num_threads().max(1) as usize).min(16)
+        }
+    }
+
+    /// Runs `f(lo, hi)` on `threads` contiguous ranges of 0..n and combines the results.
+    fn split<R: Send + Default>(n: usize, f: impl Fn(usize, usize) -> R + Sync, comb: impl Fn(R, R) -> R) -> R {
+        let nt = threads(n);
+        if nt <= 1 {
+            return f(0, n);
+        }
+        let cs = n.div_ceil(nt);
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..nt).map(|i| (i * cs).min(n)).map(|lo| (lo, (lo + cs).min(n))).map(|(lo, hi)| sc.spawn({
+                let f = &f;
+                move || f(lo, hi)
+            })).collect();
+            hs.into_iter().map(|h| h.join().expect("fused kernel thread")).fold(R::default(), comb)
+        })
+    }
+
+    /// Pair update: sd2 += d², sa2 += a², nz_a |= a ≠ 0, and with the cumulative sums c += a, dc2 += (c − rc)²,
+    /// c2 += c²; returns Σd², Σa·r, #(a·r < 0), #(|r| > thr), #(both).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pair<T: Real>(n: usize, a: &Tensor, r: &Tensor, thr: f64, sa2: &Tensor, sd2: &Tensor, nz_a: &Tensor, cum: Option<(&Tensor, &Tensor, &Tensor, &Tensor)>) -> Sums {
+        let thr = T::of(thr);
+        // SAFETY: `usable` checked kind, device, size and contiguity; the sums are distinct tensors, a and r read only,
+        // and each thread gets a disjoint range.
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        let (pa, pr, psa2, psd2, pnz) = (addr(a), addr(r), addr(sa2), addr(sd2), addr(nz_a));
+        let pc = cum.map(|(c, dc2, c2, rc)| (addr(c), addr(dc2), addr(c2), addr(rc)));
+        split(
+            n,
+            |lo, hi| {
+                let m = hi - lo;
+                let sl = |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut T).add(lo), m) };
+                let (a, r, sa2, sd2) = (sl(pa), sl(pr), sl(psa2), sl(psd2));
+                let nz = unsafe { std::slice::from_raw_parts_mut((pnz as *mut u8).add(lo), m) };
+                let mut s = Sums::default();
+                let mut step = |i: usize| {
+                    let (x, y) = (a[i], r[i]);
+                    let d = x - y;
+                    sd2[i] = sd2[i] + d * d;
+                    sa2[i] = sa2[i] + x * x;
+                    if x != T::ZERO {
+                        nz[i] = 1;
+                    }
+                    // The per-step sums and the sign of a·r in float64 (float32 squares and products underflow
+                    // below 1e-19 in magnitude; float64 as the libtorch path of float64 runs).
+                    let (xf, yf) = (x.f64(), y.f64());
+                    let (df, p) = (xf - yf, xf * yf);
+                    s.d2 += df * df;
+                    s.a2 += xf * xf;
+                    s.ar += p;
+                    let (neg, sig) = (p < 0.0, y.abs() > thr);
+                    s.neg += neg as i64;
+                    s.sig_n += sig as i64;
+                    s.sig_bad += (neg && sig) as i64;
+                    x
+                };
+                match pc {
+                    // One loop over everything (the cumulative sums in the same pass).
+                    Some((pc, pdc2, pc2, prc)) => {
+                        let (c, dc2, c2, rc) = (sl(pc), sl(pdc2), sl(pc2), sl(prc));
+                        for i in 0..m {
+                            let x = step(i);
+                            let ci = c[i] + x;
+                            c[i] = ci;
+                            let e = ci - rc[i];
+                            dc2[i] = dc2[i] + e * e;
+                            c2[i] = c2[i] + ci * ci;
+                        }
+                    }
+                    None => {
+                        for i in 0..m {
+                            step(i);
+                        }
+                    }
+                }
+                s
+            },
+            Sums::add,
+        )
+    }
+
+    /// Reference update: sr2 += r², and with the cumulative sums c += r, s += c²; returns Σr².
+    pub fn reference<T: Real>(n: usize, r: &Tensor, sr2: &Tensor, cum: Option<(&Tensor, &Tensor)>) -> f64 {
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        let (pr, psr2) = (addr(r), addr(sr2));
+        let pc = cum.map(|(c, s)| (addr(c), addr(s)));
+        split(
+            n,
+            |lo, hi| {
+                let m = hi - lo;
+                // SAFETY: as in `pair`.
+                let sl = |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut T).add(lo), m) };
+                let (r, sr2) = (sl(pr), sl(psr2));
+                let mut s = 0.0;
+                match pc {
+                    Some((pc, ps)) => {
+                        let (c, cs) = (sl(pc), sl(ps));
+                        for i in 0..m {
+                            s += r[i].f64() * r[i].f64();
+                            sr2[i] = sr2[i] + r[i] * r[i];
+                            let ci = c[i] + r[i];
+                            c[i] = ci;
+                            cs[i] = cs[i] + ci * ci;
+                        }
+                    }
+                    None => {
+                        for i in 0..m {
+                            s += r[i].f64() * r[i].f64();
+                            sr2[i] = sr2[i] + r[i] * r[i];
+                        }
+                    }
+                }
+                s
+            },
+            |a, b| a + b,
+        )
+    }
+
+    /// Numbers of `PairAcc::stats` over the elements (per-element formulas as there, sums in float64).
+    #[derive(Default, Clone, Copy)]
+    pub struct Stat {
+        pub guard: i64,
+        pub both_zero: i64,
+        /// Σ and Σ(· − mean)² of the lab_rmse and ern_rel quotients.
+        pub lab: (f64, f64),
+        pub ern: (f64, f64),
+        pub na2: f64,
+        pub nr2: f64,
+        pub nd2: f64,
+        pub same: i64,
+    }
+
+    impl Stat {
+        fn add(mut self, o: Stat) -> Stat {
+            self.guard += o.guard;
+            self.both_zero += o.both_zero;
+            self.lab = (self.lab.0 + o.lab.0, self.lab.1 + o.lab.1);
+            self.ern = (self.ern.0 + o.ern.0, self.ern.1 + o.ern.1);
+            self.na2 += o.na2;
+            self.nr2 += o.nr2;
+            self.nd2 += o.nd2;
+            self.same += o.same;
+            self
+        }
+    }
+
+    /// ern_rel's quotient √(Σd²/max(Σa², Σr²)), 0 where the maximum is 0.
+    fn ern_q<T: Real>(sd2: T, sa2: T, sr2: T) -> T {
+        let m = sa2.nanmax(sr2);
+        if m == T::ZERO {
+            T::ZERO
+        } else {
+            (sd2 / m).sqrt()
+        }
+    }
+
+    /// Step-form statistics of a pair (two passes: sums, then squared deviations from the means).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pair_stats<T: Real>(n: usize, k: f64, sa2: &Tensor, sr2: &Tensor, sd2: &Tensor, nz_a: &Tensor, nz: &Tensor) -> Stat {
+        let (kf, g, eps) = (T::of(k), T::of(1e-8), T::of(1e-10));
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        let (p1, p2, p3, pn1, pn2) = (addr(sa2), addr(sr2), addr(sd2), addr(nz_a), addr(nz));
+        let pass = |means: Option<(f64, f64)>| {
+            split(
+                n,
+                |lo, hi| {
+                    let m = hi - lo;
+                    // SAFETY: as in `pair` (read only here).
+                    let sl = |p: usize| unsafe { std::slice::from_raw_parts((p as *const T).add(lo), m) };
+                    let bl = |p: usize| unsafe { std::slice::from_raw_parts((p as *const u8).add(lo), m) };
+                    let (sa2, sr2, sd2, nza, nz) = (sl(p1), sl(p2), sl(p3), bl(pn1), bl(pn2));
+                    let mut s = Stat::default();
+                    for i in 0..m {
+                        let mx = (sa2[i] / kf).sqrt().nanmax((sr2[i] / kf).sqrt());
+                        let q = (sd2[i] / kf).sqrt() / (mx + eps);
+                        let e = ern_q(sd2[i], sa2[i], sr2[i]);
+                        match means {
+                            None => {
+                                s.guard += (mx < g) as i64;
+                                s.both_zero += (nza[i] == 0 && nz[i] == 0) as i64;
+                                s.lab.0 += q.f64();
+                                s.ern.0 += e.f64();
+                                s.na2 += sa2[i].f64();
+                                s.nr2 += sr2[i].f64();
+                                s.nd2 += sd2[i].f64();
+                            }
+                            Some((ml, me)) => {
+                                s.lab.1 += (q.f64() - ml).powi(2);
+                                s.ern.1 += (e.f64() - me).powi(2);
+                            }
+                        }
+                    }
+                    s
+                },
+                Stat::add,
+            )
+        };
+        let first = pass(None);
+        let nf = n as f64;
+        let second = pass(Some((first.lab.0 / nf, first.ern.0 / nf)));
+        Stat { lab: (first.lab.0, second.lab.1), ern: (first.ern.0, second.ern.1), ..first }
+    }
+
+    /// Cumulative-form statistics: ern_rel of (Σ(A−R)², ΣA², ΣR²) (Σ and Σ(· − mean)²), #(c·rc > 0),
+    /// #(c = 0 and rc = 0) (in `both_zero`).
+    pub fn cum_stats<T: Real>(n: usize, dc2: &Tensor, c2: &Tensor, rc2: &Tensor, c: &Tensor, rc: &Tensor) -> Stat {
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        let (p1, p2, p3, p4, p5) = (addr(dc2), addr(c2), addr(rc2), addr(c), addr(rc));
+        let pass = |mean: Option<f64>| {
+            split(
+                n,
+                |lo, hi| {
+                    let m = hi - lo;
+                    // SAFETY: as in `pair` (read only here).
+                    let sl = |p: usize| unsafe { std::slice::from_raw_parts((p as *const T).add(lo), m) };
+                    let (dc2, c2, rc2, c, rc) = (sl(p1), sl(p2), sl(p3), sl(p4), sl(p5));
+                    let mut s = Stat::default();
+                    for i in 0..m {
+                        let e = ern_q(dc2[i], c2[i], rc2[i]);
+                        match mean {
+                            None => {
+                                s.ern.0 += e.f64();
+                                s.same += (c[i] * rc[i] > T::ZERO) as i64;
+                                s.both_zero += (c[i] == T::ZERO && rc[i] == T::ZERO) as i64;
+                            }
+                            Some(me) => s.ern.1 += (e.f64() - me).powi(2),
+                        }
+                    }
+                    s
+                },
+                Stat::add,
+            )
+        };
+        let first = pass(None);
+        let second = pass(Some(first.ern.0 / n as f64));
+        Stat { ern: (first.ern.0, second.ern.1), ..first }
+    }
+
+    /// Σx² in float64 of a contiguous CPU tensor of T.
+    pub fn sumsq<T: Real>(x: &Tensor) -> f64 {
+        let n = x.numel();
+        let p = x.data_ptr() as usize;
+        split(
+            n,
+            |lo, hi| {
+                // SAFETY: as in `pair` (read only here).
+                let v = unsafe { std::slice::from_raw_parts((p as *const T).add(lo), hi - lo) };
+                v.iter().map(|&y| (y * y).f64()).sum::<f64>()
+            },
+            |a, b| a + b,
+        )
+    }
+}
+
+impl PairAcc {
+    /// `stats` by the fused CPU kernels (contiguous CPU sums of one float kind), else None.
+    fn stats_fused(&mut self, rf: &RefAcc, k: usize) -> Option<PairStats> {
+        let kind = self.sa2.kind();
+        let n = rf.e;
+        let mut ts = vec![&self.sa2, &rf.sr2, &self.sd2];
+        if let (Some((c, dc2, c2)), Some((rc, rc2))) = (&self.cum, &rf.cum) {
+            ts.extend([c, dc2, c2, rc, rc2]);
+            ts.extend(self.excl.iter().chain(rf.excl.iter()));
+        }
+        let bools_ok = [&self.nz_a, &rf.nz].iter().all(|b| b.device() == tch::Device::Cpu && b.is_contiguous() && b.kind() == Kind::Bool && b.numel() as i64 == n);
+        if n == 0 || !bools_ok || !fused::usable(kind, n, &ts) {
+            return None;
+        }
+        let (kf, e, nu) = (k as f64, n as f64, n as usize);
+        let st = if kind == Kind::Float {
+            fused::pair_stats::<f32>(nu, kf, &self.sa2, &rf.sr2, &self.sd2, &self.nz_a, &rf.nz)
+        } else {
+            fused::pair_stats::<f64>(nu, kf, &self.sa2, &rf.sr2, &self.sd2, &self.nz_a, &rf.nz)
+        };
+        let ms = |(s, v): (f64, f64)| (s / e, (v / e).sqrt());
+        let (lab, lab_std) = ms(st.lab);
+        let (ern_m, ern_s) = ms(st.ern);
+        // Global sums from the per-step float64 sums (a per-element float32 square underflows below 1e-19).
+        let d2 = to_vec_f64(&self.step_d2);
+        let r2 = to_vec_f64(&rf.step_r2);
+        let (nd2, nr2) = (d2.iter().sum::<f64>(), r2.iter().sum::<f64>());
+        let rel = mx::ratio(nd2.sqrt(), nr2.sqrt());
+        let cos = cos_of_sums(self.a2, nr2, scalar(&self.ar));
+        let sign_err = scalar(&self.neg) / (kf * e).max(1.0);
+        let nsig = scalar(&self.sig_n);
+        let sig = if nsig == 0.0 { f64::NAN } else { scalar(&self.sig_bad) / nsig };
+        let cum = match (&self.cum, &rf.cum) {
+            (Some((c, dc2, c2)), Some((rc, rc2))) => {
+                let (c, rc) = (self.excl.as_ref().unwrap_or(c), rf.excl.as_ref().unwrap_or(rc));
+                let cs = if kind == Kind::Float { fused::cum_stats::<f32>(nu, dc2, c2, rc2, c, rc) } else { fused::cum_stats::<f64>(nu, dc2, c2, rc2, c, rc) };
+                let (em, es) = ms(cs.ern);
+                Some((em, es, cs.same as f64 / e, cs.both_zero as f64 / e))
+            }
+            _ => None,
+        };
+        let step_rel = d2.iter().zip(&r2).map(|(d, r)| mx::ratio(d.sqrt(), r.sqrt())).collect();
+        let none = || Tensor::zeros([0], (Kind::Double, tch::Device::Cpu));
+        (self.sa2, self.sd2, self.nz_a) = (none(), none(), none());
+        if let Some((_, dc2, c2)) = &mut self.cum {
+            (*dc2, *c2) = (none(), none());
+        }
+        Some(PairStats { rel, lab, lab_std, guard: st.guard as f64 / e, both_zero: st.both_zero as usize, sign_err, sig, ern_m, ern_s, cos, cum, step_rel, rn: nr2.sqrt() })
+    }
+}
+
+/// ‖x‖² in float64: the fused kernel for a contiguous CPU float tensor, else libtorch in float64.
+fn sumsq_f64(x: &Tensor) -> f64 {
+    let x = x.detach();
+    match (x.device(), x.kind(), x.is_contiguous()) {
+        (tch::Device::Cpu, Kind::Float, true) => fused::sumsq::<f32>(&x),
+        (tch::Device::Cpu, Kind::Double, true) => fused::sumsq::<f64>(&x),
+        _ => scalar(&x.to_kind(Kind::Double).square().sum(Kind::Double)),
     }
 }
 
@@ -494,21 +1027,22 @@ fn cos_of_sums(a2: f64, r2: f64, ar: f64) -> f64 {
     }
 }
 
-/// (mean, population std) of a float64 vector on the device (NaN, NaN when empty).
+/// (mean, population std) of a float vector on the device, summed in its own kind (NaN, NaN when empty).
 fn mean_std_dev(q: &Tensor) -> (f64, f64) {
     let n = q.numel() as f64;
     if n == 0.0 {
         return (f64::NAN, f64::NAN);
     }
-    let m = scalar(&q.sum(Kind::Double)) / n;
-    let var = scalar(&(q - m).square().sum(Kind::Double)) / n;
+    let m = total(q) / n;
+    let var = total(&(q - m).square_()) / n;
     (m, var.sqrt())
 }
 
 /// `ern_rel` (checks §1.2) from per-element Σ(a−r)², Σa², Σr².
 fn ern_dev(sd2: &Tensor, sa2: &Tensor, sr2: &Tensor) -> (f64, f64) {
     let m = sa2.maximum(sr2);
-    let q = (sd2 / &m).sqrt().masked_fill(&m.eq(0.0), 0.0);
+    let q = (sd2 / &m).sqrt_().masked_fill_(&m.eq(0.0), 0.0);
+    drop(m);
     mean_std_dev(&q)
 }
 
@@ -611,6 +1145,11 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         // Per-element max_t |r| in the run dtype (a max is exact in any dtype): its nonzero pattern is the mask of
         // checks §0.6, its maximum max|r|, its largest entries the plotted elements. Dropped after this block.
         let flat_abs = |x: &Tensor| x.detach().reshape([-1]).abs();
+        // Work buffers: parameters in the accumulator kind of the run (float32 runs: float32, see `acc_kind`);
+        // neuron layers (small) in float64 as before.
+        let kind_t = acc_kind(p.first().map(|x| x.kind()).unwrap_or(Kind::Double));
+        let work = Work::new(p.iter().map(|x| x.numel() as i64).max().unwrap_or(0), kind_t, p.iter().any(|x| x.kind() != kind_t), dev);
+        let work_j = Work::new(s_t.iter().map(|x| x.numel() as i64).max().unwrap_or(0), Kind::Double, s_t.iter().any(|x| x.kind() != Kind::Double), dev);
         let amax_t: Vec<Tensor> = p.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
         let amax_j: Vec<Tensor> = s_t.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
         let amax_w: Vec<Tensor> = s_t.iter().map(|x| x.detach().reshape([-1]).zeros_like()).collect();
@@ -622,7 +1161,14 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             crate::progress::advance(if t == 0 { 0 } else { 1 }, &format!("gdu: first reverse sweep, step {}/{k}", t + 1));
             let (bs, bj, th, l) = bptt_step(&lambda, t);
             for i in 0..np {
-                let _ = amax_t[i].maximum_out(&amax_t[i], &flat_abs(&th[i]));
+                // |BPTT_θ| into the work buffer when the kinds agree (no fresh E-sized tensor per step).
+                if th[i].kind() == kind_t && amax_t[i].kind() == kind_t {
+                    let d = Work::view(&work.d, th[i].numel() as i64);
+                    let _ = th[i].detach().reshape([-1]).abs_out(&d);
+                    let _ = amax_t[i].maximum_out(&amax_t[i], &d);
+                } else {
+                    let _ = amax_t[i].maximum_out(&amax_t[i], &flat_abs(&th[i]));
+                }
             }
             for j in 0..nl {
                 let _ = amax_j[j].maximum_out(&amax_j[j], &flat_abs(&bj[j]));
@@ -633,14 +1179,14 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let rmax = |a: &Tensor| if a.numel() == 0 { 0.0 } else { scalar(&a.max()) };
         let elems_t: Vec<Vec<usize>> = amax_t.iter().map(|a| largest_elements_dev(a, o.n_elem)).collect();
         let elems_j: Vec<Vec<usize>> = amax_j.iter().map(|a| largest_elements_dev(a, o.n_elem)).collect();
-        let mut ref_t: Vec<RefAcc> = (0..np).map(|i| RefAcc::new(&p[i], rmax(&amax_t[i]), amax_t[i].ne(0.0), true, k)).collect();
-        let mut ref_j: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], rmax(&amax_j[j]), amax_j[j].ne(0.0), false, k)).collect();
-        let mut ref_w: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], rmax(&amax_w[j]), amax_w[j].ne(0.0), false, k)).collect();
+        let kd = Kind::Double;
+        let mut ref_t: Vec<RefAcc> = (0..np).map(|i| RefAcc::new(&p[i], kind_t, rmax(&amax_t[i]), amax_t[i].ne(0.0), true, k)).collect();
+        let mut ref_j: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], kd, rmax(&amax_j[j]), amax_j[j].ne(0.0), false, k)).collect();
+        let mut ref_w: Vec<RefAcc> = (0..nl).map(|j| RefAcc::new(&s_t[j], kd, rmax(&amax_w[j]), amax_w[j].ne(0.0), false, k)).collect();
         drop((amax_t, amax_j, amax_w));
-        let mut pair_t: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..np).map(|i| PairAcc::new(&ref_t[i], tau, &p[i], k)).collect()).collect();
-        let mut pair_j: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_j[j], tau, &s_t[j], k)).collect()).collect();
-        let work = Work::new(p.iter().chain(s_t.iter()).map(|x| x.numel() as i64).max().unwrap_or(0), dev);
-        let mut pair_w: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_w[j], tau, &s_t[j], k)).collect()).collect();
+        let mut pair_t: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..np).map(|i| PairAcc::new(&ref_t[i], tau, &p[i], kind_t, k)).collect()).collect();
+        let mut pair_j: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_j[j], tau, &s_t[j], kd, k)).collect()).collect();
+        let mut pair_w: Vec<Vec<PairAcc>> = taus.iter().map(|&tau| (0..nl).map(|j| PairAcc::new(&ref_w[j], tau, &s_t[j], kd, k)).collect()).collect();
         // Sampled elements: reference, then ep_sym, ep_plus, ep_minus (neurons: J·BPTT_s, raw BPTT_s, then the same).
         let mut samp_t: Vec<[Sampled; 4]> = elems_t.iter().map(|e| std::array::from_fn(|_| Sampled::new(e, k, dev))).collect();
         let mut samp_j: Vec<[Sampled; 5]> = elems_j.iter().map(|e| std::array::from_fn(|_| Sampled::new(e, k, dev))).collect();
@@ -650,7 +1196,9 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let mut s_ep: [State; 2] = std::array::from_fn(|_| s_t.iter().map(|t| t.shallow_clone()).collect());
         let f0 = m.param_derivative(p, batch, &s_t);
         let fnorm = |f: &Tensor| f.to_kind(Kind::Double).square().sum(Kind::Double).sqrt();
-        let mut f_max: Vec<Tensor> = f0.iter().map(fnorm).collect();
+        // ‖f‖ through the work buffers (no fresh E-sized square per call), float64 0-dim.
+        let fnorm_w = |f: &Tensor| work.dot(&work.flat(&work.a, f), &work.flat(&work.a, f)).to_kind(Kind::Double).sqrt();
+        let mut f_max: Vec<Tensor> = f0.iter().map(fnorm_w).collect();
         let mut f_prev: [Vec<Tensor>; 2] = std::array::from_fn(|_| f0.iter().map(|t| t.shallow_clone()).collect());
         let mut r_prev: [Vec<Option<Tensor>>; 2] = std::array::from_fn(|_| r0.iter().map(|r| r.as_ref().map(|t| t.shallow_clone())).collect());
         let mut kinks_n = [0i64; 2];
@@ -671,25 +1219,41 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
                 let beta = betas[sgn];
                 let next = m.step(p, batch, &s_ep[sgn], beta);
                 let f = m.param_derivative_nudged(p, batch, &next, (beta, 0.0));
-                ep_theta.push(f.iter().zip(&f_prev[sgn]).map(|(a, c)| (a - c) / (-beta)).collect());
+                // EP_θ[t] = −(f_{t+1} − f_t)/β = (f_t − f_{t+1})/β (bitwise the same), in place in f_t's buffer, which
+                // is not needed after this step (at t = 0 it is f(s_T), shared by both signs and the drift: copied).
+                ep_theta.push(
+                    f.iter()
+                        .zip(&f_prev[sgn])
+                        .map(|(a, c)| {
+                            let mut c = if t == 0 { c.copy() } else { c.shallow_clone() };
+                            let _ = c.g_sub_(a).g_div_scalar_(beta);
+                            c
+                        })
+                        .collect(),
+                );
                 ep_neur.push(next.iter().zip(&s_ep[sgn]).map(|(a, c)| (a - c) / beta).collect());
                 let r = kinks::regimes(m, p, batch, &next, beta);
                 kinks_n[sgn] += kinks::changes(&r0, &r).iter().sum::<i64>() + kinks::changes(&r_prev[sgn], &r).iter().sum::<i64>();
                 for (mx_, fi) in f_max.iter_mut().zip(&f) {
-                    *mx_ = mx_.maximum(&fnorm(fi));
+                    *mx_ = mx_.maximum(&fnorm_w(fi));
                 }
                 r_prev[sgn] = r;
                 f_prev[sgn] = f;
                 s_ep[sgn] = next;
             }
-            let sym_theta: Vec<Tensor> = avg(&ep_theta[0], &ep_theta[1]);
             let sym_neur: State = avg(&ep_neur[0], &ep_neur[1]);
             let last_excl = o.prefix_exclusive && t + 1 == k;
+            let mut sym_theta: Vec<Tensor> = Vec::with_capacity(np);
             for i in 0..np {
-                let r = Work::flat(&work.r, &th[i]);
-                ref_t[i].update(&r, t, last_excl);
-                for (si, a) in [&ep_theta[0][i], &ep_theta[1][i], &sym_theta[i]].into_iter().enumerate() {
-                    let a = Work::flat(&work.a, a);
+                let r = work.flat(&work.r, &th[i]);
+                ref_t[i].update(&r, t, last_excl, &work);
+                for si in 0..3 {
+                    if si == 2 {
+                        // EP_sym = (EP⁺ + EP⁻)/2, in place in EP⁺'s buffer (scored above) unless --dump keeps it.
+                        let (x, y) = (&ep_theta[0][i], &ep_theta[1][i]);
+                        sym_theta.push(if o.dump { (x + y) * 0.5 } else { x.shallow_clone().g_add_(y).g_mul_scalar_(0.5) });
+                    }
+                    let a = work.flat(&work.a, if si == 2 { &sym_theta[i] } else { &ep_theta[si][i] });
                     pair_t[si][i].update(&a, &r, &ref_t[i], t, last_excl, &work);
                     samp_t[i][[2, 3, 1][si]].push(t, &a);
                 }
@@ -697,12 +1261,12 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             }
             for j in 0..nl {
                 let (r, rw) = (f64flat(&bj[j]), f64flat(&bs[j]));
-                ref_j[j].update(&r, t, false);
-                ref_w[j].update(&rw, t, false);
+                ref_j[j].update(&r, t, false, &work_j);
+                ref_w[j].update(&rw, t, false, &work_j);
                 for (si, a) in [&ep_neur[0][j], &ep_neur[1][j], &sym_neur[j]].into_iter().enumerate() {
                     let a = f64flat(a);
-                    pair_j[si][j].update(&a, &r, &ref_j[j], t, false, &work);
-                    pair_w[si][j].update(&a, &rw, &ref_w[j], t, false, &work);
+                    pair_j[si][j].update(&a, &r, &ref_j[j], t, false, &work_j);
+                    pair_w[si][j].update(&a, &rw, &ref_w[j], t, false, &work_j);
                     samp_j[j][[3, 4, 2][si]].push(t, &a);
                 }
                 samp_j[j][0].push(t, &r);
@@ -739,16 +1303,16 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
                 }
             }
         }
-        crate::progress::message("gdu: identities (truncated BPTT by autograd, EP estimates)");
-        // The work buffers and |r| of the last step are not needed by the statistics: free them before those
-        // allocate their own E-sized temporaries (else they add to the peak).
-        drop(work);
+        crate::progress::message("gdu: statistics of the running sums");
+        // The work buffers are not needed by the statistics: free them before those allocate their own E-sized
+        // temporaries (else they add to the peak); each pair frees its per-element sums once it has its numbers.
+        drop((work, work_j));
+        let theta: Vec<Vec<PairStats>> = pair_t.iter_mut().map(|ps| ps.iter_mut().zip(&ref_t).map(|(a, r)| a.stats(r, k)).collect()).collect();
+        let neurons: Vec<Vec<PairStats>> = pair_j.iter_mut().map(|ps| ps.iter_mut().zip(&ref_j).map(|(a, r)| a.stats(r, k)).collect()).collect();
+        let raw: Vec<Vec<PairStats>> = pair_w.iter_mut().map(|ps| ps.iter_mut().zip(&ref_w).map(|(a, r)| a.stats(r, k)).collect()).collect();
         for rf in ref_t.iter_mut().chain(ref_j.iter_mut()).chain(ref_w.iter_mut()) {
-            rf.abs = None;
+            rf.release();
         }
-        let theta: Vec<Vec<PairStats>> = pair_t.iter().map(|ps| ps.iter().zip(&ref_t).map(|(a, r)| a.stats(r, k)).collect()).collect();
-        let neurons: Vec<Vec<PairStats>> = pair_j.iter().map(|ps| ps.iter().zip(&ref_j).map(|(a, r)| a.stats(r, k)).collect()).collect();
-        let raw: Vec<Vec<PairStats>> = pair_w.iter().map(|ps| ps.iter().zip(&ref_w).map(|(a, r)| a.stats(r, k)).collect()).collect();
         // sym_ratio's totals: exclusive prefix sums under `prefix = exclusive`.
         let total = |excl: &Option<Tensor>, c: &Tensor| excl.as_ref().unwrap_or(c).shallow_clone();
         let sym_totals = (0..np)
@@ -758,9 +1322,10 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             })
             .collect();
         // Drift of the free phase over K further iterations.
+        crate::progress::message("gdu: drift of the free phase, sampled values");
         let cont = relax(m, p, batch, &s_t, 0.0, &RelaxOptions::fixed(o.k));
         let fk = m.param_derivative(p, batch, &cont.state);
-        let drift_norm: Vec<f64> = fk.iter().zip(&f0).map(|(a, c)| scalar(&fnorm(&(a - c)))).collect();
+        let drift_norm: Vec<f64> = fk.iter().zip(&f0).map(|(a, c)| sumsq_f64(&(a - c)).sqrt()).collect();
         let f_norm_max: Vec<f64> = f_max.iter().map(scalar).collect();
         let smax: Vec<f64> = (0..nl).map(|j| scalar(&Tensor::stack(&traj.iter().map(|s| fnorm(&s[j])).collect::<Vec<_>>(), 0).max())).collect();
         let quadratic = quad.map(|(d, r, _)| (scalar(&d), scalar(&r)));
@@ -892,7 +1457,9 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         }
     }
     // Identities I1–I3 (always scored).
+    crate::progress::message("gdu: identity I1 (truncated BPTT by autograd)");
     let trunc = bptt_trunc_autograd(m, p, batch, &g.traj);
+    crate::progress::message("gdu: identities I2–I4 (EP estimates)");
     let s_t = &g.traj[k];
     let start = relax(m, p, batch, s_t, 0.0, &RelaxOptions::fixed(0));
     let len = PhaseLengths { t_free: 0, k_nudge: o.k, tol: None };
@@ -900,7 +1467,6 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
     let (ep_minus, _) = ep_one_sided::estimate(m, p, batch, &start, -o.beta, len);
     let (ep_c, _, _) = ep_centered::estimate(m, p, batch, &start, o.beta, len);
     let fmax = f_norm_max.iter().cloned().fold(0.0, f64::max);
-    let flat_cat = |ts: &[Tensor]| Tensor::cat(&ts.iter().map(f64flat).collect::<Vec<_>>(), 0);
     let mut identity = |rows: &mut Rows, id: &str, name: &str, v: f64, scale: f64, ep: bool| {
         // The floor is relative to the larger of the two sides, so an all-zero reference gives a finite floor
         // (and 0 when both sides are exactly zero).
@@ -914,10 +1480,22 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         rows.verdict("identity", &format!("{id}:{name}"), &verdict, json!({ "rel_linf": v, "threshold": thr }));
         summary.push(format!("| identity | {id} | {name} | {v:.3e} (rel_linf) | | | {thr:.1e} | {} |", verdict.display()));
     };
-    // rel_linf = max|a − r| / max|r| and the scale max(‖a‖, ‖r‖), on the device.
-    let linf = |a: &Tensor, r: &Tensor| -> (f64, f64) {
-        let v = mx::ratio(scalar(&(a - r).abs().max()), scalar(&r.abs().max()));
-        (v, scalar(&r.dot(r)).sqrt().max(scalar(&a.dot(a)).sqrt()))
+    // rel_linf = max|a − r| / max|r| and the scale max(‖a‖, ‖r‖), on the device, tensor by tensor: the maxima are
+    // those over the concatenation, without a float64 copy of every parameter (1 GB at the IMDB-style size).
+    let linf = |a: &[Tensor], r: &[Tensor]| -> (f64, f64) {
+        let nanmax = |x: f64, y: f64| if x.is_nan() || y.is_nan() { f64::NAN } else { x.max(y) };
+        let sumsq = |x: &Tensor| if x.kind() == Kind::Double { scalar(&x.dot(x)) } else { total(&x.square()) };
+        let (mut dmax, mut rmax, mut a2, mut r2) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for (x, y) in a.iter().zip(r) {
+            let y = y.detach().reshape([-1]);
+            if y.numel() == 0 {
+                continue;
+            }
+            dmax = nanmax(dmax, scalar(&(x - &y).abs().max()));
+            rmax = nanmax(rmax, scalar(&y.abs().max()));
+            (a2, r2) = (a2 + sumsq(x), r2 + sumsq(&y));
+        }
+        (mx::ratio(dmax, rmax), r2.sqrt().max(a2.sqrt()))
     };
     let ids: [(&str, &str, &Vec<Tensor>, &[Tensor], bool); 4] = [
         ("I1", "sum(bptt series) = bptt_trunc", &g.totals[0], &trunc, false),
@@ -926,12 +1504,13 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
         ("I4", "sum(ep_sym series) = ep_centered", &g.totals[3], &ep_c.tensors, true),
     ];
     for (id, name, a, r, ep) in ids {
-        let (v, scale) = linf(&Tensor::cat(a, 0), &flat_cat(r));
+        let (v, scale) = linf(a, r);
         identity(&mut rows, id, name, v, scale, ep);
     }
     if let Some((dmax, qmax)) = g.quadratic {
         identity(&mut rows, "Q", "one-sweep = published K+1 re-run", mx::ratio(dmax, qmax), 0.0, false);
     }
+    crate::progress::message("gdu: rows");
     // Plotted elements: series rows (BPTT, EP⁺, EP⁻, EP_sym) for the n_elem elements with the largest BPTT
     // signal max_t |BPTT[t, e]| (ties by index), so a figure never shows structural zeros while a signal exists.
     for (i, spec) in m.params.iter().enumerate() {
