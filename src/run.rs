@@ -82,7 +82,6 @@ pub fn complete_with(out: &Path, dump: Option<&Path>, command: &str, inst: &Inst
         }
         crate::io::write_tensors(path, &dump_tensors(inst, reports), crate::io::metadata(&inst.model, &inst.cfg))?;
     }
-    crate::progress::message("writing the report");
     let dir = match crate::report::write_run_with(out, command, inst, reports, &args, extra) {
         Ok(d) => d,
         Err(e) => {
