@@ -384,7 +384,8 @@ impl Work {
     }
 }
 
-/// Turns the fused CPU kernels of the streaming check off (`false`: the libtorch path CUDA takes) or on (default).
+/// Turns the fused CPU kernels of the streaming check off (`false`: the libtorch path CUDA takes) or on (default),
+/// for checks run by the calling thread.
 pub fn set_fused_kernels(on: bool) {
     fused::set_enabled(on);
 }
@@ -681,17 +682,22 @@ mod fused {
         }
     }
 
-    static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    // Per thread, not per process: the test harness runs tests in threads, and a process-wide switch turned off by one
+    // test changed the path (and the float32 rounding) of another test's run in between.
+    thread_local! {
+        static ENABLED: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+    }
 
     /// Turns the fused kernels off (the libtorch path, as on CUDA) or back on — for tests of the libtorch path on the
-    /// CPU; process-wide. Both paths compute the same numbers (tests/gdu_stream.rs).
+    /// CPU; for the calling thread (the check runs its sums on the thread that calls it). Both paths compute the
+    /// same numbers up to float32 rounding (tests/gdu_stream.rs).
     pub fn set_enabled(on: bool) {
-        ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+        ENABLED.with(|e| e.set(on));
     }
 
     /// Whether every tensor is a contiguous CPU tensor of `kind` with `n` elements (and the kernels are on).
     pub fn usable(kind: Kind, n: i64, ts: &[&Tensor]) -> bool {
-        ENABLED.load(std::sync::atomic::Ordering::Relaxed) && matches!(kind, Kind::Float | Kind::Double) && ts.iter().all(|t| t.device() == Device::Cpu && t.kind() == kind && t.numel() as i64 == n && t.is_contiguous())
+        ENABLED.with(|e| e.get()) && matches!(kind, Kind::Float | Kind::Double) && ts.iter().all(|t| t.device() == Device::Cpu && t.kind() == kind && t.numel() as i64 == n && t.is_contiguous())
     }
 
     fn threads(n: usize) -> usize {
