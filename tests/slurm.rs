@@ -36,15 +36,25 @@ fn bin() -> Command {
     c
 }
 
+/// Two TCP ports free on localhost now (the OS picks it): two test runs on one machine (or a Slurm already running on
+/// the default ports) do not collide on fixed ports.
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free localhost port");
+    // Both held at once, so that the two differ.
+    let (a, b) = (bind(), bind());
+    (a.local_addr().unwrap().port(), b.local_addr().unwrap().port())
+}
+
 #[test]
 fn slurm_array_campaign_merges_to_the_unsharded_table() {
     let d = tempfile::tempdir().unwrap();
     let sd = d.path().join("slurm");
+    let (ctld_port, slurmd_port) = free_ports();
     let start = Command::new("bash")
         .arg("scripts/slurm/start")
         .env("EPCHECK_SLURM_DIR", &sd)
-        .env("EPCHECK_SLURMCTLD_PORT", "16817")
-        .env("EPCHECK_SLURMD_PORT", "16818")
+        .env("EPCHECK_SLURMCTLD_PORT", ctld_port.to_string())
+        .env("EPCHECK_SLURMD_PORT", slurmd_port.to_string())
         .output()
         .expect("bash runs");
     if start.status.code() == Some(3) {
