@@ -51,22 +51,7 @@ pub fn load_shards(dirs: &[PathBuf]) -> Result<(CampaignRecord, Vec<Row>, Vec<f6
             return Err(Error::file(d, format!("a shard of a different campaign than {} ({diff})", dirs[0].display())));
         }
     }
-    let n = first.shard[1];
-    for (d, r) in dirs.iter().zip(&recs) {
-        if r.shard[1] != n {
-            return Err(Error::file(d, format!("shard {}/{} of a different split than {} ({}/{n})", r.shard[0], r.shard[1], dirs[0].display(), first.shard[0])));
-        }
-    }
-    let mut seen = vec![None::<&PathBuf>; n];
-    for (d, r) in dirs.iter().zip(&recs) {
-        if let Some(other) = seen[r.shard[0]] {
-            return Err(Error::file(d, format!("shard {}/{n} is given twice (also {})", r.shard[0], other.display())));
-        }
-        seen[r.shard[0]] = Some(d);
-    }
-    if let Some(i) = seen.iter().position(|s| s.is_none()) {
-        return Err(Error::Config(format!("merge: shard {i}/{n} is missing (give the run folders of all {n} shards)")));
-    }
+    let n = shard_set(dirs, &recs.iter().map(|r| r.shard).collect::<Vec<_>>(), "run folders")?;
     let props = &first.campaign.properties;
     let mut rows = vec![];
     for (d, r) in dirs.iter().zip(&recs) {
@@ -169,6 +154,27 @@ fn toml_difference(a: &toml::Table, b: &toml::Table, prefix: &str) -> Option<Str
     None
 }
 
+/// Checks that the shards `[i, n]` read from `dirs` form one split, each shard once and none missing; returns n.
+fn shard_set(dirs: &[PathBuf], shards: &[[usize; 2]], what: &str) -> Result<usize> {
+    let (first, n) = (shards[0], shards[0][1]);
+    for (d, s) in dirs.iter().zip(shards) {
+        if s[1] != n {
+            return Err(Error::file(d, format!("shard {}/{} of a different split than {} ({}/{n})", s[0], s[1], dirs[0].display(), first[0])));
+        }
+    }
+    let mut seen = vec![None::<&PathBuf>; n];
+    for (d, s) in dirs.iter().zip(shards) {
+        if let Some(other) = seen[s[0]] {
+            return Err(Error::file(d, format!("shard {}/{n} is given twice (also {})", s[0], other.display())));
+        }
+        seen[s[0]] = Some(d);
+    }
+    if let Some(i) = seen.iter().position(|s| s.is_none()) {
+        return Err(Error::Config(format!("merge: shard {i}/{n} is missing (give the {what} of all {n} shards)")));
+    }
+    Ok(n)
+}
+
 /// Validates the shards of a bias sweep: same configuration (the differing key is named), same instance and
 /// input files, one split, each shard once, each holding exactly its β points. Returns the records, in shard order.
 pub fn load_bias_shards(dirs: &[PathBuf]) -> Result<Vec<ShardRecord>> {
@@ -194,22 +200,7 @@ pub fn load_bias_shards(dirs: &[PathBuf]) -> Result<Vec<ShardRecord>> {
             return differ("reference gradient: the shards computed different references".into());
         }
     }
-    let n = first.shard[1];
-    for (d, r) in dirs.iter().zip(&recs) {
-        if r.shard[1] != n {
-            return Err(Error::file(d, format!("shard {}/{} of a different split than {} ({}/{n})", r.shard[0], r.shard[1], dirs[0].display(), first.shard[0])));
-        }
-    }
-    let mut seen = vec![None::<&PathBuf>; n];
-    for (d, r) in dirs.iter().zip(&recs) {
-        if let Some(other) = seen[r.shard[0]] {
-            return Err(Error::file(d, format!("shard {}/{n} is given twice (also {})", r.shard[0], other.display())));
-        }
-        seen[r.shard[0]] = Some(d);
-    }
-    if let Some(i) = seen.iter().position(|s| s.is_none()) {
-        return Err(Error::Config(format!("merge: shard {i}/{n} is missing (give the run folders of all {n} shards)")));
-    }
+    let n = shard_set(dirs, &recs.iter().map(|r| r.shard).collect::<Vec<_>>(), "run folders")?;
     for (d, r) in dirs.iter().zip(&recs) {
         let want = crate::run::Shard { index: r.shard[0], count: n }.select(r.grid_len);
         let have: Vec<usize> = r.betas.iter().map(|b| b.index).collect();
@@ -281,22 +272,7 @@ pub fn load_verify_shards(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, VerifyShardR
             }
         }
     }
-    let n = first.shard[1];
-    for (d, r) in dirs.iter().zip(&recs) {
-        if r.shard[1] != n {
-            return Err(Error::file(d, format!("shard {}/{} of a different split than {} ({}/{n})", r.shard[0], r.shard[1], dirs[0].display(), first.shard[0])));
-        }
-    }
-    let mut seen = vec![None::<&PathBuf>; n];
-    for (d, r) in dirs.iter().zip(&recs) {
-        if let Some(other) = seen[r.shard[0]] {
-            return Err(Error::file(d, format!("shard {}/{n} is given twice (also {})", r.shard[0], other.display())));
-        }
-        seen[r.shard[0]] = Some(d);
-    }
-    if let Some(i) = seen.iter().position(|s| s.is_none()) {
-        return Err(Error::Config(format!("merge: shard {i}/{n} is missing (give the output folders of all {n} shards)")));
-    }
+    let n = shard_set(dirs, &recs.iter().map(|r| r.shard).collect::<Vec<_>>(), "output folders")?;
     for (d, r) in dirs.iter().zip(&recs) {
         let want = crate::run::Shard { index: r.shard[0], count: n }.select(r.suites.len());
         let have: Vec<usize> = r.ran.iter().map(|s| s.index).collect();
