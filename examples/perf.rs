@@ -14,6 +14,8 @@
 //!   preset's T = 30, K = 10 and at T = K = 30, and the nudged part alone (K = 30 from one free state). The
 //!   estimators are timed round-robin, one sample each per round, so machine drift hits them alike.
 //! * `train --preset P --size paper --batch B --T n --K n` — one centered-EP training step (`Trainer::step`).
+//! * `floor`, `train` (and every section built on `instance`) take `--sets 'k=v;k=v'`: the CLI's `--set` overrides,
+//!   `;`-separated (e.g. the attention presets at the sizes of issue 15).
 //! * `mem --preset P … --est ep|bptt --T n --K n` — peak memory of one estimate in this process (CPU: peak RSS
 //!   growth, VmHWM reset through /proc/self/clear_refs; CUDA: growth of the device memory in use, which the
 //!   caching allocator never gives back, so it is the peak it reserved). `memtable … --Ts 30,120,480` runs one
@@ -107,7 +109,23 @@ fn config(preset: &str, size: &str, batch: i64, dtype: &str, device: &str) -> Ru
 
 fn instance(a: &Args, preset: &str) -> Instance {
     let cfg = config(preset, &a.get("size", "paper"), a.int("batch", 8), &a.get("dtype", "f32"), &a.get("device", "cpu"));
-    Instance::from_config(cfg).unwrap()
+    Instance::from_config(with_sets(cfg, a, preset)).unwrap()
+}
+
+/// `--sets 'seq_len=100;embed_dim=300;widths=[1000,40,2]'`: the CLI's `--set` overrides, `;`-separated, on top of
+/// the preset (batch, dtype and device as given).
+fn with_sets(cfg: RunConfig, a: &Args, preset: &str) -> RunConfig {
+    let sets = a.get("sets", "");
+    if sets.is_empty() {
+        return cfg;
+    }
+    let mut over = toml::Table::new();
+    for kv in sets.split(';') {
+        epcheck::config::merge(&mut over, epcheck::config::parse_set(kv).unwrap());
+    }
+    let mut out = RunConfig::resolve(Some(preset), None, over).unwrap();
+    (out.batch, out.dtype, out.device) = (cfg.batch, cfg.dtype, cfg.device);
+    out
 }
 
 fn desc(inst: &Instance, size: &str) -> String {
@@ -261,6 +279,7 @@ fn presets(a: &Args) {
 fn train(a: &Args) {
     let preset = a.get("preset", "hopfield-resnet13");
     let mut cfg = config(&preset, &a.get("size", "paper"), a.int("batch", 128), &a.get("dtype", "f32"), &a.get("device", "cpu"));
+    cfg = with_sets(cfg, a, &preset);
     cfg.t_free = a.int("T", 120);
     cfg.k_nudge = a.int("K", 50);
     cfg.estimator = "ep_centered".into();
@@ -273,6 +292,26 @@ fn train(a: &Args) {
         tr.step(&inst.batch, &lr, &mut acc).unwrap();
     });
     println!("| {} | centered-EP training step (T = {}, K = {}, β = {}, batched ±β phases) | {} |", desc(&inst, &a.get("size", "paper")), cfg.t_free, cfg.k_nudge, cfg.beta, ms(t));
+    if a.get("parts", "") == "yes" {
+        // Where the step's time goes: the free phase, the batched ±β phases, f(±β) (the two-point estimate).
+        let (m, p, b) = (&inst.model, &inst.params[..], &inst.batch);
+        let reps = a.int("reps", 3) as usize;
+        let len = PhaseLengths { t_free: cfg.t_free, k_nudge: cfg.k_nudge, tol: None };
+        let init = m.zeros_state(b.size(), inst.prec);
+        let free_t = time(d, 1, reps, || {
+            relax(m, p, b, &init, 0.0, &RelaxOptions { iters: cfg.t_free, no_trace: true, ..Default::default() });
+        });
+        let free = free_phase(m, p, b, len, false);
+        let opts = RelaxOptions { iters: cfg.k_nudge, no_trace: true, ..Default::default() };
+        let nudged_t = time(d, 1, reps, || {
+            ep_centered::nudged_pair(m, p, b, &free.state, cfg.beta, &opts);
+        });
+        let (plus, minus) = ep_centered::nudged_pair(m, p, b, &free.state, cfg.beta, &opts);
+        let f_t = time(d, 1, reps, || {
+            epcheck::estimators::two_point_states(m, p, b, &minus.state, -cfg.beta, &plus.state, cfg.beta);
+        });
+        println!("| parts | free phase {} · ±β phases {} · f(±β) {} · rest of the step {} |", ms(free_t), ms(nudged_t), ms(f_t), ms(t - free_t - nudged_t - f_t));
+    }
 }
 
 // ---- memory ------------------------------------------------------------------------------------------------

@@ -12,11 +12,15 @@ static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
 static COUNTED: AtomicBool = AtomicBool::new(false);
 
 /// `EPCHECK_TIMING=1` (any value): every progress message also goes to stderr as one line with the seconds since
-/// the first one, terminal or not — the timing probes of reports/performance.md.
+/// the first one and, on Linux, the process's minor page faults so far (fresh memory being faulted in: the cost
+/// of tensor-sized temporaries), terminal or not — the timing probes of reports/performance.md.
 fn probe(msg: &str) {
     static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     if std::env::var_os("EPCHECK_TIMING").is_some() {
-        eprintln!("[timing {:9.3} s] {msg}", T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64());
+        // /proc/self/stat field 10 (minflt); the command name (field 2) is parenthesised and may hold spaces.
+        let faults = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| s.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(7).map(str::to_string)));
+        let faults = faults.map(|f| format!(" {f:>9} faults")).unwrap_or_default();
+        eprintln!("[timing {:9.3} s{faults}] {msg}", T0.get_or_init(std::time::Instant::now).elapsed().as_secs_f64());
     }
 }
 

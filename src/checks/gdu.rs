@@ -251,7 +251,10 @@ pub fn largest_elements_dev(score: &Tensor, n: usize) -> Vec<usize> {
     if n == 0 {
         return vec![];
     }
-    let key = score.detach().reshape([-1]).to_kind(Kind::Double);
+    // float32 and float64 scores as they are (their order is that of their exact float64 values; a float64 copy
+    // of a 30 M-element score is 240 MB to fault in), other kinds in float64.
+    let key = score.detach().reshape([-1]);
+    let key = if matches!(key.kind(), Kind::Float | Kind::Double) { key } else { key.to_kind(Kind::Double) };
     let key = key.masked_fill(&key.isfinite().logical_not(), -1.0);
     let (vals, _) = key.topk(n as i64, 0, true, true);
     let thr = scalar(&vals.get(n as i64 - 1));
@@ -481,12 +484,14 @@ struct PairAcc {
 
 impl PairAcc {
     fn new(rf: &RefAcc, tau: f64, like: &Tensor, kind: Kind, k: usize) -> Self {
-        let z = Tensor::zeros([rf.e], (kind, like.device()));
+        // Each per-element sum is its own fresh zeros (no template tensor: zeros are written, so a template
+        // would be one more parameter-sized tensor to fault in and drop).
+        let z = || Tensor::zeros([rf.e], (kind, like.device()));
         let zi = Tensor::zeros([], (Kind::Int64, like.device()));
         PairAcc {
             sig_thr: tau * rf.rmax,
-            sa2: z.zeros_like(),
-            sd2: z.zeros_like(),
+            sa2: z(),
+            sd2: z(),
             nz_a: Tensor::zeros([rf.e], (Kind::Bool, like.device())),
             step_d2: Tensor::zeros([k as i64], (Kind::Double, like.device())),
             ar: dzero(like),
@@ -494,7 +499,7 @@ impl PairAcc {
             neg: zi.zeros_like(),
             sig_n: zi.zeros_like(),
             sig_bad: zi.zeros_like(),
-            cum: rf.cum.as_ref().map(|_| (z.zeros_like(), z.zeros_like(), z.zeros_like())),
+            cum: rf.cum.as_ref().map(|_| (z(), z(), z())),
             excl: None,
         }
     }
@@ -1013,6 +1018,26 @@ impl PairAcc {
 }
 
 /// ‖x‖² in float64: the fused kernel for a contiguous CPU float tensor, else libtorch in float64.
+/// max |x − y| over all entries (x, y of one shape, flattened), NaN if any entry is NaN, through chunks of 2²⁰
+/// entries: no tensor-sized difference exists (at the IMDB-style size each identity made two 120 MB temporaries).
+fn maxabs_diff(x: &Tensor, y: &Tensor) -> f64 {
+    const CHUNK: i64 = 1 << 20;
+    let (x, y) = (x.detach().reshape([-1]), y.detach().reshape([-1]));
+    let n = x.numel() as i64;
+    let mut m: Option<Tensor> = None;
+    let mut lo = 0;
+    while lo < n {
+        let len = CHUNK.min(n - lo);
+        let c = (x.narrow(0, lo, len) - y.narrow(0, lo, len)).abs().max();
+        m = Some(match m {
+            None => c,
+            Some(p) => p.maximum(&c),
+        });
+        lo += len;
+    }
+    m.map_or(0.0, |m| scalar(&m))
+}
+
 fn sumsq_f64(x: &Tensor) -> f64 {
     let x = x.detach();
     match (x.device(), x.kind(), x.is_contiguous()) {
@@ -1490,16 +1515,15 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
     // those over the concatenation, without a float64 copy of every parameter (1 GB at the IMDB-style size).
     let linf = |a: &[Tensor], r: &[Tensor]| -> (f64, f64) {
         let nanmax = |x: f64, y: f64| if x.is_nan() || y.is_nan() { f64::NAN } else { x.max(y) };
-        let sumsq = |x: &Tensor| if x.kind() == Kind::Double { scalar(&x.dot(x)) } else { total(&x.square()) };
         let (mut dmax, mut rmax, mut a2, mut r2) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
         for (x, y) in a.iter().zip(r) {
             let y = y.detach().reshape([-1]);
             if y.numel() == 0 {
                 continue;
             }
-            dmax = nanmax(dmax, scalar(&(x - &y).abs().max()));
+            dmax = nanmax(dmax, maxabs_diff(x, &y));
             rmax = nanmax(rmax, scalar(&y.abs().max()));
-            (a2, r2) = (a2 + sumsq(x), r2 + sumsq(&y));
+            (a2, r2) = (a2 + sumsq_f64(x), r2 + sumsq_f64(&y));
         }
         (mx::ratio(dmax, rmax), r2.sqrt().max(a2.sqrt()))
     };
@@ -1611,10 +1635,27 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
 /// `sym_ratio` (checks §1.7) of float64 totals on the device: the mean over elements of
 /// 2|e₃ − e_B| / (|e₁ − e_B| + |e₂ − e_B|), 1 where the denominator is 0.
 fn sym_ratio_dev(e1: &Tensor, e2: &Tensor, eb: &Tensor) -> f64 {
-    let e3 = (e1 + e2) * 0.5;
-    let den = (e1 - eb).abs() + (e2 - eb).abs();
-    let rho = ((e3 - eb).abs() * 2.0 / &den).masked_fill(&den.eq(0.0), 1.0);
-    mean_std_dev(&rho).0
+    let rho = |e1: &Tensor, e2: &Tensor, eb: &Tensor| {
+        let e3 = (e1 + e2) * 0.5;
+        let den = (e1 - eb).abs() + (e2 - eb).abs();
+        ((e3 - eb).abs() * 2.0 / &den).masked_fill(&den.eq(0.0), 1.0)
+    };
+    // The mean of ρ over the elements, chunk by chunk (2²⁰ elements): the ten temporaries of the formula exist
+    // for one chunk at a time, not for the whole tensor (1.4 GB to fault in for the IMDB-style projection).
+    const CHUNK: i64 = 1 << 20;
+    let (e1, e2, eb) = (e1.reshape([-1]), e2.reshape([-1]), eb.reshape([-1]));
+    let n = e1.numel() as i64;
+    if n <= CHUNK {
+        return mean_std_dev(&rho(&e1, &e2, &eb)).0;
+    }
+    let mut acc = Tensor::zeros([], (Kind::Double, e1.device()));
+    let mut lo = 0;
+    while lo < n {
+        let len = CHUNK.min(n - lo);
+        let _ = acc.g_add_(&rho(&e1.narrow(0, lo, len), &e2.narrow(0, lo, len), &eb.narrow(0, lo, len)).sum(Kind::Double));
+        lo += len;
+    }
+    scalar(&acc) / n as f64
 }
 
 /// `series_form` of the cumulative rows: `cum` (inclusive prefix sums) or `cum_excl` (`prefix = exclusive`).
@@ -1763,4 +1804,62 @@ fn score(
         verdict.display()
     ));
     verdict
+}
+
+#[cfg(test)]
+mod tests {
+    //! The chunked reductions of the identities and sym_ratio against the whole-tensor formulas they replace
+    //! (the oracle: one float64 expression over the whole tensor), at sizes above one chunk (2²⁰ elements).
+    use super::*;
+
+    fn draws(n: i64, kind: Kind, seed: i64) -> [Tensor; 3] {
+        let _g = crate::tensor_util::rng_lock();
+        tch::manual_seed(seed);
+        let a = Tensor::randn([n], (kind, tch::Device::Cpu));
+        let b = &a + Tensor::randn([n], (kind, tch::Device::Cpu)) * 0.1;
+        let c = Tensor::randn([n], (kind, tch::Device::Cpu));
+        // Planted ties and zeros: den = 0 where e1 = e2 = eb (ρ = 1 there), and a NaN-free exact-equality block.
+        let _ = b.narrow(0, 10, 1000).copy_(&a.narrow(0, 10, 1000));
+        let _ = c.narrow(0, 10, 1000).copy_(&a.narrow(0, 10, 1000));
+        [a, b, c]
+    }
+
+    #[test]
+    fn chunked_sym_ratio_equals_the_whole_tensor_formula() {
+        for (kind, tol) in [(Kind::Double, 1e-13), (Kind::Float, 1e-6)] {
+            let [e1, e2, eb] = draws(3 * (1 << 20) + 12_345, kind, 7);
+            let (x1, x2, xb) = (e1.to_kind(Kind::Double), e2.to_kind(Kind::Double), eb.to_kind(Kind::Double));
+            let den = (&x1 - &xb).abs() + (&x2 - &xb).abs();
+            let rho = (((&x1 + &x2) * 0.5 - &xb).abs() * 2.0 / &den).masked_fill(&den.eq(0.0), 1.0);
+            let oracle = rho.mean(Kind::Double).double_value(&[]);
+            let got = sym_ratio_dev(&e1, &e2, &eb);
+            assert!((got - oracle).abs() <= tol * oracle.abs(), "{kind:?}: chunked {got} vs whole-tensor {oracle}");
+        }
+    }
+
+    #[test]
+    fn chunked_max_abs_difference_equals_the_whole_tensor_maximum_and_keeps_nan() {
+        let [a, b, _] = draws(2 * (1 << 20) + 3, Kind::Float, 8);
+        let oracle = (&a - &b).abs().max().double_value(&[]);
+        assert_eq!(maxabs_diff(&a, &b), oracle);
+        // The largest difference in the last (partial) chunk.
+        let _ = b.get(2 * (1 << 20) + 1).fill_(1e3);
+        assert_eq!(maxabs_diff(&a, &b), (&a - &b).abs().max().double_value(&[]));
+        let _ = b.get(5).fill_(f64::NAN);
+        assert!(maxabs_diff(&a, &b).is_nan());
+        assert_eq!(maxabs_diff(&a.narrow(0, 0, 0), &b.narrow(0, 0, 0)), 0.0);
+    }
+
+    #[test]
+    fn largest_elements_of_a_float32_score_are_those_of_its_float64_copy() {
+        let [a, _, _] = draws(1 << 16, Kind::Float, 9);
+        let s = a.abs();
+        // Planted ties at the top and a non-finite score (sorted last).
+        let _ = s.narrow(0, 100, 3).fill_(50.0);
+        let _ = s.get(7).fill_(f64::INFINITY);
+        let want = super::super::largest_elements(&crate::tensor_util::to_vec_f64(&s), 8);
+        assert_eq!(largest_elements_dev(&s, 8), want);
+        assert_eq!(largest_elements_dev(&s.to_kind(Kind::Double), 8), want);
+        assert_eq!(&want[..3], &[100, 101, 102]);
+    }
 }

@@ -579,7 +579,10 @@ impl Model {
             }
         }
         let b = batch.size() as f64;
-        acc.into_iter().zip(p).map(|(a, pt)| a.map(|a| a / b).unwrap_or_else(|| pt.zeros_like())).collect()
+        // In place: a term's param_grad is a fresh tensor (a product or a reduction); a non-contiguous one (an
+        // autograd gradient may be an expanded view) or an autograd leaf is divided out of place.
+        let scale = |mut a: Tensor| if (a.requires_grad() && a.is_leaf()) || !a.is_contiguous() { a / b } else { a.g_div_scalar_(b) };
+        acc.into_iter().zip(p).map(|(a, pt)| a.map(scale).unwrap_or_else(|| pt.zeros_like())).collect()
     }
 
     /// Σ_r w_r ∂Φ_r/∂θ over the R rows of a stacked batch — the per-example parameter derivatives of several

@@ -65,19 +65,35 @@ impl Optimizer {
                     }
                     // torch.optim.Adam, single-tensor path (hopfield-attention.md §9.2): m ← lerp(m, g, 1 − β₁),
                     // v ← β₂·v + (1 − β₂)·g², denom = √v / √bc2 + ε, θ ← θ − (lr / bc1)·m / denom.
+                    // In place, one scratch tensor per parameter (the same operations in the same order as the
+                    // out-of-place expressions, so the same bits; a 30 M-weight attention projection allocated and
+                    // page-faulted eleven fresh tensors per step before).
+                    let mut gg = &g * &g;
+                    let _ = gg.g_mul_scalar_(1.0 - beta2);
                     let m = match self.buf[i].take() {
                         None => &g * (1.0 - beta1),
-                        Some(m) => m.lerp(&g, 1.0 - beta1),
+                        Some(mut m) => {
+                            let _ = m.lerp_(&g, 1.0 - beta1);
+                            m
+                        }
                     };
                     let v = match self.buf2[i].take() {
-                        None => &g * &g * (1.0 - beta2),
-                        Some(v) => v * beta2 + &g * &g * (1.0 - beta2),
+                        None => gg.copy(),
+                        Some(mut v) => {
+                            let _ = v.g_mul_scalar_(beta2).g_add_(&gg);
+                            v
+                        }
                     };
                     let t = self.steps as f64;
                     let bc1 = 1.0 - beta1.powf(t);
                     let bc2 = 1.0 - beta2.powf(t);
-                    let denom = v.sqrt() / bc2.sqrt() + eps;
-                    *p = &*p - (&m / &denom) * (lr[i] / bc1);
+                    // denom = √v / √bc2 + ε, then (m / denom)·(lr / bc1), all in gg's buffer.
+                    let mut d = gg;
+                    let _ = v.sqrt_out(&d);
+                    let _ = d.g_div_scalar_(bc2.sqrt()).g_add_scalar_(eps);
+                    let _ = m.div_out(&d, &d);
+                    let _ = d.g_mul_scalar_(lr[i] / bc1);
+                    *p = &*p - &d;
                     self.buf[i] = Some(m);
                     self.buf2[i] = Some(v);
                 }

@@ -114,7 +114,7 @@ impl Term for Dense {
             super::accumulate(&mut g, matmul(&m.tr(), &Self::flat(s[PRE])));
         }
         if let Some(m) = mu[PRE] {
-            super::accumulate(&mut g, matmul(&s[POST].tr(), &Self::flat(m)));
+            super::accumulate_product(&mut g, &s[POST].tr(), &Self::flat(m));
         }
         vec![g.map(|g| self.to_layout(g))]
     }

@@ -2,7 +2,8 @@
 //! (`hopfield-attention.md` §2.3, §3.4): v = cat(vec(s_pre_1), …, vec(s_pre_n)) (B, N), post (B, n_post),
 //! W (n_post, N) in `Linear` layout. With one 2-D pre layer it is [`super::dense::Dense`].
 //!
-//! Φ term: ⟨W v, s_post⟩. Drives: W v into post; unvec of the pre layer's slice of Wᵀ s_post into each pre.
+//! Φ term: ⟨W v, s_post⟩. Drives: W v into post; into each pre, s_post times that pre layer's column block of W
+//! (unvec'd).
 //! Local gradient: ∂Φ̄/∂W = (1/B) Σ_b s_post,b ⊗ v_b (this returns the batch sum).
 use super::{Node, Term};
 use crate::tensor_util::matmul;
@@ -31,11 +32,14 @@ impl FlattenDense {
         let parts: Vec<Tensor> = (0..self.n_pre()).map(|i| Self::flat(&ts[i].map(|t| t.shallow_clone()).unwrap_or_else(|| like[i].zeros_like()))).collect();
         Tensor::cat(&parts, 1)
     }
-    /// The slice of a (B, N) tensor that belongs to pre slot i, reshaped like that slot's state.
-    fn unvec(&self, full: &Tensor, s: &[&Tensor], i: usize) -> Tensor {
+    /// (Wᵀ u) restricted to pre slot i, reshaped like that slot's state: u (B, n_post) times the slot's column
+    /// block W[:, off..off + n] only (a strided view, no copy), not the whole (B, N) product narrowed afterwards —
+    /// with n pre slots the latter multiplied n times the FLOPs (the four attention layers of SNLI).
+    fn slot_back(&self, u: &Tensor, w: &Tensor, s: &[&Tensor], i: usize) -> Tensor {
         let off: i64 = (0..i).map(|j| s[j].size()[1..].iter().product::<i64>()).sum();
         let n: i64 = s[i].size()[1..].iter().product();
-        full.narrow(1, off, n).reshape(s[i].size())
+        let block = if self.n_pre() == 1 { w.shallow_clone() } else { w.narrow(1, off, n) };
+        matmul(u, &block).reshape(s[i].size())
     }
 }
 
@@ -62,7 +66,7 @@ impl Term for FlattenDense {
             let v = self.cat(&s[..self.n_pre()].iter().map(|t| Some(*t)).collect::<Vec<_>>(), s);
             matmul(&v, &w.tr())
         } else {
-            self.unvec(&matmul(s[self.n_pre()], w), s, slot)
+            self.slot_back(s[self.n_pre()], w, s, slot)
         }
     }
     fn hvp(&self, p: &[Tensor], s: &[&Tensor], mu: &[Option<&Tensor>], slot: usize) -> Option<Tensor> {
@@ -73,7 +77,7 @@ impl Term for FlattenDense {
             }
             Some(matmul(&self.cat(&mu[..self.n_pre()], s), &w.tr()))
         } else {
-            mu[self.n_pre()].map(|m| self.unvec(&matmul(m, w), s, slot))
+            mu[self.n_pre()].map(|m| self.slot_back(m, w, s, slot))
         }
     }
     fn param_grad(&self, _p: &[Tensor], s: &[&Tensor]) -> Vec<Tensor> {
@@ -87,7 +91,7 @@ impl Term for FlattenDense {
             super::accumulate(&mut g, matmul(&m.tr(), &v));
         }
         if mu[..self.n_pre()].iter().any(|m| m.is_some()) {
-            super::accumulate(&mut g, matmul(&s[self.n_pre()].tr(), &self.cat(&mu[..self.n_pre()], s)));
+            super::accumulate_product(&mut g, &s[self.n_pre()].tr(), &self.cat(&mu[..self.n_pre()], s));
         }
         vec![g]
     }
