@@ -209,20 +209,21 @@ pub fn global_norm(ts: &[Tensor]) -> f64 {
 /// float64 conversion see one chunk at a time, so no tensor-sized temporary exists (a float64 copy of a 30 M-weight
 /// projection is 240 MB to allocate and fault in, per call). `f` maps a chunk to float64 entries elementwise.
 pub fn chunked_sum_f64(t: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
-    const CHUNK: i64 = 1 << 20;
     let flat = t.detach().reshape([-1]);
     let n = flat.numel() as i64;
     if n <= CHUNK {
         return f(&flat).sum(Kind::Double);
     }
-    let mut acc = Tensor::zeros([], (Kind::Double, t.device()));
-    let mut lo = 0;
-    while lo < n {
-        let len = CHUNK.min(n - lo);
-        let _ = acc.g_add_(&f(&flat.narrow(0, lo, len)).sum(Kind::Double));
-        lo += len;
-    }
-    acc
+    let sums = chunk_ranges(n).map(|(lo, len)| f(&flat.narrow(0, lo, len)).sum(Kind::Double));
+    sums.reduce(|a, b| a + b).expect("n > CHUNK: at least two chunks")
+}
+
+/// Entries per chunk of the chunked reductions (here and in the GDU identities): 2²⁰, 4–8 MB of temporaries.
+pub const CHUNK: i64 = 1 << 20;
+
+/// (start, length) of the chunks of CHUNK entries that cover 0..n (the last one shorter).
+pub fn chunk_ranges(n: i64) -> impl Iterator<Item = (i64, i64)> {
+    (0..n).step_by(CHUNK as usize).map(move |lo| (lo, CHUNK.min(n - lo)))
 }
 
 #[cfg(test)]

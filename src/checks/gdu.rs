@@ -1021,21 +1021,9 @@ impl PairAcc {
 /// max |x − y| over all entries (x, y of one shape, flattened), NaN if any entry is NaN, through chunks of 2²⁰
 /// entries: no tensor-sized difference exists (at the IMDB-style size each identity made two 120 MB temporaries).
 fn maxabs_diff(x: &Tensor, y: &Tensor) -> f64 {
-    const CHUNK: i64 = 1 << 20;
     let (x, y) = (x.detach().reshape([-1]), y.detach().reshape([-1]));
-    let n = x.numel() as i64;
-    let mut m: Option<Tensor> = None;
-    let mut lo = 0;
-    while lo < n {
-        let len = CHUNK.min(n - lo);
-        let c = (x.narrow(0, lo, len) - y.narrow(0, lo, len)).abs().max();
-        m = Some(match m {
-            None => c,
-            Some(p) => p.maximum(&c),
-        });
-        lo += len;
-    }
-    m.map_or(0.0, |m| scalar(&m))
+    let maxima = crate::tensor_util::chunk_ranges(x.numel() as i64).map(|(lo, len)| (x.narrow(0, lo, len) - y.narrow(0, lo, len)).abs().max());
+    maxima.reduce(|m, c| m.maximum(&c)).map_or(0.0, |m| scalar(&m))
 }
 
 fn sumsq_f64(x: &Tensor) -> f64 {
@@ -1642,20 +1630,13 @@ fn sym_ratio_dev(e1: &Tensor, e2: &Tensor, eb: &Tensor) -> f64 {
     };
     // The mean of ρ over the elements, chunk by chunk (2²⁰ elements): the ten temporaries of the formula exist
     // for one chunk at a time, not for the whole tensor (1.4 GB to fault in for the IMDB-style projection).
-    const CHUNK: i64 = 1 << 20;
     let (e1, e2, eb) = (e1.reshape([-1]), e2.reshape([-1]), eb.reshape([-1]));
     let n = e1.numel() as i64;
-    if n <= CHUNK {
+    if n <= crate::tensor_util::CHUNK {
         return mean_std_dev(&rho(&e1, &e2, &eb)).0;
     }
-    let mut acc = Tensor::zeros([], (Kind::Double, e1.device()));
-    let mut lo = 0;
-    while lo < n {
-        let len = CHUNK.min(n - lo);
-        let _ = acc.g_add_(&rho(&e1.narrow(0, lo, len), &e2.narrow(0, lo, len), &eb.narrow(0, lo, len)).sum(Kind::Double));
-        lo += len;
-    }
-    scalar(&acc) / n as f64
+    let sums = crate::tensor_util::chunk_ranges(n).map(|(lo, len)| rho(&e1.narrow(0, lo, len), &e2.narrow(0, lo, len), &eb.narrow(0, lo, len)).sum(Kind::Double));
+    sums.reduce(|a, b| a + b).map_or(f64::NAN, |t| scalar(&t)) / n as f64
 }
 
 /// `series_form` of the cumulative rows: `cum` (inclusive prefix sums) or `cum_excl` (`prefix = exclusive`).
