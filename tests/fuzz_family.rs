@@ -8,37 +8,14 @@
 //! dynamics, clamp units, async schedule) for the `skip` reasons.
 use epcheck::fuzz::{self, family::Family, Case, Rng};
 use epcheck::run::Shard;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_epcheck"));
-    for k in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "EPCHECK_TEST_PLANT"] {
-        c.env_remove(k);
-    }
-    c.env("OMP_NUM_THREADS", "1");
-    c
-}
+mod common;
+use common::{bin, cases_table as table, run_dirs, text};
 
 fn run(c: &mut Command) -> Output {
     c.output().expect("the binary runs")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-/// The one run folder under `out` (no staging folder left).
-fn run_dirs(out: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(out).map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// The cases table as CSV lines without the `millis` column (the last one: wall time is not a result).
-fn table(dir: &Path) -> Vec<String> {
-    let t = std::fs::read_to_string(dir.join("tables").join("cases.csv")).unwrap();
-    t.lines().map(|l| l.rsplit_once(',').map(|(a, _)| a.to_string()).unwrap_or_default()).collect()
 }
 
 #[test]

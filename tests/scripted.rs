@@ -53,6 +53,16 @@ fn scripted_twin(native: &Instance, file: &Path) -> Model {
     m
 }
 
+/// Implicit differentiation at the fixed point, the same for both paths (relative ∞-norm ≤ 1e-10, as the estimators
+/// in [`assert_same_engine`]).
+fn assert_same_implicit(native: &Instance, m: &Model) {
+    let io = estimators::implicit::ImplicitOptions::for_dtype(native.prec.dtype);
+    let a = estimators::implicit::implicit(&native.model, &native.params, &native.batch, &io).unwrap();
+    let s = estimators::implicit::implicit(&m, &native.params, &native.batch, &io).unwrap();
+    let r = rel(&s.grad.tensors, &a.grad.tensors);
+    assert!(r <= 1e-10, "implicit: {r:e}");
+}
+
 /// States ≤ 1e-12, gradients ≤ 1e-10 (relative ∞-norm, float64): the two paths differ only in the order of
 /// floating-point sums (hand-written drives vs autograd), ~1e-16 per operation, amplified by at most the
 /// contraction of the relaxation over T steps.
@@ -111,12 +121,7 @@ fn pmlp_as_scripted_energy_matches_the_native_preset() {
     assert_eq!(rel(&m.init_params(3, native.prec), &native.model.init_params(3, native.prec)), 0.0);
     let len = PhaseLengths { t_free: 30, k_nudge: 10, tol: None };
     assert_same_engine(&native, &m, len, &[Estimator::EpPlus, Estimator::EpMinus, Estimator::EpCentered, Estimator::Bptt, Estimator::BpttTrunc]);
-    // Implicit differentiation at the fixed point.
-    let io = estimators::implicit::ImplicitOptions::for_dtype(native.prec.dtype);
-    let a = estimators::implicit::implicit(&native.model, &native.params, &native.batch, &io).unwrap();
-    let s = estimators::implicit::implicit(&m, &native.params, &native.batch, &io).unwrap();
-    let r = rel(&s.grad.tensors, &a.grad.tensors);
-    assert!(r <= 1e-10, "implicit: {r:e}");
+    assert_same_implicit(&native, &m);
 }
 
 /// The comparison is sensitive: a scripted P-MLP whose output bias is scaled by 1 + 1e-6 inside Φ (a planted bug)
@@ -206,11 +211,7 @@ fn imdb_with_the_attention_map_by_name_matches_the_native_preset() {
     let m = imdb_twin(&py, d.path(), &native, "attention", "attention");
     let len = PhaseLengths { t_free: 30, k_nudge: 10, tol: None };
     assert_same_engine(&native, &m, len, &[Estimator::EpPlus, Estimator::EpCentered, Estimator::Bptt, Estimator::BpttTrunc]);
-    let io = estimators::implicit::ImplicitOptions::for_dtype(native.prec.dtype);
-    let a = estimators::implicit::implicit(&native.model, &native.params, &native.batch, &io).unwrap();
-    let s = estimators::implicit::implicit(&m, &native.params, &native.batch, &io).unwrap();
-    let r = rel(&s.grad.tensors, &a.grad.tensors);
-    assert!(r <= 1e-10, "implicit: {r:e}");
+    assert_same_implicit(&native, &m);
 }
 
 /// L1's update as the module's own TorchScript functions: G(u, x) and ψ(u, x) both written out (`scripted`), or

@@ -7,26 +7,10 @@
 use epcheck::checks::bias::{BetaRec, IdentityRec, PointRec, ScopeErr};
 use polars::prelude::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_epcheck"));
-    for k in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"] {
-        c.env_remove(k);
-    }
-    c.env("OMP_NUM_THREADS", "1");
-    c
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn run_dirs(out: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(out).map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
-    v.sort();
-    v
-}
+mod common;
+use common::{bin, run_dirs, text};
 
 /// A Parquet table as text rows, without `run_id`; every f64 as its bit pattern (equality is bit for bit).
 fn table(dir: &Path, name: &str) -> Vec<String> {

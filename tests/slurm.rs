@@ -8,32 +8,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{bin, cases_table as table, run_dirs};
+
 struct Daemons(PathBuf);
 
 impl Drop for Daemons {
     fn drop(&mut self) {
         let _ = Command::new("bash").arg("scripts/slurm/stop").env("EPCHECK_SLURM_DIR", &self.0).status();
     }
-}
-
-fn run_dirs(out: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(out).map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
-    v.sort();
-    v
-}
-
-fn table(dir: &Path) -> Vec<String> {
-    let t = std::fs::read_to_string(dir.join("tables").join("cases.csv")).unwrap();
-    t.lines().map(|l| l.rsplit_once(',').map(|(a, _)| a.to_string()).unwrap_or_default()).collect()
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_epcheck"));
-    for k in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN"] {
-        c.env_remove(k);
-    }
-    c.env("OMP_NUM_THREADS", "1");
-    c
 }
 
 /// Two TCP ports free on localhost now (the OS picks it): two test runs on one machine (or a Slurm already running on

@@ -1,8 +1,8 @@
 #![allow(dead_code)]
 use epcheck::config::RunConfig;
 use epcheck::instance::Instance;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use tch::Tensor;
 
 /// The repository root.
@@ -23,10 +23,41 @@ pub fn python() -> Option<PathBuf> {
     }
 }
 
-/// Runs the epcheck binary (one OpenMP thread): (exit code, stdout, stderr).
+/// The epcheck binary as a command: one OpenMP thread, and none of the variables that would change what it does
+/// when the tests themselves run inside a Slurm job array (SLURM_ARRAY_*: a run would shard itself) or with the
+/// planted-bug switch of the fuzz tests set.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_epcheck"));
+    for k in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "EPCHECK_TEST_PLANT"] {
+        c.env_remove(k);
+    }
+    c.env("OMP_NUM_THREADS", "1");
+    c
+}
+
+/// Runs the epcheck binary ([`bin`]): (exit code, stdout, stderr).
 pub fn epcheck(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_epcheck")).args(args).env("OMP_NUM_THREADS", "1").output().expect("binary runs");
+    let out = bin().args(args).output().expect("binary runs");
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// stdout then stderr of a finished command, as text.
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The folders directly under `out`, sorted (a command's run folders; no staging folder may be left).
+pub fn run_dirs(out: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out).map(|r| r.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A fuzz run's cases table (tables/cases.csv) as CSV lines without its last column, `millis` (wall time is not
+/// a result).
+pub fn cases_table(dir: &Path) -> Vec<String> {
+    let t = std::fs::read_to_string(dir.join("tables").join("cases.csv")).unwrap();
+    t.lines().map(|l| l.rsplit_once(',').map(|(a, _)| a.to_string()).unwrap_or_default()).collect()
 }
 
 /// A tiny P-MLP instance (checks F1-style): archi [6, 5, 5, 3], B = 3, init_scale 0.5.
