@@ -210,12 +210,8 @@ pub fn global_norm(ts: &[Tensor]) -> f64 {
 /// projection is 240 MB to allocate and fault in, per call). `f` maps a chunk to float64 entries elementwise.
 pub fn chunked_sum_f64(t: &Tensor, f: impl Fn(&Tensor) -> Tensor) -> Tensor {
     let flat = t.detach().reshape([-1]);
-    let n = flat.numel() as i64;
-    if n <= CHUNK {
-        return f(&flat).sum(Kind::Double);
-    }
-    let sums = chunk_ranges(n).map(|(lo, len)| f(&flat.narrow(0, lo, len)).sum(Kind::Double));
-    sums.reduce(|a, b| a + b).expect("n > CHUNK: at least two chunks")
+    let sums = chunk_ranges(flat.numel() as i64).map(|(lo, len)| f(&flat.narrow(0, lo, len)).sum(Kind::Double));
+    sums.reduce(|a, b| a + b).unwrap_or_else(|| Tensor::zeros([], (Kind::Double, t.device())))
 }
 
 /// Entries per chunk of the chunked reductions (here and in the GDU identities): 2²⁰, 4–8 MB of temporaries.
@@ -245,5 +241,6 @@ mod tests {
             assert!((abs_got - abs_host).abs() <= 1e-12 * abs_host, "n = {n}: {abs_got} vs {abs_host}");
         }
         assert_eq!(global_norm(&[Tensor::from_slice(&[3.0f32, 4.0])]), 5.0);
+        assert_eq!(global_norm(&[Tensor::zeros([0], (Kind::Float, tch::Device::Cpu))]), 0.0);
     }
 }

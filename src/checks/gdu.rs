@@ -1017,7 +1017,6 @@ impl PairAcc {
     }
 }
 
-/// ‖x‖² in float64: the fused kernel for a contiguous CPU float tensor, else libtorch in float64.
 /// max |x − y| over all entries (x, y of one shape, flattened), NaN if any entry is NaN, through chunks of 2²⁰
 /// entries: no tensor-sized difference exists (at the IMDB-style size each identity made two 120 MB temporaries).
 fn maxabs_diff(x: &Tensor, y: &Tensor) -> f64 {
@@ -1026,6 +1025,7 @@ fn maxabs_diff(x: &Tensor, y: &Tensor) -> f64 {
     maxima.reduce(|m, c| m.maximum(&c)).map_or(0.0, |m| scalar(&m))
 }
 
+/// ‖x‖² in float64: the fused kernel for a contiguous CPU float tensor, else libtorch in float64.
 fn sumsq_f64(x: &Tensor) -> f64 {
     let x = x.detach();
     match (x.device(), x.kind(), x.is_contiguous()) {

@@ -190,7 +190,7 @@ impl<'a> Trainer<'a> {
         acc.add("clip_factor", "all", factor, 1.0);
         for (spec, t) in m.params.iter().zip(&g) {
             let abs_sum = crate::tensor_util::chunked_sum_f64(t, |c| c.abs().to_kind(Kind::Double)).double_value(&[]);
-        acc.add("grad_abs_mean", &spec.name, abs_sum / t.numel() as f64, 1.0);
+            acc.add("grad_abs_mean", &spec.name, abs_sum / t.numel() as f64, 1.0);
         }
         self.opt.step(&mut self.params, &g, lr);
         self.warm = last;
