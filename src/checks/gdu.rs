@@ -296,6 +296,12 @@ impl Sampled {
             let _ = v.get(t as i64).copy_(&x.index_select(0, i));
         }
     }
+    /// Step t of (x + y)·½ at the sampled elements (the values a full (x + y)·½ tensor has there).
+    fn push_mean(&mut self, t: usize, x: &Tensor, y: &Tensor) {
+        if let (Some(i), Some(v)) = (&self.idx, &self.vals) {
+            let _ = v.get(t as i64).copy_(&((x.index_select(0, i) + y.index_select(0, i)) * 0.5));
+        }
+    }
     /// Host values, [t][sample].
     fn values(&self) -> Vec<Vec<f64>> {
         match &self.vals {
@@ -418,9 +424,9 @@ struct RefAcc {
 
 impl RefAcc {
     fn new(like: &Tensor, kind: Kind, rmax: f64, nz: Tensor, cum: bool, k: usize) -> Self {
-        let z = Tensor::zeros([like.numel() as i64], (kind, like.device()));
+        let z = || Tensor::zeros([like.numel() as i64], (kind, like.device()));
         let step_r2 = Tensor::zeros([k as i64], (Kind::Double, like.device()));
-        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z.zeros_like(), step_r2, cum: cum.then(|| (z.zeros_like(), z)), excl: None }
+        RefAcc { e: like.numel() as i64, rmax, nz, sr2: z(), step_r2, cum: cum.then(|| (z(), z())), excl: None }
     }
     /// Step t; `last_excl`: t is the last step under `prefix = exclusive` (it enters the totals, not the
     /// cumulative forms).
@@ -447,6 +453,41 @@ impl RefAcc {
                 let _ = s.addcmul_(c, c);
             }
         }
+    }
+    /// Step t of this reference and its three series a⁺, a⁻ and a_sym = (a⁺ + a⁻)·½ (`pairs` in that order) in one
+    /// pass (`fused::triple`): the same sums as `update` followed by three `PairAcc::update`s, without an a_sym
+    /// tensor. False, with nothing done, where the kernel does not apply (not contiguous CPU tensors of the
+    /// accumulator kind, or the last step under `prefix = exclusive`): the caller then takes those four updates.
+    #[allow(clippy::too_many_arguments)]
+    fn update_triple(&mut self, pairs: [&mut PairAcc; 3], r: &Tensor, ap: &Tensor, am: &Tensor, t: usize, last_excl: bool, w: &Work) -> bool {
+        let mut ts = vec![r, ap, am, &self.sr2];
+        ts.extend(self.cum.iter().flat_map(|(c, s)| [c, s]));
+        for p in &pairs {
+            ts.extend([&p.sa2, &p.sd2]);
+            ts.extend(p.cum.iter().flat_map(|(c, dc2, c2)| [c, dc2, c2]));
+        }
+        let cums_agree = pairs.iter().all(|p| p.cum.is_some() == self.cum.is_some());
+        let nz_ok = pairs.iter().all(|p| p.nz_a.device() == tch::Device::Cpu && p.nz_a.is_contiguous() && p.nz_a.kind() == Kind::Bool && p.nz_a.numel() as i64 == self.e);
+        if last_excl || !cums_agree || !nz_ok || !fused::usable(w.kind, self.e, &ts) {
+            return false;
+        }
+        let n = self.e as usize;
+        let rcum = self.cum.as_ref().map(|(c, s)| (c, s));
+        let thr = [pairs[0].sig_thr, pairs[1].sig_thr, pairs[2].sig_thr];
+        fn sums(p: &PairAcc) -> fused::PairSums<'_> {
+            (&p.sa2, &p.sd2, &p.nz_a, p.cum.as_ref().map(|(c, dc2, c2)| (c, dc2, c2)))
+        }
+        let q = [sums(pairs[0]), sums(pairs[1]), sums(pairs[2])];
+        let (r2, s) = if w.kind == Kind::Float {
+            fused::triple::<f32>(n, r, ap, am, &self.sr2, rcum, thr, q)
+        } else {
+            fused::triple::<f64>(n, r, ap, am, &self.sr2, rcum, thr, q)
+        };
+        let _ = self.step_r2.get(t as i64).fill_(r2);
+        for (p, s) in pairs.into_iter().zip(&s) {
+            p.record(s, t);
+        }
+        true
     }
     /// Frees the per-element sums once every pair has its statistics (the cumulative totals stay: identities,
     /// sym_ratio).
@@ -521,12 +562,7 @@ impl PairAcc {
             } else {
                 fused::pair::<f64>(n as usize, a, r, self.sig_thr, &self.sa2, &self.sd2, &self.nz_a, cum)
             };
-            let _ = self.step_d2.get(t as i64).fill_(s.d2);
-            self.a2 += s.a2;
-            let _ = self.ar.g_add_scalar_(s.ar);
-            let _ = self.neg.g_add_scalar_(s.neg);
-            let _ = self.sig_n.g_add_scalar_(s.sig_n);
-            let _ = self.sig_bad.g_add_scalar_(s.sig_bad);
+            self.record(&s, t);
             return;
         }
         if a.device() == tch::Device::Cpu {
@@ -562,6 +598,15 @@ impl PairAcc {
                 let _ = c2.addcmul_(c, c);
             }
         }
+    }
+    /// The per-step sums of step t from a fused kernel.
+    fn record(&mut self, s: &fused::Sums, t: usize) {
+        let _ = self.step_d2.get(t as i64).fill_(s.d2);
+        self.a2 += s.a2;
+        let _ = self.ar.g_add_scalar_(s.ar);
+        let _ = self.neg.g_add_scalar_(s.neg);
+        let _ = self.sig_n.g_add_scalar_(s.sig_n);
+        let _ = self.sig_bad.g_add_scalar_(s.sig_bad);
     }
     /// The statistics; then frees the per-element sums they needed (the cumulative totals stay).
     fn stats(&mut self, rf: &RefAcc, k: usize) -> PairStats {
@@ -729,6 +774,38 @@ mod fused {
         })
     }
 
+    /// One element of a pair update (see [`pair`]): the per-element sums of element `i` and the per-step float64
+    /// sums into `s`. `x` is the series' value, `y` the reference's; `cum`: (c, dc2, c2) and rc_i, the reference's
+    /// cumulative sum at `i` after this step.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn pair_elem<T: Real>(i: usize, x: T, y: T, thr: T, sa2: &mut [T], sd2: &mut [T], nz: &mut [u8], cum: Option<(&mut [T], &mut [T], &mut [T], T)>, s: &mut Sums) {
+        let d = x - y;
+        sd2[i] = sd2[i] + d * d;
+        sa2[i] = sa2[i] + x * x;
+        if x != T::ZERO {
+            nz[i] = 1;
+        }
+        // The per-step sums and the sign of a·r in float64 (float32 squares and products underflow below 1e-19 in
+        // magnitude; float64 as the libtorch path of float64 runs).
+        let (xf, yf) = (x.f64(), y.f64());
+        let (df, p) = (xf - yf, xf * yf);
+        s.d2 += df * df;
+        s.a2 += xf * xf;
+        s.ar += p;
+        let (neg, sig) = (p < 0.0, y.abs() > thr);
+        s.neg += neg as i64;
+        s.sig_n += sig as i64;
+        s.sig_bad += (neg && sig) as i64;
+        if let Some((c, dc2, c2, rci)) = cum {
+            let ci = c[i] + x;
+            c[i] = ci;
+            let e = ci - rci;
+            dc2[i] = dc2[i] + e * e;
+            c2[i] = c2[i] + ci * ci;
+        }
+    }
+
     /// Pair update: sd2 += d², sa2 += a², nz_a |= a ≠ 0, and with the cumulative sums c += a, dc2 += (c − rc)²,
     /// c2 += c²; returns Σd², Σa·r, #(a·r < 0), #(|r| > thr), #(both).
     #[allow(clippy::too_many_arguments)]
@@ -747,49 +824,78 @@ mod fused {
                 let (a, r, sa2, sd2) = (sl(pa), sl(pr), sl(psa2), sl(psd2));
                 let nz = unsafe { std::slice::from_raw_parts_mut((pnz as *mut u8).add(lo), m) };
                 let mut s = Sums::default();
-                let mut step = |i: usize| {
-                    let (x, y) = (a[i], r[i]);
-                    let d = x - y;
-                    sd2[i] = sd2[i] + d * d;
-                    sa2[i] = sa2[i] + x * x;
-                    if x != T::ZERO {
-                        nz[i] = 1;
-                    }
-                    // The per-step sums and the sign of a·r in float64 (float32 squares and products underflow
-                    // below 1e-19 in magnitude; float64 as the libtorch path of float64 runs).
-                    let (xf, yf) = (x.f64(), y.f64());
-                    let (df, p) = (xf - yf, xf * yf);
-                    s.d2 += df * df;
-                    s.a2 += xf * xf;
-                    s.ar += p;
-                    let (neg, sig) = (p < 0.0, y.abs() > thr);
-                    s.neg += neg as i64;
-                    s.sig_n += sig as i64;
-                    s.sig_bad += (neg && sig) as i64;
-                    x
-                };
                 match pc {
                     // One loop over everything (the cumulative sums in the same pass).
                     Some((pc, pdc2, pc2, prc)) => {
                         let (c, dc2, c2, rc) = (sl(pc), sl(pdc2), sl(pc2), sl(prc));
                         for i in 0..m {
-                            let x = step(i);
-                            let ci = c[i] + x;
-                            c[i] = ci;
-                            let e = ci - rc[i];
-                            dc2[i] = dc2[i] + e * e;
-                            c2[i] = c2[i] + ci * ci;
+                            pair_elem(i, a[i], r[i], thr, sa2, sd2, nz, Some((&mut *c, &mut *dc2, &mut *c2, rc[i])), &mut s);
                         }
                     }
                     None => {
                         for i in 0..m {
-                            step(i);
+                            pair_elem(i, a[i], r[i], thr, sa2, sd2, nz, None, &mut s);
                         }
                     }
                 }
                 s
             },
             Sums::add,
+        )
+    }
+
+    /// The per-element sums of one pair (sa2, sd2, nz_a, and (c, dc2, c2) with cumulative sums).
+    pub type PairSums<'a> = (&'a Tensor, &'a Tensor, &'a Tensor, Option<(&'a Tensor, &'a Tensor, &'a Tensor)>);
+
+    /// One step of a reference and its three series in ONE pass over the elements: the reference update of
+    /// [`reference`] (sums `sr2`, cumulative `rcum` = (rc, rc2)), then [`pair`] for a⁺, a⁻ and a_sym = (a⁺ + a⁻)·½
+    /// (formed per element, never stored: the same value as libtorch's `(a⁺ + a⁻)·0.5`). Every per-element and
+    /// per-step sum is the one the four separate updates compute, in the same order (the same thread ranges, each
+    /// range in element order); r, rc and a± are read once instead of three times and no a_sym tensor is written.
+    /// Returns Σr² and the three pairs' sums.
+    #[allow(clippy::too_many_arguments)]
+    pub fn triple<T: Real>(n: usize, r: &Tensor, ap: &Tensor, am: &Tensor, sr2: &Tensor, rcum: Option<(&Tensor, &Tensor)>, thr: [f64; 3], pairs: [PairSums; 3]) -> (f64, [Sums; 3]) {
+        let thr = thr.map(T::of);
+        let half = T::of(0.5);
+        let addr = |t: &Tensor| t.data_ptr() as usize;
+        let (pr, pp, pm, psr2) = (addr(r), addr(ap), addr(am), addr(sr2));
+        let prc = rcum.map(|(c, s)| (addr(c), addr(s)));
+        let pq = pairs.map(|(sa2, sd2, nz, cum)| (addr(sa2), addr(sd2), addr(nz), cum.map(|(c, dc2, c2)| (addr(c), addr(dc2), addr(c2)))));
+        split(
+            n,
+            |lo, hi| {
+                let m = hi - lo;
+                // SAFETY: as in `pair`: every tensor is a distinct contiguous CPU tensor of n elements (checked by
+                // `usable`), r and a± read only, each thread a disjoint range.
+                let sl = |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut T).add(lo), m) };
+                let bl = |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut u8).add(lo), m) };
+                let (r, ap, am, sr2) = (sl(pr), sl(pp), sl(pm), sl(psr2));
+                let mut rc = prc.map(|(c, s)| (sl(c), sl(s)));
+                let mut q = pq.map(|(sa2, sd2, nz, cum)| (sl(sa2), sl(sd2), bl(nz), cum.map(|(c, dc2, c2)| (sl(c), sl(dc2), sl(c2)))));
+                let mut s = (0.0f64, [Sums::default(); 3]);
+                for i in 0..m {
+                    // The reference first (`reference`): the pairs' cumulative forms compare with R_t after step t.
+                    let y = r[i];
+                    s.0 += y.f64() * y.f64();
+                    sr2[i] = sr2[i] + y * y;
+                    let rci = rc.as_mut().map(|(c, cs)| {
+                        let ci = c[i] + y;
+                        c[i] = ci;
+                        cs[i] = cs[i] + ci * ci;
+                        ci
+                    });
+                    let xs = [ap[i], am[i], (ap[i] + am[i]) * half];
+                    for (k, (sa2, sd2, nz, cum)) in q.iter_mut().enumerate() {
+                        let cum = match (cum.as_mut(), rci) {
+                            (Some((c, dc2, c2)), Some(rci)) => Some((&mut **c, &mut **dc2, &mut **c2, rci)),
+                            _ => None,
+                        };
+                        pair_elem(i, xs[k], y, thr[k], sa2, sd2, nz, cum, &mut s.1[k]);
+                    }
+                }
+                s
+            },
+            |a, b| (a.0 + b.0, [a.1[0].add(b.1[0]), a.1[1].add(b.1[1]), a.1[2].add(b.1[2])]),
         )
     }
 
@@ -868,12 +974,40 @@ mod fused {
         }
     }
 
-    /// Step-form statistics of a pair (two passes: sums, then squared deviations from the means).
+    /// The mean of `f` over at most 1024 evenly strided indices of 0..n: the shift of [`centered`].
+    fn sample_mean(n: usize, f: impl Fn(usize) -> f64) -> f64 {
+        let step = (n / 1024).max(1);
+        let (s, c) = (0..n).step_by(step).fold((0.0, 0usize), |(s, c), i| (s + f(i), c + 1));
+        s / c.max(1) as f64
+    }
+
+    /// Σ(x − m)² (m = Σx/n) from ONE pass's Σx and Σ(x − K)² about a shift K: Σ(x − K)² − n(m − K)², exact in real
+    /// arithmetic. With K the mean of a sample of the x (`sample_mean`), n(m − K)² is about 1/1024 of the sum and
+    /// nothing cancels: the result is the two-pass Σ(x − m)² to float64 round-off ("shifted data" algorithm). None
+    /// where it is not finite (then the caller takes the second pass).
+    fn centered(sum: f64, sq_about_k: f64, k: f64, n: f64) -> Option<f64> {
+        let d = sum / n - k;
+        let v = sq_about_k - n * d * d;
+        // (A NaN must not reach `max`, which would drop it.)
+        v.is_finite().then(|| v.max(0.0))
+    }
+
+    /// Step-form statistics of a pair: one pass (sums, and squared deviations about sampled means, `centered`); a
+    /// second pass (squared deviations from the means) only where that is not finite.
     #[allow(clippy::too_many_arguments)]
     pub fn pair_stats<T: Real>(n: usize, k: f64, sa2: &Tensor, sr2: &Tensor, sd2: &Tensor, nz_a: &Tensor, nz: &Tensor) -> Stat {
         let (kf, g, eps) = (T::of(k), T::of(1e-8), T::of(1e-10));
         let addr = |t: &Tensor| t.data_ptr() as usize;
         let (p1, p2, p3, pn1, pn2) = (addr(sa2), addr(sr2), addr(sd2), addr(nz_a), addr(nz));
+        // (mx, lab_rmse quotient q, ern_rel quotient e) of element i from the sums (a, r, d) = (Σa², Σr², Σd²).
+        let elem = move |a: T, r: T, d: T| {
+            let mx = (a / kf).sqrt().nanmax((r / kf).sqrt());
+            (mx, (d / kf).sqrt() / (mx + eps), ern_q(d, a, r))
+        };
+        // SAFETY: as in `pair` (read only; i < n).
+        let at = |p: usize, i: usize| unsafe { *(p as *const T).add(i) };
+        let shift = (sample_mean(n, |i| elem(at(p1, i), at(p2, i), at(p3, i)).1.f64()), sample_mean(n, |i| elem(at(p1, i), at(p2, i), at(p3, i)).2.f64()));
+        // `None`: the one pass, deviations about `shift`; `Some(means)`: the second pass.
         let pass = |means: Option<(f64, f64)>| {
             split(
                 n,
@@ -885,22 +1019,23 @@ mod fused {
                     let (sa2, sr2, sd2, nza, nz) = (sl(p1), sl(p2), sl(p3), bl(pn1), bl(pn2));
                     let mut s = Stat::default();
                     for i in 0..m {
-                        let mx = (sa2[i] / kf).sqrt().nanmax((sr2[i] / kf).sqrt());
-                        let q = (sd2[i] / kf).sqrt() / (mx + eps);
-                        let e = ern_q(sd2[i], sa2[i], sr2[i]);
+                        let (mx, q, e) = elem(sa2[i], sr2[i], sd2[i]);
+                        let (q, e) = (q.f64(), e.f64());
                         match means {
                             None => {
                                 s.guard += (mx < g) as i64;
                                 s.both_zero += (nza[i] == 0 && nz[i] == 0) as i64;
-                                s.lab.0 += q.f64();
-                                s.ern.0 += e.f64();
+                                s.lab.0 += q;
+                                s.ern.0 += e;
+                                s.lab.1 += (q - shift.0).powi(2);
+                                s.ern.1 += (e - shift.1).powi(2);
                                 s.na2 += sa2[i].f64();
                                 s.nr2 += sr2[i].f64();
                                 s.nd2 += sd2[i].f64();
                             }
                             Some((ml, me)) => {
-                                s.lab.1 += (q.f64() - ml).powi(2);
-                                s.ern.1 += (e.f64() - me).powi(2);
+                                s.lab.1 += (q - ml).powi(2);
+                                s.ern.1 += (e - me).powi(2);
                             }
                         }
                     }
@@ -911,15 +1046,21 @@ mod fused {
         };
         let first = pass(None);
         let nf = n as f64;
+        if let (Some(lv), Some(ev)) = (centered(first.lab.0, first.lab.1, shift.0, nf), centered(first.ern.0, first.ern.1, shift.1, nf)) {
+            return Stat { lab: (first.lab.0, lv), ern: (first.ern.0, ev), ..first };
+        }
         let second = pass(Some((first.lab.0 / nf, first.ern.0 / nf)));
         Stat { lab: (first.lab.0, second.lab.1), ern: (first.ern.0, second.ern.1), ..first }
     }
 
-    /// Cumulative-form statistics: ern_rel of (Σ(A−R)², ΣA², ΣR²) (Σ and Σ(· − mean)²), #(c·rc > 0),
-    /// #(c = 0 and rc = 0) (in `both_zero`).
+    /// Cumulative-form statistics: ern_rel of (Σ(A−R)², ΣA², ΣR²) (Σ and Σ(· − mean)², one pass as in
+    /// `pair_stats`), #(c·rc > 0), #(c = 0 and rc = 0) (in `both_zero`).
     pub fn cum_stats<T: Real>(n: usize, dc2: &Tensor, c2: &Tensor, rc2: &Tensor, c: &Tensor, rc: &Tensor) -> Stat {
         let addr = |t: &Tensor| t.data_ptr() as usize;
         let (p1, p2, p3, p4, p5) = (addr(dc2), addr(c2), addr(rc2), addr(c), addr(rc));
+        // SAFETY: as in `pair` (read only; i < n).
+        let at = |p: usize, i: usize| unsafe { *(p as *const T).add(i) };
+        let shift = sample_mean(n, |i| ern_q(at(p1, i), at(p2, i), at(p3, i)).f64());
         let pass = |mean: Option<f64>| {
             split(
                 n,
@@ -930,14 +1071,15 @@ mod fused {
                     let (dc2, c2, rc2, c, rc) = (sl(p1), sl(p2), sl(p3), sl(p4), sl(p5));
                     let mut s = Stat::default();
                     for i in 0..m {
-                        let e = ern_q(dc2[i], c2[i], rc2[i]);
+                        let e = ern_q(dc2[i], c2[i], rc2[i]).f64();
                         match mean {
                             None => {
-                                s.ern.0 += e.f64();
+                                s.ern.0 += e;
+                                s.ern.1 += (e - shift).powi(2);
                                 s.same += (c[i] * rc[i] > T::ZERO) as i64;
                                 s.both_zero += (c[i] == T::ZERO && rc[i] == T::ZERO) as i64;
                             }
-                            Some(me) => s.ern.1 += (e.f64() - me).powi(2),
+                            Some(me) => s.ern.1 += (e - me).powi(2),
                         }
                     }
                     s
@@ -946,6 +1088,9 @@ mod fused {
             )
         };
         let first = pass(None);
+        if let Some(ev) = centered(first.ern.0, first.ern.1, shift, n as f64) {
+            return Stat { ern: (first.ern.0, ev), ..first };
+        }
         let second = pass(Some(first.ern.0 / n as f64));
         Stat { ern: (first.ern.0, second.ern.1), ..first }
     }
@@ -1265,6 +1410,15 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
             let mut sym_theta: Vec<Tensor> = Vec::with_capacity(np);
             for i in 0..np {
                 let r = work.flat(&work.r, &th[i]);
+                let (ap, am) = (ep_theta[0][i].detach().reshape([-1]), ep_theta[1][i].detach().reshape([-1]));
+                let [p0, p1, p2] = &mut pair_t[..] else { unreachable!("three series") };
+                if !o.dump && ref_t[i].update_triple([&mut p0[i], &mut p1[i], &mut p2[i]], &r, &ap, &am, t, last_excl, &work) {
+                    samp_t[i][2].push(t, &ap);
+                    samp_t[i][3].push(t, &am);
+                    samp_t[i][1].push_mean(t, &ap, &am);
+                    samp_t[i][0].push(t, &r);
+                    continue;
+                }
                 ref_t[i].update(&r, t, last_excl, &work);
                 for si in 0..3 {
                     if si == 2 {
@@ -1803,6 +1957,38 @@ mod tests {
         let _ = b.narrow(0, 10, 1000).copy_(&a.narrow(0, 10, 1000));
         let _ = c.narrow(0, 10, 1000).copy_(&a.narrow(0, 10, 1000));
         [a, b, c]
+    }
+
+    /// The one-pass statistics (`fused::pair_stats`, `fused::cum_stats`: Σ(x − m)² about a sampled shift)
+    /// against host two-pass formulas over the same per-element quotients, at sizes above the 1024-element sample
+    /// and with quotients whose mean is 10⁴ times their spread (where a shift far from the mean would cancel).
+    #[test]
+    fn one_pass_statistics_equal_two_pass_host_formulas() {
+        let _g = crate::tensor_util::rng_lock();
+        tch::manual_seed(11);
+        let (n, k) = (50_003i64, 7.0);
+        let opts = (Kind::Double, tch::Device::Cpu);
+        let sr2 = Tensor::rand([n], opts) + 1.0;
+        let sa2 = &sr2 * (Tensor::rand([n], opts) * 1e-4 + 1.0);
+        let sd2 = &sr2 * (Tensor::rand([n], opts) * 1e-4 + 0.25);
+        let (nz_a, nz) = (sa2.ne(0.0), sr2.ne(0.0));
+        let host = |x: &Tensor| {
+            let v = to_vec_f64(x);
+            let m = v.iter().sum::<f64>() / v.len() as f64;
+            (v.iter().sum::<f64>(), v.iter().map(|q| (q - m).powi(2)).sum::<f64>())
+        };
+        let (a, r, d) = (to_vec_f64(&sa2), to_vec_f64(&sr2), to_vec_f64(&sd2));
+        let lab: Vec<f64> = (0..n as usize).map(|i| (d[i] / k).sqrt() / ((a[i] / k).sqrt().max((r[i] / k).sqrt()) + 1e-10)).collect();
+        let ern: Vec<f64> = (0..n as usize).map(|i| (d[i] / a[i].max(r[i])).sqrt()).collect();
+        let st = fused::pair_stats::<f64>(n as usize, k, &sa2, &sr2, &sd2, &nz_a, &nz);
+        for (what, got, want) in [("lab", st.lab, host(&Tensor::from_slice(&lab))), ("ern", st.ern, host(&Tensor::from_slice(&ern)))] {
+            assert!((got.0 - want.0).abs() <= 1e-12 * want.0, "{what} sum: {} vs {}", got.0, want.0);
+            assert!(want.1 > 0.0 && (got.1 - want.1).abs() <= 1e-9 * want.1, "{what} Σ(x − m)²: one pass {} vs two passes {}", got.1, want.1);
+        }
+        let (c, rc) = (Tensor::randn([n], opts), Tensor::randn([n], opts));
+        let cs = fused::cum_stats::<f64>(n as usize, &sd2, &sa2, &sr2, &c, &rc);
+        let want = host(&Tensor::from_slice(&ern));
+        assert!((cs.ern.1 - want.1).abs() <= 1e-9 * want.1, "cum ern Σ(x − m)²: one pass {} vs two passes {}", cs.ern.1, want.1);
     }
 
     #[test]
