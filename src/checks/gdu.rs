@@ -467,7 +467,7 @@ impl RefAcc {
             ts.extend(p.cum.iter().flat_map(|(c, dc2, c2)| [c, dc2, c2]));
         }
         let cums_agree = pairs.iter().all(|p| p.cum.is_some() == self.cum.is_some());
-        let nz_ok = pairs.iter().all(|p| p.nz_a.device() == tch::Device::Cpu && p.nz_a.is_contiguous() && p.nz_a.kind() == Kind::Bool && p.nz_a.numel() as i64 == self.e);
+        let nz_ok = fused::usable_masks(self.e, &[&pairs[0].nz_a, &pairs[1].nz_a, &pairs[2].nz_a]);
         if last_excl || !cums_agree || !nz_ok || !fused::usable(w.kind, self.e, &ts) {
             return false;
         }
@@ -552,7 +552,7 @@ impl PairAcc {
         if let (Some((c, dc2, c2)), Some((rc, _))) = (&self.cum, &rf.cum) {
             ts.extend([c, dc2, c2, rc]);
         }
-        if !last_excl && fused::usable(w.kind, n, &ts) && self.nz_a.is_contiguous() && self.nz_a.device() == tch::Device::Cpu {
+        if !last_excl && fused::usable(w.kind, n, &ts) && fused::usable_masks(n, &[&self.nz_a]) {
             let cum = match (&self.cum, &rf.cum) {
                 (Some((c, dc2, c2)), Some((rc, _))) => Some((c, dc2, c2, rc)),
                 _ => None,
@@ -758,6 +758,12 @@ mod fused {
         }
     }
 
+    /// Whether every mask is a contiguous CPU bool tensor of `n` elements (the nonzero masks the kernels write
+    /// or read as bytes).
+    pub fn usable_masks(n: i64, ms: &[&Tensor]) -> bool {
+        ms.iter().all(|b| b.device() == Device::Cpu && b.is_contiguous() && b.kind() == Kind::Bool && b.numel() as i64 == n)
+    }
+
     /// Runs `f(lo, hi)` on `threads` contiguous ranges of 0..n and combines the results.
     fn split<R: Send + Default>(n: usize, f: impl Fn(usize, usize) -> R + Sync, comb: impl Fn(R, R) -> R) -> R {
         let nt = threads(n);
@@ -865,8 +871,9 @@ mod fused {
             n,
             |lo, hi| {
                 let m = hi - lo;
-                // SAFETY: as in `pair`: every tensor is a distinct contiguous CPU tensor of n elements (checked by
-                // `usable`), r and a± read only, each thread a disjoint range.
+                // SAFETY: as in `pair`: every tensor is a contiguous CPU tensor of n elements (checked by `usable`),
+                // the sums are distinct tensors (each its own allocation), r and a± read only, each thread a
+                // disjoint range.
                 let sl = |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut T).add(lo), m) };
                 let bl = |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut u8).add(lo), m) };
                 let (r, ap, am, sr2) = (sl(pr), sl(pp), sl(pm), sl(psr2));
@@ -876,14 +883,7 @@ mod fused {
                 for i in 0..m {
                     // The reference first (`reference`): the pairs' cumulative forms compare with R_t after step t.
                     let y = r[i];
-                    s.0 += y.f64() * y.f64();
-                    sr2[i] = sr2[i] + y * y;
-                    let rci = rc.as_mut().map(|(c, cs)| {
-                        let ci = c[i] + y;
-                        c[i] = ci;
-                        cs[i] = cs[i] + ci * ci;
-                        ci
-                    });
+                    let rci = ref_elem(i, y, sr2, rc.as_mut().map(|(c, cs)| (&mut **c, &mut **cs)), &mut s.0);
                     let xs = [ap[i], am[i], (ap[i] + am[i]) * half];
                     for (k, (sa2, sd2, nz, cum)) in q.iter_mut().enumerate() {
                         let cum = match (cum.as_mut(), rci) {
@@ -911,29 +911,29 @@ mod fused {
                 // SAFETY: as in `pair`.
                 let sl = |p: usize| unsafe { std::slice::from_raw_parts_mut((p as *mut T).add(lo), m) };
                 let (r, sr2) = (sl(pr), sl(psr2));
+                let mut cum = pc.map(|(pc, ps)| (sl(pc), sl(ps)));
                 let mut s = 0.0;
-                match pc {
-                    Some((pc, ps)) => {
-                        let (c, cs) = (sl(pc), sl(ps));
-                        for i in 0..m {
-                            s += r[i].f64() * r[i].f64();
-                            sr2[i] = sr2[i] + r[i] * r[i];
-                            let ci = c[i] + r[i];
-                            c[i] = ci;
-                            cs[i] = cs[i] + ci * ci;
-                        }
-                    }
-                    None => {
-                        for i in 0..m {
-                            s += r[i].f64() * r[i].f64();
-                            sr2[i] = sr2[i] + r[i] * r[i];
-                        }
-                    }
+                for i in 0..m {
+                    ref_elem(i, r[i], sr2, cum.as_mut().map(|(c, cs)| (&mut **c, &mut **cs)), &mut s);
                 }
                 s
             },
             |a, b| a + b,
         )
+    }
+
+    /// One element of a reference update (see [`reference`]): sr2 += y², Σy² into `s` in float64, and with the
+    /// cumulative sums c += y, cs += c²; returns the reference's cumulative sum at `i` after this step.
+    #[inline(always)]
+    fn ref_elem<T: Real>(i: usize, y: T, sr2: &mut [T], cum: Option<(&mut [T], &mut [T])>, s: &mut f64) -> Option<T> {
+        *s += y.f64() * y.f64();
+        sr2[i] = sr2[i] + y * y;
+        cum.map(|(c, cs)| {
+            let ci = c[i] + y;
+            c[i] = ci;
+            cs[i] = cs[i] + ci * ci;
+            ci
+        })
     }
 
     /// Numbers of `PairAcc::stats` over the elements (per-element formulas as there, sums in float64).
@@ -1121,7 +1121,7 @@ impl PairAcc {
             ts.extend([c, dc2, c2, rc, rc2]);
             ts.extend(self.excl.iter().chain(rf.excl.iter()));
         }
-        let bools_ok = [&self.nz_a, &rf.nz].iter().all(|b| b.device() == tch::Device::Cpu && b.is_contiguous() && b.kind() == Kind::Bool && b.numel() as i64 == n);
+        let bools_ok = fused::usable_masks(n, &[&self.nz_a, &rf.nz]);
         if n == 0 || !bools_ok || !fused::usable(kind, n, &ts) {
             return None;
         }
