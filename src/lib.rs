@@ -43,6 +43,7 @@ pub mod precision;
 pub mod progress;
 pub mod relax;
 pub mod run;
+pub mod simd;
 pub mod train;
 pub mod report;
 pub mod tensor_util;
