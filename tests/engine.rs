@@ -94,6 +94,7 @@ fn local_param_gradients_equal_autograd_of_phi() {
 
 #[test]
 fn hand_rolled_step_vjp_equals_autograd_sync_and_async2() {
+    // Also the recorded form (`step_vjp_recorded`) and its parameter part replayed from the pieces (`param_vjp_from`).
     let _rng = epcheck::tensor_util::rng_lock();
     for act in ["tanh", "logistic4", "my_hard_sig"] {
         for schedule in ["sync", "async2"] {
@@ -109,6 +110,11 @@ fn hand_rolled_step_vjp_equals_autograd_sync_and_async2() {
                 let e_s = rel_linf(&flat(&hs), &flat(&as_));
                 let e_p = rel_linf(&flat(&hp), &flat(&ap));
                 assert!(e_s <= 1e-12 && e_p <= 1e-12, "{act} {schedule} β={beta}: state {e_s}, params {e_p}");
+                // The recorded VJP and the parameter VJP replayed from its pieces (the GDU check's second sweep).
+                let (rs, rp, pieces) = inst.model.step_vjp_recorded(&inst.params, &inst.batch, &s, &lam, beta);
+                let replay = inst.model.param_vjp_from(&inst.params, &inst.batch, &pieces);
+                let (e_rs, e_rp, e_re) = (rel_linf(&flat(&rs), &flat(&as_)), rel_linf(&flat(&rp), &flat(&ap)), rel_linf(&flat(&replay), &flat(&ap)));
+                assert!(e_rs <= 1e-12 && e_rp <= 1e-12 && e_re <= 1e-12, "{act} {schedule} β={beta}: recorded state {e_rs}, params {e_rp}, replayed params {e_re}");
             }
         }
     }

@@ -6,7 +6,7 @@ use crate::adjoint::reverse_sweep;
 use crate::estimators::{ep_centered, ep_one_sided, PhaseLengths};
 use crate::instance::Instance;
 use crate::model::schedule::ScheduleKind;
-use crate::model::{detach_state, Batch, Model, State};
+use crate::model::{detach_state, Batch, Model, State, VjpPieces};
 use crate::relax::{relax, state_distance, RelaxOptions};
 use crate::tensor_util::{norm2, to_vec_f64};
 use serde_json::json;
@@ -842,16 +842,24 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
     let explicit = m.loss_param_grad(p, batch, &s_t);
     let res = tch::no_grad(|| {
         let drives: Vec<Tensor> = (0..nl).map(|j| m.drive(p, batch, &s_t, j, 0.0)).collect();
-        // One step of the reverse sweep: (BPTT_s[t], J·BPTT_s[t], BPTT_θ[t], λ_{T−t−1}).
-        let bptt_step = |lambda: &State, t: usize| -> (State, State, Vec<Tensor>, State) {
+        // The neuron references of step t from λ: (BPTT_s[t], J·BPTT_s[t]).
+        let neuron_refs = |lambda: &State| -> (State, State) {
             let bs: State = lambda.iter().map(|x| x * (-b)).collect();
             let bj: State = bs.iter().enumerate().map(|(j, x)| m.jacobian_apply(j, batch, &drives[j], x)).collect();
-            let (a_s, mut a_theta) = m.step_vjp(p, batch, &traj[k - t - 1], lambda, 0.0);
-            if let (0, Some(e)) = (t, &explicit) {
-                // A θ-dependent loss (readout): its explicit term is BPTT_θ[0]'s (estimators §5.1).
-                a_theta = a_theta.iter().zip(e).map(|(a, e)| a + e).collect();
+            (bs, bj)
+        };
+        // A θ-dependent loss (readout): its explicit term is BPTT_θ[0]'s (estimators §5.1).
+        let with_explicit = |a_theta: Vec<Tensor>, t: usize| -> Vec<Tensor> {
+            match (t, &explicit) {
+                (0, Some(e)) => a_theta.iter().zip(e).map(|(a, e)| a + e).collect(),
+                _ => a_theta,
             }
-            (bs, bj, a_theta, a_s)
+        };
+        // One step of the first reverse sweep: (BPTT_s[t], J·BPTT_s[t], BPTT_θ[t], λ_{T−t−1}, what BPTT_θ[t] read).
+        let bptt_step = |lambda: &State, t: usize| -> (State, State, Vec<Tensor>, State, VjpPieces) {
+            let (bs, bj) = neuron_refs(lambda);
+            let (a_s, a_theta, pieces) = m.step_vjp_recorded(p, batch, &traj[k - t - 1], lambda, 0.0);
+            (bs, bj, with_explicit(a_theta, t), a_s, pieces)
         };
         // First sweep: max|r| (the significance floor of sign_err_sig needs it before any step is scored) and
         // the nonzero masks (the sampled elements).
@@ -871,9 +879,13 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let quad_units = if o.verify_quadratic { (k * (k + 1) / 2) as u64 } else { 0 };
         crate::progress::stage(3 * k as u64 + quad_units, &format!("gdu: first reverse sweep, step 1/{k}"));
         let mut lambda: State = lambda0.iter().map(|x| x.shallow_clone()).collect();
+        // λ_t and the pieces of BPTT_θ[t] of every step (neuron-sized): the scored sweep below takes BPTT_θ[t] from
+        // them (`param_vjp_from`, bitwise the same) instead of running the drives and HVPs of the step again.
+        let mut swept: Vec<(State, VjpPieces)> = Vec::with_capacity(k);
         for t in 0..k {
             crate::progress::advance(if t == 0 { 0 } else { 1 }, &format!("gdu: first reverse sweep, step {}/{k}", t + 1));
-            let (bs, bj, th, l) = bptt_step(&lambda, t);
+            let (bs, bj, th, l, pieces) = bptt_step(&lambda, t);
+            swept.push((lambda, pieces));
             for i in 0..np {
                 // |BPTT_θ| into the work buffer when the kinds agree (no fresh E-sized tensor per step).
                 if th[i].kind() == kind_t && amax_t[i].kind() == kind_t {
@@ -921,12 +933,11 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         // [bptt, bptt_j, ep_plus, ep_minus, ep_sym] × layer.
         let mut dump_t: Vec<Vec<Vec<Tensor>>> = (0..if o.dump { 4 } else { 0 }).map(|_| (0..np).map(|_| vec![]).collect()).collect();
         let mut dump_j: Vec<Vec<Vec<Tensor>>> = (0..if o.dump { 5 } else { 0 }).map(|_| (0..nl).map(|_| vec![]).collect()).collect();
-        let mut lambda: State = lambda0.iter().map(|x| x.shallow_clone()).collect();
-        for t in 0..k {
+        for (t, (lambda, pieces)) in swept.iter().enumerate() {
             let prev_units = if t == 0 { 1 } else if o.verify_quadratic { 2 + t as u64 } else { 2 };
             crate::progress::advance(prev_units, &format!("gdu: step {}/{k}: reverse sweep, ±β phases, metrics{}", t + 1, if o.verify_quadratic { ", published re-run" } else { "" }));
-            let (bs, bj, th, l) = bptt_step(&lambda, t);
-            lambda = l;
+            let (bs, bj) = neuron_refs(lambda);
+            let th = with_explicit(m.param_vjp_from(p, batch, pieces), t);
             let mut ep_theta: Vec<Vec<Tensor>> = vec![];
             let mut ep_neur: Vec<State> = vec![];
             for sgn in 0..2 {
@@ -1213,9 +1224,16 @@ pub fn run(inst: &Instance, o: &GduOptions) -> CheckReport {
             if y.numel() == 0 {
                 continue;
             }
-            dmax = nanmax(dmax, maxabs_diff(x, &y));
-            rmax = nanmax(rmax, scalar(&y.abs().max()));
-            (a2, r2) = (a2 + sumsq_f64(x), r2 + sumsq_f64(&y));
+            let n = y.numel() as i64;
+            // One fused pass over both where they are contiguous CPU tensors of one float kind, else libtorch.
+            let (d, m, x2, y2) = match (fused::usable(y.kind(), n, &[x, &y]), y.kind()) {
+                (true, Kind::Float) => fused::linf::<f32>(n as usize, x, &y),
+                (true, _) => fused::linf::<f64>(n as usize, x, &y),
+                (false, _) => (maxabs_diff(x, &y), scalar(&y.abs().max()), sumsq_f64(x), sumsq_f64(&y)),
+            };
+            dmax = nanmax(dmax, d);
+            rmax = nanmax(rmax, m);
+            (a2, r2) = (a2 + x2, r2 + y2);
         }
         (mx::ratio(dmax, rmax), r2.sqrt().max(a2.sqrt()))
     };

@@ -143,6 +143,14 @@ pub struct Model {
     update_maps: Vec<Option<Arc<dyn UpdateMap>>>,
 }
 
+/// What the parameter part of one step's VJP reads, group by group in the order the VJP visits them: the state
+/// the group's update read and the cotangents μ of the layers it replaced (neuron-sized; the states are shared, not
+/// copied), and β.
+pub struct VjpPieces {
+    groups: Vec<(State, Vec<Option<Tensor>>)>,
+    beta: f64,
+}
+
 impl Model {
     pub fn new(
         preset: &str,
@@ -688,6 +696,31 @@ impl Model {
     }
 
     fn step_vjp_groups(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], lambda: &[Tensor], beta: f64, groups: &[Vec<usize>]) -> (State, Vec<Tensor>) {
+        let (lam, g, _) = self.step_vjp_groups_recorded(p, batch, s, lambda, beta, groups, false);
+        (lam, g)
+    }
+
+    /// [`Model::step_vjp`] and, as [`VjpPieces`], what its parameter part read: with them
+    /// [`Model::param_vjp_from`] gives the same parameter VJP (bitwise) without the drives and HVPs again — the GDU
+    /// check's second reverse sweep over the steps its first sweep took.
+    pub fn step_vjp_recorded(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], lambda: &[Tensor], beta: f64) -> (State, Vec<Tensor>, VjpPieces) {
+        self.step_vjp_groups_recorded(p, batch, s, lambda, beta, &self.schedule.groups, true)
+    }
+
+    /// The parameter VJP of a step from its [`VjpPieces`]: the same sums in the same order as the step's
+    /// [`Model::step_vjp_recorded`].
+    pub fn param_vjp_from(&self, p: &[Tensor], batch: &Batch, pieces: &VjpPieces) -> Vec<Tensor> {
+        let mut gtheta: Vec<Option<Tensor>> = (0..self.params.len()).map(|_| None).collect();
+        for (st, mu) in &pieces.groups {
+            self.add_param_vjp(p, batch, st, mu, &mut gtheta);
+            self.add_readout_nudge_vjp(p, batch, st, mu, pieces.beta, &mut gtheta);
+        }
+        gtheta.into_iter().zip(p).map(|(g, t)| g.unwrap_or_else(|| t.zeros_like())).collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn step_vjp_groups_recorded(&self, p: &[Tensor], batch: &Batch, s: &[Tensor], lambda: &[Tensor], beta: f64, groups: &[Vec<usize>], record: bool) -> (State, Vec<Tensor>, VjpPieces) {
+        let mut pieces = VjpPieces { groups: vec![], beta };
         // Forward through the groups, keeping the state each group update reads.
         let mut before: Vec<State> = Vec::with_capacity(groups.len());
         let mut cur: State = s.iter().map(|t| t.shallow_clone()).collect();
@@ -714,10 +747,13 @@ impl Model {
             self.add_hvp(p, batch, st, &mu, beta, &mut lam);
             self.add_param_vjp(p, batch, st, &mu, &mut gtheta);
             self.add_readout_nudge_vjp(p, batch, st, &mu, beta, &mut gtheta);
+            if record {
+                pieces.groups.push((st.iter().map(|t| t.shallow_clone()).collect(), mu));
+            }
         }
         let lam = lam.into_iter().zip(s).map(|(l, t)| l.unwrap_or_else(|| t.zeros_like())).collect();
         let g = gtheta.into_iter().zip(p).map(|(g, t)| g.unwrap_or_else(|| t.zeros_like())).collect();
-        (lam, g)
+        (lam, g, pieces)
     }
 
     /// lam_j += Σ (∂²Φ_β/∂s_j∂s_k) μ_k over the layers k with a cotangent μ_k.

@@ -627,3 +627,53 @@ impl<T: Real> Kernel for SumSqK<T> {
 pub fn sumsq<T: Real>(x: &Tensor) -> f64 {
     split(x.numel(), x.numel(), 1, &SumSqK::<T> { p: addr(x), _t: std::marker::PhantomData })
 }
+
+/// [`linf`] as a [`Kernel`].
+struct LinfK<T> {
+    x: usize,
+    y: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+/// (max|x − y|, max|y|, Σx², Σy²): maxima NaN if any element is NaN.
+type LinfOut = (f64, f64, f64, f64);
+
+impl<T: Real> Kernel for LinfK<T> {
+    type Out = LinfOut;
+    #[inline(always)]
+    fn run(&self, lo: usize, hi: usize) -> LinfOut {
+        // SAFETY: see `sl` (read only here).
+        let (x, y) = unsafe { (&*sl::<T>(self.x, lo, hi), &*sl::<T>(self.y, lo, hi)) };
+        let (m, mut b) = (hi - lo, 0);
+        let (mut dm, mut ym, mut x2, mut y2) = ([T::ZERO; L], [T::ZERO; L], [0.0f64; L], [0.0f64; L]);
+        while b + L <= m {
+            let (xc, yc) = (*ch::<T, L>(x, b), *ch::<T, L>(y, b));
+            for l in 0..L {
+                dm[l] = (xc[l] - yc[l]).abs().nanmax(dm[l]);
+                ym[l] = yc[l].abs().nanmax(ym[l]);
+                x2[l] += (xc[l] * xc[l]).f64();
+                y2[l] += (yc[l] * yc[l]).f64();
+            }
+            b += L;
+        }
+        let (mut tx2, mut ty2) = (0.0f64, 0.0f64);
+        for i in b..m {
+            dm[0] = (x[i] - y[i]).abs().nanmax(dm[0]);
+            ym[0] = y[i].abs().nanmax(ym[0]);
+            tx2 += (x[i] * x[i]).f64();
+            ty2 += (y[i] * y[i]).f64();
+        }
+        let mx = |v: [T; L]| v.iter().fold(0.0f64, |a, &e| e.f64().nanmax(a));
+        (mx(dm), mx(ym), x2.iter().sum::<f64>() + tx2, y2.iter().sum::<f64>() + ty2)
+    }
+    fn comb(a: LinfOut, b: LinfOut) -> LinfOut {
+        (a.0.nanmax(b.0), a.1.nanmax(b.1), a.2 + b.2, a.3 + b.3)
+    }
+}
+
+/// (max|x − y|, max|y|, Σx², Σy²) of two contiguous CPU tensors of T with n elements in ONE pass (the squares in T,
+/// their sums in float64 as [`sumsq`], bitwise; a maximum is NaN if any element is): the identities' rel_linf and
+/// scale.
+pub fn linf<T: Real>(n: usize, x: &Tensor, y: &Tensor) -> LinfOut {
+    split(n, n, 1, &LinfK::<T> { x: addr(x), y: addr(y), _t: std::marker::PhantomData })
+}
