@@ -24,6 +24,7 @@
 //! * [`estimators`]: one file per estimator.
 //! * [`checks`]: `converge`, `gdu`, and the metrics they share.
 //! * [`report`]: run folders, Polars tables, plotters figures.
+//! * [`simd`]: vectorized, threaded CPU loops over tensor memory (the GDU check's fused kernels).
 //! * [`io`], [`config`], [`cli`]: safetensors interchange, TOML configuration, the thin command line.
 
 pub mod adjoint;
