@@ -879,13 +879,22 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let quad_units = if o.verify_quadratic { (k * (k + 1) / 2) as u64 } else { 0 };
         crate::progress::stage(3 * k as u64 + quad_units, &format!("gdu: first reverse sweep, step 1/{k}"));
         let mut lambda: State = lambda0.iter().map(|x| x.shallow_clone()).collect();
-        // λ_t and the pieces of BPTT_θ[t] of every step (neuron-sized): the scored sweep below takes BPTT_θ[t] from
-        // them (`param_vjp_from`, bitwise the same) instead of running the drives and HVPs of the step again.
-        let mut swept: Vec<(State, VjpPieces)> = Vec::with_capacity(k);
+        // λ_t and the pieces of BPTT_θ[t] (neuron-sized) of the first steps, as many as fit in as many elements as
+        // the parameters have (memory stays O(P), flat in K): the scored sweep below takes BPTT_θ[t] from them
+        // (`param_vjp_from`, bitwise the same) instead of running the drives and HVPs of the step again, and runs
+        // the steps after them from `resume` = λ at the first step not kept, as the first sweep did.
+        let budget: i64 = p.iter().map(|x| x.numel() as i64).sum();
+        let (mut kept, mut swept, mut resume): (i64, Vec<(State, VjpPieces)>, Option<State>) = (0, Vec::new(), None);
         for t in 0..k {
             crate::progress::advance(if t == 0 { 0 } else { 1 }, &format!("gdu: first reverse sweep, step {}/{k}", t + 1));
             let (bs, bj, th, l, pieces) = bptt_step(&lambda, t);
-            swept.push((lambda, pieces));
+            let size = pieces.numel_owned() + lambda.iter().map(|x| x.numel() as i64).sum::<i64>();
+            if resume.is_none() && kept + size <= budget {
+                kept += size;
+                swept.push((lambda, pieces));
+            } else if resume.is_none() {
+                resume = Some(lambda);
+            }
             for i in 0..np {
                 // |BPTT_θ| into the work buffer when the kinds agree (no fresh E-sized tensor per step).
                 if th[i].kind() == kind_t && amax_t[i].kind() == kind_t {
@@ -933,11 +942,22 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         // [bptt, bptt_j, ep_plus, ep_minus, ep_sym] × layer.
         let mut dump_t: Vec<Vec<Vec<Tensor>>> = (0..if o.dump { 4 } else { 0 }).map(|_| (0..np).map(|_| vec![]).collect()).collect();
         let mut dump_j: Vec<Vec<Vec<Tensor>>> = (0..if o.dump { 5 } else { 0 }).map(|_| (0..nl).map(|_| vec![]).collect()).collect();
-        for (t, (lambda, pieces)) in swept.iter().enumerate() {
+        let mut swept = swept.into_iter();
+        for t in 0..k {
             let prev_units = if t == 0 { 1 } else if o.verify_quadratic { 2 + t as u64 } else { 2 };
             crate::progress::advance(prev_units, &format!("gdu: step {}/{k}: reverse sweep, ±β phases, metrics{}", t + 1, if o.verify_quadratic { ", published re-run" } else { "" }));
-            let (bs, bj) = neuron_refs(lambda);
-            let th = with_explicit(m.param_vjp_from(p, batch, pieces), t);
+            let (bs, bj, th) = match swept.next() {
+                Some((lambda, pieces)) => {
+                    let (bs, bj) = neuron_refs(&lambda);
+                    (bs, bj, with_explicit(m.param_vjp_from(p, batch, &pieces), t))
+                }
+                None => {
+                    let lambda = resume.take().expect("λ of the first step not kept");
+                    let (bs, bj, th, l, _) = bptt_step(&lambda, t);
+                    resume = Some(l);
+                    (bs, bj, th)
+                }
+            };
             let mut ep_theta: Vec<Vec<Tensor>> = vec![];
             let mut ep_neur: Vec<State> = vec![];
             for sgn in 0..2 {

@@ -151,6 +151,15 @@ pub struct VjpPieces {
     beta: f64,
 }
 
+impl VjpPieces {
+    /// Elements these pieces hold beyond the state the step started from: every μ, and the states of the groups
+    /// after the first (counted whole: some of their layers are the start state's own tensors).
+    pub fn numel_owned(&self) -> i64 {
+        let n = |ts: &mut dyn Iterator<Item = &Tensor>| ts.map(|t| t.numel() as i64).sum::<i64>();
+        self.groups.iter().enumerate().map(|(g, (st, mu))| n(&mut mu.iter().flatten()) + if g == 0 { 0 } else { n(&mut st.iter()) }).sum()
+    }
+}
+
 impl Model {
     pub fn new(
         preset: &str,
