@@ -1605,6 +1605,27 @@ mod tests {
         assert_eq!(maxabs_diff(&a.narrow(0, 0, 0), &b.narrow(0, 0, 0)), 0.0);
     }
 
+    /// The identities' one fused pass (`fused::linf`) against whole-tensor libtorch formulas: max|x − y| and max|y|
+    /// exactly (maxima are exact), Σx² and Σy² against a float64 host sum; the largest difference planted in the
+    /// tail (n is not a multiple of the lanes); a NaN makes both maxima NaN.
+    #[test]
+    fn fused_identity_pass_equals_the_whole_tensor_formulas_and_keeps_nan() {
+        for (kind, n) in [(Kind::Float, 2 * (1 << 20) + 3), (Kind::Double, (1 << 17) + 5)] {
+            let [a, b, _] = draws(n, kind, 12);
+            let _ = b.get(n - 2).fill_(1e3);
+            let run = |a: &Tensor, b: &Tensor| if kind == Kind::Float { fused::linf::<f32>(n as usize, a, b) } else { fused::linf::<f64>(n as usize, a, b) };
+            let (d, m, x2, y2) = run(&a, &b);
+            assert_eq!(d, (&a - &b).abs().max().double_value(&[]), "{kind:?} max|x − y|");
+            assert_eq!(d, (a.get(n - 2) - b.get(n - 2)).abs().double_value(&[]), "{kind:?}: the planted difference");
+            assert_eq!(m, b.abs().max().double_value(&[]), "{kind:?} max|y|");
+            let host = |t: &Tensor| crate::tensor_util::to_vec_f64(&(t * t)).iter().sum::<f64>();
+            assert!((x2 - host(&a)).abs() <= 1e-12 * host(&a) && (y2 - host(&b)).abs() <= 1e-12 * host(&b), "{kind:?} sums {x2} {y2}");
+            let _ = b.get(5).fill_(f64::NAN);
+            let (d, m, _, y2) = run(&a, &b);
+            assert!(d.is_nan() && m.is_nan() && y2.is_nan(), "{kind:?}: NaN kept ({d}, {m}, {y2})");
+        }
+    }
+
     #[test]
     fn largest_elements_of_a_float32_score_are_those_of_its_float64_copy() {
         let [a, _, _] = draws(1 << 16, Kind::Float, 9);
