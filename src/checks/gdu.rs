@@ -930,11 +930,20 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
         let betas = [o.beta, -o.beta];
         let mut s_ep: [State; 2] = std::array::from_fn(|_| s_t.iter().map(|t| t.shallow_clone()).collect());
         let f0 = m.param_derivative(p, batch, &s_t);
+        // Drift of the free phase over K further iterations, ‖f(s_{T+K}) − f(s_T)‖: here, so that f(s_T) is not kept
+        // through the steps (one parameter-sized tensor less at the peak).
+        crate::progress::message("gdu: drift of the free phase");
+        let drift_norm: Vec<f64> = {
+            let cont = relax(m, p, batch, &s_t, 0.0, &RelaxOptions::fixed(o.k));
+            let fk = m.param_derivative(p, batch, &cont.state);
+            fk.iter().zip(&f0).map(|(a, c)| sumsq_f64(&(a - c)).sqrt()).collect()
+        };
         let fnorm = |f: &Tensor| f.to_kind(Kind::Double).square().sum(Kind::Double).sqrt();
         // ‖f‖ through the work buffers (no fresh E-sized square per call), float64 0-dim.
         let fnorm_w = |f: &Tensor| work.dot(&work.flat(&work.a, f), &work.flat(&work.a, f)).to_kind(Kind::Double).sqrt();
         let mut f_max: Vec<Tensor> = f0.iter().map(fnorm_w).collect();
-        let mut f_prev: [Vec<Tensor>; 2] = std::array::from_fn(|_| f0.iter().map(|t| t.shallow_clone()).collect());
+        // f_t of both signs; at t = 0 both are f(s_T), one buffer (f0 itself goes into the second).
+        let mut f_prev: [Vec<Tensor>; 2] = [f0.iter().map(|t| t.shallow_clone()).collect(), f0];
         let mut r_prev: [Vec<Option<Tensor>>; 2] = std::array::from_fn(|_| r0.iter().map(|r| r.as_ref().map(|t| t.shallow_clone())).collect());
         let mut kinks_n = [0i64; 2];
         let mut quad: Option<(Tensor, Tensor, Vec<Tensor>)> = o.verify_quadratic.then(|| (dzero(&s_t[0]), dzero(&s_t[0]), p.iter().map(|t| t.zeros_like()).collect()));
@@ -965,12 +974,13 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
                 let next = m.step(p, batch, &s_ep[sgn], beta);
                 let f = m.param_derivative_nudged(p, batch, &next, (beta, 0.0));
                 // EP_θ[t] = −(f_{t+1} − f_t)/β = (f_t − f_{t+1})/β (bitwise the same), in place in f_t's buffer, which
-                // is not needed after this step (at t = 0 it is f(s_T), shared by both signs and the drift: copied).
+                // is not needed after this step (at t = 0 it is f(s_T), shared by both signs: copied for the first,
+                // in place for the second, the buffer's last user).
                 ep_theta.push(
                     f.iter()
                         .zip(&f_prev[sgn])
                         .map(|(a, c)| {
-                            let mut c = if t == 0 { c.copy() } else { c.shallow_clone() };
+                            let mut c = if t == 0 && sgn == 0 { c.copy() } else { c.shallow_clone() };
                             let _ = c.g_sub_(a).g_div_scalar_(beta);
                             c
                         })
@@ -1075,11 +1085,7 @@ fn stream(m: &Model, p: &[Tensor], batch: &Batch, init: State, o: &GduOptions, t
                 _ => None,
             })
             .collect();
-        // Drift of the free phase over K further iterations.
-        crate::progress::message("gdu: drift of the free phase, sampled values");
-        let cont = relax(m, p, batch, &s_t, 0.0, &RelaxOptions::fixed(o.k));
-        let fk = m.param_derivative(p, batch, &cont.state);
-        let drift_norm: Vec<f64> = fk.iter().zip(&f0).map(|(a, c)| sumsq_f64(&(a - c)).sqrt()).collect();
+        crate::progress::message("gdu: sampled values");
         let f_norm_max: Vec<f64> = f_max.iter().map(scalar).collect();
         let smax: Vec<f64> = (0..nl).map(|j| scalar(&Tensor::stack(&traj.iter().map(|s| fnorm(&s[j])).collect::<Vec<_>>(), 0).max())).collect();
         let quadratic = quad.map(|(d, r, _)| (scalar(&d), scalar(&r)));
