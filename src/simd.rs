@@ -1,5 +1,5 @@
 //! CPU loops over contiguous tensor memory, vectorized and threaded: the plumbing of the fused GDU kernels
-//! (`checks::gdu::fused`) and the skinny products of large couplings ([`crate::gemm`]).
+//! (`checks::gdu::fused`).
 //!
 //! A loop is written over chunks of [`L`] elements with one accumulator per lane, loaded into locals and stored
 //! back, so the compiler turns each chunk into vector instructions: SSE2 everywhere, AVX2 where the CPU has it,
@@ -67,34 +67,32 @@ impl Real for f64 {
 /// Elements per chunk: one accumulator per lane.
 pub const L: usize = 8;
 
-/// Threads for `work` element operations: one below 2¹⁶, else libtorch's intra-op thread count (at most 16).
-fn threads(work: usize) -> usize {
-    if work < (1 << 16) {
+/// Threads for n elements: one below 2¹⁶, else libtorch's intra-op thread count (at most 16).
+fn threads(n: usize) -> usize {
+    if n < (1 << 16) {
         1
     } else {
         (tch::get_num_threads().max(1) as usize).min(16)
     }
 }
 
-/// A loop over a range of items, run on each thread's part of 0..n ([`split`]); the parts' results are combined
-/// in range order.
+/// A loop over a range of elements, run on each thread's part of 0..n ([`split`]); the parts' results are
+/// combined in range order.
 pub trait Kernel: Sync {
     type Out: Send + Default;
-    /// The work on items lo..hi. Every implementation is `#[inline(always)]`, and so is everything it calls, so
+    /// The work on elements lo..hi. Every implementation is `#[inline(always)]`, and so is everything it calls, so
     /// that [`run_simd`] compiles it for AVX2.
     fn run(&self, lo: usize, hi: usize) -> Self::Out;
     fn comb(a: Self::Out, b: Self::Out) -> Self::Out;
 }
 
-/// Runs `k` on contiguous ranges of the n items, one per thread (threads for `work` operations in all; ranges
-/// are multiples of `align` items but the last), and combines the results in range order.
-pub fn split<K: Kernel>(n: usize, work: usize, align: usize, k: &K) -> K::Out {
-    let nt = threads(work).min(n.div_ceil(align.max(1))).max(1);
+/// Runs `k` on contiguous ranges of the n elements, one per thread, and combines the results in range order.
+pub fn split<K: Kernel>(n: usize, k: &K) -> K::Out {
+    let nt = threads(n);
     if nt <= 1 {
         return run_simd(k, 0, n);
     }
-    let a = align.max(1);
-    let cs = n.div_ceil(nt).div_ceil(a) * a;
+    let cs = n.div_ceil(nt);
     std::thread::scope(|sc| {
         let hs: Vec<_> = (0..nt).map(|i| (i * cs).min(n)).map(|lo| (lo, (lo + cs).min(n))).map(|(lo, hi)| sc.spawn(move || run_simd(k, lo, hi))).collect();
         hs.into_iter().map(|h| h.join().expect("kernel thread")).fold(K::Out::default(), K::comb)

@@ -224,7 +224,7 @@ impl<T: Real> Kernel for PairK<T> {
 #[allow(clippy::too_many_arguments)]
 pub fn pair<T: Real>(n: usize, a: &Tensor, r: &Tensor, thr: f64, sa2: &Tensor, sd2: &Tensor, nz_a: &Tensor, cum: Option<(&Tensor, &Tensor, &Tensor, &Tensor)>) -> Sums {
     let q = PairAddr::of(sa2, sd2, nz_a, cum.map(|(c, dc2, c2, _)| (c, dc2, c2)));
-    split(n, n, 1, &PairK { a: addr(a), r: addr(r), thr: T::of(thr), q, rc: cum.map(|(_, _, _, rc)| addr(rc)) })
+    split(n, &PairK { a: addr(a), r: addr(r), thr: T::of(thr), q, rc: cum.map(|(_, _, _, rc)| addr(rc)) })
 }
 
 /// The per-element sums of one pair (sa2, sd2, nz_a, and (c, dc2, c2) with cumulative sums).
@@ -292,7 +292,7 @@ impl<T: Real> Kernel for TripleK<T> {
 #[allow(clippy::too_many_arguments)]
 pub fn triple<T: Real>(n: usize, r: &Tensor, ap: &Tensor, am: &Tensor, sr2: &Tensor, rcum: Option<(&Tensor, &Tensor)>, thr: [f64; 3], pairs: [PairSums; 3]) -> (f64, [Sums; 3]) {
     let q = pairs.map(|(sa2, sd2, nz, cum)| PairAddr::of(sa2, sd2, nz, cum));
-    split(n, n, 1, &TripleK { r: addr(r), ap: addr(ap), am: addr(am), sr2: addr(sr2), rc: rcum.map(|(c, s)| (addr(c), addr(s))), q, thr: thr.map(T::of) })
+    split(n, &TripleK { r: addr(r), ap: addr(ap), am: addr(am), sr2: addr(sr2), rc: rcum.map(|(c, s)| (addr(c), addr(s))), q, thr: thr.map(T::of) })
 }
 
 /// [`reference`] as a [`Kernel`].
@@ -328,7 +328,7 @@ impl<T: Real> Kernel for RefK<T> {
 
 /// Reference update: sr2 += r², and with the cumulative sums c += r, s += c²; returns Σr².
 pub fn reference<T: Real>(n: usize, r: &Tensor, sr2: &Tensor, cum: Option<(&Tensor, &Tensor)>) -> f64 {
-    split(n, n, 1, &RefK::<T> { r: addr(r), sr2: addr(sr2), cum: cum.map(|(c, s)| (addr(c), addr(s))), _t: std::marker::PhantomData })
+    split(n, &RefK::<T> { r: addr(r), sr2: addr(sr2), cum: cum.map(|(c, s)| (addr(c), addr(s))), _t: std::marker::PhantomData })
 }
 
 /// Numbers of `PairAcc::stats` over the elements (per-element formulas as there, sums in float64).
@@ -513,12 +513,12 @@ pub fn pair_stats<T: Real>(n: usize, k: f64, sa2: &Tensor, sr2: &Tensor, sd2: &T
     let at = |p: usize, i: usize| unsafe { *(p as *const T).add(i) };
     let el = |i: usize| PairStatsK::elem(kf, at(p.0, i), at(p.1, i), at(p.2, i));
     let shift = (sample_mean(n, |i| el(i).1.f64()), sample_mean(n, |i| el(i).2.f64()));
-    let first = split(n, n, 1, &PairStatsK { p, k: kf, shift, means: None });
+    let first = split(n, &PairStatsK { p, k: kf, shift, means: None });
     let nf = n as f64;
     if let (Some(lv), Some(ev)) = (centered(first.lab.0, first.lab.1, shift.0, nf), centered(first.ern.0, first.ern.1, shift.1, nf)) {
         return Stat { lab: (first.lab.0, lv), ern: (first.ern.0, ev), ..first };
     }
-    let second = split(n, n, 1, &PairStatsK { p, k: kf, shift, means: Some((first.lab.0 / nf, first.ern.0 / nf)) });
+    let second = split(n, &PairStatsK { p, k: kf, shift, means: Some((first.lab.0 / nf, first.ern.0 / nf)) });
     Stat { lab: (first.lab.0, second.lab.1), ern: (first.ern.0, second.ern.1), ..first }
 }
 
@@ -587,11 +587,11 @@ pub fn cum_stats<T: Real>(n: usize, dc2: &Tensor, c2: &Tensor, rc2: &Tensor, c: 
     let at = |p: usize, i: usize| unsafe { *(p as *const T).add(i) };
     let shift = sample_mean(n, |i| ern_q(at(p.0, i), at(p.1, i), at(p.2, i)).f64());
     let k = |mean| CumStatsK::<T> { p, shift, mean, _t: std::marker::PhantomData };
-    let first = split(n, n, 1, &k(None));
+    let first = split(n, &k(None));
     if let Some(ev) = centered(first.ern.0, first.ern.1, shift, n as f64) {
         return Stat { ern: (first.ern.0, ev), ..first };
     }
-    let second = split(n, n, 1, &k(Some(first.ern.0 / n as f64)));
+    let second = split(n, &k(Some(first.ern.0 / n as f64)));
     Stat { ern: (first.ern.0, second.ern.1), ..first }
 }
 
@@ -625,7 +625,7 @@ impl<T: Real> Kernel for SumSqK<T> {
 
 /// Σx² in float64 of a contiguous CPU tensor of T.
 pub fn sumsq<T: Real>(x: &Tensor) -> f64 {
-    split(x.numel(), x.numel(), 1, &SumSqK::<T> { p: addr(x), _t: std::marker::PhantomData })
+    split(x.numel(), &SumSqK::<T> { p: addr(x), _t: std::marker::PhantomData })
 }
 
 /// [`linf`] as a [`Kernel`].
@@ -675,5 +675,5 @@ impl<T: Real> Kernel for LinfK<T> {
 /// their sums in float64 as [`sumsq`], bitwise; a maximum is NaN if any element is): the identities' rel_linf and
 /// scale.
 pub fn linf<T: Real>(n: usize, x: &Tensor, y: &Tensor) -> LinfOut {
-    split(n, n, 1, &LinfK::<T> { x: addr(x), y: addr(y), _t: std::marker::PhantomData })
+    split(n, &LinfK::<T> { x: addr(x), y: addr(y), _t: std::marker::PhantomData })
 }
